@@ -1,0 +1,926 @@
+"""The Raft state machine: one object per node, driven by ``tick``, ``step`` and the proposal
+calls, emitting :class:`~phalanx_aio.core.ready.Ready` batches. Sans-IO and deterministic.
+
+Section numbers refer to the Raft paper (Ongaro and Ousterhout, 2014) and thesis (Ongaro, 2014).
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from phalanx_aio.core.config import Config
+from phalanx_aio.core.log import RaftLog
+from phalanx_aio.core.membership import ConfChange, ConfHistory, apply_change, decode_conf, encode_conf
+from phalanx_aio.core.progress import Progress, ProgressState
+from phalanx_aio.core.quorum import VoteResult, quorum_index, vote_result
+from phalanx_aio.core.ready import Ready
+from phalanx_aio.core.types import (
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    ReadState,
+    Snapshot,
+    SnapshotMeta,
+)
+from phalanx_aio.errors import LocalError, NotLeader, ProposalDropped
+
+__all__ = ["InitialState", "ProgressInfo", "Raft", "Role", "Status"]
+
+_MAX_APPLY_BYTES = 64 << 20
+
+_APP = MessageType.APP
+_APP_RESP = MessageType.APP_RESP
+_VOTE = MessageType.VOTE
+_VOTE_RESP = MessageType.VOTE_RESP
+_PRE_VOTE = MessageType.PRE_VOTE
+_PRE_VOTE_RESP = MessageType.PRE_VOTE_RESP
+_HEARTBEAT = MessageType.HEARTBEAT
+_HEARTBEAT_RESP = MessageType.HEARTBEAT_RESP
+_SNAP = MessageType.SNAP
+_PROP = MessageType.PROP
+_READ_INDEX = MessageType.READ_INDEX
+_READ_INDEX_RESP = MessageType.READ_INDEX_RESP
+_TIMEOUT_NOW = MessageType.TIMEOUT_NOW
+
+# Messages that are not term-checked: forwarded requests and their answers. Their safety does
+# not depend on the sender's term (see _step_leader and _step_follower).
+_UNCHECKED = frozenset({_PROP, _READ_INDEX, _READ_INDEX_RESP})
+
+
+class Role(enum.Enum):
+    """A node's role in its current term."""
+
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(frozen=True, slots=True)
+class InitialState:
+    """What a node loads from storage at start: hard state, last snapshot, the log after it.
+
+    ``snapshot.meta.conf`` is the configuration at the snapshot index; for a brand-new node
+    joining an existing cluster everything is empty.
+    """
+
+    hard_state: HardState = field(default_factory=HardState)
+    snapshot: Snapshot = field(default_factory=Snapshot)
+    entries: tuple[Entry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressInfo:
+    """A follower's replication progress as the leader sees it (for status reports)."""
+
+    match: int
+    next_index: int
+    state: str
+    recent_active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A snapshot of a core's state, for status pages and tests."""
+
+    id: str
+    role: Role
+    term: int
+    vote: str | None
+    leader: str | None
+    commit: int
+    applied: int
+    first_index: int
+    last_index: int
+    conf: ConfState
+    progress: Mapping[str, ProgressInfo]
+    lead_transferee: str | None
+
+
+class Raft:
+    """One Raft node's protocol state. Not thread-safe; one owner calls it.
+
+    Inputs: :meth:`tick`, :meth:`step`, :meth:`propose`, :meth:`read_index`,
+    :meth:`propose_conf_change`, :meth:`transfer_leadership`, :meth:`compact`.
+    Outputs: :meth:`ready` then :meth:`advance` (see :class:`Ready` for the contract).
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        config: Config,
+        rng: random.Random,
+        state: InitialState | None = None,
+    ) -> None:
+        if not node_id:
+            raise LocalError("node id must be a non-empty string")
+        state = state or InitialState()
+        self.id = node_id
+        self.cfg = config
+        self._rng = rng
+        snap = state.snapshot
+        hs = state.hard_state
+        self.log = RaftLog(snap.meta.index, snap.meta.term, state.entries)
+        if hs.commit > self.log.last_index():
+            raise LocalError(
+                f"hard state commit {hs.commit} is beyond the last log index {self.log.last_index()}"
+            )
+        self.log.commit_to(hs.commit)
+        self._snapshot: Snapshot | None = snap if snap.meta.index > 0 else None
+        self.confs = ConfHistory(snap.meta.index, snap.meta.conf)
+        for e in state.entries:
+            if e.type is EntryType.CONF:
+                self.confs.append(e.index, decode_conf(e.data)[1])
+        self.term = hs.term
+        self.vote: str | None = hs.vote
+        self.leader: str | None = None
+        self.role = Role.FOLLOWER
+        self._prev_hs = hs
+        self._msgs: list[Message] = []
+        self._read_states: list[ReadState] = []
+        self._dropped_reads: list[bytes] = []
+        self._ticks = 0
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._randomized_timeout = config.election_ticks
+        self.lead_transferee: str | None = None
+        self._votes: dict[str, bool] = {}
+        self.prs: dict[str, Progress] = {}
+        self._committed_in_term = False
+        self._uncommitted_bytes = 0
+        # ReadIndex: heartbeat rounds (thesis §6.4). A read registered at round r is confirmed
+        # once a quorum acknowledged a heartbeat of round >= r.
+        self._round = 0
+        self._round_ticks: dict[int, int] = {}
+        self._read_acks: dict[str, int] = {}
+        self._pending_reads: list[tuple[int, int, bytes, str]] = []
+        self._reads_before_commit: list[tuple[bytes, str]] = []
+        self._bcast_entries = False
+        self._bcast_commit = False
+        self._bcast_read = False
+        self._become_follower(self.term, None)
+
+    @classmethod
+    def bootstrap(
+        cls,
+        node_id: str,
+        config: Config,
+        rng: random.Random,
+        voters: Mapping[str, bytes] | Iterable[str],
+    ) -> Raft:
+        """A brand-new node of a brand-new cluster whose first configuration is ``voters``.
+
+        Every founding member must be bootstrapped with the same ``voters``: the first log
+        entry (term 1, index 1, committed) records that configuration, so all logs agree.
+        ``voters`` may map ids to contexts (addresses). The first ``Ready`` persists it.
+        """
+        ctx = dict(voters) if isinstance(voters, Mapping) else dict.fromkeys(voters, b"")
+        if not ctx:
+            raise LocalError("bootstrap needs at least one voter")
+        conf = ConfState(voters=frozenset(ctx), contexts=tuple(sorted(ctx.items())))
+        node = cls(node_id, config, rng)
+        entry = Entry(1, 1, EntryType.CONF, encode_conf(None, conf))
+        node.log.append([entry])
+        node.confs.append(1, conf)
+        node.log.commit_to(1)
+        node.term = 1
+        return node
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def conf(self) -> ConfState:
+        """The configuration in force."""
+        return self.confs.current
+
+    @property
+    def is_leader(self) -> bool:
+        """True if this node is the leader of its current term."""
+        return self.role is Role.LEADER
+
+    def _promotable(self) -> bool:
+        return self.id in self.confs.current.voters
+
+    def status(self) -> Status:
+        """A read-only report of this node's state."""
+        progress = {
+            nid: ProgressInfo(pr.match, pr.next_index, pr.state.name.lower(), pr.recent_active)
+            for nid, pr in sorted(self.prs.items())
+        }
+        return Status(
+            id=self.id,
+            role=self.role,
+            term=self.term,
+            vote=self.vote,
+            leader=self.leader,
+            commit=self.log.committed,
+            applied=self.log.applied,
+            first_index=self.log.first_index(),
+            last_index=self.log.last_index(),
+            conf=self.confs.current,
+            progress=progress,
+            lead_transferee=self.lead_transferee,
+        )
+
+    # ------------------------------------------------------------------ role changes
+
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = None
+        self.leader = None
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._randomized_timeout = self.cfg.election_ticks + self._rng.randrange(self.cfg.election_ticks)
+        self.lead_transferee = None
+        self._votes = {}
+        self.prs = {}
+        self._committed_in_term = False
+        self._uncommitted_bytes = 0
+        self._drop_reads()
+        self._bcast_entries = self._bcast_commit = self._bcast_read = False
+
+    def _drop_reads(self) -> None:
+        for _, _, ctx, req in self._pending_reads:
+            self._refuse_read(ctx, req)
+        for ctx, req in self._reads_before_commit:
+            self._refuse_read(ctx, req)
+        self._pending_reads = []
+        self._reads_before_commit = []
+        self._read_acks = {}
+        self._round_ticks = {}
+
+    def _become_follower(self, term: int, leader: str | None) -> None:
+        self._reset(term)
+        self.leader = leader
+        self.role = Role.FOLLOWER
+
+    def _become_pre_candidate(self) -> None:
+        # Pre-vote changes neither term nor vote (thesis §9.6).
+        self._votes = {}
+        self.leader = None
+        self.role = Role.PRE_CANDIDATE
+
+    def _become_candidate(self) -> None:
+        self._reset(self.term + 1)
+        self.vote = self.id
+        self.role = Role.CANDIDATE
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.leader = self.id
+        self.role = Role.LEADER
+        last = self.log.last_index()
+        for nid in self.confs.current.members():
+            self.prs[nid] = Progress(last + 1)
+        if self.id in self.prs:
+            self.prs[self.id].match = last
+            self.prs[self.id].become_replicate()
+        # Uncommitted entries of earlier terms count towards the limit too (conservative).
+        for i in range(self.log.committed + 1, last + 1):
+            self._uncommitted_bytes += self.log.entry(i).size()
+        # §8: a no-op entry of this term lets earlier entries commit and starts ReadIndex.
+        self._append([(EntryType.NOOP, b"")])
+
+    def campaign(self, transfer: bool = False) -> None:
+        """Start an election now (pre-vote first, unless ``transfer`` or pre-vote is off).
+
+        Does nothing on a node that is not a voter or is already leader.
+        """
+        if not self._promotable() or self.role is Role.LEADER:
+            return
+        if self.cfg.pre_vote and not transfer:
+            self._become_pre_candidate()
+            vote_type, vote_term = _PRE_VOTE, self.term + 1
+        else:
+            self._become_candidate()
+            vote_type, vote_term = _VOTE, self.term
+        self._votes[self.id] = True
+        if self._tally() is not VoteResult.PENDING:
+            return
+        last_index, last_term = self.log.last_index(), self.log.last_term()
+        for nid in sorted(self.confs.current.voters):
+            if nid != self.id:
+                self._send(
+                    Message(
+                        vote_type,
+                        nid,
+                        self.id,
+                        vote_term,
+                        log_term=last_term,
+                        index=last_index,
+                        transfer=transfer,
+                    )
+                )
+
+    def _tally(self) -> VoteResult:
+        result = vote_result(self.confs.current.voters, self._votes)
+        if result is VoteResult.WON:
+            if self.role is Role.PRE_CANDIDATE:
+                self.campaign(transfer=True)  # the real election, skipping a second pre-vote
+            else:
+                self._become_leader()
+        elif result is VoteResult.LOST:
+            self._become_follower(self.term, None)
+        return result
+
+    # ------------------------------------------------------------------ time
+
+    def tick(self) -> None:
+        """Advance logical time by one tick."""
+        self._ticks += 1
+        if self.role is Role.LEADER:
+            self._tick_leader()
+        else:
+            self._election_elapsed += 1
+            if self._election_elapsed >= self._randomized_timeout and self._promotable():
+                self._election_elapsed = 0
+                self.campaign()
+
+    def _tick_leader(self) -> None:
+        self._heartbeat_elapsed += 1
+        self._election_elapsed += 1
+        if self._election_elapsed >= self.cfg.election_ticks:
+            self._election_elapsed = 0
+            if self.cfg.check_quorum and not self._quorum_active():
+                self._become_follower(self.term, None)
+                return
+            self.lead_transferee = None  # a transfer that took an election timeout is aborted
+        if self._heartbeat_elapsed >= self.cfg.heartbeat_ticks:
+            self._heartbeat_elapsed = 0
+            self._bcast_heartbeat()
+
+    def _quorum_active(self) -> bool:
+        active = {self.id}
+        for nid, pr in self.prs.items():
+            if pr.recent_active:
+                active.add(nid)
+            if nid != self.id:
+                pr.recent_active = False
+        voters = self.confs.current.voters
+        return len(voters & active) >= len(voters) // 2 + 1
+
+    # ------------------------------------------------------------------ client requests
+
+    def propose(self, data: bytes) -> tuple[int, int] | None:
+        """Propose one command. On the leader: append it, return its ``(term, index)``.
+
+        On a follower with a known leader (and forwarding on): forward it, return ``None``.
+        Otherwise raise :class:`~phalanx_aio.errors.NotLeader` or
+        :class:`~phalanx_aio.errors.ProposalDropped` with the reason.
+        """
+        out = self.propose_many([data])
+        return out[0] if out else None
+
+    def propose_many(self, commands: Sequence[bytes]) -> list[tuple[int, int]]:
+        """Propose several commands as one batch (one append per follower).
+
+        Returns their ``(term, index)`` on the leader, ``[]`` when forwarded; raises like
+        :meth:`propose`.
+        """
+        if self.role is not Role.LEADER:
+            if self.leader is not None and self.cfg.forward_proposals and self.role is Role.FOLLOWER:
+                entries = tuple(Entry(0, 0, EntryType.NORMAL, bytes(d)) for d in commands)
+                self._send(Message(_PROP, self.leader, self.id, 0, entries=entries))
+                return []
+            raise NotLeader(self.leader)
+        self._check_can_propose(sum(len(d) + 16 for d in commands))
+        return self._append([(EntryType.NORMAL, bytes(d)) for d in commands])
+
+    def _check_can_propose(self, nbytes: int) -> None:
+        if self.lead_transferee is not None:
+            raise ProposalDropped(f"leadership transfer to {self.lead_transferee!r} in progress")
+        if self.id not in self.confs.current.voters:
+            raise ProposalDropped(f"{self.id!r} is being removed from the cluster")
+        limit = self.cfg.max_uncommitted_bytes
+        if limit and self._uncommitted_bytes > 0 and self._uncommitted_bytes + nbytes > limit:
+            raise ProposalDropped(
+                f"too much uncommitted data ({self._uncommitted_bytes} bytes, limit {limit})"
+            )
+
+    def propose_conf_change(self, change: ConfChange) -> tuple[int, int]:
+        """Propose one membership change (leader only); returns the entry's ``(term, index)``.
+
+        Refused while another change is pending, before the leader committed an entry of its
+        own term, during a leadership transfer, or if the change is invalid.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        self._check_can_propose(64)
+        if not self._committed_in_term:
+            raise ProposalDropped("the leader has not yet committed an entry of its term")
+        if self.confs.last_index > self.log.committed:
+            raise ProposalDropped("another membership change is still pending")
+        new = apply_change(self.confs.current, change)
+        return self._append([(EntryType.CONF, encode_conf(change, new))])[0]
+
+    def _append(self, items: Sequence[tuple[EntryType, bytes]]) -> list[tuple[int, int]]:
+        term = self.term
+        index = self.log.last_index()
+        entries = []
+        out = []
+        for etype, data in items:
+            index += 1
+            e = Entry(term, index, etype, data)
+            entries.append(e)
+            out.append((term, index))
+            self._uncommitted_bytes += len(data) + 16
+        self.log.append(entries)
+        for e in entries:
+            if e.type is EntryType.CONF:
+                self._apply_conf(e.index, decode_conf(e.data)[1])
+        me = self.prs.get(self.id)
+        if me is not None:
+            me.maybe_update(index)
+        self._bcast_entries = True
+        self._maybe_commit()
+        return out
+
+    def read_index(self, context: bytes) -> None:
+        """Ask for a linearizable read point (ReadIndex, thesis §6.4).
+
+        The answer arrives as a :class:`ReadState` with this ``context`` in a later ``Ready``
+        (or in ``dropped_reads`` if leadership is lost). Raises
+        :class:`~phalanx_aio.errors.NotLeader` when no leader is known to forward to.
+        """
+        if self.role is Role.LEADER:
+            self._leader_read(bytes(context), self.id)
+        elif self.role is Role.FOLLOWER and self.leader is not None and self.cfg.forward_proposals:
+            self._send(Message(_READ_INDEX, self.leader, self.id, 0, context=bytes(context)))
+        else:
+            raise NotLeader(self.leader)
+
+    def _leader_read(self, ctx: bytes, requester: str) -> None:
+        if not self._committed_in_term:
+            self._reads_before_commit.append((ctx, requester))
+            return
+        if self.confs.current.voters == {self.id}:
+            self._answer_read(self.log.committed, ctx, requester)
+            return
+        if self.cfg.read_mode == "lease" and self._lease_valid():
+            self._answer_read(self.log.committed, ctx, requester)
+            return
+        self._pending_reads.append((self._round + 1, self.log.committed, ctx, requester))
+        self._bcast_read = True
+
+    def _answer_read(self, index: int, ctx: bytes, requester: str) -> None:
+        if requester == self.id:
+            self._read_states.append(ReadState(index, ctx))
+        else:
+            self._send(Message(_READ_INDEX_RESP, requester, self.id, self.term, index=index, context=ctx))
+
+    def _refuse_read(self, ctx: bytes, requester: str) -> None:
+        if requester == self.id:
+            self._dropped_reads.append(ctx)
+        else:
+            self._send(Message(_READ_INDEX_RESP, requester, self.id, self.term, reject=True, context=ctx))
+
+    def _acked_round(self) -> int:
+        acks = self._read_acks
+        acks[self.id] = self._round
+        return quorum_index(self.confs.current.voters, acks)
+
+    def _lease_valid(self) -> bool:
+        acked = self._acked_round()
+        sent = self._round_ticks.get(acked)
+        if sent is None:
+            return False
+        return self._ticks - sent < self.cfg.election_ticks - self.cfg.lease_margin_ticks
+
+    def _release_reads(self) -> None:
+        acked = self._acked_round()
+        pending = self._pending_reads
+        n = 0
+        while n < len(pending) and pending[n][0] <= acked:
+            _, index, ctx, req = pending[n]
+            self._answer_read(index, ctx, req)
+            n += 1
+        if n:
+            del pending[:n]
+        for r in [r for r in self._round_ticks if r < acked]:
+            del self._round_ticks[r]
+
+    def transfer_leadership(self, target: str) -> None:
+        """Hand leadership to ``target`` (thesis §3.10): once its log is caught up it gets
+        TimeoutNow and campaigns at once. Aborted after an election timeout; proposals are
+        refused meanwhile."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        if target == self.id:
+            return
+        if target not in self.confs.current.voters:
+            raise ProposalDropped(f"cannot transfer leadership to {target!r}: not a voter")
+        if self.lead_transferee == target:
+            return
+        self.lead_transferee = target
+        self._election_elapsed = 0
+        if self.prs[target].match == self.log.last_index():
+            self._send(Message(_TIMEOUT_NOW, target, self.id, self.term, transfer=True))
+        else:
+            self._send_append(target)
+
+    def compact(self, index: int, data: bytes) -> Snapshot:
+        """Record the application's snapshot ``data`` taken at applied ``index`` and drop the
+        log up to it. Returns the :class:`Snapshot` for the driver to persist."""
+        if index <= self.log.snap_index:
+            raise LocalError(f"index {index} is already compacted (snapshot at {self.log.snap_index})")
+        if index > self.log.applied:
+            raise LocalError(f"cannot snapshot at {index}: only {self.log.applied} is applied")
+        term = self.log.term(index)
+        assert term is not None
+        snap = Snapshot(self._snapshot_meta(index, term), bytes(data))
+        self.log.compact_to(index)
+        self.confs.compact_to(index)
+        self._snapshot = snap
+        return snap
+
+    def _snapshot_meta(self, index: int, term: int) -> SnapshotMeta:
+        return SnapshotMeta(index, term, self.confs.at(index))
+
+    # ------------------------------------------------------------------ messages in
+
+    def step(self, m: Message) -> None:
+        """Feed one message from a peer."""
+        if m.type not in _UNCHECKED:
+            if m.term > self.term:
+                if m.type is _VOTE or m.type is _PRE_VOTE:
+                    in_lease = (
+                        self.cfg.check_quorum
+                        and self.leader is not None
+                        and self._election_elapsed < self.cfg.election_ticks
+                    )
+                    if in_lease and not m.transfer:
+                        return  # leader stickiness: a live leader was heard recently
+                if m.type is _PRE_VOTE or (m.type is _PRE_VOTE_RESP and not m.reject):
+                    pass  # pre-votes never raise terms
+                elif m.type is _APP or m.type is _HEARTBEAT or m.type is _SNAP:
+                    self._become_follower(m.term, m.frm)
+                else:
+                    self._become_follower(m.term, None)
+            elif m.term < self.term:
+                if m.type is _APP or m.type is _HEARTBEAT:
+                    # Tell a stale leader about the new term so it steps down.
+                    self._send(Message(_APP_RESP, m.frm, self.id, self.term))
+                elif m.type is _PRE_VOTE:
+                    self._send(Message(_PRE_VOTE_RESP, m.frm, self.id, self.term, reject=True))
+                return
+        if m.type is _VOTE or m.type is _PRE_VOTE:
+            self._handle_vote(m)
+        elif self.role is Role.LEADER:
+            self._step_leader(m)
+        elif self.role is Role.FOLLOWER:
+            self._step_follower(m)
+        else:
+            self._step_candidate(m)
+
+    def _handle_vote(self, m: Message) -> None:
+        can_vote = (
+            self.vote == m.frm
+            or (self.vote is None and self.leader is None)
+            or (m.type is _PRE_VOTE and m.term > self.term)
+        )
+        resp = _VOTE_RESP if m.type is _VOTE else _PRE_VOTE_RESP
+        if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+            self._send(Message(resp, m.frm, self.id, m.term))
+            if m.type is _VOTE:
+                self._election_elapsed = 0
+                self.vote = m.frm
+        else:
+            self._send(Message(resp, m.frm, self.id, self.term, reject=True))
+
+    def _step_leader(self, m: Message) -> None:
+        t = m.type
+        if t is _PROP:
+            try:
+                self._check_can_propose(sum(e.size() for e in m.entries))
+            except ProposalDropped:
+                return  # the follower's caller times out: outcome unknown to it, but never applied
+            self._append([(EntryType.NORMAL, e.data) for e in m.entries])
+            return
+        if t is _READ_INDEX:
+            self._leader_read(m.context, m.frm)
+            return
+        pr = self.prs.get(m.frm)
+        if pr is None:
+            return
+        if t is _APP_RESP:
+            pr.recent_active = True
+            if m.reject:
+                hint = m.reject_hint
+                if m.log_term > 0:
+                    hint = self.log.find_conflict_by_term(hint, m.log_term)
+                if pr.maybe_decrease(m.index, hint):
+                    if pr.state is ProgressState.REPLICATE:
+                        pr.become_probe()
+                    self._send_append(m.frm)
+                return
+            was_paused = pr.is_paused(self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes)
+            if not pr.maybe_update(m.index):
+                return
+            if pr.state is ProgressState.PROBE:
+                pr.become_replicate()
+            elif pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
+                pr.become_probe()
+                pr.become_replicate()
+            if not self._maybe_commit() and was_paused:
+                self._send_append(m.frm)
+            while self._send_append(m.frm, send_if_empty=False):
+                pass
+            if m.frm == self.lead_transferee and pr.match == self.log.last_index():
+                self._send(Message(_TIMEOUT_NOW, m.frm, self.id, self.term, transfer=True))
+        elif t is _HEARTBEAT_RESP:
+            pr.recent_active = True
+            pr.probe_sent = False
+            if pr.state is ProgressState.REPLICATE and pr.is_paused(
+                self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes
+            ):
+                pr.free_one()
+            elif (
+                pr.state is ProgressState.SNAPSHOT
+                and self._ticks - pr.snapshot_sent_tick >= 2 * self.cfg.election_ticks
+            ):
+                pr.become_probe()  # the snapshot was probably lost: decide again
+            if pr.match < self.log.last_index():
+                self._send_append(m.frm)
+            if m.seq > self._read_acks.get(m.frm, 0):
+                self._read_acks[m.frm] = m.seq
+                if self._pending_reads:
+                    self._release_reads()
+
+    def _step_candidate(self, m: Message) -> None:
+        t = m.type
+        if t is _APP:
+            self._become_follower(m.term, m.frm)
+            self._handle_append(m)
+        elif t is _HEARTBEAT:
+            self._become_follower(m.term, m.frm)
+            self._handle_heartbeat(m)
+        elif t is _SNAP:
+            self._become_follower(m.term, m.frm)
+            self._handle_snapshot(m)
+        elif (t is _PRE_VOTE_RESP and self.role is Role.PRE_CANDIDATE) or (
+            t is _VOTE_RESP and self.role is Role.CANDIDATE
+        ):
+            self._votes.setdefault(m.frm, not m.reject)
+            self._tally()
+        elif t is _READ_INDEX:
+            self._refuse_read(m.context, m.frm)
+        elif t is _READ_INDEX_RESP:
+            self._follower_read_resp(m)
+
+    def _step_follower(self, m: Message) -> None:
+        t = m.type
+        if t is _APP:
+            self._election_elapsed = 0
+            self.leader = m.frm
+            self._handle_append(m)
+        elif t is _HEARTBEAT:
+            self._election_elapsed = 0
+            self.leader = m.frm
+            self._handle_heartbeat(m)
+        elif t is _SNAP:
+            self._election_elapsed = 0
+            self.leader = m.frm
+            self._handle_snapshot(m)
+        elif t is _TIMEOUT_NOW:
+            self.campaign(transfer=True)
+        elif t is _PROP:
+            if self.leader is not None and self.cfg.forward_proposals:
+                self._send(Message(_PROP, self.leader, self.id, 0, entries=m.entries))
+        elif t is _READ_INDEX:
+            self._refuse_read(m.context, m.frm)
+        elif t is _READ_INDEX_RESP:
+            self._follower_read_resp(m)
+
+    def _follower_read_resp(self, m: Message) -> None:
+        if m.reject:
+            self._dropped_reads.append(m.context)
+        else:
+            self._read_states.append(ReadState(m.index, m.context))
+
+    def _handle_append(self, m: Message) -> None:
+        log = self.log
+        if m.index < log.committed:
+            self._send(Message(_APP_RESP, m.frm, self.id, self.term, index=log.committed))
+            return
+        if log.match_term(m.index, m.log_term):
+            ents = m.entries
+            pos = log.find_conflict(ents) if ents else 0
+            if pos < len(ents):
+                new = ents[pos:]
+                confs = [(e.index, decode_conf(e.data)[1]) for e in new if e.type is EntryType.CONF]
+                self.confs.truncate_from(new[0].index)
+                log.truncate_and_append(new)
+                for idx, conf in confs:
+                    self.confs.append(idx, conf)
+            last_new = m.index + len(ents)
+            log.commit_to(min(m.commit, last_new))
+            self._send(Message(_APP_RESP, m.frm, self.id, self.term, index=last_new))
+        else:
+            hint = log.find_conflict_by_term(min(m.index, log.last_index()), m.log_term)
+            self._send(
+                Message(
+                    _APP_RESP,
+                    m.frm,
+                    self.id,
+                    self.term,
+                    index=m.index,
+                    reject=True,
+                    reject_hint=hint,
+                    log_term=log.term(hint) or 0,
+                )
+            )
+
+    def _handle_heartbeat(self, m: Message) -> None:
+        self.log.commit_to(min(m.commit, self.log.last_index()))
+        self._send(Message(_HEARTBEAT_RESP, m.frm, self.id, self.term, seq=m.seq))
+
+    def _handle_snapshot(self, m: Message) -> None:
+        snap = m.snapshot
+        log = self.log
+        if snap is None or snap.meta.index <= log.committed:
+            self._send(Message(_APP_RESP, m.frm, self.id, self.term, index=log.committed))
+            return
+        meta = snap.meta
+        if log.match_term(meta.index, meta.term):
+            # We already hold the snapshot's last entry: just learn that it is committed.
+            log.commit_to(meta.index)
+        else:
+            log.restore(snap)
+            self.confs = ConfHistory(meta.index, meta.conf)
+            self._snapshot = snap
+        self._send(Message(_APP_RESP, m.frm, self.id, self.term, index=log.committed))
+
+    # ------------------------------------------------------------------ replication out
+
+    def _send(self, m: Message) -> None:
+        self._msgs.append(m)
+
+    def _send_append(self, to: str, send_if_empty: bool = True) -> bool:
+        pr = self.prs[to]
+        cfg = self.cfg
+        if pr.is_paused(cfg.max_inflight_msgs, cfg.max_inflight_bytes):
+            return False
+        log = self.log
+        prev = pr.next_index - 1
+        prev_term = log.term(prev)
+        if prev_term is None:
+            if prev > log.last_index():  # cannot happen: next_index <= last + 1
+                pr.become_probe()
+                return False
+            snap = self._snapshot
+            assert snap is not None, "log compacted without a snapshot"
+            self._send(Message(_SNAP, to, self.id, self.term, snapshot=snap))
+            pr.become_snapshot(snap.meta.index, self._ticks)
+            return True
+        last = log.last_index()
+        if pr.next_index <= last:
+            ents = log.slice(pr.next_index, last + 1, cfg.max_msg_bytes, cfg.max_msg_entries)
+        else:
+            if not send_if_empty:
+                return False
+            ents = []
+        nbytes = 0
+        for e in ents:
+            nbytes += len(e.data) + 16
+        self._send(
+            Message(
+                _APP,
+                to,
+                self.id,
+                self.term,
+                log_term=prev_term,
+                index=prev,
+                entries=tuple(ents),
+                commit=log.committed,
+            )
+        )
+        pr.sent(prev + len(ents), nbytes)
+        return True
+
+    def _bcast_heartbeat(self) -> None:
+        self._round += 1
+        self._round_ticks[self._round] = self._ticks
+        self._bcast_read = False
+        committed = self.log.committed
+        for nid, pr in self.prs.items():
+            if nid != self.id:
+                self._send(
+                    Message(
+                        _HEARTBEAT, nid, self.id, self.term, commit=min(pr.match, committed), seq=self._round
+                    )
+                )
+        if self._pending_reads:
+            self._release_reads()  # a single-voter quorum needs no answers
+
+    def _maybe_commit(self) -> bool:
+        voters = self.confs.current.voters
+        prs = self.prs
+        idx = quorum_index(voters, {nid: prs[nid].match for nid in voters if nid in prs})
+        # §5.4.2: only entries of the current term are committed by counting replicas.
+        if idx <= self.log.committed or self.log.term(idx) != self.term:
+            return False
+        for i in range(self.log.committed + 1, idx + 1):
+            self._uncommitted_bytes -= self.log.entry(i).size()
+        self._uncommitted_bytes = max(self._uncommitted_bytes, 0)
+        self.log.commit_to(idx)
+        self._bcast_commit = True
+        if not self._committed_in_term:
+            self._committed_in_term = True
+            waiting, self._reads_before_commit = self._reads_before_commit, []
+            for ctx, req in waiting:
+                self._leader_read(ctx, req)
+        if self.id not in voters and idx >= self.confs.last_index:
+            # Our removal is committed: tell the others, then step down (thesis §4.2.2).
+            self._flush()
+            self._become_follower(self.term, None)
+        return True
+
+    def _apply_conf(self, index: int, conf: ConfState) -> None:
+        self.confs.append(index, conf)
+        if self.role is not Role.LEADER:
+            return
+        last = self.log.last_index()
+        for nid in conf.members():
+            if nid not in self.prs:
+                self.prs[nid] = Progress(last)
+        for nid in [n for n in self.prs if not conf.is_member(n) and n != self.id]:
+            del self.prs[nid]
+            self._read_acks.pop(nid, None)
+        if self.lead_transferee is not None and self.lead_transferee not in conf.voters:
+            self.lead_transferee = None
+
+    def _flush(self) -> None:
+        if self.role is not Role.LEADER:
+            return
+        if self._bcast_entries or self._bcast_commit:
+            commit = self._bcast_commit
+            for nid in self.prs:
+                if nid != self.id:
+                    self._send_append(nid, send_if_empty=commit)
+                    while self._send_append(nid, send_if_empty=False):
+                        pass
+            self._bcast_entries = self._bcast_commit = False
+        if self._bcast_read:
+            self._bcast_heartbeat()
+
+    # ------------------------------------------------------------------ output
+
+    def has_ready(self) -> bool:
+        """True if :meth:`ready` would return something to do."""
+        log = self.log
+        return bool(
+            self._msgs
+            or self._bcast_entries
+            or self._bcast_commit
+            or self._bcast_read
+            or log.unstable <= log.last_index()
+            or log.pending_snapshot is not None
+            or log.committed > max(log.applied, log.snap_index)
+            or self._read_states
+            or self._dropped_reads
+            or self._hard_state() != self._prev_hs
+        )
+
+    def _hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.committed)
+
+    def ready(self) -> Ready:
+        """Collect the pending outputs. Handle them as :class:`Ready` says, then :meth:`advance`."""
+        self._flush()
+        hs = self._hard_state()
+        log = self.log
+        rd = Ready(
+            hard_state=hs if hs != self._prev_hs else None,
+            entries=tuple(log.unstable_entries()),
+            snapshot=log.pending_snapshot,
+            messages=tuple(self._msgs),
+            committed_entries=tuple(log.next_committed(_MAX_APPLY_BYTES)),
+            read_states=tuple(self._read_states),
+            dropped_reads=tuple(self._dropped_reads),
+        )
+        self._msgs = []
+        self._read_states = []
+        self._dropped_reads = []
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The driver finished ``rd``: its writes are durable and its entries applied."""
+        log = self.log
+        if rd.hard_state is not None:
+            self._prev_hs = rd.hard_state
+        if rd.snapshot is not None:
+            if log.pending_snapshot is rd.snapshot:
+                log.pending_snapshot = None
+            log.applied = max(log.applied, rd.snapshot.meta.index)
+        if rd.entries:
+            last = rd.entries[-1]
+            log.stable_to(last.index, last.term)
+        if rd.committed_entries:
+            log.applied = max(log.applied, rd.committed_entries[-1].index)

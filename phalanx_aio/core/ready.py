@@ -1,0 +1,59 @@
+"""The core's output contract."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from phalanx_aio.core.types import Entry, HardState, Message, ReadState, Snapshot
+
+__all__ = ["Ready"]
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Everything the core asks its driver to do, in one batch.
+
+    A driver handles a ``Ready`` in exactly this order, then calls ``advance(ready)``:
+
+    1. **Persist**, atomically and durably: ``snapshot`` (if any), then ``entries`` with
+       overwrite-from-index semantics (delete every stored entry at or after
+       ``entries[0].index``, then insert these), then ``hard_state`` (if any).
+    2. **Send** ``messages``. They may promise what step 1 saved (a vote, an accepted append),
+       so they must not leave before it is durable.
+    3. **Install** ``snapshot`` into the state machine, then **apply** ``committed_entries`` in
+       order (skipping NOOP entries; CONF entries carry membership changes).
+    4. **Serve** ``read_states``: a read with that context may run once the state machine has
+       applied ``index``. Fail the reads named in ``dropped_reads``.
+
+    The driver does not step or tick the core between ``ready()`` and ``advance()``.
+    """
+
+    hard_state: HardState | None = None
+    """The new hard state, or ``None`` if unchanged."""
+    entries: tuple[Entry, ...] = ()
+    """Entries to persist, overwriting the stored log from ``entries[0].index`` on."""
+    snapshot: Snapshot | None = None
+    """A snapshot received from the leader, to persist and install."""
+    messages: tuple[Message, ...] = ()
+    """Messages to send once the above is durable."""
+    committed_entries: tuple[Entry, ...] = ()
+    """Committed entries to apply, in order."""
+    read_states: tuple[ReadState, ...] = ()
+    """Reads that may be served once their index is applied."""
+    dropped_reads: tuple[bytes, ...] = ()
+    """Contexts of reads that cannot be served here (leadership lost): fail them at once."""
+
+    @property
+    def must_sync(self) -> bool:
+        """True if step 1 has anything to persist (so it needs an fsync)."""
+        return bool(self.entries) or self.hard_state is not None or self.snapshot is not None
+
+    def is_empty(self) -> bool:
+        """True if there is nothing at all to do."""
+        return not (
+            self.must_sync
+            or self.messages
+            or self.committed_entries
+            or self.read_states
+            or self.dropped_reads
+        )

@@ -1,0 +1,163 @@
+"""The core's records: entries, hard state, configurations, snapshots, messages.
+
+All are frozen, slotted dataclasses owned by the core. Transports translate them to and from
+their wire format (see ``phalanx_aio.transport``); storage saves them. Node ids are strings.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ConfState",
+    "Entry",
+    "EntryType",
+    "HardState",
+    "Message",
+    "MessageType",
+    "ReadState",
+    "Snapshot",
+    "SnapshotMeta",
+]
+
+
+class EntryType(enum.IntEnum):
+    """What a log entry carries."""
+
+    NORMAL = 0
+    """An application command: ``data`` is handed to the state machine."""
+    NOOP = 1
+    """The empty entry a new leader appends (Raft §8); nothing to apply."""
+    CONF = 2
+    """A membership change: ``data`` encodes the change and the resulting :class:`ConfState`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry. ``(term, index)`` identifies it uniquely across the cluster."""
+
+    term: int
+    index: int
+    type: EntryType = EntryType.NORMAL
+    data: bytes = b""
+
+    def size(self) -> int:
+        """Bytes this entry counts for in flow control (payload plus a fixed header)."""
+        return len(self.data) + 16
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What a node must persist before it answers anyone: term, vote and commit index."""
+
+    term: int = 0
+    vote: str | None = None
+    commit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConfState:
+    """A cluster configuration: the voters, the learners, and an opaque context per member.
+
+    ``contexts`` maps a member id to bytes its driver attached when it was added (the node's
+    address, for example); the core stores and replicates them but never reads them.
+    Invariant: ``voters`` and ``learners`` are disjoint; every key of ``contexts`` is a member.
+    """
+
+    voters: frozenset[str] = frozenset()
+    learners: frozenset[str] = frozenset()
+    contexts: tuple[tuple[str, bytes], ...] = ()
+
+    def is_member(self, node_id: str) -> bool:
+        """True if ``node_id`` is a voter or a learner."""
+        return node_id in self.voters or node_id in self.learners
+
+    def members(self) -> frozenset[str]:
+        """Voters and learners together."""
+        return self.voters | self.learners
+
+    def context(self, node_id: str) -> bytes:
+        """The context attached to ``node_id`` (empty if none)."""
+        for nid, ctx in self.contexts:
+            if nid == node_id:
+                return ctx
+        return b""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """Where a snapshot sits in the log: the last index it covers, that entry's term, and the
+    configuration in force at that index."""
+
+    index: int = 0
+    term: int = 0
+    conf: ConfState = field(default_factory=ConfState)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A state machine snapshot: its metadata and the application's bytes."""
+
+    meta: SnapshotMeta = field(default_factory=SnapshotMeta)
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A linearizable read may be served once this node has applied ``index``.
+
+    ``context`` is the caller's identifier passed to ``read_index``.
+    """
+
+    index: int
+    context: bytes
+
+
+class MessageType(enum.IntEnum):
+    """The kinds of message cores exchange."""
+
+    APP = 1
+    """Append entries (also probes): ``index``/``log_term`` name the preceding entry."""
+    APP_RESP = 2
+    """Answer to APP or SNAP: ``index`` is the last matching index, or the rejected one."""
+    VOTE = 3
+    """Request a vote: ``index``/``log_term`` describe the candidate's last entry."""
+    VOTE_RESP = 4
+    PRE_VOTE = 5
+    """Ask whether a vote would be granted at ``term`` without anyone raising their term."""
+    PRE_VOTE_RESP = 6
+    HEARTBEAT = 7
+    """Leader liveness; ``commit`` is safe for the follower, ``seq`` is the heartbeat round."""
+    HEARTBEAT_RESP = 8
+    SNAP = 9
+    """Install ``snapshot``: the follower is behind the leader's first log index."""
+    PROP = 10
+    """A proposal forwarded by a follower to its leader (``term`` is 0: not term-checked)."""
+    READ_INDEX = 11
+    """A follower asks the leader for a read index (``term`` 0), identified by ``context``."""
+    READ_INDEX_RESP = 12
+    """The leader's answer: ``index`` is the read index for ``context`` (``reject`` if none)."""
+    TIMEOUT_NOW = 13
+    """Leadership transfer: the target campaigns at once, bypassing pre-vote and leases."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message between two cores. Fields a type does not use keep their defaults."""
+
+    type: MessageType
+    to: str
+    frm: str
+    term: int
+    log_term: int = 0
+    index: int = 0
+    entries: tuple[Entry, ...] = ()
+    commit: int = 0
+    reject: bool = False
+    reject_hint: int = 0
+    snapshot: Snapshot | None = None
+    context: bytes = b""
+    seq: int = 0
+    transfer: bool = False
+    """On VOTE/PRE_VOTE/TIMEOUT_NOW: part of a leadership transfer (bypasses leader leases)."""

@@ -1,0 +1,23 @@
+"""The public API is explicit: everything in __all__ exists and has a docstring."""
+
+import inspect
+
+import phalanx_aio
+import phalanx_aio.core
+
+
+def test_all_names_exist_and_are_documented() -> None:
+    for mod in (phalanx_aio, phalanx_aio.core):
+        assert len(set(mod.__all__)) == len(mod.__all__)
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            if name == "__version__":
+                assert isinstance(obj, str)
+                continue
+            if inspect.isclass(obj) or inspect.isfunction(obj):
+                assert inspect.getdoc(obj), f"{mod.__name__}.{name} has no docstring"
+
+
+def test_no_private_names_exported() -> None:
+    for name in phalanx_aio.__all__:
+        assert not name.startswith("_") or name == "__version__"
