@@ -87,14 +87,14 @@ class Config:
     def lan(cls, **overrides: Any) -> Config:
         """Fast timing for one data centre: 50 ms ticks, election timeout 0.5-1 s,
         heartbeats every 50 ms, pre-vote and check quorum on."""
-        return cls(tick_interval=0.05, election_ticks=10, heartbeat_ticks=1, **overrides)
+        return cls(**{"tick_interval": 0.05, "election_ticks": 10, "heartbeat_ticks": 1, **overrides})
 
     @classmethod
     def global_mesh(cls, **overrides: Any) -> Config:
         """Timing for members on several continents (round trips above 200 ms):
         200 ms ticks, election timeout randomized over 20-40 ticks (4-8 s), heartbeats every
         400 ms, pre-vote, check quorum and leader stickiness on."""
-        return cls(tick_interval=0.2, election_ticks=20, heartbeat_ticks=2, **overrides)
+        return cls(**{"tick_interval": 0.2, "election_ticks": 20, "heartbeat_ticks": 2, **overrides})
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (validated again)."""

@@ -30,7 +30,7 @@ from phalanx_aio.core.types import (
 )
 from phalanx_aio.errors import LocalError, NotLeader, ProposalDropped
 
-__all__ = ["InitialState", "ProgressInfo", "Raft", "Role", "Status"]
+__all__ = ["InitialState", "ProgressInfo", "Raft", "Role", "Status", "bootstrap_state"]
 
 _MAX_APPLY_BYTES = 64 << 20
 
@@ -73,6 +73,21 @@ class InitialState:
     hard_state: HardState = field(default_factory=HardState)
     snapshot: Snapshot = field(default_factory=Snapshot)
     entries: tuple[Entry, ...] = ()
+
+
+def bootstrap_state(voters: Mapping[str, bytes] | Iterable[str]) -> InitialState:
+    """The persisted state every founding member of a new cluster starts from.
+
+    The first log entry (term 1, index 1, committed) records the configuration ``voters``
+    (ids, or ids mapped to contexts such as addresses), so all founders' logs agree. Write
+    it to storage once, at creation, then start the core from it.
+    """
+    ctx = dict(voters) if isinstance(voters, Mapping) else dict.fromkeys(voters, b"")
+    if not ctx:
+        raise LocalError("bootstrap needs at least one voter")
+    conf = ConfState(voters=frozenset(ctx), contexts=tuple(sorted(ctx.items())))
+    entry = Entry(1, 1, EntryType.CONF, encode_conf(None, conf))
+    return InitialState(hard_state=HardState(term=1, vote=None, commit=1), entries=(entry,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +168,7 @@ class Raft:
         self._votes: dict[str, bool] = {}
         self.prs: dict[str, Progress] = {}
         self._committed_in_term = False
+        self._lease_void = False
         self._uncommitted_bytes = 0
         # ReadIndex: heartbeat rounds (thesis §6.4). A read registered at round r is confirmed
         # once a quorum acknowledged a heartbeat of round >= r.
@@ -180,14 +196,10 @@ class Raft:
         entry (term 1, index 1, committed) records that configuration, so all logs agree.
         ``voters`` may map ids to contexts (addresses). The first ``Ready`` persists it.
         """
-        ctx = dict(voters) if isinstance(voters, Mapping) else dict.fromkeys(voters, b"")
-        if not ctx:
-            raise LocalError("bootstrap needs at least one voter")
-        conf = ConfState(voters=frozenset(ctx), contexts=tuple(sorted(ctx.items())))
+        state = bootstrap_state(voters)
         node = cls(node_id, config, rng)
-        entry = Entry(1, 1, EntryType.CONF, encode_conf(None, conf))
-        node.log.append([entry])
-        node.confs.append(1, conf)
+        node.log.append(state.entries)
+        node.confs.append(1, decode_conf(state.entries[0].data)[1])
         node.log.commit_to(1)
         node.term = 1
         return node
@@ -242,6 +254,7 @@ class Raft:
         self._votes = {}
         self.prs = {}
         self._committed_in_term = False
+        self._lease_void = False
         self._uncommitted_bytes = 0
         self._drop_reads()
         self._bcast_entries = self._bcast_commit = self._bcast_read = False
@@ -277,7 +290,7 @@ class Raft:
         self.leader = self.id
         self.role = Role.LEADER
         last = self.log.last_index()
-        for nid in self.confs.current.members():
+        for nid in sorted(self.confs.current.members()):  # sorted: no hash-seed-dependent order
             self.prs[nid] = Progress(last + 1)
         if self.id in self.prs:
             self.prs[self.id].match = last
@@ -293,9 +306,12 @@ class Raft:
 
         Does nothing on a node that is not a voter or is already leader.
         """
+        self._campaign(pre_vote=self.cfg.pre_vote and not transfer, transfer=transfer)
+
+    def _campaign(self, pre_vote: bool, transfer: bool) -> None:
         if not self._promotable() or self.role is Role.LEADER:
             return
-        if self.cfg.pre_vote and not transfer:
+        if pre_vote:
             self._become_pre_candidate()
             vote_type, vote_term = _PRE_VOTE, self.term + 1
         else:
@@ -323,7 +339,9 @@ class Raft:
         result = vote_result(self.confs.current.voters, self._votes)
         if result is VoteResult.WON:
             if self.role is Role.PRE_CANDIDATE:
-                self.campaign(transfer=True)  # the real election, skipping a second pre-vote
+                # The real election, without a second pre-vote. It is not a transfer: voters
+                # that heard from a leader since granting the pre-vote must still refuse.
+                self._campaign(pre_vote=False, transfer=False)
             else:
                 self._become_leader()
         elif result is VoteResult.LOST:
@@ -487,6 +505,8 @@ class Raft:
         return quorum_index(self.confs.current.voters, acks)
 
     def _lease_valid(self) -> bool:
+        if self._lease_void:
+            return False
         acked = self._acked_round()
         sent = self._round_ticks.get(acked)
         if sent is None:
@@ -520,6 +540,9 @@ class Raft:
             return
         self.lead_transferee = target
         self._election_elapsed = 0
+        # TIMEOUT_NOW lets the target win without waiting out followers' stickiness, so from
+        # now on (even if the transfer is aborted) our lease proves nothing this term.
+        self._lease_void = True
         if self.prs[target].match == self.log.last_index():
             self._send(Message(_TIMEOUT_NOW, target, self.id, self.term, transfer=True))
         else:
@@ -628,7 +651,10 @@ class Raft:
             elif pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
                 pr.become_probe()
                 pr.become_replicate()
-            if not self._maybe_commit() and was_paused:
+            if self._maybe_commit():
+                if self.role is not Role.LEADER:
+                    return  # our own removal committed: we stepped down
+            elif was_paused and not self._bcast_commit:  # else the pending broadcast reaches it
                 self._send_append(m.frm)
             while self._send_append(m.frm, send_if_empty=False):
                 pass
@@ -650,8 +676,7 @@ class Raft:
                 self._send_append(m.frm)
             if m.seq > self._read_acks.get(m.frm, 0):
                 self._read_acks[m.frm] = m.seq
-                if self._pending_reads:
-                    self._release_reads()
+                self._release_reads()  # also forgets the send ticks of acknowledged rounds
 
     def _step_candidate(self, m: Message) -> None:
         t = m.type
@@ -806,7 +831,8 @@ class Raft:
 
     def _bcast_heartbeat(self) -> None:
         self._round += 1
-        self._round_ticks[self._round] = self._ticks
+        if self.cfg.read_mode == "lease":
+            self._round_ticks[self._round] = self._ticks
         self._bcast_read = False
         committed = self.log.committed
         for nid, pr in self.prs.items():
@@ -847,7 +873,7 @@ class Raft:
         if self.role is not Role.LEADER:
             return
         last = self.log.last_index()
-        for nid in conf.members():
+        for nid in sorted(conf.members()):
             if nid not in self.prs:
                 self.prs[nid] = Progress(last)
         for nid in [n for n in self.prs if not conf.is_member(n) and n != self.id]:

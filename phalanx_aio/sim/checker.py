@@ -1,0 +1,131 @@
+"""Raft's safety invariants, checked by the simulator after every event.
+
+The checker sees what each node persists, sends and applies; it knows nothing of the network
+model. Each check raises :class:`SafetyViolation` naming the invariant.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Collection
+
+from phalanx_aio.core.types import Entry, HardState, Message, MessageType
+
+__all__ = ["Checker", "SafetyViolation", "chain_hash"]
+
+_PACK = struct.Struct(">QQ").pack
+
+
+def chain_hash(prev: int, entry: Entry) -> int:
+    """Hash of a log prefix ending in ``entry``, given the hash of the prefix before it."""
+    return zlib.crc32(entry.data, zlib.crc32(_PACK(entry.term, entry.index), prev))
+
+
+class SafetyViolation(AssertionError):
+    """A Raft safety invariant was broken; ``invariant`` names which."""
+
+    def __init__(self, invariant: str, detail: str) -> None:
+        super().__init__(f"{invariant}: {detail}")
+        self.invariant = invariant
+        self.detail = detail
+
+
+class Checker:
+    """Global knowledge accumulated across the whole run, used to judge every event."""
+
+    def __init__(self) -> None:
+        self.leaders: dict[int, str] = {}
+        """term -> the one leader of that term."""
+        self.granted: dict[tuple[str, int], str] = {}
+        """(voter, term) -> the candidate it granted its vote to."""
+        self.chains: dict[tuple[int, int], int] = {(0, 0): 0}
+        """(index, term) -> hash of the log prefix ending there (log matching)."""
+        self.applied: dict[int, tuple[int, int, int]] = {}
+        """index -> (term, log prefix hash, state digest) after applying it (state machine safety)."""
+        self.committed: tuple[int, int] = (0, 0)
+        """Highest (index, term) a leader has committed."""
+        self.acked_index = 0
+        """Highest log index of a write acknowledged to a client."""
+        self.checks = 0
+
+    def fail(self, invariant: str, detail: str) -> None:
+        """Raise a violation."""
+        raise SafetyViolation(invariant, detail)
+
+    # -- called by the nodes ---------------------------------------------------------------
+
+    def on_persist_hard_state(self, node: str, old: HardState, new: HardState) -> None:
+        """Terms and commit indexes never go backwards on disk; one vote per term."""
+        self.checks += 1
+        if new.term < old.term:
+            self.fail("term monotonic", f"{node} persisted term {new.term} after {old.term}")
+        if new.commit < old.commit:
+            self.fail("commit monotonic", f"{node} persisted commit {new.commit} after {old.commit}")
+        if new.term == old.term and old.vote is not None and new.vote != old.vote:
+            self.fail(
+                "one vote per term", f"{node} changed its vote in term {new.term}: {old.vote} -> {new.vote}"
+            )
+
+    def on_persist_entry(self, node: str, entry: Entry, chain: int) -> None:
+        """Log matching: the same (index, term) always ends the same prefix."""
+        self.checks += 1
+        key = (entry.index, entry.term)
+        known = self.chains.setdefault(key, chain)
+        if known != chain:
+            self.fail("log matching", f"{node} holds ({entry.term}, {entry.index}) after a different prefix")
+
+    def on_leader_overwrite(self, node: str, term: int, index: int) -> None:
+        """A leader never overwrites or deletes entries in its own log."""
+        self.fail("leader append-only", f"leader {node} of term {term} overwrote its log from index {index}")
+
+    def on_send(self, node: str, m: Message, vote: str | None, term: int) -> None:
+        """Votes are granted once per term, and only after being persisted."""
+        if m.type is MessageType.VOTE_RESP and not m.reject:
+            self.checks += 1
+            if vote != m.to or term != m.term:
+                self.fail(
+                    "vote persisted before reply", f"{node} granted {m.to} in term {m.term} with vote {vote}"
+                )
+            prev = self.granted.setdefault((node, m.term), m.to)
+            if prev != m.to:
+                self.fail("one vote per term", f"{node} voted for {prev} and {m.to} in term {m.term}")
+
+    def on_leader(self, node: str, term: int, log_term_at: dict[int, int | None], snap_index: int) -> None:
+        """At most one leader per term; a new leader holds every committed entry."""
+        self.checks += 1
+        other = self.leaders.setdefault(term, node)
+        if other != node:
+            self.fail("election safety", f"two leaders in term {term}: {other} and {node}")
+        idx, t = self.committed
+        if idx > snap_index and log_term_at.get(idx) != t:
+            self.fail(
+                "leader completeness", f"leader {node} of term {term} lacks committed entry ({t}, {idx})"
+            )
+
+    def on_commit(self, node: str, index: int, term: int, holders: int, voters: Collection[str]) -> None:
+        """Every committed entry is stored on a majority of the voters."""
+        self.checks += 1
+        if holders < len(voters) // 2 + 1:
+            self.fail(
+                "committed on a quorum", f"{node} committed {index} but only {holders}/{len(voters)} hold it"
+            )
+        if index > self.committed[0]:
+            self.committed = (index, term)
+
+    def on_apply(self, node: str, index: int, term: int, chain: int, digest: int) -> None:
+        """No two nodes apply different entries at one index, nor reach different states."""
+        self.checks += 1
+        known = self.applied.setdefault(index, (term, chain, digest))
+        if known != (term, chain, digest):
+            self.fail("state machine safety", f"{node} applied a different entry at index {index}")
+
+    def on_read(self, node: str, read_index: int, needed: int) -> None:
+        """A read sees every write acknowledged before it was invoked (linearizability)."""
+        self.checks += 1
+        if read_index < needed:
+            self.fail(
+                "linearizable read",
+                f"{node} served a read at index {read_index}, "
+                f"but index {needed} was acknowledged before it began",
+            )

@@ -1,0 +1,426 @@
+"""A deterministic cluster of Raft cores in simulated time.
+
+One seed drives everything: election jitter (each core gets its own ``random.Random`` derived
+from the seed), message delays and faults. Nodes persist to in-memory stores; a crash discards
+the core and keeps only what was persisted. The :class:`~phalanx_aio.sim.checker.Checker`
+judges every event.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import heapq
+import random
+import struct
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from phalanx_aio.core.config import Config
+from phalanx_aio.core.membership import ConfChange
+from phalanx_aio.core.raft import InitialState, Raft, Role, bootstrap_state
+from phalanx_aio.core.ready import Ready
+from phalanx_aio.core.types import Entry, EntryType, HardState, Message, Snapshot
+from phalanx_aio.errors import NotApplied
+from phalanx_aio.sim.checker import Checker, chain_hash
+from phalanx_aio.sim.network import NetworkOptions
+
+__all__ = ["Cluster", "RaftFactory", "SimNode", "SimStore"]
+
+RaftFactory = Callable[[str, Config, random.Random, InitialState | None], Raft]
+_SM = struct.Struct(">QQ")
+_TICK, _DELIVER, _CALL = 0, 1, 2
+
+
+@dataclass(slots=True)
+class SimStore:
+    """What a node has persisted: it survives crashes. ``chains[i]`` hashes the prefix to
+    ``entries[i]``; ``base_chain`` hashes the prefix to the snapshot."""
+
+    hard_state: HardState = field(default_factory=HardState)
+    snapshot: Snapshot = field(default_factory=Snapshot)
+    entries: list[Entry] = field(default_factory=list)
+    chains: list[int] = field(default_factory=list)
+    base_chain: int = 0
+    drop_vote: bool = False
+    """Planted bug for tests: the vote is never persisted."""
+
+    def last_index(self) -> int:
+        """Index of the last persisted entry."""
+        return self.snapshot.meta.index + len(self.entries)
+
+    def holds(self, index: int, term: int) -> bool:
+        """True if the persisted log holds ``(term, index)`` (or a snapshot covering it)."""
+        off = index - self.snapshot.meta.index
+        if off <= 0:
+            return True
+        return off <= len(self.entries) and self.entries[off - 1].term == term
+
+    def chain_at(self, index: int) -> int:
+        """Prefix hash at ``index`` (which must be held)."""
+        off = index - self.snapshot.meta.index
+        return self.base_chain if off == 0 else self.chains[off - 1]
+
+    def initial_state(self) -> InitialState:
+        """What a restarting core loads."""
+        return InitialState(self.hard_state, self.snapshot, tuple(self.entries))
+
+
+class SimNode:
+    """One simulated server: its persistent store and, while up, its core and state machine.
+
+    The state machine is a digest of every command applied, so nodes can be compared at any
+    index and a snapshot is just ``(index, digest)``.
+    """
+
+    def __init__(self, node_id: str) -> None:
+        self.id = node_id
+        self.store = SimStore()
+        self.core: Raft | None = None
+        self.incarnation = 0
+        self.applied_index = 0
+        self.digest = 0
+        self.applied_cmds: dict[int, bytes] = {}
+        """Commands applied in this incarnation (not those restored from a snapshot)."""
+        self.last_commit_checked = 0
+
+    @property
+    def up(self) -> bool:
+        """True while the node runs."""
+        return self.core is not None
+
+
+class Cluster:
+    """A simulated cluster with an event queue in milliseconds of simulated time."""
+
+    def __init__(
+        self,
+        node_ids: Sequence[str],
+        *,
+        seed: int,
+        config: Config | None = None,
+        network: NetworkOptions | None = None,
+        raft_factory: RaftFactory | None = None,
+        snapshot_every: int = 0,
+        check: bool = True,
+        spare_ids: Sequence[str] = (),
+    ) -> None:
+        self.seed = seed
+        self.config = config or Config.lan()
+        self.net = network or NetworkOptions()
+        self.rng = random.Random(f"phalanx-sim:{seed}")
+        self.factory: RaftFactory = raft_factory or Raft
+        self.snapshot_every = snapshot_every
+        self.checker = Checker() if check else None
+        self.now = 0.0
+        self.tick_ms = self.config.tick_interval * 1000.0
+        self._events: list[tuple[float, int, int, object]] = []
+        self._seq = 0
+        self._trace = hashlib.blake2b(digest_size=16)
+        self.events = 0
+        self.msg_counts: Counter[str] = Counter()
+        self.msg_bytes = 0
+        self.elections = 0
+        self.nodes: dict[str, SimNode] = {nid: SimNode(nid) for nid in [*node_ids, *spare_ids]}
+        self.founders = list(node_ids)
+        self.on_apply: list[Callable[[SimNode, Entry], None]] = []
+        self.on_read: list[Callable[[SimNode, bytes, int], None]] = []
+        for nid in node_ids:
+            self._boot(self.nodes[nid], bootstrap=True)
+        for nid in spare_ids:
+            self._boot(self.nodes[nid], bootstrap=False)
+
+    # ------------------------------------------------------------------ events
+
+    def _push(self, at: float, kind: int, payload: object) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (at, self._seq, kind, payload))
+
+    def call_at(self, at: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` at simulated time ``at`` (workloads and fault schedules)."""
+        self._push(at, _CALL, fn)
+
+    def step(self) -> bool:
+        """Process the next event; False if there is none."""
+        if not self._events:
+            return False
+        at, _, kind, payload = heapq.heappop(self._events)
+        self.now = at
+        self.events += 1
+        if kind == _TICK:
+            assert isinstance(payload, tuple)
+            nid, inc = payload
+            node = self.nodes[nid]
+            if node.core is not None and node.incarnation == inc:
+                self._trace.update(f"T{at:.3f}{nid}".encode())
+                node.core.tick()
+                self._drain(node)
+                self._push(at + self.tick_ms, _TICK, (nid, inc))
+        elif kind == _DELIVER:
+            assert isinstance(payload, Message)
+            target = self.nodes.get(payload.to)
+            if target is not None and target.core is not None:
+                m = payload
+                self._trace.update(
+                    f"M{at:.3f}{m.frm}{m.to}{m.type}{m.term}{m.index}{len(m.entries)}".encode()
+                )
+                target.core.step(m)
+                self._drain(target)
+        else:
+            assert callable(payload)
+            self._trace.update(f"C{at:.3f}".encode())
+            payload()
+        return True
+
+    def run_for(self, ms: float) -> None:
+        """Process events for ``ms`` of simulated time."""
+        self.run_until(lambda: False, ms)
+
+    def run_until(self, pred: Callable[[], bool], timeout_ms: float) -> bool:
+        """Process events until ``pred()`` holds (checked after each event) or time runs out."""
+        end = self.now + timeout_ms
+        while self._events and self._events[0][0] <= end:
+            self.step()
+            if pred():
+                return True
+        self.now = max(self.now, end)
+        return pred()
+
+    @property
+    def trace_hash(self) -> str:
+        """Hash of every event processed so far: equal seeds give equal hashes."""
+        return self._trace.hexdigest()
+
+    # ------------------------------------------------------------------ nodes
+
+    def _core_rng(self, node: SimNode) -> random.Random:
+        return random.Random(f"phalanx-sim:{self.seed}:{node.id}:{node.incarnation}")
+
+    def _boot(self, node: SimNode, *, bootstrap: bool) -> None:
+        node.incarnation += 1
+        rng = self._core_rng(node)
+        if bootstrap:
+            state = bootstrap_state(self.founders)
+            node.store.hard_state = state.hard_state
+            for e in state.entries:
+                self._persist_entries(node, [e])
+        node.core = self.factory(node.id, self.config, rng, node.store.initial_state())
+        snap = node.store.snapshot
+        node.applied_index = snap.meta.index
+        node.digest = _SM.unpack(snap.data)[1] if snap.data else 0
+        node.applied_cmds = {}
+        node.last_commit_checked = 0
+        phase = self.rng.uniform(0, self.tick_ms)
+        self._push(self.now + phase, _TICK, (node.id, node.incarnation))
+        self._drain(node)
+
+    def crash(self, nid: str) -> None:
+        """Stop ``nid`` at once: everything not persisted is lost."""
+        node = self.nodes[nid]
+        node.core = None
+
+    def restart(self, nid: str) -> None:
+        """Start ``nid`` again from its store (no-op if it is up)."""
+        node = self.nodes[nid]
+        if node.core is None:
+            self._boot(node, bootstrap=False)
+
+    def start(self, nid: str) -> None:
+        """Start a spare node (empty, not yet a member: it waits to be added)."""
+        self.restart(nid)
+
+    def live(self) -> list[SimNode]:
+        """Nodes that are up."""
+        return [n for n in self.nodes.values() if n.core is not None]
+
+    def leaders(self) -> list[SimNode]:
+        """Up nodes that believe they lead (possibly stale ones in older terms)."""
+        return [n for n in self.live() if n.core is not None and n.core.role is Role.LEADER]
+
+    def leader(self) -> SimNode | None:
+        """The up leader with the highest term, if any."""
+        best = None
+        for n in self.leaders():
+            assert n.core is not None
+            if best is None or n.core.term > best.core.term:  # type: ignore[union-attr]
+                best = n
+        return best
+
+    # ------------------------------------------------------------------ client actions
+
+    def propose(self, nid: str, data: bytes) -> tuple[int, int] | None:
+        """Propose through ``nid``; returns (term, index) on a leader, None if forwarded.
+
+        Raises :class:`~phalanx_aio.errors.NotApplied` subclasses when refused.
+        """
+        node = self.nodes[nid]
+        if node.core is None:
+            raise NotApplied(f"{nid} is down")
+        out = node.core.propose(data)
+        self._drain(node)
+        return out
+
+    def read_index(self, nid: str, ctx: bytes) -> None:
+        """Start a ReadIndex read on ``nid`` (answered through ``on_read`` callbacks)."""
+        node = self.nodes[nid]
+        if node.core is None:
+            raise NotApplied(f"{nid} is down")
+        node.core.read_index(ctx)
+        self._drain(node)
+
+    def conf_change(self, nid: str, change: ConfChange) -> tuple[int, int]:
+        """Propose a membership change on leader ``nid``."""
+        node = self.nodes[nid]
+        if node.core is None:
+            raise NotApplied(f"{nid} is down")
+        out = node.core.propose_conf_change(change)
+        self._drain(node)
+        return out
+
+    def transfer(self, nid: str, target: str) -> None:
+        """Ask leader ``nid`` to hand leadership to ``target``."""
+        node = self.nodes[nid]
+        if node.core is None:
+            raise NotApplied(f"{nid} is down")
+        node.core.transfer_leadership(target)
+        self._drain(node)
+
+    # ------------------------------------------------------------------ the driver loop
+
+    def _drain(self, node: SimNode) -> None:
+        core = node.core
+        assert core is not None
+        while core.has_ready():
+            role = core.role
+            rd = core.ready()
+            self._persist(node, rd, role is Role.LEADER, core.term)
+            for m in rd.messages:
+                self._send(node, m)
+            self._apply(node, rd)
+            core.advance(rd)
+            if node.core is not core:  # crashed by a callback
+                return
+        if core.role is Role.LEADER:
+            self._check_leader(node, core)
+
+    def _check_leader(self, node: SimNode, core: Raft) -> None:
+        chk = self.checker
+        if chk is None:
+            return
+        if chk.leaders.get(core.term) != node.id:
+            if core.term not in chk.leaders:
+                self.elections += 1
+            log = core.log
+            idx = chk.committed[0]
+            chk.on_leader(node.id, core.term, {idx: log.term(idx)}, log.snap_index)
+        c = core.log.committed
+        if c > node.last_commit_checked and core.log.term(c) == core.term:
+            node.last_commit_checked = c
+            t = core.log.term(c)
+            assert t is not None
+            voters = core.conf.voters
+            holders = sum(1 for v in voters if v in self.nodes and self.nodes[v].store.holds(c, t))
+            chk.on_commit(node.id, c, t, holders, voters)
+
+    def _persist(self, node: SimNode, rd: Ready, leader: bool, term: int) -> None:
+        st = node.store
+        chk = self.checker
+        if rd.snapshot is not None:
+            snap = rd.snapshot
+            st.snapshot = snap
+            st.entries = []
+            st.chains = []
+            st.base_chain = chk.chains.get((snap.meta.index, snap.meta.term), 0) if chk else 0
+        if rd.entries:
+            if leader and rd.entries[0].index <= st.last_index() and chk is not None:
+                chk.on_leader_overwrite(node.id, term, rd.entries[0].index)
+            self._persist_entries(node, rd.entries)
+        if rd.hard_state is not None:
+            hs = rd.hard_state
+            if st.drop_vote:
+                hs = HardState(hs.term, None, hs.commit)
+            if chk is not None:
+                chk.on_persist_hard_state(node.id, st.hard_state, hs)
+            st.hard_state = hs
+        if chk is not None:
+            for m in rd.messages:
+                chk.on_send(node.id, m, st.hard_state.vote, st.hard_state.term)
+
+    def _persist_entries(self, node: SimNode, entries: Sequence[Entry]) -> None:
+        st = node.store
+        chk = self.checker
+        keep = entries[0].index - st.snapshot.meta.index - 1
+        del st.entries[keep:]
+        del st.chains[keep:]
+        prev = st.chains[-1] if st.chains else st.base_chain
+        for e in entries:
+            prev = chain_hash(prev, e)
+            st.entries.append(e)
+            st.chains.append(prev)
+            if chk is not None:
+                chk.on_persist_entry(node.id, e, prev)
+
+    def _send(self, node: SimNode, m: Message) -> None:
+        self.msg_counts[m.type.name] += 1
+        for e in m.entries:
+            self.msg_bytes += len(e.data)
+        for delay in self.net.deliveries(self.rng, m.frm, m.to):
+            self._push(self.now + delay, _DELIVER, m)
+
+    def _apply(self, node: SimNode, rd: Ready) -> None:
+        chk = self.checker
+        core = node.core
+        assert core is not None
+        if rd.snapshot is not None:
+            idx, digest = _SM.unpack(rd.snapshot.data)
+            node.applied_index, node.digest = idx, digest
+        for e in rd.committed_entries:
+            if e.index != node.applied_index + 1 and chk is not None:
+                chk.fail("apply in order", f"{node.id} applied {e.index} after {node.applied_index}")
+            node.applied_index = e.index
+            if e.type is EntryType.NORMAL:
+                node.digest = chain_hash(node.digest, e)
+                node.applied_cmds[e.index] = e.data
+            if chk is not None:
+                chk.on_apply(node.id, e.index, e.term, node.store.chain_at(e.index), node.digest)
+            for cb in self.on_apply:
+                cb(node, e)
+        for rs in rd.read_states:
+            for cb2 in self.on_read:
+                cb2(node, rs.context, rs.index)
+        if self.snapshot_every and node.applied_index - core.log.snap_index >= self.snapshot_every:
+            # Entries up to applied_index are applied once this Ready is advanced; compact then.
+            self.call_at(self.now, functools.partial(self._snapshot, node, core))
+
+    def _snapshot(self, node: SimNode, core: Raft) -> None:
+        if node.core is not core or node.applied_index <= core.log.snap_index:
+            return
+        index = node.applied_index
+        if index != core.log.applied:
+            return
+        snap = core.compact(index, _SM.pack(index, node.digest))
+        st = node.store
+        drop = index - st.snapshot.meta.index
+        st.base_chain = st.chains[drop - 1]
+        del st.entries[:drop]
+        del st.chains[:drop]
+        st.snapshot = snap
+
+    # ------------------------------------------------------------------ network shortcuts
+
+    def disconnect(self, nid: str) -> None:
+        """Cut ``nid`` off from every other node (both directions)."""
+        self.net.isolate(nid, self.nodes)
+
+    def connect(self, nid: str) -> None:
+        """Restore every link of ``nid``."""
+        self.net.reconnect(nid)
+
+    def partition(self, groups: Iterable[Iterable[str]]) -> None:
+        """Split the nodes into groups that cannot talk to each other."""
+        self.net.partition([list(g) for g in groups])
+
+    def heal(self) -> None:
+        """Remove every partition."""
+        self.net.heal()

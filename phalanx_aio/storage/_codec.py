@@ -1,0 +1,96 @@
+"""Canonical encodings and checksums of the stored rows (private).
+
+Every checksum is a CRC-32 over a fixed binary layout of the row's fields, so a row whose bytes
+changed on disk (or that was moved to another key) no longer matches. The layouts are part of
+the on-disk format: changing one needs a new schema version.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+from phalanx_aio.core.types import ConfState, Entry, HardState
+
+__all__ = [
+    "decode_conf_state",
+    "encode_conf_state",
+    "entry_crc",
+    "entry_row",
+    "hard_state_crc",
+    "hard_state_row",
+    "identity_crc",
+    "snapshot_crc",
+]
+
+_ENTRY_HEAD = struct.Struct(">QQB")  # index, term, type
+_HARD_HEAD = struct.Struct(">QQ")  # term, commit
+_SNAP_HEAD = struct.Struct(">QQQ")  # index, term, len(conf)
+_IDENT_HEAD = struct.Struct(">II")  # schema version, len(node id)
+
+_crc32 = zlib.crc32
+_pack_entry = _ENTRY_HEAD.pack
+
+
+def entry_crc(index: int, term: int, type_: int, data: bytes) -> int:
+    """Checksum of one log entry: its index, term, type and payload."""
+    return _crc32(data, _crc32(_pack_entry(index, term, type_)))
+
+
+def entry_row(e: Entry) -> tuple[int, int, int, bytes, int]:
+    """The ``entries`` table row of ``e``: ``(idx, term, type, data, crc)``."""
+    i, t, ty, d = e.index, e.term, int(e.type), e.data
+    return (i, t, ty, d, _crc32(d, _crc32(_pack_entry(i, t, ty))))
+
+
+def hard_state_crc(term: int, vote: str | None, commit: int) -> int:
+    """Checksum of the hard state (a missing vote and an empty vote differ)."""
+    tail = b"\x00" if vote is None else b"\x01" + vote.encode("utf-8")
+    return _crc32(tail, _crc32(_HARD_HEAD.pack(term, commit)))
+
+
+def hard_state_row(hs: HardState) -> tuple[int, str | None, int, int]:
+    """``(term, vote, commit, crc)`` for the ``hard_state`` table."""
+    return (hs.term, hs.vote, hs.commit, hard_state_crc(hs.term, hs.vote, hs.commit))
+
+
+def snapshot_crc(index: int, term: int, conf: bytes, data: bytes) -> int:
+    """Checksum of a snapshot: its metadata, its encoded configuration and all of its data."""
+    return _crc32(data, _crc32(conf, _crc32(_SNAP_HEAD.pack(index, term, len(conf)))))
+
+
+def identity_crc(schema_version: int, node_id: str, cluster_id: str) -> int:
+    """Checksum of the identity row."""
+    node = node_id.encode("utf-8")
+    return _crc32(
+        cluster_id.encode("utf-8"), _crc32(node, _crc32(_IDENT_HEAD.pack(schema_version, len(node))))
+    )
+
+
+def encode_conf_state(conf: ConfState) -> bytes:
+    """A canonical encoding of ``conf`` that keeps the order of ``contexts`` (so it round-trips)."""
+    doc = {
+        "voters": sorted(conf.voters),
+        "learners": sorted(conf.learners),
+        "contexts": [[nid, ctx.hex()] for nid, ctx in conf.contexts],
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def decode_conf_state(raw: bytes) -> ConfState:
+    """Inverse of :func:`encode_conf_state`; raises ``ValueError`` on malformed input."""
+    try:
+        doc = json.loads(raw)
+        voters = frozenset(_strs(doc["voters"]))
+        learners = frozenset(_strs(doc["learners"]))
+        contexts = tuple((str(nid), bytes.fromhex(ctx)) for nid, ctx in doc["contexts"])
+    except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"malformed configuration: {exc}") from exc
+    return ConfState(voters=voters, learners=learners, contexts=contexts)
+
+
+def _strs(items: object) -> list[str]:
+    if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+        raise TypeError("expected a list of strings")
+    return items

@@ -1,0 +1,665 @@
+"""A durable store in one SQLite database (WAL journal), driven through aiosqlite.
+
+Layout (schema version 1). Each table but ``entries`` holds exactly one row (``k = 1``); every
+row carries a CRC-32 of its canonical encoding (see ``_codec``)::
+
+    identity(k, schema_version, node_id, cluster_id, crc)
+    hard_state(k, term, vote, commit_index, crc)
+    snapshot(k, idx, term, conf, data, crc)       -- idx 0: no snapshot yet
+    entries(idx PRIMARY KEY, term, type, data, crc)
+
+The database header carries ``application_id`` 0x50484C58 ("PHLX") and ``user_version`` (the
+schema version), so a foreign or future file is recognised before anything is read.
+
+Every write is one SQLite transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``) run as a single
+call on aiosqlite's worker thread: one thread hop per ``Ready``, whatever it holds.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sqlite3
+import struct
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal, TypeVar, cast
+
+import aiosqlite
+
+from phalanx_aio.core.raft import InitialState
+from phalanx_aio.core.types import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
+from phalanx_aio.errors import ConfigError, LocalError, StorageError
+from phalanx_aio.storage._codec import (
+    decode_conf_state,
+    encode_conf_state,
+    entry_crc,
+    entry_row,
+    hard_state_crc,
+    hard_state_row,
+    identity_crc,
+    snapshot_crc,
+)
+from phalanx_aio.storage.base import (
+    LogShape,
+    Storage,
+    StoredState,
+    check_ids,
+    check_loaded_log,
+    closed_error,
+)
+
+if sys.platform != "win32":
+    import fcntl
+
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStorage"]
+
+SCHEMA_VERSION = 1
+"""The on-disk layout this code reads and writes (kept in the header's ``user_version``)."""
+APPLICATION_ID = 0x50484C58
+"""SQLite ``application_id`` of a phalanx_aio store ("PHLX")."""
+
+SCHEMA = (
+    "CREATE TABLE identity (k INTEGER PRIMARY KEY CHECK (k = 1), schema_version INTEGER NOT NULL,"
+    " node_id TEXT NOT NULL, cluster_id TEXT NOT NULL, crc INTEGER NOT NULL)",
+    "CREATE TABLE hard_state (k INTEGER PRIMARY KEY CHECK (k = 1), term INTEGER NOT NULL, vote TEXT,"
+    " commit_index INTEGER NOT NULL, crc INTEGER NOT NULL)",
+    "CREATE TABLE snapshot (k INTEGER PRIMARY KEY CHECK (k = 1), idx INTEGER NOT NULL,"
+    " term INTEGER NOT NULL, conf BLOB NOT NULL, data BLOB NOT NULL, crc INTEGER NOT NULL)",
+    "CREATE TABLE entries (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, type INTEGER NOT NULL,"
+    " data BLOB NOT NULL, crc INTEGER NOT NULL)",
+)
+"""The statements that create an empty store (shared with the benchmark's baseline)."""
+
+INSERT_ENTRY = "INSERT INTO entries (idx, term, type, data, crc) VALUES (?, ?, ?, ?, ?)"
+_PUT_HARD_STATE = (
+    "INSERT OR REPLACE INTO hard_state (k, term, vote, commit_index, crc) VALUES (1, ?, ?, ?, ?)"
+)
+_PUT_SNAPSHOT = "INSERT OR REPLACE INTO snapshot (k, idx, term, conf, data, crc) VALUES (1, ?, ?, ?, ?, ?)"
+
+_SQLITE_FULL = 13
+_SQLITE_TOOBIG = 18
+_MAX_PAGES = 0xFFFFFFFE  # SQLite's own ceiling; asking for more is clamped
+_HEADER_MAGIC = b"SQLite format 3\x00"
+_ENTRY_TYPES = {int(t): t for t in EntryType}
+_T = TypeVar("_T")
+
+
+def _pragmas(synchronous: str) -> list[str]:
+    """The per-connection settings of a store (also used by the benchmark's baseline)."""
+    out = [f"PRAGMA synchronous={synchronous}"]
+    if sys.platform == "darwin":  # fsync() does not reach the platter on macOS; F_FULLFSYNC does
+        out += ["PRAGMA fullfsync=ON", "PRAGMA checkpoint_fullfsync=ON"]
+    return out
+
+
+class SQLiteStorage(Storage):
+    """A :class:`Storage` in one SQLite database file (plus its ``-wal`` and ``-shm`` files).
+
+    ``synchronous="FULL"`` (the default) fsyncs the write-ahead log at every commit: a write
+    that returned survives power loss. ``synchronous="NORMAL"`` skips that fsync (the log is
+    synced at checkpoints only): a process crash still loses nothing, but a power loss or kernel
+    crash may lose the last writes that returned, which can make this node forget a vote or
+    an acknowledged entry. Use it only where the whole cluster losing power at once is ruled out
+    and a node that lost data is rebuilt, or for tests.
+
+    ``max_pages`` caps the database size in pages (``PRAGMA max_page_count``); reaching it
+    behaves like a full disk (see :attr:`healthy`); :meth:`set_max_pages` changes it.
+
+    ``quick_check`` runs SQLite's ``PRAGMA quick_check`` at open (reads every page once).
+
+    The file is locked (``flock``) while open: a second store on the same file, in this process
+    or another, fails to open. I/O errors other than a full disk (a failed fsync, corruption
+    found while running) are fatal: every later write raises until the store is reopened,
+    which verifies everything again.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        max_pages: int | None = None,
+        quick_check: bool = True,
+    ) -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ConfigError(f"synchronous must be 'FULL' or 'NORMAL', not {synchronous!r}")
+        if max_pages is not None and max_pages < 1:
+            raise ConfigError(f"max_pages must be a positive number of pages, not {max_pages!r}")
+        self._path = os.fspath(path)
+        self._synchronous = synchronous
+        self._max_pages = max_pages
+        self._quick_check = quick_check
+        self._db: aiosqlite.Connection | None = None
+        self._raw: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._shape = LogShape()
+        self._last_error: StorageError | None = None
+        self._failed: StorageError | None = None
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def location(self) -> str:
+        """The database file's path, as given."""
+        return self._path
+
+    @property
+    def path(self) -> str:
+        """The database file's path, as given."""
+        return self._path
+
+    @property
+    def synchronous(self) -> str:
+        """The durability mode: ``"FULL"`` or ``"NORMAL"``."""
+        return self._synchronous
+
+    @property
+    def healthy(self) -> bool:
+        """False after a write failed (disk full until a write succeeds; other errors for good)."""
+        return self._last_error is None and self._failed is None
+
+    @property
+    def last_error(self) -> StorageError | None:
+        """The error that made the store unhealthy, or None."""
+        return self._failed or self._last_error
+
+    # ------------------------------------------------------------------ open / close
+
+    async def open(self, *, node_id: str, cluster_id: str) -> StoredState:
+        """Verify and load the store, creating it if the file does not exist.
+
+        Verification runs on a read-only connection before anything is written: the header
+        (SQLite magic, WAL mode, application id, schema version, truncation), SQLite's quick
+        check, the identity, every checksum and the shape of the log. A file that fails
+        raises :class:`StorageError` naming the file and the problem and is left unchanged.
+        """
+        check_ids(node_id, cluster_id)
+        if self._db is not None:
+            raise LocalError(f"{self._path}: the store is already open")
+        loaded: list[StoredState] = []
+        failed: list[BaseException] = []
+
+        def connector() -> sqlite3.Connection:
+            try:
+                conn, stored = self._open_sync(node_id, cluster_id)
+            except Exception as exc:
+                # Let aiosqlite start normally on a stand-in so that its thread is shut down
+                # cleanly below (a failing connector leaves it stopping after the loop is gone).
+                failed.append(exc)
+                return sqlite3.connect(":memory:")
+            loaded.append(stored)
+            return conn
+
+        db = aiosqlite.Connection(connector, 64)
+        await db
+        if failed:
+            await db.close()
+            raise failed[0]
+        self._db = db
+        self._last_error = None
+        self._failed = None
+        return loaded[0]
+
+    async def aclose(self) -> None:
+        """Close the database (checkpointing the WAL) and release the file lock. Idempotent."""
+        db, self._db = self._db, None
+        if db is None:
+            return
+        try:
+            await db.close()
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self._path}: closing the database failed: {exc}") from exc
+        finally:
+            self._raw = None
+            self._unlock()
+
+    def _open_sync(self, node_id: str, cluster_id: str) -> tuple[sqlite3.Connection, StoredState]:
+        path = self._path
+        created = False
+        try:
+            if not os.path.lexists(path):
+                self._create_sync(node_id, cluster_id)
+                created = True
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise StorageError(f"{path}: cannot open the store: {exc.strerror or exc}") from exc
+        try:
+            self._lock(fd)
+            _check_header(path, fd)
+            state, shape = self._verify_sync(node_id, cluster_id)
+            conn = self._connect_rw()
+        except BaseException:
+            os.close(fd)
+            self._lock_fd = None
+            raise
+        self._raw = conn
+        self._shape = shape
+        return conn, StoredState(node_id, cluster_id, state, created)
+
+    def _lock(self, fd: int) -> None:
+        self._lock_fd = fd
+        if sys.platform != "win32":
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise StorageError(
+                    f"{self._path}: the store is in use (open in another process or another SQLiteStorage)"
+                ) from exc
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def _create_sync(self, node_id: str, cluster_id: str) -> None:
+        """Build a complete empty store under a temporary name, then rename it into place, so
+        that the store's path never holds a half-initialised database."""
+        path = self._path
+        tmp = path + ".creating"
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            if os.path.lexists(tmp + suffix):
+                os.remove(tmp + suffix)  # left by a creation that crashed: never a live store
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                for pragma in _pragmas("FULL"):
+                    conn.execute(pragma)
+                conn.execute("BEGIN IMMEDIATE")
+                for stmt in SCHEMA:
+                    conn.execute(stmt)
+                conn.execute(
+                    "INSERT INTO identity VALUES (1, ?, ?, ?, ?)",
+                    (SCHEMA_VERSION, node_id, cluster_id, identity_crc(SCHEMA_VERSION, node_id, cluster_id)),
+                )
+                conn.execute(_PUT_HARD_STATE, hard_state_row(HardState()))
+                conn.execute(_PUT_SNAPSHOT, _snapshot_row(Snapshot()))
+                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode != "wal":
+                    raise StorageError(f"{path}: SQLite refused WAL journal mode (got {mode!r})")
+            finally:
+                conn.close()
+            if os.path.lexists(tmp + "-wal") and os.path.getsize(tmp + "-wal") > 0:
+                raise StorageError(f"{tmp}: the new database was not fully checkpointed")
+            for suffix in ("-wal", "-shm"):
+                if os.path.lexists(tmp + suffix):
+                    os.remove(tmp + suffix)
+            os.rename(tmp, path)
+            _fsync_dir(os.path.dirname(os.path.abspath(path)))
+        except sqlite3.Error as exc:
+            raise StorageError(f"{path}: cannot create the store: {exc}") from exc
+        except OSError as exc:
+            raise StorageError(f"{path}: cannot create the store: {exc.strerror or exc}") from exc
+
+    def _verify_sync(self, node_id: str, cluster_id: str) -> tuple[InitialState, LogShape]:
+        """Read and check everything on a read-only connection (it never writes the file)."""
+        path = self._path
+        uri = pathlib.Path(path).resolve().as_uri() + "?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+            conn.text_factory = bytes  # damaged text must not escape as a decoding error
+            try:
+                conn.execute("BEGIN")  # one read transaction: everything from one point in time
+                if self._quick_check:
+                    rows = conn.execute("PRAGMA quick_check(5)").fetchall()
+                    problems = [bytes(r[0]).decode("utf-8", "replace") for r in rows]
+                    if problems != ["ok"]:
+                        raise StorageError(
+                            f"{path}: the database is corrupt (SQLite quick_check: {'; '.join(problems)})"
+                        )
+                _check_identity(path, conn, node_id, cluster_id)
+                hard_state = _load_hard_state(path, conn)
+                snapshot = _load_snapshot(path, conn)
+                entries = _load_entries(path, conn)
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise StorageError(f"{path}: {_describe(exc)}") from exc
+        except ValueError as exc:  # e.g. a value SQLite cannot convert: damage it did not notice
+            raise StorageError(f"{path}: the database is corrupt ({exc})") from exc
+        shape = check_loaded_log(path, hard_state, snapshot, entries)
+        return InitialState(hard_state, snapshot, tuple(entries)), shape
+
+    def _connect_rw(self) -> sqlite3.Connection:
+        path = self._path
+        try:
+            conn = sqlite3.connect(path, isolation_level=None)
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode != "wal":
+                    raise StorageError(f"{path}: SQLite refused WAL journal mode (got {mode!r})")
+                for pragma in _pragmas(self._synchronous):
+                    conn.execute(pragma)
+                if self._max_pages is not None:
+                    conn.execute(f"PRAGMA max_page_count={int(self._max_pages)}")
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"{path}: {_describe(exc)}") from exc
+        except ValueError as exc:  # an undecodable error message from a damaged schema
+            raise StorageError(f"{path}: the database is corrupt ({exc})") from exc
+        return conn
+
+    # ------------------------------------------------------------------ writes
+
+    async def _call(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` on the connection's worker thread: one hop, however much it does."""
+        db = self._db
+        if db is None:
+            raise closed_error(self._path)
+        # aiosqlite has no public "run this on the connection thread"; _execute is exactly that.
+        run = cast("Callable[[Callable[[], _T]], Awaitable[_T]]", db._execute)
+        return await run(fn)
+
+    async def save(
+        self,
+        *,
+        hard_state: HardState | None = None,
+        entries: Sequence[Entry] = (),
+        snapshot: Snapshot | None = None,
+    ) -> None:
+        """Persist one ``Ready`` in one transaction and one thread hop (see :meth:`Storage.save`)."""
+        if hard_state is None and not entries and snapshot is None:
+            if self._db is None:
+                raise closed_error(self._path)
+            return
+        await self._call(lambda: self._save_sync(hard_state, entries, snapshot))
+
+    def _save_sync(
+        self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
+    ) -> None:
+        conn = self._writable()
+        shape, delete_from = self._shape.plan_save(self._path, hard_state, entries, snapshot, self._term_at)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if snapshot is not None:
+                    conn.execute("DELETE FROM entries")
+                    conn.execute(_PUT_SNAPSHOT, _snapshot_row(snapshot))
+                if entries:
+                    if delete_from is not None:
+                        conn.execute("DELETE FROM entries WHERE idx >= ?", (delete_from,))
+                    conn.executemany(INSERT_ENTRY, [entry_row(e) for e in entries])
+                if hard_state is not None:
+                    conn.execute(_PUT_HARD_STATE, hard_state_row(hard_state))
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rollback(conn)
+                raise
+        except sqlite3.Error as exc:
+            raise self._write_failed("saving", exc) from exc
+        self._shape = shape
+        self._last_error = None
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Store a local snapshot and delete the entries it covers, in one transaction."""
+        await self._call(lambda: self._save_snapshot_sync(snapshot))
+
+    def _save_snapshot_sync(self, snapshot: Snapshot) -> None:
+        conn = self._writable()
+        shape = self._shape.plan_compact(self._path, snapshot, self._term_at)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(_PUT_SNAPSHOT, _snapshot_row(snapshot))
+                conn.execute("DELETE FROM entries WHERE idx <= ?", (snapshot.meta.index,))
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rollback(conn)
+                raise
+        except sqlite3.Error as exc:
+            raise self._write_failed("saving a snapshot", exc) from exc
+        self._shape = shape
+        self._last_error = None
+
+    async def read_snapshot(self) -> Snapshot | None:
+        """The stored snapshot (checksum verified), or None if there is none."""
+        return await self._call(self._read_snapshot_sync)
+
+    def _read_snapshot_sync(self) -> Snapshot | None:
+        conn = self._connection()
+        try:
+            snap = _load_snapshot(self._path, conn)
+        except sqlite3.Error as exc:
+            raise self._write_failed("reading the snapshot", exc) from exc
+        except StorageError as exc:
+            self._failed = exc
+            raise
+        return snap if snap.meta.index > 0 else None
+
+    async def set_max_pages(self, pages: int | None) -> int:
+        """Change the size cap (None: no cap beyond SQLite's own); returns the cap in force.
+
+        SQLite never sets the cap below the current size of the database.
+        """
+        if pages is not None and pages < 1:
+            raise ConfigError(f"max_pages must be a positive number of pages, not {pages!r}")
+        self._max_pages = pages
+        limit = _MAX_PAGES if pages is None else int(pages)
+
+        def apply() -> int:
+            row = self._connection().execute(f"PRAGMA max_page_count={limit}").fetchone()
+            return int(row[0])
+
+        return await self._call(apply)
+
+    # ------------------------------------------------------------------ helpers (worker thread)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._raw is None:
+            raise closed_error(self._path)
+        return self._raw
+
+    def _writable(self) -> sqlite3.Connection:
+        conn = self._connection()
+        if self._failed is not None:
+            raise StorageError(
+                f"{self._path}: the store failed earlier and refuses writes until it is reopened "
+                f"({self._failed})"
+            )
+        return conn
+
+    def _term_at(self, index: int) -> int:
+        row = self._connection().execute("SELECT term FROM entries WHERE idx = ?", (index,)).fetchone()
+        if row is None:
+            err = StorageError(f"{self._path}: log entry {index} has disappeared from the database")
+            self._failed = err
+            raise err
+        return int(row[0])
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        if not conn.in_transaction:
+            return  # SQLite already rolled the transaction back (it may after SQLITE_FULL)
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            self._failed = StorageError(f"{self._path}: rolling back a failed write failed: {exc}")
+
+    def _write_failed(self, what: str, exc: sqlite3.Error) -> StorageError:
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = code & 0xFF if isinstance(code, int) else None
+        if primary == _SQLITE_FULL:
+            err = StorageError(
+                f"{self._path}: disk full while {what} ({exc}); nothing was written, and writes "
+                "resume once there is space"
+            )
+            self._last_error = err
+        elif primary == _SQLITE_TOOBIG:
+            err = StorageError(f"{self._path}: {what} failed: a value is too big for SQLite ({exc})")
+        else:
+            err = StorageError(
+                f"{self._path}: {what} failed: {_describe(exc)}; the store refuses writes until it is "
+                "reopened"
+            )
+            self._failed = err
+        return err
+
+
+# ---------------------------------------------------------------------- verification helpers
+
+
+def _describe(exc: sqlite3.Error) -> str:
+    msg = str(exc)
+    if "file is not a database" in msg:
+        return f"not a SQLite database, or its header is damaged ({msg})"
+    if "malformed" in msg:
+        return f"the database is corrupt ({msg})"
+    if "no such table" in msg or "no such column" in msg:
+        return f"not a phalanx_aio store, or its schema is damaged ({msg})"
+    return msg
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename in ``directory`` durable."""
+    if sys.platform == "win32":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_header(path: str, fd: int) -> None:
+    """Check the 100-byte SQLite header before SQLite itself reads the file."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        raise StorageError(f"{path}: the file is empty (truncated to zero bytes?)")
+    head = os.pread(fd, 100, 0)
+    if len(head) < 100:
+        raise StorageError(f"{path}: the file is only {size} bytes long: truncated, or not a database")
+    if head[:16] != _HEADER_MAGIC:
+        raise StorageError(f"{path}: not a SQLite database, or its header is damaged (bad magic bytes)")
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        raise StorageError(f"{path}: the database header is damaged (page size {page_size})")
+    app_id = int.from_bytes(head[68:72], "big")
+    if app_id != APPLICATION_ID:
+        raise StorageError(
+            f"{path}: not a phalanx_aio store (SQLite application id 0x{app_id:08x}, "
+            f"expected 0x{APPLICATION_ID:08x})"
+        )
+    version = int.from_bytes(head[60:64], "big")
+    if version != SCHEMA_VERSION:
+        raise StorageError(_unknown_version(path, version))
+    if head[18] != 2 or head[19] != 2:
+        raise StorageError(f"{path}: the database is not in WAL mode (damaged header?)")
+    wal = path + "-wal"
+    if os.path.exists(wal) and os.path.getsize(wal) > 0:
+        return  # pages may live in the WAL: SQLite and the checks below judge the whole
+    if size % page_size:
+        raise StorageError(
+            f"{path}: the file is truncated or damaged: {size} bytes is not a whole number of "
+            f"{page_size}-byte pages"
+        )
+    pages = int.from_bytes(head[28:32], "big")
+    if head[24:28] == head[92:96] and pages * page_size > size:
+        raise StorageError(
+            f"{path}: the file is truncated: its header says {pages} pages of {page_size} bytes "
+            f"({pages * page_size} bytes) but it has {size}"
+        )
+
+
+def _unknown_version(path: str, version: object) -> str:
+    return f"{path}: unknown schema version {version!r} (this phalanx_aio reads version {SCHEMA_VERSION})"
+
+
+def _one_row(path: str, conn: sqlite3.Connection, table: str, columns: str) -> tuple[object, ...]:
+    rows = conn.execute(f"SELECT {columns} FROM {table}").fetchall()
+    if len(rows) != 1:
+        raise StorageError(f"{path}: the {table} table has {len(rows)} rows instead of 1 (damaged store)")
+    return tuple(rows[0])
+
+
+def _text(value: object) -> str | None:
+    """A TEXT column read as bytes, decoded; None if it is not valid UTF-8 text."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return value if isinstance(value, str) else None
+
+
+def _check_identity(path: str, conn: sqlite3.Connection, node_id: str, cluster_id: str) -> None:
+    version, raw_node, raw_cluster, crc = _one_row(
+        path, conn, "identity", "schema_version, node_id, cluster_id, crc"
+    )
+    node, cluster = _text(raw_node), _text(raw_cluster)
+    if (
+        not isinstance(version, int)
+        or node is None
+        or cluster is None
+        or crc != identity_crc(version, node, cluster)
+    ):
+        raise StorageError(f"{path}: the identity row fails its checksum (corrupt)")
+    if version != SCHEMA_VERSION:
+        raise StorageError(_unknown_version(path, version))
+    if (node, cluster) != (node_id, cluster_id):
+        raise StorageError(
+            f"{path}: the store belongs to node {node!r} of cluster {cluster!r}, not to node {node_id!r} "
+            f"of cluster {cluster_id!r}"
+        )
+
+
+def _load_hard_state(path: str, conn: sqlite3.Connection) -> HardState:
+    term, raw_vote, commit, crc = _one_row(path, conn, "hard_state", "term, vote, commit_index, crc")
+    vote = None if raw_vote is None else _text(raw_vote)
+    if (
+        not (isinstance(term, int) and isinstance(commit, int) and (raw_vote is None or vote is not None))
+        or term < 0
+        or commit < 0
+        or crc != hard_state_crc(term, vote, commit)
+    ):
+        raise StorageError(f"{path}: the hard state row fails its checksum (corrupt)")
+    return HardState(term, vote, commit)
+
+
+def _snapshot_row(snapshot: Snapshot) -> tuple[int, int, bytes, bytes, int]:
+    meta = snapshot.meta
+    conf = encode_conf_state(meta.conf)
+    data = bytes(snapshot.data)
+    return (meta.index, meta.term, conf, data, snapshot_crc(meta.index, meta.term, conf, data))
+
+
+def _load_snapshot(path: str, conn: sqlite3.Connection) -> Snapshot:
+    index, term, conf, data, crc = _one_row(path, conn, "snapshot", "idx, term, conf, data, crc")
+    if (
+        not (isinstance(index, int) and isinstance(term, int) and isinstance(conf, bytes))
+        or not isinstance(data, bytes)
+        or index < 0
+        or term < 0
+        or crc != snapshot_crc(index, term, conf, data)
+    ):
+        raise StorageError(f"{path}: the snapshot row fails its checksum (corrupt snapshot or metadata)")
+    try:
+        conf_state = decode_conf_state(conf) if index > 0 else ConfState()
+    except ValueError as exc:
+        raise StorageError(f"{path}: the snapshot's configuration is malformed: {exc}") from exc
+    return Snapshot(SnapshotMeta(index, term, conf_state), data)
+
+
+def _load_entries(path: str, conn: sqlite3.Connection) -> list[Entry]:
+    entries: list[Entry] = []
+    append = entries.append
+    types = _ENTRY_TYPES
+    for index, term, type_, data, crc in conn.execute(
+        "SELECT idx, term, type, data, crc FROM entries ORDER BY idx"
+    ):
+        try:
+            ok = type(data) is bytes and crc == entry_crc(index, term, type_, data)
+        except (TypeError, struct.error, OverflowError):
+            ok = False
+        if not ok:
+            raise StorageError(f"{path}: log entry {index} fails its checksum (corrupt row)")
+        kind = types.get(type_)
+        if kind is None:
+            raise StorageError(f"{path}: log entry {index} has an unknown type {type_!r}")
+        append(Entry(term, index, kind, data))
+    return entries

@@ -1,0 +1,1036 @@
+"""The peer wire codec: core messages to protobuf frames and back.
+
+This is the only module that knows the wire format of ``protos/phalanx/v1/raft.proto`` (and the
+only one allowed to import the generated code in ``_proto``); the rest of the library works with
+the core's dataclasses. ``docs/wire.md`` describes the format and why it is shaped so.
+
+The hot path (``PeerFrame`` and ``RaftMessage``, and the snapshot chunks that embed one) is
+written and read here by hand, in standard protobuf encoding: pure-Python betterproto costs a few
+hundred microseconds per message, this code a few tens. Log entries travel packed in one
+``bytes`` field per message (see :func:`encode_entries`). The tests check both directions
+against the generated betterproto classes, so any protobuf implementation can read the frames.
+
+Decoding never trusts its input: every field is checked (wire types, enum ranges, integers below
+2**63, non-empty UTF-8 ids, the sizes in :class:`Limits`, configuration invariants) and any
+defect raises :class:`~phalanx_aio.errors.ProtocolError`; no other exception escapes a decoder.
+Encoding checks the same rules and raises :class:`EncodeError`, so a frame this node sends is
+one its peers accept (given the same limits).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import NamedTuple, NoReturn, TypeVar
+
+from phalanx_aio.core.types import (
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    Snapshot,
+    SnapshotMeta,
+)
+from phalanx_aio.errors import ConfigError, LocalError, ProtocolError
+from phalanx_aio.transport._proto.phalanx import v1 as _pb
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "INSTALL_SNAPSHOT_METHOD",
+    "MAX_INT",
+    "STREAM_METHOD",
+    "EncodeError",
+    "Frame",
+    "Limits",
+    "SnapshotAssembler",
+    "WireBytes",
+    "decode_entries",
+    "decode_frame",
+    "decode_snapshot_ack",
+    "decode_stream_ack",
+    "encode_entries",
+    "encode_frame",
+    "encode_frames",
+    "encode_snapshot_ack",
+    "encode_stream_ack",
+    "snapshot_chunks",
+]
+
+STREAM_METHOD = "/phalanx.v1.RaftPeer/Stream"
+"""The gRPC path of the long-lived peer stream (client streaming: PeerFrame in, StreamAck out)."""
+
+INSTALL_SNAPSHOT_METHOD = "/phalanx.v1.RaftPeer/InstallSnapshot"
+"""The gRPC path of snapshot transfer (client streaming: SnapshotChunk in, SnapshotAck out)."""
+
+MAX_INT = (1 << 63) - 1
+"""The largest term, index or counter on the wire: they live in SQLite's signed 64-bit integers."""
+
+_ENTRY_BATCH_VERSION = 1
+_BATCH_HEADER = struct.Struct("<BI")  # version, count
+_ENTRY_RECORD = struct.Struct("<QQBI")  # term, index, type, data length
+_ENTRY_TYPES: tuple[EntryType, ...] = tuple(sorted(EntryType))  # indexed by value
+_ENTRY_TYPE_SET = frozenset(EntryType)
+_MESSAGE_TYPES: dict[int, MessageType] = {t.value: t for t in MessageType}
+_MAX_FIELDS = 256  # fields in one message, beyond the repeated fields that Limits bound
+_SMALL_VARINTS = tuple(bytes((i,)) for i in range(128))
+
+# Protobuf wire types.
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+_WIRE_NAMES = {0: "varint", 1: "fixed64", 2: "length-delimited", 3: "group", 4: "group end", 5: "fixed32"}
+
+# RaftMessage: field number -> wire type, for the fields this version knows.
+_MSG_VARINT_FIELDS = (False, True, False, False, True, True, True, True, True, True, False, True, True)
+_MSG_LEN_FIELDS = frozenset((2, 3, 10, 13, 14))
+_MSG_FIELD_NAMES = {
+    1: "type", 2: "to", 3: "frm", 4: "term", 5: "log_term", 6: "index", 7: "commit", 8: "reject",
+    9: "reject_hint", 10: "context", 11: "seq", 12: "transfer", 13: "entries", 14: "snapshot",
+}  # fmt: skip
+
+
+class EncodeError(LocalError, ValueError):
+    """A core message cannot be put on the wire: a value out of range, an id that is empty or not
+    encodable as UTF-8, or a size over the :class:`Limits`. The text names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds that both the encoder and the decoder enforce; anything larger is refused.
+
+    The defaults leave room above the core's own defaults (``Config.max_msg_bytes`` 1 MiB,
+    ``max_msg_entries`` 1024) while keeping one frame's memory bounded.
+    """
+
+    max_frame_bytes: int = 64 << 20
+    """One encoded frame or snapshot chunk."""
+    max_messages: int = 16_384
+    """Core messages in one frame."""
+    max_entries: int = 65_536
+    """Entries in one message."""
+    max_id_bytes: int = 255
+    """A node id or cluster id, in UTF-8 bytes."""
+    max_context_bytes: int = 64 << 10
+    """A message's ``context`` and each member's context in a configuration."""
+    max_members: int = 1024
+    """Voters plus learners in a configuration."""
+    max_snapshot_bytes: int = 1 << 30
+    """The data of one snapshot received in chunks (held in memory until complete)."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_frame_bytes",
+            "max_messages",
+            "max_entries",
+            "max_id_bytes",
+            "max_context_bytes",
+            "max_members",
+            "max_snapshot_bytes",
+        ):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ConfigError(f"invalid Limits: {name} must be a positive int, not {value!r}")
+
+
+DEFAULT_LIMITS = Limits()
+"""The limits used when none are given."""
+
+
+class Frame(NamedTuple):
+    """A decoded peer frame: who sent it, for which cluster, and the core messages in order."""
+
+    cluster_id: str
+    sender: str
+    messages: list[Message]
+
+
+class WireBytes:
+    """An already encoded protobuf message, for grpclib's protobuf codec.
+
+    grpclib serializes with ``SerializeToString()`` and parses with ``FromString()``; declaring a
+    method's request and reply types as ``WireBytes`` lets the transport move the bytes this
+    module produces and consumes without ever touching the generated classes.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:
+        """The bytes, unchanged."""
+        return self.data
+
+    @classmethod
+    def FromString(cls, data: bytes) -> WireBytes:
+        """Wrap received bytes without parsing them."""
+        return cls(data)
+
+    def __repr__(self) -> str:
+        return f"WireBytes({len(self.data)} bytes)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+def _bad(what: str) -> NoReturn:
+    raise ProtocolError(what)
+
+
+def _cannot(what: str) -> NoReturn:
+    raise EncodeError(what)
+
+
+# ---------------------------------------------------------------------------------------------
+# Protobuf primitives
+
+
+def _uvarint(value: int) -> bytes:
+    """The base-128 varint of a non-negative int (callers check the range)."""
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """Read a varint at ``pos`` that must end by ``end``; return it and the position after it."""
+    if pos >= end:
+        _bad("truncated varint")
+    byte = data[pos]
+    pos += 1
+    if byte < 0x80:
+        return byte, pos
+    result = byte & 0x7F
+    shift = 7
+    while True:
+        if pos >= end:
+            _bad("truncated varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+        if shift >= 70:
+            _bad("varint longer than 10 bytes")
+    if result >> 64:
+        _bad("varint above 2**64")
+    return result, pos
+
+
+def _fields(
+    data: bytes, pos: int, end: int, what: str, max_fields: int = _MAX_FIELDS
+) -> Iterator[tuple[int, int, int, int]]:
+    """Walk the fields of a message in ``data[pos:end]``.
+
+    Yields ``(number, wire_type, a, b)``: for a varint ``a`` is its value; for a length-delimited
+    field ``data[a:b]`` is its payload; fixed-width fields (which this schema never uses) are
+    yielded with their span for the caller to reject or skip. Groups are refused, and so is a
+    message of more than ``max_fields`` fields (which bounds the work any input can cause).
+    """
+    count = 0
+    while pos < end:
+        count += 1
+        if count > max_fields:
+            _bad(f"{what}: more than {max_fields} fields")
+        key, pos = _read_varint(data, pos, end)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            _bad(f"{what}: field number 0")
+        if wire == _VARINT:
+            value, pos = _read_varint(data, pos, end)
+            yield number, wire, value, 0
+            continue
+        if wire == _LEN:
+            length, pos = _read_varint(data, pos, end)
+            stop = pos + length
+        elif wire == _I64:
+            stop = pos + 8
+        elif wire == _I32:
+            stop = pos + 4
+        else:
+            _bad(f"{what}: field {number} has unsupported wire type {_WIRE_NAMES.get(wire, wire)}")
+        if stop > end:
+            _bad(f"{what}: field {number} runs past the end of its message")
+        yield number, wire, pos, stop
+        pos = stop
+
+
+def _wrong_wire(what: str, field: str, wire: int) -> NoReturn:
+    _bad(f"{what}: field {field} has wire type {_WIRE_NAMES.get(wire, wire)}")
+
+
+def _decode_id(data: bytes, a: int, b: int, limits: Limits, what: str) -> str:
+    if a == b:
+        _bad(f"{what} is empty")
+    if b - a > limits.max_id_bytes:
+        _bad(f"{what} is {b - a} bytes, over the limit of {limits.max_id_bytes}")
+    try:
+        return data[a:b].decode("utf-8")
+    except UnicodeDecodeError:
+        _bad(f"{what} is not valid UTF-8")
+
+
+def _encode_id(value: object, limits: Limits, what: str) -> bytes:
+    if type(value) is not str:
+        _cannot(f"{what} must be a str, not {type(value).__name__}")
+    if not value:
+        _cannot(f"{what} is empty")
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        _cannot(f"{what} {value!r} cannot be encoded as UTF-8")
+    if len(raw) > limits.max_id_bytes:
+        _cannot(f"{what} is {len(raw)} bytes, over the limit of {limits.max_id_bytes}")
+    return raw
+
+
+def _check_int(value: object, what: str) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_INT:
+        _cannot(f"{what} must be an int in [0, 2**63), not {value!r}")
+    return value
+
+
+def _check_bytes(value: object, limit: int, what: str) -> bytes:
+    if not isinstance(value, bytes | bytearray):
+        _cannot(f"{what} must be bytes, not {type(value).__name__}")
+    if len(value) > limit:
+        _cannot(f"{what} is {len(value)} bytes, over the limit of {limit}")
+    return bytes(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry batches
+
+
+def encode_entries(entries: Sequence[Entry], *, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """Pack entries into one blob (``b""`` for none).
+
+    Layout, little-endian, no padding: ``u8 version (1) | u32 count | count x (u64 term,
+    u64 index, u8 type, u32 data length) | the data of each entry, in order``.
+    Raises :class:`EncodeError` on a value out of range or more than ``limits.max_entries``.
+    """
+    try:
+        return b"".join(_entry_parts(entries, limits)[0])
+    except EncodeError:
+        raise
+    except (TypeError, ValueError, AttributeError, OverflowError, struct.error) as exc:
+        raise EncodeError(f"entries cannot be encoded: {type(exc).__name__}: {exc}") from exc
+
+
+def _entry_parts(entries: Sequence[Entry], limits: Limits) -> tuple[list[bytes], int]:
+    """The pieces of the entry blob and their total length (joined once, by the caller)."""
+    count = len(entries)
+    if count == 0:
+        return [], 0
+    if count > limits.max_entries:
+        _cannot(f"{count} entries, over the limit of {limits.max_entries}")
+    table: list[bytes] = [_BATCH_HEADER.pack(_ENTRY_BATCH_VERSION, count)]
+    datas: list[bytes] = []
+    pack = _ENTRY_RECORD.pack
+    size = _BATCH_HEADER.size + count * _ENTRY_RECORD.size
+    for i, entry in enumerate(entries):
+        term, index, etype, data = entry.term, entry.index, entry.type, entry.data
+        if (
+            type(term) is not int
+            or type(index) is not int
+            or not 0 <= term <= MAX_INT
+            or not 0 <= index <= MAX_INT
+            or etype not in _ENTRY_TYPE_SET
+            or not isinstance(data, bytes | bytearray)
+            or len(data) > 0xFFFFFFFF
+        ):
+            _cannot(f"entry {i} cannot be encoded: {entry!r:.200}")
+        table.append(pack(term, index, etype, len(data)))
+        datas.append(data)
+        size += len(data)
+    table.extend(datas)
+    return table, size
+
+
+def decode_entries(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> tuple[Entry, ...]:
+    """Unpack a blob made by :func:`encode_entries`; raises :class:`ProtocolError` if malformed."""
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    try:
+        return _decode_entries(data, 0, len(data), limits)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"malformed entry batch: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode_entries(data: bytes, pos: int, end: int, limits: Limits) -> tuple[Entry, ...]:
+    if pos == end:
+        return ()
+    if end - pos < _BATCH_HEADER.size:
+        _bad("entries: truncated batch header")
+    version, count = _BATCH_HEADER.unpack_from(data, pos)
+    if version != _ENTRY_BATCH_VERSION:
+        _bad(f"entries: unsupported batch version {version}")
+    if count > limits.max_entries:
+        _bad(f"entries: {count} entries, over the limit of {limits.max_entries}")
+    table = pos + _BATCH_HEADER.size
+    offset = table + count * _ENTRY_RECORD.size
+    if offset > end:
+        _bad(f"entries: batch of {count} entries is truncated")
+    out: list[Entry] = []
+    append = out.append
+    types = _ENTRY_TYPES
+    ntypes = len(types)
+    for i, (term, index, etype, length) in enumerate(
+        _ENTRY_RECORD.iter_unpack(memoryview(data)[table:offset])
+    ):
+        if term > MAX_INT or index > MAX_INT:
+            _bad(f"entries: entry {i} has term or index above 2**63")
+        if etype >= ntypes:
+            _bad(f"entries: entry {i} has unknown type {etype}")
+        stop = offset + length
+        if stop > end:
+            _bad(f"entries: entry {i} data runs past the end of the batch")
+        append(Entry(term, index, types[etype], data[offset:stop]))
+        offset = stop
+    if offset != end:
+        _bad(f"entries: {end - offset} stray bytes after the last entry")
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshots and configurations (cold path: only SNAP messages carry them)
+
+
+def _encode_conf(conf: ConfState, limits: Limits) -> bytes:
+    if not isinstance(conf, ConfState):
+        _cannot(f"snapshot conf must be a ConfState, not {type(conf).__name__}")
+    voters, learners = conf.voters, conf.learners
+    if len(voters) + len(learners) > limits.max_members:
+        _cannot(f"configuration has {len(voters) + len(learners)} members, over {limits.max_members}")
+    if voters & learners:
+        _cannot(f"configuration lists {sorted(voters & learners)!r} as both voters and learners")
+    out = bytearray()
+    for tag, ids, what in ((b"\x0a", voters, "voter id"), (b"\x12", learners, "learner id")):
+        for raw in sorted(_encode_id(nid, limits, what) for nid in ids):
+            out += tag
+            out += _uvarint(len(raw))
+            out += raw
+    seen: set[str] = set()
+    for item in conf.contexts:
+        if not isinstance(item, tuple) or len(item) != 2:
+            _cannot(f"configuration context {item!r:.100} is not a (node_id, bytes) pair")
+        nid, ctx = item
+        raw = _encode_id(nid, limits, "context node id")
+        if nid in seen:
+            _cannot(f"configuration has two contexts for {nid!r}")
+        if nid not in voters and nid not in learners:
+            _cannot(f"configuration has a context for {nid!r}, which is not a member")
+        seen.add(nid)
+        ctx = _check_bytes(ctx, limits.max_context_bytes, f"context of {nid!r}")
+        body = b"\x0a" + _uvarint(len(raw)) + raw + ((b"\x12" + _uvarint(len(ctx)) + ctx) if ctx else b"")
+        out += b"\x1a"
+        out += _uvarint(len(body))
+        out += body
+    return bytes(out)
+
+
+def _encode_snapshot(snap: Snapshot, limits: Limits) -> bytes:
+    if not isinstance(snap, Snapshot) or not isinstance(snap.meta, SnapshotMeta):
+        _cannot(f"snapshot must be a Snapshot, not {type(snap).__name__}")
+    meta = snap.meta
+    body = bytearray()
+    for tag, value, what in ((b"\x08", meta.index, "snapshot index"), (b"\x10", meta.term, "snapshot term")):
+        if _check_int(value, what):
+            body += tag
+            body += _uvarint(value)
+    conf = _encode_conf(meta.conf, limits)
+    body += b"\x1a"
+    body += _uvarint(len(conf))
+    body += conf
+    data = _check_bytes(snap.data, limits.max_frame_bytes, "snapshot data")
+    out = bytearray(b"\x0a")
+    out += _uvarint(len(body))
+    out += body
+    if data:
+        out += b"\x12"
+        out += _uvarint(len(data))
+        out += data
+    return bytes(out)
+
+
+def _decode_conf(data: bytes, pos: int, end: int, limits: Limits) -> ConfState:
+    voters: list[str] = []
+    learners: list[str] = []
+    contexts: list[tuple[str, bytes]] = []
+    members = 0
+    for number, wire, a, b in _fields(data, pos, end, "conf", 2 * limits.max_members + _MAX_FIELDS):
+        if number in (1, 2, 3):
+            if wire != _LEN:
+                _wrong_wire("conf", ("voters", "learners", "contexts")[number - 1], wire)
+            if number == 3:
+                if len(contexts) >= limits.max_members:
+                    _bad(f"conf: more than {limits.max_members} contexts")
+                contexts.append(_decode_member_context(data, a, b, limits))
+                continue
+            members += 1
+            if members > limits.max_members:
+                _bad(f"conf: more than {limits.max_members} members")
+            (voters if number == 1 else learners).append(_decode_id(data, a, b, limits, "conf: member id"))
+    voter_set, learner_set = frozenset(voters), frozenset(learners)
+    if len(voter_set) != len(voters) or len(learner_set) != len(learners):
+        _bad("conf: a member is listed twice")
+    if voter_set & learner_set:
+        _bad(f"conf: {sorted(voter_set & learner_set)!r} are both voters and learners")
+    seen: set[str] = set()
+    for nid, _ in contexts:
+        if nid in seen:
+            _bad(f"conf: two contexts for {nid!r}")
+        if nid not in voter_set and nid not in learner_set:
+            _bad(f"conf: context for {nid!r}, which is not a member")
+        seen.add(nid)
+    return ConfState(voters=voter_set, learners=learner_set, contexts=tuple(contexts))
+
+
+def _decode_member_context(data: bytes, pos: int, end: int, limits: Limits) -> tuple[str, bytes]:
+    nid: str | None = None
+    ctx = b""
+    for number, wire, a, b in _fields(data, pos, end, "member context"):
+        if number == 1:
+            if wire != _LEN:
+                _wrong_wire("member context", "node_id", wire)
+            nid = _decode_id(data, a, b, limits, "member context: node_id")
+        elif number == 2:
+            if wire != _LEN:
+                _wrong_wire("member context", "context", wire)
+            if b - a > limits.max_context_bytes:
+                _bad(f"member context: {b - a} bytes, over the limit of {limits.max_context_bytes}")
+            ctx = data[a:b]
+    if nid is None:
+        _bad("member context: node_id is empty")
+    return nid, ctx
+
+
+def _decode_snapshot(data: bytes, pos: int, end: int, limits: Limits) -> Snapshot:
+    index = term = 0
+    conf = ConfState()
+    snap_data = b""
+    for number, wire, a, b in _fields(data, pos, end, "snapshot"):
+        if number == 1:
+            if wire != _LEN:
+                _wrong_wire("snapshot", "meta", wire)
+            for mnum, mwire, ma, mb in _fields(data, a, b, "snapshot meta"):
+                if mnum in (1, 2):
+                    if mwire != _VARINT:
+                        _wrong_wire("snapshot meta", ("index", "term")[mnum - 1], mwire)
+                    if ma > MAX_INT:
+                        _bad("snapshot meta: index or term above 2**63")
+                    if mnum == 1:
+                        index = ma
+                    else:
+                        term = ma
+                elif mnum == 3:
+                    if mwire != _LEN:
+                        _wrong_wire("snapshot meta", "conf", mwire)
+                    conf = _decode_conf(data, ma, mb, limits)
+        elif number == 2:
+            if wire != _LEN:
+                _wrong_wire("snapshot", "data", wire)
+            snap_data = data[a:b]
+    return Snapshot(SnapshotMeta(index, term, conf), snap_data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages and frames (hot path)
+
+
+def _encode_message(m: Message, sender: str, limits: Limits) -> tuple[list[bytes], int]:
+    """The RaftMessage encoding of ``m`` as pieces and their total length.
+
+    ``frm`` is left out when it equals ``sender``. The pieces are joined once, by the frame, so
+    entry data are copied only once on the way out.
+    """
+    if not isinstance(m, Message):
+        _cannot(f"not a Message: {type(m).__name__}")
+    mtype = m.type
+    if not isinstance(mtype, MessageType):
+        _cannot(f"message type must be a MessageType, not {mtype!r}")
+    out = bytearray(b"\x08")
+    out += _SMALL_VARINTS[mtype.value]
+    to = _encode_id(m.to, limits, "message to")
+    out += b"\x12"
+    out += _uvarint(len(to))
+    out += to
+    if m.frm != sender:
+        frm = _encode_id(m.frm, limits, "message frm")
+        out += b"\x1a"
+        out += _uvarint(len(frm))
+        out += frm
+    for tag, value, what in (
+        (b"\x20", m.term, "term"),
+        (b"\x28", m.log_term, "log_term"),
+        (b"\x30", m.index, "index"),
+        (b"\x38", m.commit, "commit"),
+    ):
+        if value:
+            if type(value) is not int or not 0 < value <= MAX_INT:
+                _cannot(f"{what} must be an int in [0, 2**63), not {value!r}")
+            out += tag
+            out += _uvarint(value)
+    if m.reject:
+        out += b"\x40\x01"
+    if m.reject_hint:
+        out += b"\x48"
+        out += _uvarint(_check_int(m.reject_hint, "reject_hint"))
+    if m.context:
+        ctx = _check_bytes(m.context, limits.max_context_bytes, "message context")
+        out += b"\x52"
+        out += _uvarint(len(ctx))
+        out += ctx
+    if m.seq:
+        out += b"\x58"
+        out += _uvarint(_check_int(m.seq, "seq"))
+    if m.transfer:
+        out += b"\x60\x01"
+    parts: list[bytes] = [bytes(out)]
+    size = len(out)
+    if m.entries:
+        blob, blob_size = _entry_parts(m.entries, limits)
+        key = b"\x6a" + _uvarint(blob_size)
+        parts.append(key)
+        parts.extend(blob)
+        size += len(key) + blob_size
+    if m.snapshot is not None:
+        snap = _encode_snapshot(m.snapshot, limits)
+        key = b"\x72" + _uvarint(len(snap))
+        parts.append(key)
+        parts.append(snap)
+        size += len(key) + len(snap)
+    return parts, size
+
+
+def _encode_nth(m: Message, sender: str, limits: Limits, i: int) -> tuple[list[bytes], int]:
+    """:func:`_encode_message`, with any failure reported as an :class:`EncodeError` naming ``i``."""
+    try:
+        return _encode_message(m, sender, limits)
+    except EncodeError as exc:
+        raise EncodeError(f"message {i}: {exc}") from exc
+    except (TypeError, ValueError, AttributeError, OverflowError, struct.error) as exc:
+        raise EncodeError(f"message {i} cannot be encoded: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode_message(data: bytes, pos: int, end: int, sender: str, limits: Limits) -> Message:
+    """Decode the RaftMessage in ``data[pos:end]``; an empty ``frm`` becomes ``sender``."""
+    ints = [0] * 13  # varint fields by number: 1 type, 4-7, 8 reject, 9, 11, 12 transfer
+    to = frm = ""
+    context = b""
+    entries: tuple[Entry, ...] = ()
+    snapshot: Snapshot | None = None
+    varint_fields = _MSG_VARINT_FIELDS
+    for number, wire, a, b in _fields(data, pos, end, "message"):
+        if wire == _VARINT:
+            if number < 13 and varint_fields[number]:
+                ints[number] = a
+                continue
+            if number in _MSG_LEN_FIELDS:
+                _wrong_wire("message", _MSG_FIELD_NAMES[number], wire)
+        elif wire == _LEN:
+            if number == 2:
+                to = _decode_id(data, a, b, limits, "message to")
+            elif number == 3:
+                frm = _decode_id(data, a, b, limits, "message frm")
+            elif number == 10:
+                if b - a > limits.max_context_bytes:
+                    _bad(f"message context is {b - a} bytes, over the limit of {limits.max_context_bytes}")
+                context = data[a:b]
+            elif number == 13:
+                entries = _decode_entries(data, a, b, limits)
+            elif number == 14:
+                if snapshot is not None:
+                    _bad("message has two snapshots")
+                snapshot = _decode_snapshot(data, a, b, limits)
+            elif number < 13 and varint_fields[number]:
+                _wrong_wire("message", _MSG_FIELD_NAMES[number], wire)
+        elif number in _MSG_FIELD_NAMES:
+            _wrong_wire("message", _MSG_FIELD_NAMES[number], wire)
+    mtype = _MESSAGE_TYPES.get(ints[1])
+    if mtype is None:
+        _bad(f"message type {ints[1]} is not a known MessageType")
+    if not to:
+        _bad("message to is empty")
+    _, _, _, _, term, log_term, index, commit, reject, reject_hint, _, seq, transfer = ints
+    if max(term, log_term, index, commit, reject_hint, seq) > MAX_INT:
+        _bad("message has a term, index or counter above 2**63")
+    return Message(
+        mtype,
+        to,
+        frm or sender,
+        term,
+        log_term,
+        index,
+        entries,
+        commit,
+        reject != 0,
+        reject_hint,
+        snapshot,
+        context,
+        seq,
+        transfer != 0,
+    )
+
+
+def _frame_head(cluster_id: str, sender: str, limits: Limits) -> bytes:
+    cid = _encode_id(cluster_id, limits, "cluster_id")
+    snd = _encode_id(sender, limits, "sender")
+    return b"\x0a" + _uvarint(len(cid)) + cid + b"\x12" + _uvarint(len(snd)) + snd
+
+
+def encode_frames(
+    cluster_id: str, sender: str, messages: Iterable[Message], *, limits: Limits = DEFAULT_LIMITS
+) -> list[bytes]:
+    """Encode ``messages`` into as few PeerFrames as ``limits`` allow, keeping their order.
+
+    With no messages, returns one frame that carries only the ids (a hello or keepalive).
+    Raises :class:`EncodeError` if a message cannot be encoded or alone exceeds
+    ``limits.max_frame_bytes``.
+    """
+    head = _frame_head(cluster_id, sender, limits)
+    frames: list[bytes] = []
+    parts: list[bytes] = [head]
+    size = len(head)
+    count = 0
+    for i, m in enumerate(messages):
+        body, body_size = _encode_nth(m, sender, limits, i)
+        key = b"\x1a" + _uvarint(body_size)
+        piece = len(key) + body_size
+        if len(head) + piece > limits.max_frame_bytes:
+            _cannot(
+                f"message {i} needs {len(head) + piece} bytes, over the limit of {limits.max_frame_bytes}"
+            )
+        if count == limits.max_messages or size + piece > limits.max_frame_bytes:
+            frames.append(b"".join(parts))
+            parts, size, count = [head], len(head), 0
+        parts.append(key)
+        parts.extend(body)
+        size += piece
+        count += 1
+    if count or not frames:
+        frames.append(b"".join(parts))
+    return frames
+
+
+def encode_frame(
+    cluster_id: str, sender: str, messages: Sequence[Message], *, limits: Limits = DEFAULT_LIMITS
+) -> bytes:
+    """Encode one PeerFrame from ``sender`` in ``cluster_id`` carrying ``messages`` in order.
+
+    Raises :class:`EncodeError` if a message cannot be encoded or the frame would exceed
+    ``limits`` (use :func:`encode_frames` to split a large batch).
+    """
+    if len(messages) > limits.max_messages:
+        _cannot(f"{len(messages)} messages in one frame, over the limit of {limits.max_messages}")
+    head = _frame_head(cluster_id, sender, limits)
+    parts: list[bytes] = [head]
+    size = len(head)
+    for i, m in enumerate(messages):
+        body, body_size = _encode_nth(m, sender, limits, i)
+        key = b"\x1a" + _uvarint(body_size)
+        parts.append(key)
+        parts.extend(body)
+        size += len(key) + body_size
+    if size > limits.max_frame_bytes:
+        _cannot(f"frame is {size} bytes, over the limit of {limits.max_frame_bytes}")
+    return b"".join(parts)
+
+
+def decode_frame(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Frame:
+    """Decode a PeerFrame; raises :class:`ProtocolError` (and nothing else) if it is malformed.
+
+    Checking ``cluster_id`` against the local one, and ``sender`` against the stream's peer, is
+    the caller's business.
+    """
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    if len(data) > limits.max_frame_bytes:
+        _bad(f"frame is {len(data)} bytes, over the limit of {limits.max_frame_bytes}")
+    try:
+        return _decode_frame(data, limits)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"malformed frame: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode_frame(data: bytes, limits: Limits) -> Frame:
+    cluster_id = sender = ""
+    spans: list[tuple[int, int]] = []
+    for number, wire, a, b in _fields(data, 0, len(data), "frame", limits.max_messages + _MAX_FIELDS):
+        if number in (1, 2, 3) and wire != _LEN:
+            _wrong_wire("frame", ("cluster_id", "sender", "messages")[number - 1], wire)
+        if number == 1:
+            cluster_id = _decode_id(data, a, b, limits, "frame cluster_id")
+        elif number == 2:
+            sender = _decode_id(data, a, b, limits, "frame sender")
+        elif number == 3:
+            if len(spans) >= limits.max_messages:
+                _bad(f"frame has more than {limits.max_messages} messages")
+            spans.append((a, b))
+    if not cluster_id:
+        _bad("frame cluster_id is empty")
+    if not sender:
+        _bad("frame sender is empty")
+    messages: list[Message] = []
+    for i, (a, b) in enumerate(spans):
+        try:
+            messages.append(_decode_message(data, a, b, sender, limits))
+        except ProtocolError as exc:
+            raise ProtocolError(f"frame from {sender!r}: message {i}: {exc}") from exc
+    return Frame(cluster_id, sender, messages)
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshot transfer
+
+
+def snapshot_chunks(
+    cluster_id: str,
+    sender: str,
+    message: Message,
+    *,
+    chunk_bytes: int = 1 << 20,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Iterator[bytes]:
+    """Encode a SNAP message as the SnapshotChunks of one InstallSnapshot call.
+
+    The first chunk carries the ids and ``message`` with its snapshot data left out; the data
+    follow in pieces of at most ``chunk_bytes``; the last chunk carries the CRC-32 of the whole
+    data. Only one chunk's worth of output exists at a time. Raises :class:`EncodeError` if the
+    message has no snapshot or anything is out of range.
+    """
+    if type(chunk_bytes) is not int or chunk_bytes < 1:
+        _cannot(f"chunk_bytes must be a positive int, not {chunk_bytes!r}")
+    snap = message.snapshot if isinstance(message, Message) else None
+    if snap is None or message.type is not MessageType.SNAP:
+        _cannot("snapshot_chunks needs a SNAP message with a snapshot")
+    data = snap.data
+    if not isinstance(data, bytes | bytearray):
+        _cannot(f"snapshot data must be bytes, not {type(data).__name__}")
+    total = len(data)
+    if total > limits.max_snapshot_bytes:
+        _cannot(f"snapshot is {total} bytes, over the limit of {limits.max_snapshot_bytes}")
+    body, body_size = _encode_nth(replace(message, snapshot=replace(snap, data=b"")), sender, limits, 0)
+    header = b"".join([_frame_head(cluster_id, sender, limits), b"\x1a", _uvarint(body_size), *body])
+    checksum = zlib.crc32(data)
+    offset = 0
+    first = True
+    while first or offset < total:
+        piece = data[offset : offset + chunk_bytes]
+        out = bytearray(header if first else b"")
+        if offset:
+            out += b"\x20"
+            out += _uvarint(offset)
+        if total:
+            out += b"\x28"
+            out += _uvarint(total)
+        if piece:
+            out += b"\x32"
+            out += _uvarint(len(piece))
+            out += piece
+        offset += len(piece)
+        if offset == total and checksum:
+            out += b"\x38"
+            out += _uvarint(checksum)
+        if len(out) > limits.max_frame_bytes:
+            _cannot(f"snapshot chunk is {len(out)} bytes, over the limit of {limits.max_frame_bytes}")
+        first = False
+        yield bytes(out)
+
+
+class SnapshotAssembler:
+    """Reassembles the chunks of one InstallSnapshot call into the SNAP message they carry.
+
+    Feed each received chunk to :meth:`feed`; it returns the complete message once the last
+    byte has arrived and the checksum matched, ``None`` before. Any defect (a gap, an overlap,
+    a size over ``limits.max_snapshot_bytes``, a wrong checksum, a chunk after the end) raises
+    :class:`ProtocolError`; the assembler is then unusable.
+    """
+
+    def __init__(self, *, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._limits = limits
+        self._header: Message | None = None
+        self._cluster_id = ""
+        self._sender = ""
+        self._total = 0
+        self._buf = bytearray()
+        self._crc = 0
+        self._done = False
+        self._failed = False
+
+    @property
+    def cluster_id(self) -> str:
+        """The cluster named by the first chunk ('' before it)."""
+        return self._cluster_id
+
+    @property
+    def sender(self) -> str:
+        """The sending node named by the first chunk ('' before it)."""
+        return self._sender
+
+    @property
+    def header(self) -> Message | None:
+        """The SNAP message of the first chunk, its snapshot data still empty (``None`` before)."""
+        return self._header
+
+    @property
+    def received(self) -> int:
+        """Snapshot data bytes received so far."""
+        return len(self._buf)
+
+    @property
+    def total(self) -> int:
+        """The snapshot data size announced by the first chunk."""
+        return self._total
+
+    @property
+    def done(self) -> bool:
+        """True once the whole snapshot arrived and checked out."""
+        return self._done
+
+    def feed(self, chunk: bytes) -> Message | None:
+        """Take one encoded SnapshotChunk; return the whole SNAP message after the last one."""
+        if self._failed:
+            _bad("snapshot transfer already failed")
+        if self._done:
+            self._failed = True
+            _bad("snapshot chunk after the last one")
+        if not isinstance(chunk, bytes):
+            chunk = bytes(chunk)
+        try:
+            if len(chunk) > self._limits.max_frame_bytes:
+                _bad(
+                    f"snapshot chunk is {len(chunk)} bytes, over the limit of {self._limits.max_frame_bytes}"
+                )
+            return self._feed(chunk)
+        except ProtocolError:
+            self._failed = True
+            raise
+        except Exception as exc:
+            self._failed = True
+            raise ProtocolError(f"malformed snapshot chunk: {type(exc).__name__}: {exc}") from exc
+
+    def _feed(self, data: bytes) -> Message | None:
+        limits = self._limits
+        first = self._header is None
+        cluster_id = sender = ""
+        msg_span: tuple[int, int] | None = None
+        offset = total = checksum = 0
+        piece = b""
+        for number, wire, a, b in _fields(data, 0, len(data), "snapshot chunk"):
+            if number in (1, 2, 3, 6):
+                if wire != _LEN:
+                    _wrong_wire(
+                        "snapshot chunk",
+                        {1: "cluster_id", 2: "sender", 3: "message", 6: "data"}[number],
+                        wire,
+                    )
+                if not first:
+                    if number != 6:
+                        _bad("snapshot chunk: ids and message belong in the first chunk only")
+                elif number == 1:
+                    cluster_id = _decode_id(data, a, b, limits, "snapshot chunk cluster_id")
+                elif number == 2:
+                    sender = _decode_id(data, a, b, limits, "snapshot chunk sender")
+                elif number == 3:
+                    msg_span = (a, b)
+                if number == 6:
+                    piece = data[a:b]
+            elif number in (4, 5, 7):
+                if wire != _VARINT:
+                    _wrong_wire("snapshot chunk", {4: "offset", 5: "total", 7: "checksum"}[number], wire)
+                if number == 4:
+                    offset = a
+                elif number == 5:
+                    total = a
+                else:
+                    checksum = a
+        if first:
+            if not cluster_id or not sender or msg_span is None:
+                _bad("snapshot chunk: the first chunk needs cluster_id, sender and message")
+            header = _decode_message(data, msg_span[0], msg_span[1], sender, limits)
+            if header.type is not MessageType.SNAP or header.snapshot is None:
+                _bad("snapshot chunk: the first chunk's message is not a SNAP with a snapshot")
+            if header.snapshot.data:
+                _bad("snapshot chunk: the first chunk's snapshot carries data inline")
+            if total > limits.max_snapshot_bytes:
+                _bad(f"snapshot chunk: snapshot of {total} bytes, over {limits.max_snapshot_bytes}")
+            self._header, self._cluster_id, self._sender, self._total = header, cluster_id, sender, total
+        elif total != self._total:
+            _bad(f"snapshot chunk: total changed from {self._total} to {total}")
+        if offset != len(self._buf):
+            _bad(f"snapshot chunk: offset {offset}, expected {len(self._buf)}")
+        if offset + len(piece) > self._total:
+            _bad(f"snapshot chunk: data runs past the announced total of {self._total} bytes")
+        if not piece and not first:
+            _bad("snapshot chunk: empty chunk")
+        self._buf += piece
+        self._crc = zlib.crc32(piece, self._crc)
+        if len(self._buf) < self._total:
+            if checksum:
+                _bad("snapshot chunk: checksum before the last chunk")
+            return None
+        if checksum != self._crc:
+            _bad(f"snapshot chunk: checksum {checksum:#010x} does not match the data ({self._crc:#010x})")
+        self._done = True
+        done = self._header
+        assert done is not None and done.snapshot is not None
+        data_bytes = bytes(self._buf)
+        self._buf = bytearray()
+        return replace(done, snapshot=replace(done.snapshot, data=data_bytes))
+
+
+# ---------------------------------------------------------------------------------------------
+# Acknowledgements (tiny and rare: the generated classes are fast enough)
+
+
+def encode_stream_ack(frames: int, messages: int) -> bytes:
+    """The StreamAck a receiver sends when a peer closes its stream."""
+    ack = _pb.StreamAck(frames=_check_int(frames, "frames"), messages=_check_int(messages, "messages"))
+    return bytes(ack)
+
+
+def decode_stream_ack(data: bytes) -> tuple[int, int]:
+    """The ``(frames, messages)`` counts of a StreamAck; :class:`ProtocolError` if malformed."""
+    ack = _parse_ack(_pb.StreamAck, data)
+    return _ack_int(ack.frames, "frames"), _ack_int(ack.messages, "messages")
+
+
+def encode_snapshot_ack(received: int) -> bytes:
+    """The SnapshotAck a receiver sends once a snapshot arrived whole."""
+    return bytes(_pb.SnapshotAck(received=_check_int(received, "received")))
+
+
+def decode_snapshot_ack(data: bytes) -> int:
+    """The byte count of a SnapshotAck; :class:`ProtocolError` if malformed."""
+    return _ack_int(_parse_ack(_pb.SnapshotAck, data).received, "received")
+
+
+_Ack = TypeVar("_Ack", _pb.StreamAck, _pb.SnapshotAck)
+
+
+def _parse_ack(cls: type[_Ack], data: bytes) -> _Ack:
+    if len(data) > 1024:
+        _bad(f"{cls.__name__} is {len(data)} bytes, too large")
+    try:
+        return cls().parse(bytes(data))
+    except Exception as exc:
+        raise ProtocolError(f"malformed {cls.__name__}: {type(exc).__name__}: {exc}") from exc
+
+
+def _ack_int(value: object, what: str) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_INT:
+        _bad(f"ack field {what} is not an int in [0, 2**63): {value!r:.50}")
+    return value

@@ -1,0 +1,108 @@
+"""The simulator itself: determinism, seed sweeps under faults, and the checker's teeth."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from phalanx_aio.core import Config, Entry, HardState
+from phalanx_aio.sim import (
+    Checker,
+    RegionLatency,
+    SafetyViolation,
+    SimOptions,
+    load_rtt_matrix,
+    run,
+)
+from phalanx_aio.sim.checker import chain_hash
+
+RTT = pathlib.Path(__file__).resolve().parents[3] / "shared" / "mesh" / "global_rtt.json"
+
+
+def test_same_seed_same_trace() -> None:
+    a = run(SimOptions(seed=7, steps=5000))
+    b = run(SimOptions(seed=7, steps=5000))
+    c = run(SimOptions(seed=8, steps=5000))
+    assert a.trace_hash == b.trace_hash
+    assert a.summary() == b.summary()
+    assert a.trace_hash != c.trace_hash
+
+
+@pytest.mark.parametrize("block", range(6))
+def test_seed_sweep_with_faults(block: int) -> None:
+    """300 seeds in all (six blocks of 50), crashes, partitions, loss, duplication, reordering."""
+    for seed in range(block * 50 + 1, block * 50 + 51):
+        res = run(SimOptions(seed=seed, steps=3000))
+        assert res.committed > 1
+        assert res.checks > 0
+
+
+@pytest.mark.parametrize("seed", range(1, 31))
+def test_membership_and_snapshots(seed: int) -> None:
+    res = run(SimOptions(seed=seed, steps=8000, membership=True, snapshot_every=25))
+    assert res.committed > 25
+
+
+def test_workload_is_checked() -> None:
+    res = run(SimOptions(seed=3, steps=20_000))
+    assert res.writes_acked > 100
+    assert res.reads_checked > 20
+    assert sum(res.faults.values()) > 3
+
+
+@pytest.mark.skipif(not RTT.exists(), reason="shared/mesh/global_rtt.json not present")
+def test_global_mesh_preset_runs_on_the_five_region_matrix() -> None:
+    regions, rtt, _ = load_rtt_matrix(RTT)
+    ids = [f"n{i + 1}" for i in range(5)]
+    mesh = RegionLatency.place(rtt, regions, ids)
+    res = run(SimOptions(seed=1, steps=20_000, config=Config.global_mesh(), mesh=mesh, faults=False))
+    assert res.elections == 1, "the global-mesh preset should elect once and never flap without faults"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", range(40))
+def test_long_sweep(block: int) -> None:
+    for seed in range(1000 + block * 50, 1000 + block * 50 + 50):
+        run(SimOptions(seed=seed, steps=20_000, membership=seed % 2 == 0, snapshot_every=(seed % 3) * 20))
+
+
+# -- the checker catches each violation when fed one directly ---------------------------------
+
+
+def test_checker_two_leaders_in_a_term() -> None:
+    chk = Checker()
+    chk.on_leader("a", 3, {}, 0)
+    with pytest.raises(SafetyViolation, match="election safety"):
+        chk.on_leader("b", 3, {}, 0)
+
+
+def test_checker_double_vote_and_backwards_term() -> None:
+    chk = Checker()
+    chk.on_persist_hard_state("a", HardState(1, None, 0), HardState(2, "b", 0))
+    with pytest.raises(SafetyViolation, match="one vote per term"):
+        chk.on_persist_hard_state("a", HardState(2, "b", 0), HardState(2, "c", 0))
+    with pytest.raises(SafetyViolation, match="term monotonic"):
+        chk.on_persist_hard_state("a", HardState(2, "b", 0), HardState(1, None, 0))
+
+
+def test_checker_log_matching_and_state_machine_safety() -> None:
+    chk = Checker()
+    e1, e1x = Entry(1, 1, data=b"x"), Entry(1, 1, data=b"y")
+    chk.on_persist_entry("a", e1, chain_hash(0, e1))
+    with pytest.raises(SafetyViolation, match="log matching"):
+        chk.on_persist_entry("b", e1x, chain_hash(0, e1x))
+    chk.on_apply("a", 1, 1, 5, 9)
+    with pytest.raises(SafetyViolation, match="state machine safety"):
+        chk.on_apply("b", 1, 1, 5, 10)
+
+
+def test_checker_commit_quorum_leader_completeness_and_reads() -> None:
+    chk = Checker()
+    with pytest.raises(SafetyViolation, match="committed on a quorum"):
+        chk.on_commit("a", 5, 2, 1, {"a", "b", "c"})
+    chk.on_commit("a", 5, 2, 2, {"a", "b", "c"})
+    with pytest.raises(SafetyViolation, match="leader completeness"):
+        chk.on_leader("b", 3, {5: 1}, 0)
+    with pytest.raises(SafetyViolation, match="linearizable read"):
+        chk.on_read("a", 4, 5)
