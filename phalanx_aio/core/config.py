@@ -50,7 +50,8 @@ class Config:
     max_inflight_bytes: int = 32 << 20
     """Unacknowledged entry bytes per follower in the replicate state."""
     max_uncommitted_bytes: int = 0
-    """Refuse proposals while more than this many entry bytes are uncommitted (0: no limit)."""
+    """Refuse a proposal that would take the uncommitted entry bytes above this (0: no limit);
+    a proposal is always accepted when nothing is uncommitted, however large."""
     forward_proposals: bool = True
     """Followers forward proposals and read-index requests to the leader."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from phalanx_aio.core.types import Entry, Snapshot
+from phalanx_aio.errors import LocalError
 
 __all__ = ["RaftLog"]
 
@@ -33,7 +34,7 @@ class RaftLog:
         self.entries: list[Entry] = list(entries)
         for i, e in enumerate(self.entries):
             if e.index != snap_index + 1 + i:
-                raise ValueError(f"log entries are not contiguous after index {snap_index}: found {e.index}")
+                raise LocalError(f"log entries are not contiguous after index {snap_index}: found {e.index}")
         self.committed = snap_index
         self.applied = snap_index
         self.unstable = self.last_index() + 1

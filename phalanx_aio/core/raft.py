@@ -28,7 +28,7 @@ from phalanx_aio.core.types import (
     Snapshot,
     SnapshotMeta,
 )
-from phalanx_aio.errors import LocalError, NotLeader, ProposalDropped
+from phalanx_aio.errors import LocalError, NotLeader, ProposalDropped, ProtocolError, StorageError
 
 __all__ = ["InitialState", "ProgressInfo", "Raft", "Role", "Status", "bootstrap_state"]
 
@@ -151,7 +151,12 @@ class Raft:
         self.confs = ConfHistory(snap.meta.index, snap.meta.conf)
         for e in state.entries:
             if e.type is EntryType.CONF:
-                self.confs.append(e.index, decode_conf(e.data)[1])
+                try:
+                    self.confs.append(e.index, decode_conf(e.data)[1])
+                except ProtocolError as exc:
+                    raise StorageError(
+                        f"stored configuration entry at index {e.index} is malformed: {exc}"
+                    ) from exc
         self.term = hs.term
         self.vote: str | None = hs.vote
         self.leader: str | None = None
@@ -465,7 +470,9 @@ class Raft:
 
         The answer arrives as a :class:`ReadState` with this ``context`` in a later ``Ready``
         (or in ``dropped_reads`` if leadership is lost). Raises
-        :class:`~phalanx_aio.errors.NotLeader` when no leader is known to forward to.
+        :class:`~phalanx_aio.errors.NotLeader` unless this node leads or is a follower that
+        knows its leader and may forward (``forward_proposals``); candidates always refuse.
+        A read forwarded to a leader that dies is never answered: drivers time reads out.
         """
         if self.role is Role.LEADER:
             self._leader_read(bytes(context), self.id)

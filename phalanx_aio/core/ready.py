@@ -33,7 +33,8 @@ class Ready:
     entries: tuple[Entry, ...] = ()
     """Entries to persist, overwriting the stored log from ``entries[0].index`` on."""
     snapshot: Snapshot | None = None
-    """A snapshot received from the leader, to persist and install."""
+    """A snapshot received from the leader, to persist and install. It replaces the whole
+    stored log: the core has discarded every entry it held, even those past the snapshot."""
     messages: tuple[Message, ...] = ()
     """Messages to send once the above is durable."""
     committed_entries: tuple[Entry, ...] = ()

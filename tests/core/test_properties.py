@@ -20,7 +20,7 @@ from phalanx_aio.core import ConfChange, ConfChangeType, ConfState, Entry, Entry
 from phalanx_aio.core.log import RaftLog
 from phalanx_aio.core.membership import ConfHistory, apply_change, decode_conf, encode_conf
 from phalanx_aio.core.quorum import VoteResult, quorum_index, quorum_size, vote_result
-from phalanx_aio.errors import ProposalDropped, ProtocolError
+from phalanx_aio.errors import LocalError, ProposalDropped, ProtocolError
 
 NODES = [f"n{i}" for i in range(8)]
 node_ids = st.sampled_from(NODES)
@@ -248,7 +248,7 @@ TestRaftLog.settings = settings(max_examples=150, stateful_step_count=40, deadli
 
 
 def test_log_rejects_a_gap() -> None:
-    with pytest.raises(ValueError, match="contiguous"):
+    with pytest.raises(LocalError, match="contiguous"):
         RaftLog(5, 1, [Entry(1, 7)])
 
 

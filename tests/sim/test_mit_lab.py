@@ -259,7 +259,7 @@ def test_count(seed: int) -> None:
     lab = Lab(3, seed)
     lab.check_one_leader()
     # One RPC in the lab is a request plus its reply: two of our messages.
-    assert lab.rpc_count() / 2 <= 30 + 2 * 20, f"too many RPCs for an election: {lab.rpc_count()}"
+    assert lab.rpc_count() / 2 <= 30, f"too many RPCs for an election: {lab.rpc_count()}"
     for _ in range(3):
         leader = lab.check_one_leader()
         before = lab.rpc_count()
