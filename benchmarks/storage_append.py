@@ -4,8 +4,9 @@ For each batch size, one "commit" is one durable transaction holding ``batch`` 6
 ``SQLiteStorage.save(entries=...)`` on one side, and on the other the same statements run
 directly with :mod:`sqlite3` on the calling thread (same schema, same pragmas: WAL journal and
 the same ``synchronous`` mode, same CRC-32 per row, ``BEGIN IMMEDIATE`` / ``executemany`` /
-``COMMIT``). Rounds alternate between the two and the median round is reported, with the ratio
-storage / plain (1.0 = no overhead from asyncio and the aiosqlite thread hop).
+``COMMIT``). Both run in the same process on the same disk, in alternating blocks of commits
+(so drifts in fsync latency hit both alike); the ratio is storage / plain throughput
+(1.0 = no overhead from asyncio and the aiosqlite thread hop).
 
 Usage::
 

@@ -1,8 +1,9 @@
 """phalanx_aio: an asyncio-native Raft consensus framework.
 
-The public API is exactly what ``__all__`` lists; everything else is private or lives in a
-documented subpackage (``phalanx_aio.core`` for the sans-IO core, ``phalanx_aio.sim`` for the
-deterministic simulator).
+The public API is exactly what ``__all__`` lists: the embeddable :class:`RaftNode` with its
+:class:`StateMachine` and stores, the core's types and configuration, and the errors. Everything
+else is private or lives in a documented subpackage (``phalanx_aio.core`` for the sans-IO core,
+``phalanx_aio.sim`` for the deterministic simulator, ``phalanx_aio.transport`` for transports).
 """
 
 from phalanx_aio.core import (
@@ -38,6 +39,8 @@ from phalanx_aio.errors import (
     StorageError,
     Timeout,
 )
+from phalanx_aio.node import NodeStatus, RaftNode, StateMachine
+from phalanx_aio.storage import MemoryStorage, SQLiteStorage, Storage, StoredState
 
 __version__ = "0.1.0.dev0"
 
@@ -53,8 +56,10 @@ __all__ = [
     "HardState",
     "InitialState",
     "LocalError",
+    "MemoryStorage",
     "Message",
     "MessageType",
+    "NodeStatus",
     "NotApplied",
     "NotLeader",
     "OutcomeUnknown",
@@ -62,14 +67,19 @@ __all__ = [
     "ProposalDropped",
     "ProtocolError",
     "Raft",
+    "RaftNode",
     "ReadState",
     "Ready",
     "RemoteError",
     "Role",
+    "SQLiteStorage",
     "Snapshot",
     "SnapshotMeta",
+    "StateMachine",
     "Status",
+    "Storage",
     "StorageError",
+    "StoredState",
     "Timeout",
     "__version__",
 ]

@@ -16,12 +16,13 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from phalanx_aio.core.config import Config
 from phalanx_aio.core.membership import ConfChange
 from phalanx_aio.core.raft import InitialState, Raft, Role, bootstrap_state
 from phalanx_aio.core.ready import Ready
-from phalanx_aio.core.types import Entry, EntryType, HardState, Message, Snapshot
+from phalanx_aio.core.types import Entry, EntryType, HardState, Message, MessageType, Snapshot
 from phalanx_aio.errors import NotApplied
 from phalanx_aio.sim.checker import Checker, chain_hash
 from phalanx_aio.sim.network import NetworkOptions
@@ -31,6 +32,8 @@ __all__ = ["Cluster", "RaftFactory", "SimNode", "SimStore"]
 RaftFactory = Callable[[str, Config, random.Random, InitialState | None], Raft]
 _SM = struct.Struct(">QQ")
 _TICK, _DELIVER, _CALL = 0, 1, 2
+_TYPE_NAMES = {t: t.name for t in MessageType}
+_LEADER = Role.LEADER
 
 
 @dataclass(slots=True)
@@ -84,6 +87,8 @@ class SimNode:
         self.applied_cmds: dict[int, bytes] = {}
         """Commands applied in this incarnation (not those restored from a snapshot)."""
         self.last_commit_checked = 0
+        self.led_term = 0
+        """The last term in which this node was seen leading (for :attr:`Cluster.on_leader`)."""
 
     @property
     def up(self) -> bool:
@@ -105,6 +110,7 @@ class Cluster:
         snapshot_every: int = 0,
         check: bool = True,
         spare_ids: Sequence[str] = (),
+        trace: bool = True,
     ) -> None:
         self.seed = seed
         self.config = config or Config.lan()
@@ -118,6 +124,8 @@ class Cluster:
         self._events: list[tuple[float, int, int, object]] = []
         self._seq = 0
         self._trace = hashlib.blake2b(digest_size=16)
+        self._tracing = trace
+        """Hash every event into :attr:`trace_hash` (long studies turn it off for speed)."""
         self.events = 0
         self.msg_counts: Counter[str] = Counter()
         self.msg_bytes = 0
@@ -126,6 +134,8 @@ class Cluster:
         self.founders = list(node_ids)
         self.on_apply: list[Callable[[SimNode, Entry], None]] = []
         self.on_read: list[Callable[[SimNode, bytes, int], None]] = []
+        self.on_leader: list[Callable[[SimNode, int], None]] = []
+        """Called with ``(node, term)`` the first time a node is seen leading ``term``."""
         for nid in node_ids:
             self._boot(self.nodes[nid], bootstrap=True)
         for nid in spare_ids:
@@ -143,39 +153,48 @@ class Cluster:
 
     def step(self) -> bool:
         """Process the next event; False if there is none."""
-        if not self._events:
+        events = self._events
+        if not events:
             return False
-        at, _, kind, payload = heapq.heappop(self._events)
+        at, _, kind, payload = heapq.heappop(events)
         self.now = at
         self.events += 1
-        if kind == _TICK:
-            assert isinstance(payload, tuple)
-            nid, inc = payload
-            node = self.nodes[nid]
-            if node.core is not None and node.incarnation == inc:
-                self._trace.update(f"T{at:.3f}{nid}".encode())
-                node.core.tick()
-                self._drain(node)
-                self._push(at + self.tick_ms, _TICK, (nid, inc))
-        elif kind == _DELIVER:
-            assert isinstance(payload, Message)
-            target = self.nodes.get(payload.to)
+        if kind == _DELIVER:
+            m = cast(Message, payload)
+            target = self.nodes.get(m.to)
             if target is not None and target.core is not None:
-                m = payload
-                self._trace.update(
-                    f"M{at:.3f}{m.frm}{m.to}{m.type}{m.term}{m.index}{len(m.entries)}".encode()
-                )
+                if self._tracing:
+                    self._trace.update(
+                        f"M{at:.3f}{m.frm}{m.to}{m.type}{m.term}{m.index}{len(m.entries)}".encode()
+                    )
                 target.core.step(m)
                 self._drain(target)
+        elif kind == _TICK:
+            nid, inc = cast(tuple[str, int], payload)
+            node = self.nodes[nid]
+            core = node.core
+            if core is not None and node.incarnation == inc:
+                if self._tracing:
+                    self._trace.update(f"T{at:.3f}{nid}".encode())
+                core.tick()
+                self._drain(node)
+                self._seq += 1
+                heapq.heappush(events, (at + self.tick_ms, self._seq, _TICK, payload))
         else:
-            assert callable(payload)
-            self._trace.update(f"C{at:.3f}".encode())
-            payload()
+            fn = cast(Callable[[], None], payload)
+            if self._tracing:
+                self._trace.update(f"C{at:.3f}".encode())
+            fn()
         return True
 
     def run_for(self, ms: float) -> None:
         """Process events for ``ms`` of simulated time."""
-        self.run_until(lambda: False, ms)
+        end = self.now + ms
+        events = self._events
+        step = self.step
+        while events and events[0][0] <= end:
+            step()
+        self.now = max(self.now, end)
 
     def run_until(self, pred: Callable[[], bool], timeout_ms: float) -> bool:
         """Process events until ``pred()`` holds (checked after each event) or time runs out."""
@@ -294,14 +313,20 @@ class Cluster:
         while core.has_ready():
             role = core.role
             rd = core.ready()
-            self._persist(node, rd, role is Role.LEADER, core.term)
+            self._persist(node, rd, role is _LEADER, core.term)
             for m in rd.messages:
                 self._send(node, m)
             self._apply(node, rd)
             core.advance(rd)
             if node.core is not core:  # crashed by a callback
                 return
-        if core.role is Role.LEADER:
+        if core.role is _LEADER:
+            if node.led_term != core.term:
+                node.led_term = core.term
+                for cb in self.on_leader:
+                    cb(node, core.term)
+                if node.core is not core:
+                    return
             self._check_leader(node, core)
 
     def _check_leader(self, node: SimNode, core: Raft) -> None:
@@ -362,11 +387,12 @@ class Cluster:
                 chk.on_persist_entry(node.id, e, prev)
 
     def _send(self, node: SimNode, m: Message) -> None:
-        self.msg_counts[m.type.name] += 1
-        for e in m.entries:
-            self.msg_bytes += len(e.data)
+        self.msg_counts[_TYPE_NAMES[m.type]] += 1
+        if m.entries:
+            self.msg_bytes += sum(len(e.data) for e in m.entries)
         for delay in self.net.deliveries(self.rng, m.frm, m.to):
-            self._push(self.now + delay, _DELIVER, m)
+            self._seq += 1
+            heapq.heappush(self._events, (self.now + delay, self._seq, _DELIVER, m))
 
     def _apply(self, node: SimNode, rd: Ready) -> None:
         chk = self.checker

@@ -6,6 +6,7 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Self
 
 from phalanx_aio.core.raft import InitialState
 from phalanx_aio.core.types import Entry, EntryType, HardState, Snapshot
@@ -60,6 +61,13 @@ class Storage(abc.ABC):
     def last_error(self) -> StorageError | None:
         """Why the store is unhealthy: the error of the last failed write (None when healthy)."""
 
+    @property
+    def failed(self) -> bool:
+        """True after a failure that no later write can cure (an I/O error other than a full
+        disk, or damage found while running): every write raises until the store is closed and
+        opened again, which verifies everything. Implies ``not healthy``; do not retry writes."""
+        return False
+
     @abc.abstractmethod
     async def open(self, *, node_id: str, cluster_id: str) -> StoredState:
         """Load everything, creating the store (recording both ids and the schema version) if new.
@@ -100,7 +108,7 @@ class Storage(abc.ABC):
     async def aclose(self) -> None:
         """Close the store. Idempotent; it may be opened again afterwards."""
 
-    async def __aenter__(self) -> Storage:
+    async def __aenter__(self) -> Self:
         """Return the store itself (call :meth:`open` inside the block)."""
         return self
 

@@ -22,6 +22,7 @@ import pathlib
 import sqlite3
 import struct
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, TypeVar, cast
 
@@ -164,6 +165,11 @@ class SQLiteStorage(Storage):
         """The error that made the store unhealthy, or None."""
         return self._failed or self._last_error
 
+    @property
+    def failed(self) -> bool:
+        """True after an I/O error other than a full disk, or damage found while running."""
+        return self._failed is not None
+
     # ------------------------------------------------------------------ open / close
 
     async def open(self, *, node_id: str, cluster_id: str) -> StoredState:
@@ -192,6 +198,11 @@ class SQLiteStorage(Storage):
             return conn
 
         db = aiosqlite.Connection(connector, 64)
+        thread = getattr(db, "_thread", None)
+        if isinstance(thread, threading.Thread):
+            # A store that is never closed must not keep the interpreter alive at exit. Ending
+            # the thread there is no worse than a crash, which the store is built to survive.
+            thread.daemon = True
         await db
         if failed:
             await db.close()

@@ -103,7 +103,7 @@ async def test_full_at_commit_rolls_back_and_resumes(tmp_path: Path) -> None:
     store._raw = faulty  # type: ignore[assignment]
     with pytest.raises(StorageError, match="disk full"):
         await store.save(entries=ents(6, 10), hard_state=HardState(1, "n1", 8))
-    assert not store.healthy
+    assert not store.healthy and not store.failed
     faulty.armed = False
     await store.save(entries=ents(6, 7), hard_state=HardState(1, "n1", 6))
     assert store.healthy
@@ -131,11 +131,11 @@ async def test_io_error_is_fatal_until_reopened(tmp_path: Path) -> None:
     faulty.armed = False
     with pytest.raises(StorageError, match="failed earlier"):
         await store.save(entries=ents(6, 10))
-    assert not store.healthy and "disk I/O error" in str(store.last_error)
+    assert not store.healthy and store.failed and "disk I/O error" in str(store.last_error)
     store._raw = real
     await store.aclose()
     st = await store.open(node_id="n1", cluster_id="c")
-    assert store.healthy
+    assert store.healthy and not store.failed
     assert st.state.entries == tuple(ents(1, 5))
     await store.save(entries=ents(6, 10))
     await store.aclose()

@@ -355,3 +355,21 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         SQLiteStorage(tmp_path / "x.db", synchronous="OFF")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="max_pages"):
         SQLiteStorage(tmp_path / "x.db", max_pages=0)
+
+
+def test_a_store_left_open_does_not_keep_the_process_alive(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "n1.db"
+    code = (
+        "import asyncio, sys\n"
+        "from phalanx_aio.storage import SQLiteStorage\n"
+        "async def main():\n"
+        "    s = SQLiteStorage(sys.argv[1])\n"
+        "    await s.open(node_id='n1', cluster_id='cluster-a')\n"
+        "    raise SystemExit(3)  # forgets aclose()\n"
+        "asyncio.run(main())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr.decode(errors="replace")

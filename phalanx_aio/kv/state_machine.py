@@ -1,0 +1,236 @@
+"""The replicated key-value state machine, with client sessions for exactly-once writes.
+
+Commands are binary records (see :func:`encode_command`). Keys and values are bytes.
+
+Sessions follow the Raft thesis §6.3: a client has an id and numbers its requests; the state
+machine remembers the result of each request it applied above the client's acknowledged
+number, so a retried request returns the remembered result instead of applying twice.
+Sessions expire by *log time*: a session not used for ``session_ttl`` applied commands is
+forgotten, identically on every member.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from phalanx_aio.errors import LocalError, OutcomeUnknown, ProtocolError
+from phalanx_aio.node.state_machine import StateMachine
+
+__all__ = [
+    "KVCommand",
+    "KVOp",
+    "KVStateMachine",
+    "SessionExpired",
+    "decode_command",
+    "encode_command",
+]
+
+
+class SessionExpired(OutcomeUnknown):
+    """The client's session was forgotten (unused too long): the request may or may not have
+    been applied before; open a new session."""
+
+
+class KVOp(enum.IntEnum):
+    """Operations of the KV state machine."""
+
+    PUT = 1
+    DELETE = 2
+    CAS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class KVCommand:
+    """One write. ``client_id`` empty means no session (at-least-once on retries)."""
+
+    op: KVOp
+    key: bytes
+    value: bytes = b""
+    expected: bytes | None = None
+    """CAS: the value the key must hold (``None``: the key must be absent)."""
+    client_id: str = ""
+    seq: int = 0
+    acked: int = 0
+    """The client has received every result up to this number: older ones may be forgotten."""
+
+
+_HEAD = struct.Struct(">BBQQ")  # version, op, seq, acked
+_VERSION = 1
+_MAX_FIELD = 64 << 20
+
+
+def _put_field(out: list[bytes], data: bytes) -> None:
+    out.append(struct.pack(">I", len(data)))
+    out.append(data)
+
+
+def encode_command(cmd: KVCommand) -> bytes:
+    """The log bytes of ``cmd``."""
+    if not isinstance(cmd.key, bytes) or not isinstance(cmd.value, bytes):
+        raise LocalError("KV keys and values must be bytes")
+    out = [_HEAD.pack(_VERSION, int(cmd.op), cmd.seq, cmd.acked)]
+    _put_field(out, cmd.client_id.encode())
+    _put_field(out, cmd.key)
+    _put_field(out, cmd.value)
+    if cmd.expected is None:
+        out.append(b"\x00")
+    else:
+        out.append(b"\x01")
+        _put_field(out, cmd.expected)
+    return b"".join(out)
+
+
+def _fields(data: bytes, pos: int) -> Iterator[bytes]:
+    while True:
+        if pos + 4 > len(data):
+            raise ProtocolError("truncated KV command")
+        (n,) = struct.unpack_from(">I", data, pos)
+        if n > _MAX_FIELD or pos + 4 + n > len(data):
+            raise ProtocolError("KV command field length out of range")
+        yield data[pos + 4 : pos + 4 + n]
+        pos += 4 + n
+
+
+def decode_command(data: bytes) -> KVCommand:
+    """Inverse of :func:`encode_command`; raises :class:`ProtocolError` on malformed bytes."""
+    if len(data) < _HEAD.size:
+        raise ProtocolError("truncated KV command")
+    version, op, seq, acked = _HEAD.unpack_from(data)
+    if version != _VERSION:
+        raise ProtocolError(f"unknown KV command version {version}")
+    try:
+        kop = KVOp(op)
+    except ValueError:
+        raise ProtocolError(f"unknown KV operation {op}") from None
+    pos = _HEAD.size
+    it = _fields(data, pos)
+    client, key, value = next(it), next(it), next(it)
+    pos += 12 + len(client) + len(key) + len(value)
+    if pos >= len(data) or data[pos] not in (0, 1):
+        raise ProtocolError("malformed CAS flag in KV command")
+    expected = next(_fields(data, pos + 1)) if data[pos] == 1 else None
+    end = pos + 1 + (4 + len(expected) if expected is not None else 0)
+    if end != len(data):
+        raise ProtocolError("trailing bytes after KV command")
+    try:
+        client_id = client.decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("KV client id is not UTF-8") from None
+    return KVCommand(kop, key, value, expected, client_id, seq, acked)
+
+
+@dataclass(slots=True)
+class _Session:
+    last_used: int
+    results: dict[int, object]
+    acked: int = 0
+
+
+class KVStateMachine(StateMachine):
+    """A dict of bytes to bytes with exactly-once client sessions.
+
+    ``apply`` returns: PUT -> ``None``; DELETE -> whether the key existed; CAS -> whether it
+    swapped. A retried request (same client and number) returns the first result.
+    """
+
+    def __init__(self, *, session_ttl: int = 1_000_000, max_results_per_session: int = 4096) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.sessions: dict[str, _Session] = {}
+        self.applied = 0
+        """Commands applied (the state machine's clock for session expiry)."""
+        self.session_ttl = session_ttl
+        self.max_results = max_results_per_session
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of ``key`` (run it through ``RaftNode.read`` for linearizability)."""
+        return self.data.get(key)
+
+    def apply(self, command: bytes) -> object:
+        """Apply one encoded :class:`KVCommand`."""
+        cmd = decode_command(command)
+        self.applied += 1
+        if self.applied % 1024 == 0:
+            self._expire()
+        if not cmd.client_id:
+            return self._execute(cmd)
+        sess = self.sessions.get(cmd.client_id)
+        if sess is None:
+            if cmd.seq > 1 and cmd.acked > 0:
+                # The client had a session that has since expired: its earlier requests may
+                # have applied; we cannot tell, so we refuse rather than risk a double apply.
+                raise SessionExpired(f"session {cmd.client_id!r} expired; open a new one")
+            sess = self.sessions[cmd.client_id] = _Session(self.applied, {})
+        sess.last_used = self.applied
+        if cmd.acked > sess.acked:
+            sess.acked = cmd.acked
+            for s in [s for s in sess.results if s <= cmd.acked]:
+                del sess.results[s]
+        if cmd.seq in sess.results:
+            return sess.results[cmd.seq]
+        if cmd.seq <= sess.acked:
+            raise SessionExpired(f"request {cmd.seq} of {cmd.client_id!r} was already acknowledged")
+        result = self._execute(cmd)
+        sess.results[cmd.seq] = result
+        if len(sess.results) > self.max_results:
+            del sess.results[min(sess.results)]
+        return result
+
+    def _execute(self, cmd: KVCommand) -> object:
+        if cmd.op is KVOp.PUT:
+            self.data[cmd.key] = cmd.value
+            return None
+        if cmd.op is KVOp.DELETE:
+            return self.data.pop(cmd.key, None) is not None
+        current = self.data.get(cmd.key)
+        if current != cmd.expected:
+            return False
+        self.data[cmd.key] = cmd.value
+        return True
+
+    def _expire(self) -> None:
+        horizon = self.applied - self.session_ttl
+        for cid in [c for c, s in self.sessions.items() if s.last_used < horizon]:
+            del self.sessions[cid]
+
+    def snapshot(self) -> bytes:
+        """The data and the sessions, as bytes."""
+        out = [struct.pack(">QII", self.applied, len(self.data), len(self.sessions))]
+        for k in sorted(self.data):
+            _put_field(out, k)
+            _put_field(out, self.data[k])
+        for cid in sorted(self.sessions):
+            s = self.sessions[cid]
+            _put_field(out, cid.encode())
+            out.append(struct.pack(">QQI", s.last_used, s.acked, len(s.results)))
+            for seq in sorted(s.results):
+                r = s.results[seq]
+                tag = 0 if r is None else (1 if r is True else 2)
+                out.append(struct.pack(">QB", seq, tag))
+        return b"".join(out)
+
+    def restore(self, data: bytes) -> None:
+        """Replace the state with a :meth:`snapshot`."""
+        applied, nkeys, nsess = struct.unpack_from(">QII", data)
+        pos = 16
+        items: dict[bytes, bytes] = {}
+        it = _fields(data, pos)
+        for _ in range(nkeys):
+            k, v = next(it), next(it)
+            items[k] = v
+            pos += 8 + len(k) + len(v)
+        sessions: dict[str, _Session] = {}
+        for _ in range(nsess):
+            cid = next(_fields(data, pos))
+            pos += 4 + len(cid)
+            last_used, acked, n = struct.unpack_from(">QQI", data, pos)
+            pos += 20
+            results: dict[int, object] = {}
+            for _ in range(n):
+                seq, tag = struct.unpack_from(">QB", data, pos)
+                pos += 9
+                results[seq] = None if tag == 0 else (tag == 1)
+            sessions[cid.decode()] = _Session(last_used, results, acked)
+        self.applied, self.data, self.sessions = applied, items, sessions

@@ -1,0 +1,630 @@
+"""RaftNode: the asyncio driver that applications embed.
+
+One task (the *loop*) owns the sans-IO core and consumes one ``asyncio.Queue``. Everything
+else only enqueues: the ticker (one item per tick), the transport (peer messages, unreachable
+peers, snapshot reports) and the public methods (proposals, reads, membership changes,
+transfers, each with its future). The loop drains what is queued, steps the core and handles
+each ``Ready`` in the documented order: persist, then send, then apply, then resolve futures
+and serve reads. No locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+from phalanx_aio.core.config import Config
+from phalanx_aio.core.membership import ConfChange, ConfChangeType
+from phalanx_aio.core.raft import Raft, Status, bootstrap_state
+from phalanx_aio.core.ready import Ready
+from phalanx_aio.core.types import ConfState, Entry, EntryType, Message
+from phalanx_aio.errors import (
+    ClosedError,
+    LocalError,
+    NotApplied,
+    NotLeader,
+    PhalanxError,
+    ProposalDropped,
+    StorageError,
+    Timeout,
+)
+from phalanx_aio.node import _envelope
+from phalanx_aio.node.state_machine import StateMachine
+from phalanx_aio.storage.base import Storage
+from phalanx_aio.transport.base import Transport
+
+__all__ = ["NodeStatus", "RaftNode"]
+
+log = logging.getLogger("phalanx_aio.node")
+
+S = TypeVar("S", bound=StateMachine)
+T = TypeVar("T")
+
+_TICK: Final = 0
+_MSGS: Final = 1
+_PROPOSE: Final = 2
+_READ: Final = 3
+_CONF: Final = 4
+_TRANSFER: Final = 5
+_UNREACHABLE: Final = 6
+_SNAP_STATUS: Final = 7
+_STOP: Final = 8
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """A report of one node's state (``RaftNode.status()``)."""
+
+    id: str
+    role: str
+    term: int
+    leader: str | None
+    commit: int
+    applied: int
+    first_index: int
+    last_index: int
+    voters: tuple[str, ...]
+    learners: tuple[str, ...]
+    healthy: bool
+    """False while storage refuses writes (disk full); the node then acknowledges nothing."""
+    pending_proposals: int
+    core: Status
+    """The core's own status (per-follower progress on a leader)."""
+
+
+class _NodeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Puts the node id and term on every record."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        node = self.extra["node"] if self.extra else None
+        extra = dict(kwargs.get("extra") or {})
+        extra.setdefault("node_id", getattr(node, "id", "?"))
+        core = getattr(node, "_core", None)
+        extra.setdefault("term", core.term if core is not None else 0)
+        kwargs["extra"] = extra
+        return f"[{extra['node_id']} t{extra['term']}] {msg}", kwargs
+
+
+class RaftNode:
+    """One member of a Raft cluster, embedded in an asyncio application.
+
+    Use it as ``async with RaftNode(...) as node:`` (or ``await node.start()`` and
+    ``await node.aclose()``). ``peers`` (id to address) and ``address`` make up the first
+    configuration of a brand-new cluster; on a restart the configuration comes from storage.
+    With ``join=True`` a brand-new node starts empty and waits to be added by the cluster.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        address: str,
+        peers: Mapping[str, str],
+        state_machine: StateMachine,
+        storage: Storage,
+        config: Config | None = None,
+        cluster_id: str = "phalanx",
+        transport: Transport | None = None,
+        join: bool = False,
+        snapshot_every: int = 10_000,
+        max_pending: int = 10_000,
+        default_timeout: float = 10.0,
+        seed: int | None = None,
+    ) -> None:
+        if not node_id:
+            raise LocalError("node_id must be a non-empty string")
+        if node_id in peers:
+            raise LocalError(f"peers must not include this node ({node_id!r})")
+        if snapshot_every < 1 or max_pending < 1 or default_timeout <= 0:
+            raise LocalError("snapshot_every and max_pending must be >= 1, default_timeout > 0")
+        self.id = node_id
+        self.address = address
+        self.cluster_id = cluster_id
+        self.config = config or Config.lan()
+        self._initial_peers = dict(peers)
+        self._sm = state_machine
+        self._storage = storage
+        self._transport = transport
+        self._join = join
+        self._snapshot_every = snapshot_every
+        self._max_pending = max_pending
+        self._default_timeout = default_timeout
+        self._rng = random.Random(seed if seed is not None else int.from_bytes(os.urandom(8), "big"))
+        self._core: Raft | None = None
+        self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._ticker_task: asyncio.Task[None] | None = None
+        self._req_ids = itertools.count(1)
+        # request id -> future of a proposal made on this node (matched by envelope).
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        # index -> (term, request id) of proposals appended by this node as leader.
+        self._by_index: dict[int, tuple[int, int]] = {}
+        self._conf_waiters: dict[int, tuple[int, asyncio.Future[None]]] = {}
+        self._reads: dict[bytes, tuple[Callable[[Any], Any], asyncio.Future[Any]]] = {}
+        self._ready_reads: list[tuple[int, int, bytes]] = []
+        self._read_seq = itertools.count()
+        self._leader_changed = asyncio.Event()
+        self._last_leader: str | None = None
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._healthy = True
+        self._peers_conf: ConfState | None = None
+        self.log = _NodeLogger(log, {"node": self})
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> RaftNode:
+        """Start the node."""
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Close the node."""
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Open storage (creating the cluster's first configuration if new), start the
+        transport, the loop and the ticker."""
+        if self._core is not None or self._closed:
+            raise LocalError("a RaftNode can be started once")
+        stored = await self._storage.open(node_id=self.id, cluster_id=self.cluster_id)
+        state = stored.state
+        if stored.created and not self._join:
+            voters = {
+                self.id: self.address.encode(),
+                **{k: v.encode() for k, v in self._initial_peers.items()},
+            }
+            state = bootstrap_state(voters)
+            await self._storage.save(hard_state=state.hard_state, entries=state.entries)
+        self._core = Raft(self.id, self.config, self._rng, state)
+        snap = state.snapshot
+        if snap.meta.index > 0:
+            self._sm.restore(snap.data)
+        if self._transport is None:
+            from phalanx_aio.transport.grpc import GrpcTransport
+
+            self._transport = GrpcTransport(node_id=self.id, cluster_id=self.cluster_id, listen=self.address)
+        self._update_peers(self._core.conf)
+        await self._transport.start(self)
+        self._loop_task = asyncio.create_task(self._run(), name=f"phalanx-loop-{self.id}")
+        self._ticker_task = asyncio.create_task(self._ticker(), name=f"phalanx-ticker-{self.id}")
+        self.log.info("started (%d entries, snapshot at %d)", len(state.entries), snap.meta.index)
+
+    async def aclose(self) -> None:
+        """Stop the node: pending operations fail with :class:`ClosedError`. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [t for t in (self._ticker_task, self._loop_task) if t is not None]
+        if self._loop_task is not None:
+            self._queue.put_nowait((_STOP,))
+        try:
+            if self._ticker_task is not None:
+                self._ticker_task.cancel()
+            if self._loop_task is not None:
+                # Let an in-flight save finish (never abandon a write half-way), then stop.
+                await asyncio.shield(asyncio.wait({self._loop_task}, timeout=30))
+                self._loop_task.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        finally:
+            self._fail_all(ClosedError(f"node {self.id} is closed"))
+            if self._transport is not None:
+                await self._transport.aclose()
+            await self._storage.aclose()
+            self.log.info("closed")
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def leader_id(self) -> str | None:
+        """The leader this node knows of, if any."""
+        return self._core.leader if self._core is not None else None
+
+    @property
+    def is_leader(self) -> bool:
+        """True if this node is the leader."""
+        return self._core is not None and self._core.is_leader
+
+    @property
+    def healthy(self) -> bool:
+        """False while storage refuses writes, or after a fatal failure."""
+        return self._healthy and self._failure is None
+
+    @property
+    def state_machine(self) -> StateMachine:
+        """The application's state machine (read it through :meth:`read` for linearizability)."""
+        return self._sm
+
+    def status(self) -> NodeStatus:
+        """A report of this node's state."""
+        core = self._require_core()
+        st = core.status()
+        return NodeStatus(
+            id=self.id,
+            role=st.role.value,
+            term=st.term,
+            leader=st.leader,
+            commit=st.commit,
+            applied=st.applied,
+            first_index=st.first_index,
+            last_index=st.last_index,
+            voters=tuple(sorted(st.conf.voters)),
+            learners=tuple(sorted(st.conf.learners)),
+            healthy=self.healthy,
+            pending_proposals=len(self._pending),
+            core=st,
+        )
+
+    async def wait_for_leader(self, timeout: float | None = None, *, leader: str | None = None) -> str:
+        """Wait until a leader is known (``leader``, if given) and return its id."""
+        self._check_open()
+        limit = timeout if timeout is not None else self._default_timeout
+        deadline = asyncio.get_running_loop().time() + limit
+        while True:
+            cur = self.leader_id
+            if cur is not None and (leader is None or cur == leader):
+                return cur
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise Timeout(f"{self.id}: no leader within {limit} s")
+            self._leader_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leader_changed.wait(), left)
+            self._check_open()
+
+    # ------------------------------------------------------------------ operations
+
+    async def propose(self, command: bytes, *, timeout: float | None = None) -> Any:
+        """Replicate ``command``; return the state machine's result once it is committed and
+        applied on this node.
+
+        Raises :class:`NotLeader` (no leader known, or forwarding off) and
+        :class:`ProposalDropped` (overloaded, transfer in progress) at once: the command was not
+        and will not be applied. :class:`NotApplied` also means its entry was overwritten by a
+        new leader. :class:`Timeout` means the outcome is unknown.
+        """
+        self._check_open()
+        if len(self._pending) >= self._max_pending:
+            raise ProposalDropped(f"{self.id}: overloaded ({len(self._pending)} proposals pending)")
+        req = next(self._req_ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[req] = fut
+        fut.add_done_callback(lambda _f, r=req: self._pending.pop(r, None))  # type: ignore[misc]
+        self._queue.put_nowait((_PROPOSE, req, _envelope.wrap(self.id, req, bytes(command))))
+        return await self._await(fut, timeout, "proposal")
+
+    async def read(self, fn: Callable[[S], T], *, timeout: float | None = None) -> T:
+        """Run ``fn(state_machine)`` at a linearizable point (ReadIndex, or a lease read when
+        configured) and return its result. Served on followers too."""
+        self._check_open()
+        ctx = b"%s/%d" % (self.id.encode(), next(self._read_seq))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = (fn, fut)
+        fut.add_done_callback(lambda _f, c=ctx: self._reads.pop(c, None))  # type: ignore[misc]
+        self._queue.put_nowait((_READ, ctx))
+        result: T = await self._await(fut, timeout, "read")
+        return result
+
+    async def add_member(
+        self, node_id: str, address: str, *, voter: bool = False, timeout: float | None = None
+    ) -> None:
+        """Add a learner (or, with ``voter=True``, a voter) at ``address``; returns once the
+        change is committed. Leader only."""
+        kind = ConfChangeType.ADD_VOTER if voter else ConfChangeType.ADD_LEARNER
+        await self._conf_change(ConfChange(kind, node_id, address.encode()), timeout)
+
+    async def promote(self, node_id: str, *, timeout: float | None = None) -> None:
+        """Make learner ``node_id`` a voter; returns once committed. Leader only."""
+        await self._conf_change(ConfChange(ConfChangeType.ADD_VOTER, node_id), timeout)
+
+    async def remove_member(self, node_id: str, *, timeout: float | None = None) -> None:
+        """Remove ``node_id`` (voter or learner); returns once committed. Leader only."""
+        await self._conf_change(ConfChange(ConfChangeType.REMOVE, node_id), timeout)
+
+    async def transfer_leadership(self, target: str | None = None, *, timeout: float | None = None) -> str:
+        """Hand leadership to ``target`` (default: the most caught-up other voter) and wait
+        until it leads. Leader only. Returns the new leader's id."""
+        self._check_open()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((_TRANSFER, target, fut))
+        chosen: str = await self._await(fut, timeout, "transfer")
+        limit = timeout if timeout is not None else 2 * self.config.election_seconds()[1]
+        return await self.wait_for_leader(limit, leader=chosen)
+
+    async def _conf_change(self, change: ConfChange, timeout: float | None) -> None:
+        self._check_open()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((_CONF, change, fut))
+        await self._await(fut, timeout, "membership change")
+
+    async def _await(self, fut: asyncio.Future[Any], timeout: float | None, what: str) -> Any:
+        limit = timeout if timeout is not None else self._default_timeout
+        try:
+            return await asyncio.wait_for(fut, limit)
+        except TimeoutError:
+            raise Timeout(
+                f"{self.id}: {what} not finished within {limit} s; its outcome is unknown"
+            ) from None
+
+    def _check_open(self) -> None:
+        if self._failure is not None:
+            raise ClosedError(f"node {self.id} has stopped: {self._failure}") from self._failure
+        if self._closed or self._core is None:
+            raise ClosedError(f"node {self.id} is not running")
+
+    def _require_core(self) -> Raft:
+        if self._core is None:
+            raise ClosedError(f"node {self.id} is not started")
+        return self._core
+
+    # ------------------------------------------------------------------ transport callbacks
+
+    def on_messages(self, sender: str, messages: Sequence[Message]) -> None:
+        """Transport callback: queue messages for the loop."""
+        self._queue.put_nowait((_MSGS, sender, messages))
+
+    def on_unreachable(self, peer: str) -> None:
+        """Transport callback: ``peer`` could not be reached."""
+        self._queue.put_nowait((_UNREACHABLE, peer))
+
+    def on_snapshot_status(self, peer: str, ok: bool) -> None:
+        """Transport callback: a snapshot to ``peer`` was delivered or failed."""
+        self._queue.put_nowait((_SNAP_STATUS, peer, ok))
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.tick_interval
+        next_at = loop.time()
+        while True:
+            next_at += interval
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                next_at = loop.time()  # fell behind: do not burst ticks
+            self._queue.put_nowait((_TICK,))
+
+    async def _run(self) -> None:
+        core = self._require_core()
+        queue = self._queue
+        try:
+            while True:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                proposals: list[tuple[int, bytes]] = []
+                for ev in batch:
+                    kind = ev[0]
+                    if kind == _STOP:
+                        return
+                    if kind == _PROPOSE:
+                        proposals.append((ev[1], ev[2]))
+                    else:
+                        self._handle(core, ev)
+                if proposals:
+                    self._propose_batch(core, proposals)
+                await self._process_ready(core)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._failure = exc
+            self.log.exception("the node's loop failed; the node has stopped")
+            self._fail_all(ClosedError(f"node {self.id} stopped: {exc}"))
+            raise
+
+    def _handle(self, core: Raft, ev: tuple[Any, ...]) -> None:
+        kind = ev[0]
+        if kind == _TICK:
+            core.tick()
+        elif kind == _MSGS:
+            for m in ev[2]:
+                try:
+                    core.step(m)
+                except PhalanxError as exc:
+                    self.log.warning("rejected a message from %s: %s", ev[1], exc)
+        elif kind == _READ:
+            ctx = ev[1]
+            if ctx in self._reads:
+                try:
+                    core.read_index(ctx)
+                except NotApplied as exc:
+                    self._fail_read(ctx, exc)
+        elif kind == _CONF:
+            change, fut = ev[1], ev[2]
+            try:
+                term, index = core.propose_conf_change(change)
+            except PhalanxError as exc:
+                _set_exc(fut, exc)
+            else:
+                self._conf_waiters[index] = (term, fut)
+        elif kind == _TRANSFER:
+            target, fut = ev[1], ev[2]
+            try:
+                target = target or self._best_transferee(core)
+                core.transfer_leadership(target)
+            except PhalanxError as exc:
+                _set_exc(fut, exc)
+            else:
+                _set_result(fut, target)
+        elif kind == _UNREACHABLE:
+            pr = core.prs.get(ev[1]) if core.is_leader else None
+            if pr is not None and pr.state.name == "REPLICATE":
+                pr.become_probe()
+        elif kind == _SNAP_STATUS:
+            pr = core.prs.get(ev[1]) if core.is_leader else None
+            if pr is not None and pr.state.name == "SNAPSHOT" and not ev[2]:
+                pr.become_probe()
+
+    def _best_transferee(self, core: Raft) -> str:
+        candidates = [
+            (pr.match, nid) for nid, pr in core.prs.items() if nid != self.id and nid in core.conf.voters
+        ]
+        if not core.is_leader:
+            raise NotLeader(core.leader)
+        if not candidates:
+            raise ProposalDropped("no other voter to transfer leadership to")
+        return max(candidates)[1]
+
+    def _propose_batch(self, core: Raft, proposals: list[tuple[int, bytes]]) -> None:
+        live = [(req, data) for req, data in proposals if req in self._pending]
+        if not live:
+            return
+        try:
+            placed = core.propose_many([data for _, data in live])
+        except NotApplied as exc:
+            for req, _ in live:
+                fut = self._pending.get(req)
+                if fut is not None:
+                    _set_exc(fut, exc)
+            return
+        for (req, _), (term, index) in zip(live, placed, strict=False):
+            self._by_index[index] = (term, req)
+
+    async def _process_ready(self, core: Raft) -> None:
+        while core.has_ready():
+            rd = core.ready()
+            if rd.must_sync:
+                await self._persist(rd)
+            if core.conf is not self._peers_conf:
+                self._update_peers(core.conf)  # membership takes effect when appended
+            if rd.messages:
+                assert self._transport is not None
+                self._transport.send(rd.messages)
+            if rd.snapshot is not None:
+                self._sm.restore(rd.snapshot.data)
+            for e in rd.committed_entries:
+                self._apply(e)
+            for rs in rd.read_states:
+                heapq.heappush(self._ready_reads, (rs.index, next(self._read_seq), rs.context))
+            for ctx in rd.dropped_reads:
+                self._fail_read(
+                    ctx, NotLeader(core.leader, "leadership changed before the read was confirmed")
+                )
+            core.advance(rd)
+            self._serve_reads(core.log.applied)
+            if core.leader != self._last_leader:
+                self._last_leader = core.leader
+                self._leader_changed.set()
+                self.log.info("leader is now %s", core.leader)
+            if core.log.applied - core.log.snap_index >= self._snapshot_every:
+                await self._take_snapshot(core)
+
+    async def _persist(self, rd: Ready) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._storage.save(hard_state=rd.hard_state, entries=rd.entries, snapshot=rd.snapshot)
+            except StorageError as exc:
+                if self._storage.healthy or self._closed:
+                    raise
+                if self._healthy:
+                    self.log.error(
+                        "storage refuses writes (%s); acknowledging nothing until it recovers", exc
+                    )
+                self._healthy = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if not self._healthy:
+                self.log.warning("storage writes succeed again")
+            self._healthy = True
+            return
+
+    async def _take_snapshot(self, core: Raft) -> None:
+        snap = core.compact(core.log.applied, self._sm.snapshot())
+        await self._storage.save_snapshot(snap)
+
+    def _apply(self, e: Entry) -> None:
+        waiting = self._by_index.pop(e.index, None)
+        if waiting is not None and waiting[0] != e.term:
+            fut = self._pending.get(waiting[1])
+            if fut is not None:
+                _set_exc(fut, NotApplied(f"entry {e.index} was overwritten by a new leader; not applied"))
+        if e.type is EntryType.NORMAL:
+            origin, req, command = _envelope.unwrap(e.data)
+            try:
+                result: Any = self._sm.apply(command)
+                error: BaseException | None = None
+            except Exception as exc:
+                result, error = None, exc
+                self.log.warning("state machine raised on entry %d: %r", e.index, exc)
+            if origin == self.id:
+                fut = self._pending.get(req)
+                if fut is not None:
+                    if error is not None:
+                        _set_exc(fut, error)
+                    else:
+                        _set_result(fut, result)
+        elif e.type is EntryType.CONF:
+            w = self._conf_waiters.pop(e.index, None)
+            if w is not None:
+                if w[0] == e.term:
+                    _set_result(w[1], None)
+                else:
+                    _set_exc(w[1], NotApplied("membership change overwritten by a new leader"))
+
+    def _serve_reads(self, applied: int) -> None:
+        heap = self._ready_reads
+        while heap and heap[0][0] <= applied:
+            _, _, ctx = heapq.heappop(heap)
+            entry = self._reads.get(ctx)
+            if entry is None:
+                continue
+            fn, fut = entry
+            try:
+                value = fn(self._sm)
+            except Exception as exc:
+                _set_exc(fut, exc)
+            else:
+                _set_result(fut, value)
+
+    def _fail_read(self, ctx: bytes, exc: BaseException) -> None:
+        entry = self._reads.get(ctx)
+        if entry is not None:
+            _set_exc(entry[1], exc)
+
+    def _update_peers(self, conf: ConfState) -> None:
+        self._peers_conf = conf
+        if self._transport is None:
+            return
+        if not conf.members():
+            # A joining node knows no configuration yet: talk to the members it was given.
+            self._transport.set_peers(self._initial_peers)
+            return
+        peers = {nid: conf.context(nid).decode(errors="replace") for nid in conf.members() if nid != self.id}
+        self._transport.set_peers(peers)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for fut in list(self._pending.values()):
+            _set_exc(fut, exc)
+        for _, fut2 in list(self._reads.values()):
+            _set_exc(fut2, exc)
+        for _, fut3 in list(self._conf_waiters.values()):
+            _set_exc(fut3, exc)
+        self._conf_waiters.clear()
+        self._leader_changed.set()
+
+
+def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exc(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

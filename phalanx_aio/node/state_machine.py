@@ -1,0 +1,32 @@
+"""The application's replicated state machine."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+__all__ = ["StateMachine"]
+
+
+class StateMachine(abc.ABC):
+    """What a :class:`~phalanx_aio.RaftNode` replicates.
+
+    Every member applies the same commands in the same order, so ``apply`` must be
+    deterministic: its result may depend only on the state and the command (no clocks, no
+    randomness, no I/O whose outcome differs between members). The driver calls these methods
+    from its single event-loop task, never concurrently.
+    """
+
+    @abc.abstractmethod
+    def apply(self, command: bytes) -> Any:
+        """Apply one committed command and return its result (handed to ``propose``'s caller
+        on the node that proposed it). An exception is handed to that caller too."""
+
+    @abc.abstractmethod
+    def snapshot(self) -> bytes:
+        """The whole state as bytes (the log before it is then compacted away)."""
+
+    @abc.abstractmethod
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with one produced by :meth:`snapshot` (possibly on another
+        member)."""

@@ -1,0 +1,980 @@
+"""The gRPC peer transport: one long-lived stream to each peer, over grpclib.
+
+Each node runs one grpclib :class:`~grpclib.server.Server` hosting the ``RaftPeer`` service
+(plus any ``extra_handlers``, such as the client-facing KV service, on the same port), and opens
+one client-streaming ``RaftPeer.Stream`` call to each peer. A per-peer task owns that call: it
+takes everything queued for the peer, packs it into as few ``PeerFrame`` messages as the
+:class:`~phalanx_aio.transport.codec.Limits` allow, sends them, and loops. When the call or its
+connection fails the task tells the node once (:meth:`TransportHandler.on_unreachable`), then
+reconnects with exponential backoff and jitter until the peer is removed or the transport
+closed. Snapshots do not ride the stream: each travels in chunks on its own ``InstallSnapshot``
+call (on its own connection) and ends with :meth:`TransportHandler.on_snapshot_status`.
+
+The receiving side trusts nothing: every frame is decoded by the codec, and a frame with a
+foreign cluster id, a sender that is not a current peer, a message not addressed to this node
+or claiming another origin, or malformed bytes ends the call with a gRPC error status and is
+counted in :attr:`GrpcTransport.stats`; none of it reaches the handler. A received gRPC message
+over ``Limits.max_frame_bytes`` is refused as soon as its length prefix is read.
+
+Messages travel as raw bytes: the RaftPeer methods are registered with
+:class:`~phalanx_aio.transport.codec.WireBytes` as request and reply type, so grpclib's protobuf
+codec passes the codec's bytes through untouched. ``docs/transport.md`` describes the design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import ssl
+import struct
+import weakref
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import grpclib.const
+import grpclib.server
+from grpclib.client import Channel
+from grpclib.client import Stream as ClientStream
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError
+from grpclib.protocol import H2Protocol
+
+from phalanx_aio.core.types import Message, MessageType
+from phalanx_aio.errors import ClosedError, ConfigError, LocalError, ProtocolError
+from phalanx_aio.transport.base import Transport, TransportHandler
+from phalanx_aio.transport.codec import (
+    DEFAULT_LIMITS,
+    INSTALL_SNAPSHOT_METHOD,
+    STREAM_METHOD,
+    EncodeError,
+    Frame,
+    Limits,
+    SnapshotAssembler,
+    WireBytes,
+    decode_frame,
+    decode_snapshot_ack,
+    encode_frames,
+    encode_snapshot_ack,
+    encode_stream_ack,
+    snapshot_chunks,
+)
+
+__all__ = [
+    "STAT_KEYS",
+    "GrpcTransport",
+    "Servable",
+    "client_ssl_context",
+    "server_ssl_context",
+]
+
+log = logging.getLogger(__name__)
+
+STAT_KEYS: tuple[str, ...] = (
+    # outbound
+    "frames_sent",
+    "messages_sent",
+    "bytes_sent",
+    "streams_opened",
+    "stream_failures",
+    "reconnects",
+    "snapshots_sent",
+    "snapshots_failed",
+    "dropped_unknown_peer",
+    "dropped_queue_full",
+    "dropped_encode_error",
+    "dropped_closed",
+    "dropped_peer_removed",
+    "dropped_snapshot_superseded",
+    # inbound
+    "frames_received",
+    "messages_received",
+    "bytes_received",
+    "inbound_streams",
+    "inbound_streams_ended",
+    "snapshots_received",
+    "rejected_malformed",
+    "rejected_too_large",
+    "rejected_cluster",
+    "rejected_sender",
+    "rejected_destination",
+    "rejected_origin",
+    "rejected_snapshot_incomplete",
+    "handler_errors",
+)
+"""The counters :attr:`GrpcTransport.stats` always reports (all start at 0).
+
+Outbound: ``frames_sent``, ``messages_sent`` and ``bytes_sent`` count what was written to a
+stream; ``streams_opened`` the streams a peer accepted; ``stream_failures`` every failed
+connection attempt or broken stream; ``reconnects`` the streams re-established after a failure;
+``snapshots_sent`` / ``snapshots_failed`` whole snapshot transfers. ``dropped_*`` count messages
+never sent: to an id that is not a peer, pushed out of a full queue (the oldest goes), that
+could not be encoded, sent after :meth:`~GrpcTransport.aclose`, still queued for a peer that
+:meth:`~GrpcTransport.set_peers` removed, or a pending snapshot replaced by a newer one.
+
+Inbound: ``frames_received``, ``messages_received`` and ``bytes_received`` count what was
+accepted and handed to the handler (snapshot chunks are not frames: ``snapshots_received``
+counts whole snapshots); ``inbound_streams`` / ``inbound_streams_ended`` the calls served.
+``rejected_*`` count calls ended because of bad input, by reason: ``malformed`` (the codec
+refused the bytes, including an empty sender or cluster id), ``too_large`` (a gRPC message over
+``Limits.max_frame_bytes``), ``cluster`` (a foreign cluster id), ``sender`` (a sender that is not
+a current peer, or that changed within a call), ``destination`` (a message addressed to
+another node), ``origin`` (a message whose ``frm`` is not the frame's sender),
+``snapshot_incomplete`` (an InstallSnapshot call that ended before its last chunk).
+``handler_errors`` counts exceptions raised by the handler's callbacks (logged, then ignored).
+"""
+
+_PREFIX = struct.Struct(">BI")  # gRPC message prefix: compressed flag, length
+_MAX_STATUS_TEXT = 300
+
+
+class Servable(Protocol):
+    """A grpclib service handler (what grpclib's generated ``*Base`` classes are)."""
+
+    def __mapping__(self) -> Mapping[str, grpclib.const.Handler]:
+        """Method path -> grpclib handler."""
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS helpers
+
+
+def server_ssl_context(
+    certfile: str, keyfile: str | None = None, *, cafile: str | None = None
+) -> ssl.SSLContext:
+    """A TLS context for the listening side, ready for HTTP/2 (ALPN ``h2``, TLS 1.2 or later).
+
+    With ``cafile``, clients must present a certificate signed by one of its CAs (mutual TLS);
+    without it, any client may connect and only the server is authenticated.
+    """
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certfile, keyfile)
+    if cafile is not None:
+        ctx.load_verify_locations(cafile)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def client_ssl_context(
+    cafile: str, *, certfile: str | None = None, keyfile: str | None = None
+) -> ssl.SSLContext:
+    """A TLS context for the connecting side: peers' certificates must chain to ``cafile`` and
+    name the address dialled (host name or IP address). ``certfile`` (and ``keyfile``) is this
+    node's own certificate, for servers that require mutual TLS."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if certfile is not None:
+        ctx.load_cert_chain(certfile, keyfile)
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+# ---------------------------------------------------------------------------------------------
+# Internals
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) -> ``(host, port)``; ValueError if malformed."""
+    if not isinstance(address, str):
+        raise ValueError(f"address must be a str, not {type(address).__name__}")
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"address {address!r} is not host:port")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"address {address!r} has port {port} above 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"address {address!r}: write an IPv6 host in brackets, as [::1]:port")
+    return host, port
+
+
+def _join_address(host: str, port: int) -> str:
+    try:
+        if isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address):
+            return f"[{host}]:{port}"
+    except ValueError:
+        pass
+    return f"{host}:{port}"
+
+
+class _Reject(Exception):
+    """Bad input on an inbound call: counted under ``rejected_<reason>``, answered with ``status``."""
+
+    def __init__(self, reason: str, status: Status, text: str) -> None:
+        super().__init__(text)
+        self.reason = reason
+        self.status = status
+        self.text = text[:_MAX_STATUS_TEXT]
+
+
+class _StreamEnded(Exception):
+    """The peer ended our stream (normally only with an error status)."""
+
+
+class _Server(grpclib.server.Server):
+    """A grpclib server that can also drop the connections it accepted.
+
+    ``Server.close()`` stops listening and cancels running calls but leaves the connections
+    open; their clients would not notice, and since Python 3.12 ``asyncio.Server.wait_closed``
+    waits for them. Closing them makes peers see the shutdown (and reconnect elsewhere) at once.
+    """
+
+    def __init__(self, handlers: Sequence[Servable]) -> None:
+        super().__init__(handlers)
+        self.protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+
+    def _protocol_factory(self) -> H2Protocol:
+        protocol = super()._protocol_factory()
+        self.protocols.add(protocol)
+        return protocol
+
+    def drop_connections(self) -> None:
+        for protocol in list(self.protocols):
+            processor = getattr(protocol, "processor", None)
+            if processor is not None:
+                processor.close("server closed")
+
+    def bound_port(self) -> int:
+        server = self._server
+        sockets = getattr(server, "sockets", None) or ()
+        for sock in sockets:
+            name = sock.getsockname()
+            if isinstance(name, tuple) and len(name) >= 2:
+                return int(name[1])
+        raise RuntimeError("the server has no bound TCP socket")
+
+
+class _Peer:
+    """Sending state for one peer: its queue, its stream task, its snapshot transfers."""
+
+    __slots__ = (
+        "address",
+        "established_at",
+        "failures",
+        "id",
+        "queue",
+        "snap_pending",
+        "snap_task",
+        "task",
+        "unreachable",
+        "wake",
+    )
+
+    def __init__(self, peer_id: str, address: str) -> None:
+        self.id = peer_id
+        self.address = address
+        self.queue: deque[Message] = deque()
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.snap_pending: Message | None = None
+        self.snap_task: asyncio.Task[None] | None = None
+        self.unreachable = False
+        """True from a failure until the next stream the peer accepts (one failure episode)."""
+        self.failures = 0
+        """Failed attempts since the last healthy stream, for the backoff."""
+        self.established_at: float | None = None
+        """When the current (or last) stream was accepted, loop time."""
+
+
+class _RaftPeerService:
+    """The RaftPeer service, registered with raw-bytes request and reply types."""
+
+    def __init__(self, transport: GrpcTransport) -> None:
+        self._transport = transport
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        t = self._transport
+        return {
+            STREAM_METHOD: grpclib.const.Handler(
+                t._serve_stream, Cardinality.STREAM_UNARY, WireBytes, WireBytes
+            ),
+            INSTALL_SNAPSHOT_METHOD: grpclib.const.Handler(
+                t._serve_snapshot, Cardinality.STREAM_UNARY, WireBytes, WireBytes
+            ),
+        }
+
+
+_ServerStream = grpclib.server.Stream[WireBytes, WireBytes]
+_ClientStream = ClientStream[WireBytes, WireBytes]
+
+
+async def _recv_bounded(stream: _ServerStream, limit: int) -> bytes | None:
+    """The next gRPC message of ``stream`` as bytes (``None`` once the client ended it).
+
+    grpclib reads a whole message into memory whatever its announced length; this reads the
+    5-byte prefix first and refuses a message over ``limit`` before buffering any of it.
+    """
+    raw = getattr(stream, "_stream", None)
+    if raw is None or not hasattr(raw, "recv_data"):  # pragma: no cover - another grpclib
+        message = await stream.recv_message()
+        if message is None:
+            return None
+        if len(message.data) > limit:
+            raise _Reject("too_large", Status.RESOURCE_EXHAUSTED, f"message over {limit} bytes")
+        return message.data
+    try:
+        prefix = await raw.recv_data(5)
+        if not prefix:
+            return None
+        if len(prefix) != 5:
+            raise _Reject("malformed", Status.INVALID_ARGUMENT, "truncated gRPC message prefix")
+        compressed, length = _PREFIX.unpack(prefix)
+        if compressed:
+            raise _Reject("malformed", Status.INVALID_ARGUMENT, "compressed messages are not supported")
+        if length > limit:
+            raise _Reject(
+                "too_large",
+                Status.RESOURCE_EXHAUSTED,
+                f"message of {length} bytes, over the limit of {limit}",
+            )
+        data = await raw.recv_data(length) if length else b""
+    except AssertionError:  # grpclib's buffer: the stream ended inside a message
+        raise _Reject("malformed", Status.INVALID_ARGUMENT, "truncated gRPC message") from None
+    if len(data) != length:
+        raise _Reject("malformed", Status.INVALID_ARGUMENT, "truncated gRPC message")
+    return bytes(data)
+
+
+def _peer_name(stream: _ServerStream) -> str:
+    try:
+        addr = stream.peer.addr()
+    except Exception:  # pragma: no cover - defensive
+        addr = None
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return _join_address(str(addr[0]), int(addr[1]))
+    return "?"
+
+
+def _end_status(call: _ClientStream) -> str:
+    """What the server's trailers say about a call it ended (for logs)."""
+    trailers = getattr(getattr(call, "_stream", None), "trailers", None)
+    if not trailers:
+        return "peer ended the stream"
+    fields = dict(trailers)
+    code = fields.get("grpc-status", "?")
+    with contextlib.suppress(ValueError):
+        code = Status(int(code)).name
+    return f"peer ended the stream: {code} {fields.get('grpc-message', '')}".rstrip()
+
+
+# ---------------------------------------------------------------------------------------------
+# The transport
+
+
+class GrpcTransport(Transport):
+    """The gRPC implementation of :class:`~phalanx_aio.transport.base.Transport`.
+
+    Keyword-only configuration:
+
+    * ``node_id``, ``cluster_id``: this node and its cluster, put in every frame and checked on
+      every frame received.
+    * ``listen``: ``host:port`` to serve on (``[::]:port`` for IPv6; an empty host means every
+      interface). Port 0 picks a free port; :attr:`address` tells which once started (give
+      a single address with port 0, not a name like ``localhost`` that may bind several).
+    * ``peers``: the initial peers, id -> ``host:port`` (see :meth:`set_peers`).
+    * ``server_ssl`` / ``client_ssl``: TLS for the listening and the connecting side; a server
+      context that requires client certificates gives mutual TLS (see :func:`server_ssl_context`
+      and :func:`client_ssl_context`). ``None`` means plaintext.
+    * ``limits``: the codec's size limits, for both sending and receiving.
+    * ``backoff_initial``, ``backoff_max`` (seconds), ``backoff_jitter`` (0 to 1) and ``rng``:
+      the reconnect delay after ``n`` consecutive failures is
+      ``min(backoff_max, backoff_initial * 2**n)``, shortened by up to ``backoff_jitter`` of
+      itself at random (``rng``, seeded from the OS if omitted).
+    * ``max_queue``: messages held per peer; when full the oldest is dropped and counted.
+    * ``connect_timeout``: to connect and have the peer accept the stream's first frame.
+    * ``send_timeout``: for one frame or snapshot chunk to be written (flow control included)
+      and for a snapshot's acknowledgement; a stream stalled longer is dropped and reopened.
+    * ``snapshot_chunk_bytes``: the snapshot data carried by one InstallSnapshot chunk (by
+      default 1 MiB, or half of ``limits.max_frame_bytes`` if that is less).
+    * ``extra_handlers``: more grpclib service handlers to serve on the same server.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        cluster_id: str,
+        listen: str,
+        peers: Mapping[str, str] | None = None,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 2.0,
+        backoff_jitter: float = 0.5,
+        rng: random.Random | None = None,
+        max_queue: int = 8192,
+        connect_timeout: float = 5.0,
+        send_timeout: float = 30.0,
+        snapshot_chunk_bytes: int | None = None,
+        extra_handlers: Sequence[Servable] = (),
+    ) -> None:
+        if not isinstance(limits, Limits):
+            raise ConfigError(f"limits must be a codec Limits, not {type(limits).__name__}")
+        try:
+            self._hello = encode_frames(cluster_id, node_id, [], limits=limits)[0]
+        except EncodeError as exc:
+            raise ConfigError(f"invalid node_id or cluster_id: {exc}") from exc
+        try:
+            host, port = _split_address(listen)
+        except ValueError as exc:
+            raise ConfigError(f"invalid listen address: {exc}") from exc
+        for name, value in (
+            ("backoff_initial", backoff_initial),
+            ("backoff_max", backoff_max),
+            ("connect_timeout", connect_timeout),
+            ("send_timeout", send_timeout),
+        ):
+            if not isinstance(value, int | float) or not value > 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+        if backoff_max < backoff_initial:
+            raise ConfigError("backoff_max must be at least backoff_initial")
+        if not isinstance(backoff_jitter, int | float) or not 0 <= backoff_jitter <= 1:
+            raise ConfigError(f"backoff_jitter must be between 0 and 1, not {backoff_jitter!r}")
+        if type(max_queue) is not int or max_queue < 1:
+            raise ConfigError(f"max_queue must be a positive int, not {max_queue!r}")
+        if snapshot_chunk_bytes is None:
+            snapshot_chunk_bytes = min(1 << 20, limits.max_frame_bytes // 2)
+        if (
+            type(snapshot_chunk_bytes) is not int
+            or not 0 < snapshot_chunk_bytes <= limits.max_frame_bytes // 2
+        ):
+            raise ConfigError(
+                "snapshot_chunk_bytes must be a positive int of at most half of limits.max_frame_bytes"
+            )
+        service = _RaftPeerService(self)
+        own_paths = set(service.__mapping__())
+        extras = tuple(extra_handlers)
+        for handler in extras:
+            clash = own_paths & set(handler.__mapping__())
+            if clash:
+                raise ConfigError(f"extra handler {handler!r} redefines {sorted(clash)}")
+
+        self.node_id: str = node_id
+        """This node's id."""
+        self.cluster_id: str = cluster_id
+        """The cluster's id."""
+        self._listen = (host, port)
+        self._server_ssl = server_ssl
+        self._client_ssl = client_ssl
+        self._limits = limits
+        self._backoff = (float(backoff_initial), float(backoff_max), float(backoff_jitter))
+        self._rng = rng if rng is not None else random.Random()
+        self._max_queue = max_queue
+        self._connect_timeout = float(connect_timeout)
+        self._send_timeout = float(send_timeout)
+        self._chunk_bytes = snapshot_chunk_bytes
+        self._handlers: tuple[Servable, ...] = (service, *extras)
+
+        self._handler: TransportHandler | None = None
+        self._server: _Server | None = None
+        self._address: str | None = None
+        self._peers: dict[str, _Peer] = {}
+        self._retired: set[asyncio.Task[None]] = set()
+        self._stats: Counter[str] = Counter(dict.fromkeys(STAT_KEYS, 0))
+        self._started = False
+        self._closed = False
+        self._close_task: asyncio.Task[None] | None = None
+        if peers:
+            self.set_peers(peers)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running" if self._started else "new"
+        return f"<GrpcTransport {self.node_id!r} of {self.cluster_id!r} at {self.address} {state}>"
+
+    # ----------------------------------------------------------------- public interface
+
+    @property
+    def address(self) -> str:
+        """Where this node serves: ``host:port`` with the real port once started (the ``listen``
+        argument before)."""
+        if self._address is not None:
+            return self._address
+        return _join_address(*self._listen)
+
+    @property
+    def peers(self) -> Mapping[str, str]:
+        """The current peers, id -> address."""
+        return {pid: p.address for pid, p in self._peers.items()}
+
+    @property
+    def stats(self) -> Mapping[str, int]:
+        """A snapshot of the counters described in :data:`STAT_KEYS`."""
+        return dict(self._stats)
+
+    async def start(self, handler: TransportHandler) -> None:
+        """Bind and serve, then open a stream to every peer. Raises :class:`OSError` if the
+        address cannot be bound, :class:`ClosedError` after :meth:`aclose`."""
+        if self._closed:
+            raise ClosedError("transport is closed")
+        if self._started:
+            raise LocalError("transport already started")
+        self._handler = handler
+        server = _Server(self._handlers)
+        host, port = self._listen
+        await server.start(host or None, port, ssl=self._server_ssl)
+        self._server = server
+        self._address = _join_address(host or "0.0.0.0", server.bound_port())
+        self._started = True
+        for peer in self._peers.values():
+            self._spawn_sender(peer)
+            if peer.snap_pending is not None:
+                self._spawn_snapshot(peer)
+        log.info(
+            "%s: serving on %s (%s)", self.node_id, self._address, "TLS" if self._server_ssl else "plaintext"
+        )
+
+    def send(self, messages: Sequence[Message]) -> None:
+        """Queue each message for its peer (``Message.to``); never blocks, never raises.
+
+        SNAP messages go on their own InstallSnapshot call; a newer SNAP for a peer replaces one
+        still waiting (the replaced one is reported failed).
+        """
+        stats = self._stats
+        if self._closed:
+            stats["dropped_closed"] += len(messages)
+            return
+        peers = self._peers
+        limit = self._max_queue
+        for m in messages:
+            peer = peers.get(m.to)
+            if peer is None:
+                stats["dropped_unknown_peer"] += 1
+                continue
+            if m.type is MessageType.SNAP and m.snapshot is not None:
+                self._queue_snapshot(peer, m)
+                continue
+            queue = peer.queue
+            if len(queue) >= limit:
+                queue.popleft()
+                stats["dropped_queue_full"] += 1
+            queue.append(m)
+            peer.wake.set()
+
+    def set_peers(self, peers: Mapping[str, str]) -> None:
+        """Make ``peers`` (id -> ``host:port``) the current peers.
+
+        New peers get a stream; removed peers lose theirs (and their queued messages, counted
+        as ``dropped_peer_removed``); a peer whose address changed reconnects there, keeping
+        its queue. This node's own id is ignored. Only current peers may send to this node.
+        An address that does not parse is not an error here: the peer is known (it may send
+        to us) but unreachable, and that is reported like any connection failure.
+        """
+        wanted: dict[str, str] = {}
+        for pid, addr in peers.items():
+            if not isinstance(pid, str) or not pid:
+                raise ConfigError(f"peer ids must be non-empty strings, not {pid!r}")
+            if not isinstance(addr, str):
+                raise ConfigError(f"the address of peer {pid!r} must be a str, not {type(addr).__name__}")
+            if pid != self.node_id:
+                wanted[pid] = addr
+        for pid in [p for p in self._peers if p not in wanted]:
+            peer = self._peers.pop(pid)
+            self._stats["dropped_peer_removed"] += len(peer.queue) + (peer.snap_pending is not None)
+            peer.queue.clear()
+            peer.snap_pending = None
+            self._retire(peer.task)
+            self._retire(peer.snap_task)
+            peer.task = peer.snap_task = None
+            log.info("%s: peer %s removed", self.node_id, pid)
+        for pid, addr in wanted.items():
+            known = self._peers.get(pid)
+            if known is None:
+                peer = self._peers[pid] = _Peer(pid, addr)
+                if self._started and not self._closed:
+                    self._spawn_sender(peer)
+                continue
+            peer = known
+            if peer.address != addr:
+                log.info("%s: peer %s moved from %s to %s", self.node_id, pid, peer.address, addr)
+                peer.address = addr
+                peer.failures = 0
+                if self._started and not self._closed:
+                    self._retire(peer.task)
+                    self._spawn_sender(peer)
+
+    async def aclose(self) -> None:
+        """Stop every stream and transfer, close the connections and the server. Idempotent;
+        the shutdown runs to completion even if the caller is cancelled meanwhile."""
+        if self._close_task is None:
+            self._closed = True
+            self._close_task = asyncio.get_running_loop().create_task(
+                self._shutdown(), name=f"phalanx-transport-close-{self.node_id}"
+            )
+        await asyncio.shield(self._close_task)
+
+    # ----------------------------------------------------------------- shutdown
+
+    async def _shutdown(self) -> None:
+        tasks: set[asyncio.Task[None]] = set(self._retired)
+        for peer in self._peers.values():
+            for task in (peer.task, peer.snap_task):
+                if task is not None:
+                    tasks.add(task)
+            peer.task = peer.snap_task = None
+            peer.queue.clear()
+            peer.snap_pending = None
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self._retired.clear()
+        server = self._server
+        if server is not None:
+            server.close()
+            server.drop_connections()
+            try:
+                async with asyncio.timeout(10):
+                    await server.wait_closed()
+            except TimeoutError:  # pragma: no cover - a handler that ignores cancellation
+                log.error("%s: the gRPC server did not close within 10 s", self.node_id)
+        self._handler = None
+        log.info("%s: transport closed", self.node_id)
+
+    def _retire(self, task: asyncio.Task[None] | None) -> None:
+        """Cancel ``task`` and keep it until it has finished (aclose waits for it)."""
+        if task is None or task.done():
+            return
+        task.cancel()
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    # ----------------------------------------------------------------- callbacks
+
+    def _notify(self, what: str, fn: Callable[..., None], peer: str, *args: Any) -> None:
+        try:
+            fn(peer, *args)
+        except Exception:
+            self._stats["handler_errors"] += 1
+            log.exception("%s: transport handler %s failed (peer %s)", self.node_id, what, peer)
+
+    def _unreachable(self, peer: _Peer, exc: BaseException) -> None:
+        self._stats["stream_failures"] += 1
+        if peer.unreachable:
+            log.debug("%s: peer %s at %s still unreachable: %r", self.node_id, peer.id, peer.address, exc)
+            return
+        peer.unreachable = True
+        log.warning("%s: peer %s at %s unreachable: %s", self.node_id, peer.id, peer.address, _describe(exc))
+        if self._handler is not None and not self._closed:
+            self._notify("on_unreachable", self._handler.on_unreachable, peer.id)
+
+    # ----------------------------------------------------------------- outbound: the stream
+
+    def _spawn_sender(self, peer: _Peer) -> None:
+        peer.task = asyncio.get_running_loop().create_task(
+            self._run_sender(peer), name=f"phalanx-send-{self.node_id}-{peer.id}"
+        )
+
+    def _channel(self, address: str) -> Channel:
+        host, port = _split_address(address)
+        return Channel(host, port, ssl=self._client_ssl)
+
+    def _backoff_delay(self, failures: int) -> float:
+        initial, maximum, jitter = self._backoff
+        base = min(maximum, initial * 2.0 ** min(failures, 62))
+        return base * (1.0 - jitter * self._rng.random())
+
+    async def _run_sender(self, peer: _Peer) -> None:
+        """Keep one stream to ``peer`` open and fed until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            peer.established_at = None
+            try:
+                await self._stream_to(peer)
+            except Exception as exc:
+                self._unreachable(peer, exc)
+            # A stream that lived a while resets the backoff; one that the peer accepts and then
+            # ends at once (a misconfiguration) must not make us reconnect in a tight loop.
+            if peer.established_at is not None and loop.time() - peer.established_at >= self._backoff[1]:
+                peer.failures = 0
+            delay = self._backoff_delay(peer.failures)
+            peer.failures += 1
+            await asyncio.sleep(delay)
+
+    async def _stream_to(self, peer: _Peer) -> None:
+        """Open a stream to ``peer`` and pump its queue into it; returns only by raising."""
+        channel = self._channel(peer.address)
+        try:
+            call = channel.request(STREAM_METHOD, Cardinality.STREAM_UNARY, WireBytes, WireBytes)
+            async with call:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that arrives as the awaited call completes, and aclose would wait forever.
+                async with asyncio.timeout(self._connect_timeout):
+                    await self._open_stream(call)
+                self._stats["streams_opened"] += 1
+                if peer.unreachable:
+                    self._stats["reconnects"] += 1
+                    log.info("%s: stream to %s at %s re-established", self.node_id, peer.id, peer.address)
+                peer.unreachable = False
+                peer.established_at = asyncio.get_running_loop().time()
+                watcher = asyncio.get_running_loop().create_task(
+                    self._watch(call), name=f"phalanx-watch-{self.node_id}-{peer.id}"
+                )
+                watcher.add_done_callback(lambda _: peer.wake.set())
+                try:
+                    await self._pump(peer, call, channel, watcher)
+                finally:
+                    watcher.cancel()
+                    await asyncio.wait({watcher})
+                    if not watcher.cancelled():
+                        watcher.exception()  # retrieved: the pump already reported it
+        finally:
+            channel.close()
+
+    async def _open_stream(self, call: _ClientStream) -> None:
+        """Send the hello frame and wait until the peer accepts it (its response headers)."""
+        await call.send_message(WireBytes(self._hello))
+        await call.recv_initial_metadata()
+
+    @staticmethod
+    async def _watch(call: _ClientStream) -> None:
+        """Finish when the peer ends the call (it only does on error) or the connection breaks."""
+        await call.recv_message()
+        raise _StreamEnded(_end_status(call))
+
+    async def _pump(
+        self, peer: _Peer, call: _ClientStream, channel: Channel, watcher: asyncio.Task[None]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        stats = self._stats
+        queue = peer.queue
+        wake = peer.wake
+        while True:
+            while not queue:
+                if watcher.done():
+                    break
+                wake.clear()
+                await wake.wait()
+            if watcher.done():
+                watcher.result()  # raises what ended the call
+                raise _StreamEnded("peer ended the stream")  # pragma: no cover - _watch raises
+            batch = list(queue)
+            queue.clear()
+            for data in self._encode(batch):
+                # A frame that cannot be written within send_timeout (flow control) means the
+                # peer or the path is stuck: closing the channel fails the call and we reconnect.
+                timer = loop.call_later(self._send_timeout, channel.close)
+                try:
+                    await call.send_message(WireBytes(data))
+                finally:
+                    timer.cancel()
+                stats["frames_sent"] += 1
+                stats["bytes_sent"] += len(data)
+            stats["messages_sent"] += len(batch)
+
+    def _encode(self, batch: list[Message]) -> list[bytes]:
+        try:
+            return encode_frames(self.cluster_id, self.node_id, batch, limits=self._limits)
+        except EncodeError:
+            pass
+        # Rare: find and drop the messages that cannot be encoded, keep the rest in order.
+        good: list[Message] = []
+        for m in batch:
+            try:
+                encode_frames(self.cluster_id, self.node_id, [m], limits=self._limits)
+            except EncodeError as exc:
+                self._stats["dropped_encode_error"] += 1
+                log.error("%s: dropping a message to %s that cannot be encoded: %s", self.node_id, m.to, exc)
+            else:
+                good.append(m)
+        batch[:] = good
+        return encode_frames(self.cluster_id, self.node_id, good, limits=self._limits) if good else []
+
+    # ----------------------------------------------------------------- outbound: snapshots
+
+    def _queue_snapshot(self, peer: _Peer, m: Message) -> None:
+        if peer.snap_pending is not None:
+            self._stats["dropped_snapshot_superseded"] += 1
+            self._report_snapshot_soon(peer.id, False)
+        peer.snap_pending = m
+        if self._started and (peer.snap_task is None or peer.snap_task.done()):
+            self._spawn_snapshot(peer)
+
+    def _report_snapshot_soon(self, peer_id: str, ok: bool) -> None:
+        handler = self._handler
+        if handler is not None:
+            asyncio.get_running_loop().call_soon(
+                self._notify, "on_snapshot_status", handler.on_snapshot_status, peer_id, ok
+            )
+
+    def _spawn_snapshot(self, peer: _Peer) -> None:
+        peer.snap_task = asyncio.get_running_loop().create_task(
+            self._run_snapshots(peer), name=f"phalanx-snapshot-{self.node_id}-{peer.id}"
+        )
+
+    async def _run_snapshots(self, peer: _Peer) -> None:
+        while peer.snap_pending is not None:
+            m = peer.snap_pending
+            peer.snap_pending = None
+            try:
+                ok = await self._transfer(peer, m)
+            except Exception as exc:
+                ok = False
+                log.warning(
+                    "%s: snapshot to %s at %s failed: %s", self.node_id, peer.id, peer.address, _describe(exc)
+                )
+            self._stats["snapshots_sent" if ok else "snapshots_failed"] += 1
+            if self._handler is not None and not self._closed:
+                self._notify("on_snapshot_status", self._handler.on_snapshot_status, peer.id, ok)
+
+    async def _transfer(self, peer: _Peer, m: Message) -> bool:
+        """Send one snapshot on its own InstallSnapshot call and connection."""
+        assert m.snapshot is not None
+        total = len(m.snapshot.data)
+        loop = asyncio.get_running_loop()
+        channel = self._channel(peer.address)
+        try:
+            call = channel.request(INSTALL_SNAPSHOT_METHOD, Cardinality.STREAM_UNARY, WireBytes, WireBytes)
+            async with call:
+                async with asyncio.timeout(self._connect_timeout):
+                    await call.send_request()
+                chunks = snapshot_chunks(
+                    self.cluster_id, self.node_id, m, chunk_bytes=self._chunk_bytes, limits=self._limits
+                )
+                for chunk in chunks:
+                    timer = loop.call_later(self._send_timeout, channel.close)
+                    try:
+                        await call.send_message(WireBytes(chunk))
+                    finally:
+                        timer.cancel()
+                await call.end()
+                async with asyncio.timeout(self._send_timeout):
+                    reply = await call.recv_message()
+            if reply is None:
+                raise ProtocolError("no SnapshotAck")
+            received = decode_snapshot_ack(reply.data)
+        finally:
+            channel.close()
+        if received != total:
+            raise ProtocolError(f"peer acknowledged {received} of {total} snapshot bytes")
+        log.info("%s: snapshot of %d bytes delivered to %s", self.node_id, total, peer.id)
+        return True
+
+    # ----------------------------------------------------------------- inbound
+
+    def _reject(self, rej: _Reject, stream: _ServerStream, sender: str | None) -> GRPCError:
+        self._stats[f"rejected_{rej.reason}"] += 1
+        who = f"{sender!r} at {_peer_name(stream)}" if sender else _peer_name(stream)
+        log.warning("%s: rejected a call from %s (%s): %s", self.node_id, who, rej.reason, rej.text)
+        return GRPCError(rej.status, rej.text)
+
+    def _check_sender(self, cluster_id: str, sender: str, bound: str | None) -> None:
+        if cluster_id != self.cluster_id:
+            raise _Reject(
+                "cluster",
+                Status.FAILED_PRECONDITION,
+                f"cluster {cluster_id!r:.100} is not this node's cluster {self.cluster_id!r}",
+            )
+        if bound is not None and sender != bound:
+            raise _Reject("sender", Status.PERMISSION_DENIED, f"sender changed from {bound!r} within a call")
+        if sender not in self._peers:
+            raise _Reject(
+                "sender", Status.PERMISSION_DENIED, f"{sender!r:.100} is not a peer of {self.node_id!r}"
+            )
+
+    def _check_message(self, m: Message, sender: str) -> None:
+        if m.to != self.node_id:
+            raise _Reject(
+                "destination",
+                Status.FAILED_PRECONDITION,
+                f"message for {m.to!r:.100} delivered to {self.node_id!r}",
+            )
+        if m.frm != sender:
+            raise _Reject(
+                "origin", Status.PERMISSION_DENIED, f"message from {m.frm!r:.100} in a frame from {sender!r}"
+            )
+
+    def _check_frame(self, frame: Frame, bound: str | None) -> None:
+        self._check_sender(frame.cluster_id, frame.sender, bound)
+        for m in frame.messages:
+            self._check_message(m, frame.sender)
+
+    def _deliver(self, sender: str, messages: list[Message]) -> None:
+        handler = self._handler
+        if handler is not None and not self._closed:
+            self._notify("on_messages", handler.on_messages, sender, messages)
+
+    async def _serve_stream(self, stream: _ServerStream) -> None:
+        """RaftPeer.Stream: validate each frame, hand its messages over, ack at the end."""
+        stats = self._stats
+        stats["inbound_streams"] += 1
+        limits = self._limits
+        sender: str | None = None
+        frames = messages = 0
+        try:
+            while True:
+                data = await _recv_bounded(stream, limits.max_frame_bytes)
+                if data is None:
+                    break
+                try:
+                    frame = decode_frame(data, limits=limits)
+                except ProtocolError as exc:
+                    raise _Reject("malformed", Status.INVALID_ARGUMENT, str(exc)) from None
+                self._check_frame(frame, sender)
+                if sender is None:
+                    sender = frame.sender
+                    await stream.send_initial_metadata()  # accepted: the peer's connect completes
+                frames += 1
+                stats["frames_received"] += 1
+                stats["bytes_received"] += len(data)
+                if frame.messages:
+                    messages += len(frame.messages)
+                    stats["messages_received"] += len(frame.messages)
+                    self._deliver(sender, frame.messages)
+            await stream.send_message(WireBytes(encode_stream_ack(frames, messages)))
+        except _Reject as rej:
+            raise self._reject(rej, stream, sender) from None
+        finally:
+            stats["inbound_streams_ended"] += 1
+
+    async def _serve_snapshot(self, stream: _ServerStream) -> None:
+        """RaftPeer.InstallSnapshot: reassemble and check, hand the SNAP over, ack."""
+        limits = self._limits
+        assembler = SnapshotAssembler(limits=limits)
+        sender: str | None = None
+        result: Message | None = None
+        try:
+            while True:
+                data = await _recv_bounded(stream, limits.max_frame_bytes)
+                if data is None:
+                    break
+                try:
+                    result = assembler.feed(data)
+                except ProtocolError as exc:
+                    raise _Reject("malformed", Status.INVALID_ARGUMENT, str(exc)) from None
+                if sender is None:
+                    self._check_sender(assembler.cluster_id, assembler.sender, None)
+                    header = assembler.header
+                    assert header is not None
+                    self._check_message(header, assembler.sender)
+                    sender = assembler.sender
+            if result is None or sender is None:
+                raise _Reject(
+                    "snapshot_incomplete",
+                    Status.INVALID_ARGUMENT,
+                    f"snapshot ended after {assembler.received} of {assembler.total} bytes",
+                )
+            assert result.snapshot is not None
+            size = len(result.snapshot.data)
+            self._stats["snapshots_received"] += 1
+            log.info("%s: snapshot of %d bytes received from %s", self.node_id, size, sender)
+            self._deliver(sender, [result])
+            await stream.send_message(WireBytes(encode_snapshot_ack(size)))
+        except _Reject as rej:
+            raise self._reject(rej, stream, sender) from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, GRPCError):
+        return f"{exc.status.name} {exc.message or ''}".rstrip()
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

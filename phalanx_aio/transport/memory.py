@@ -1,0 +1,109 @@
+"""An in-process transport with the same interface as the gRPC one, for tests and examples.
+
+A :class:`MemoryNetwork` connects the :class:`MemoryTransport` of several nodes in one event
+loop. Delivery is asynchronous (``loop.call_soon``) and in order per link; links can be cut to
+make partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from phalanx_aio.core.types import Message
+from phalanx_aio.errors import ClosedError
+from phalanx_aio.transport.base import Transport, TransportHandler
+
+__all__ = ["MemoryNetwork", "MemoryTransport"]
+
+
+class MemoryNetwork:
+    """The shared medium of several :class:`MemoryTransport` instances."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, TransportHandler] = {}
+        self.blocked: set[tuple[str, str]] = set()
+        """Directed links ``(src, dst)`` that drop everything."""
+
+    def transport(self, node_id: str) -> MemoryTransport:
+        """A transport for ``node_id`` on this network."""
+        return MemoryTransport(node_id, self)
+
+    def isolate(self, node_id: str) -> None:
+        """Cut ``node_id`` off from everyone, both ways."""
+        for other in self._handlers:
+            if other != node_id:
+                self.blocked |= {(node_id, other), (other, node_id)}
+
+    def heal(self) -> None:
+        """Restore every link."""
+        self.blocked.clear()
+
+    def _deliver(self, src: str, dst: str, messages: list[Message]) -> bool:
+        handler = self._handlers.get(dst)
+        if handler is None or (src, dst) in self.blocked:
+            return False
+        handler.on_messages(src, messages)
+        return True
+
+
+class MemoryTransport(Transport):
+    """One node's end of a :class:`MemoryNetwork`."""
+
+    def __init__(self, node_id: str, network: MemoryNetwork) -> None:
+        self.node_id = node_id
+        self.network = network
+        self._handler: TransportHandler | None = None
+        self._peers: dict[str, str] = {}
+        self._stats: Counter[str] = Counter()
+        self._closed = False
+
+    async def start(self, handler: TransportHandler) -> None:
+        """Attach to the network."""
+        if self._closed:
+            raise ClosedError("transport is closed")
+        self._handler = handler
+        self.network._handlers[self.node_id] = handler
+
+    def send(self, messages: Sequence[Message]) -> None:
+        """Deliver on the next loop iteration, grouped per destination, order kept."""
+        if self._closed or not messages:
+            return
+        by_peer: dict[str, list[Message]] = {}
+        for m in messages:
+            by_peer.setdefault(m.to, []).append(m)
+        loop = asyncio.get_running_loop()
+        for dst, batch in by_peer.items():
+            if dst not in self._peers:
+                self._stats["dropped_unknown_peer"] += len(batch)
+                continue
+            self._stats["messages_sent"] += len(batch)
+            loop.call_soon(self._deliver, dst, batch)
+
+    def _deliver(self, dst: str, batch: list[Message]) -> None:
+        if self._closed:
+            return
+        if not self.network._deliver(self.node_id, dst, batch):
+            self._stats["undeliverable"] += len(batch)
+            if self._handler is not None:
+                self._handler.on_unreachable(dst)
+            return
+        for m in batch:
+            if m.snapshot is not None and self._handler is not None:
+                self._handler.on_snapshot_status(dst, True)
+
+    def set_peers(self, peers: Mapping[str, str]) -> None:
+        """Replace the peer list."""
+        self._peers = dict(peers)
+
+    async def aclose(self) -> None:
+        """Detach from the network."""
+        self._closed = True
+        if self.network._handlers.get(self.node_id) is self._handler:
+            del self.network._handlers[self.node_id]
+
+    @property
+    def stats(self) -> Mapping[str, int]:
+        """Counters of sent, dropped and undeliverable messages."""
+        return dict(self._stats)

@@ -1,0 +1,209 @@
+"""RaftNode over the in-memory transport: the driver's contract, without sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from phalanx_aio.errors import ClosedError, NotApplied, NotLeader, ProposalDropped, Timeout
+from tests.node.conftest import DEADLINE, Counter, Harness
+
+
+async def test_elects_replicates_and_applies_everywhere(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    results = [await leader.propose(b"incr %d" % k) for k in range(1, 6)]
+    assert results == [1, 3, 6, 10, 15]
+    await cluster.until(lambda: all(sm.value == 15 for sm in cluster.sms.values()))
+
+
+async def test_follower_forwards_and_gets_its_result(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    follower = next(n for n in cluster.nodes.values() if n is not leader)
+    await follower.wait_for_leader(DEADLINE)
+    assert await follower.propose(b"incr 7") == 7
+    assert await follower.propose(b"incr 1") == 8
+
+
+async def test_concurrent_proposals_are_batched_and_all_resolve(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    results = await asyncio.gather(*(leader.propose(b"incr 1") for _ in range(500)))
+    assert sorted(results) == list(range(1, 501))
+
+
+async def test_linearizable_read_on_follower_sees_acknowledged_write(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    follower = next(n for n in cluster.nodes.values() if n is not leader)
+    await follower.wait_for_leader(DEADLINE)
+    await leader.propose(b"incr 42")
+    value = await follower.read(lambda sm: sm.value)  # type: ignore[attr-defined]
+    assert value == 42
+
+
+async def test_state_machine_error_reaches_the_proposer(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    with pytest.raises(ValueError, match="unknown command"):
+        await leader.propose(b"bogus")
+    assert await leader.propose(b"incr 2") == 2
+
+
+async def test_leader_crash_fails_over_and_proposals_keep_working(cluster: Harness) -> None:
+    old = await cluster.leader()
+    await old.propose(b"incr 5")
+    await cluster.stop(old.id)
+    new = await cluster.leader()
+    assert new.id != old.id
+    assert await new.propose(b"incr 1") == 6
+
+
+async def test_restart_from_storage_loses_nothing_acknowledged(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    for _ in range(20):
+        await leader.propose(b"incr 1")
+    for nid in list(cluster.nodes):
+        await cluster.stop(nid)
+    for nid in cluster.ids:
+        await cluster.start(nid)
+    leader = await cluster.leader()
+    assert await leader.read(lambda sm: sm.value) == 20  # type: ignore[attr-defined]
+    assert await leader.propose(b"incr 1") == 21
+
+
+async def test_snapshots_compact_and_a_new_learner_catches_up(cluster: Harness) -> None:
+    for nid in list(cluster.nodes):
+        await cluster.stop(nid)
+    cluster.node_kw["snapshot_every"] = 20
+    for nid in cluster.ids:
+        await cluster.start(nid)
+    leader = await cluster.leader()
+    for _ in range(60):
+        await leader.propose(b"incr 1")
+    assert leader.status().first_index > 20, "the log was not compacted"
+    cluster.ids.append("n4")
+    n4 = await cluster.start("n4", join=True)  # peers: the members it may contact
+    await leader.add_member("n4", "mem://n4")
+    await cluster.until(lambda: cluster.sms["n4"].value == 60)
+    await leader.promote("n4")
+    assert "n4" in leader.status().voters
+    assert n4.status().voters == leader.status().voters
+
+
+async def test_remove_member_and_transfer_leadership(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    await leader.propose(b"incr 1")
+    target = next(nid for nid in cluster.ids if nid != leader.id)
+    new_id = await leader.transfer_leadership(target)
+    assert new_id == target
+    new = cluster.nodes[target]
+    await cluster.until(lambda: new.is_leader)
+    victim = next(nid for nid in cluster.ids if nid not in (leader.id, target))
+    await new.remove_member(victim)
+    assert victim not in new.status().voters
+    assert await new.propose(b"incr 1") == 2
+
+
+async def test_no_leader_refuses_at_once() -> None:
+    h = Harness(["a", "b", "c"])
+    node = await h.start("a")  # alone: no quorum, no leader
+    try:
+        with pytest.raises(NotLeader):
+            await node.propose(b"incr 1", timeout=DEADLINE)
+        with pytest.raises(NotLeader):
+            await node.read(lambda sm: 0, timeout=DEADLINE)
+    finally:
+        await h.aclose()
+
+
+async def test_overload_is_refused_immediately(cluster: Harness) -> None:
+    for nid in list(cluster.nodes):
+        await cluster.stop(nid)
+    cluster.node_kw["max_pending"] = 3
+    for nid in cluster.ids:
+        await cluster.start(nid)
+    leader = await cluster.leader()
+    tasks = [asyncio.create_task(leader.propose(b"incr 1")) for _ in range(3)]
+    await asyncio.sleep(0)
+    with pytest.raises(ProposalDropped, match="overloaded"):
+        await leader.propose(b"incr 1")
+    assert len(await asyncio.gather(*tasks)) == 3
+
+
+async def test_cancelled_proposal_leaves_nothing_behind(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    task = asyncio.create_task(leader.propose(b"incr 3"))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await leader.propose(b"incr 1") in (1, 4)  # the cancelled one may still apply
+    await cluster.until(lambda: leader.status().pending_proposals == 0)
+
+
+async def test_cancelled_read_leaves_nothing_behind(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    task = asyncio.create_task(leader.read(lambda sm: 1))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await leader.read(lambda sm: 2) == 2
+    assert not leader._reads
+
+
+async def test_minority_proposal_times_out_with_unknown_outcome(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    cluster.net.isolate(leader.id)
+    with pytest.raises(Timeout):
+        await leader.propose(b"incr 1", timeout=0.3)
+    cluster.net.heal()
+
+
+async def test_overwritten_entry_fails_with_not_applied(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    await leader.propose(b"incr 1")
+    cluster.net.isolate(leader.id)
+    doomed = asyncio.create_task(leader.propose(b"incr 100", timeout=30))
+    others = [n for n in cluster.nodes.values() if n is not leader]
+    await cluster.until(lambda: any(n.is_leader for n in others))
+    new = next(n for n in others if n.is_leader)
+    await new.propose(b"incr 1")
+    cluster.net.heal()
+    with pytest.raises(NotApplied, match="overwritten"):
+        await doomed
+    await cluster.until(lambda: cluster.sms[leader.id].value == 2)
+
+
+async def test_disk_full_stops_acknowledging_then_recovers(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    await leader.propose(b"incr 1")
+    cluster.stores[leader.id].simulate_disk_full(True)
+    pending = asyncio.create_task(leader.propose(b"incr 1", timeout=30))
+    await cluster.until(lambda: not leader.healthy)
+    assert not pending.done()
+    cluster.stores[leader.id].simulate_disk_full(False)
+    assert await pending == 2
+    assert leader.healthy
+
+
+async def test_closed_node_refuses_and_fails_pending() -> None:
+    h = Harness(["a", "b", "c"])
+    node = await h.start("a")
+    pending = asyncio.create_task(node.wait_for_leader(30))
+    await asyncio.sleep(0)
+    await h.stop("a")
+    with pytest.raises(ClosedError):
+        await pending
+    with pytest.raises(ClosedError):
+        await node.propose(b"incr 1")
+    await node.aclose()  # idempotent
+
+
+async def test_status_reports_the_cluster(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    await leader.propose(b"incr 1")
+    st = leader.status()
+    assert st.role == "leader" and st.leader == leader.id
+    assert st.voters == ("n1", "n2", "n3")
+    assert st.commit >= 3 and st.applied == st.commit
+    assert set(st.core.progress) == {"n1", "n2", "n3"}
+    assert isinstance(cluster.sms[leader.id], Counter)
