@@ -39,7 +39,7 @@ from phalanx_aio.errors import (
     StorageError,
     Timeout,
 )
-from phalanx_aio.node import NodeStatus, RaftNode, StateMachine
+from phalanx_aio.node import NodeStatus, RaftNode, StateMachine, run
 from phalanx_aio.storage import MemoryStorage, SQLiteStorage, Storage, StoredState
 
 __version__ = "0.1.0.dev0"
@@ -82,4 +82,5 @@ __all__ = [
     "StoredState",
     "Timeout",
     "__version__",
+    "run",
 ]

@@ -221,6 +221,16 @@ class Raft:
         """True if this node is the leader of its current term."""
         return self.role is Role.LEADER
 
+    @property
+    def ready_for_conf_change(self) -> bool:
+        """True if a leader would accept a membership change now: it has committed an entry
+        of its term and no earlier change is still uncommitted."""
+        return (
+            self.role is Role.LEADER
+            and self._committed_in_term
+            and self.confs.last_index <= self.log.committed
+        )
+
     def _promotable(self) -> bool:
         return self.id in self.confs.current.voters
 

@@ -149,6 +149,7 @@ class RaftNode:
         # index -> (term, request id) of proposals appended by this node as leader.
         self._by_index: dict[int, tuple[int, int]] = {}
         self._conf_waiters: dict[int, tuple[int, asyncio.Future[None]]] = {}
+        self._deferred_conf: list[tuple[ConfChange, asyncio.Future[Any]]] = []
         self._reads: dict[bytes, tuple[Callable[[Any], Any], asyncio.Future[Any]]] = {}
         self._ready_reads: list[tuple[int, int, bytes]] = []
         self._read_seq = itertools.count()
@@ -445,13 +446,11 @@ class RaftNode:
                 except NotApplied as exc:
                     self._fail_read(ctx, exc)
         elif kind == _CONF:
-            change, fut = ev[1], ev[2]
-            try:
-                term, index = core.propose_conf_change(change)
-            except PhalanxError as exc:
-                _set_exc(fut, exc)
+            if core.is_leader and not core.ready_for_conf_change:
+                # Transient: a new leader's first commit, or the previous change, is on its way.
+                self._deferred_conf.append((ev[1], ev[2]))
             else:
-                self._conf_waiters[index] = (term, fut)
+                self._start_conf_change(core, ev[1], ev[2])
         elif kind == _TRANSFER:
             target, fut = ev[1], ev[2]
             try:
@@ -469,6 +468,23 @@ class RaftNode:
             pr = core.prs.get(ev[1]) if core.is_leader else None
             if pr is not None and pr.state.name == "SNAPSHOT" and not ev[2]:
                 pr.become_probe()
+
+    def _start_conf_change(self, core: Raft, change: ConfChange, fut: asyncio.Future[Any]) -> None:
+        if fut.done():
+            return
+        try:
+            term, index = core.propose_conf_change(change)
+        except PhalanxError as exc:
+            _set_exc(fut, exc)
+        else:
+            self._conf_waiters[index] = (term, fut)
+
+    def _retry_deferred_conf(self, core: Raft) -> None:
+        """Start deferred membership changes once the leader can accept them, one at a time;
+        fail them at once if this node stopped leading."""
+        while self._deferred_conf and (core.ready_for_conf_change or not core.is_leader):
+            change, fut = self._deferred_conf.pop(0)
+            self._start_conf_change(core, change, fut)
 
     def _best_transferee(self, core: Raft) -> str:
         candidates = [
@@ -517,6 +533,8 @@ class RaftNode:
                 )
             core.advance(rd)
             self._serve_reads(core.log.applied)
+            if self._deferred_conf:
+                self._retry_deferred_conf(core)
             if core.leader != self._last_leader:
                 self._last_leader = core.leader
                 self._leader_changed.set()
@@ -617,6 +635,9 @@ class RaftNode:
         for _, fut3 in list(self._conf_waiters.values()):
             _set_exc(fut3, exc)
         self._conf_waiters.clear()
+        for _, fut4 in self._deferred_conf:
+            _set_exc(fut4, exc)
+        self._deferred_conf.clear()
         self._leader_changed.set()
 
 

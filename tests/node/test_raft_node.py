@@ -207,3 +207,19 @@ async def test_status_reports_the_cluster(cluster: Harness) -> None:
     assert st.commit >= 3 and st.applied == st.commit
     assert set(st.core.progress) == {"n1", "n2", "n3"}
     assert isinstance(cluster.sms[leader.id], Counter)
+
+
+async def test_membership_changes_queue_until_the_leader_can_take_them(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    cluster.ids += ["n4", "n5"]
+    for nid in ("n4", "n5"):
+        await cluster.start(nid, join=True)
+    # Issued together: the second waits for the first to commit instead of being refused.
+    await asyncio.gather(leader.add_member("n4", "mem://n4"), leader.add_member("n5", "mem://n5"))
+    assert leader.status().learners == ("n4", "n5")
+    target = next(nid for nid in ("n1", "n2", "n3") if nid != leader.id)
+    await leader.transfer_leadership(target)
+    new = cluster.nodes[target]
+    # Right after winning, the new leader has not committed in its term yet: still accepted.
+    await new.promote("n4")
+    assert "n4" in new.status().voters
