@@ -643,11 +643,12 @@ def plot(doc: Json, path: pathlib.Path) -> bool:
             ax.plot(xs, ys, color=color, alpha=0.5, lw=1.2, label=p if i == 0 else None)
         s = body["summary"]["healthy"]
         ax.annotate(
-            f"{p}: {s['spurious_elections']} in {s['seed_hours']:g} seed-hours",
-            xy=(0.02, 0.92 - 0.08 * list(doc["presets"]).index(p)),
+            f"{p}: {s['spurious_elections']} elections, {s['term_bumps']} term bumps\n"
+            f"in {s['seed_hours']:g} seed-hours",
+            xy=(0.03, 0.88 - 0.14 * list(doc["presets"]).index(p)),
             xycoords="axes fraction",
             color=color,
-            fontsize=9,
+            fontsize=8,
         )
     ax.set_title("Spurious elections over time (healthy leader)")
     ax.set_xlabel("simulated hours")
@@ -672,8 +673,17 @@ def plot(doc: Json, path: pathlib.Path) -> bool:
                 ls=style,
                 label=f"{p} {'elected' if key == 'elected_s' else 'committed'}",
             )
+        churn = sum(1 for f in trials if f["term_bumps"] > 1)
+        ax.annotate(
+            f"{p}: >1 term bump in {churn}/{len(trials)}",
+            xy=(0.98, 0.52 - 0.07 * list(doc["presets"]).index(p)),
+            xycoords="axes fraction",
+            ha="right",
+            color=color,
+            fontsize=8,
+        )
     ax.axvline(FAILOVER_TARGET_S, color="black", lw=0.8, ls=":")
-    ax.text(FAILOVER_TARGET_S, 0.03, " 9 s target", fontsize=8)
+    ax.text(FAILOVER_TARGET_S + 0.1, 0.62, "9 s target", fontsize=8, rotation=90)
     ax.set_xlim(0, max(FAILOVER_TARGET_S + 1.5, ax.get_xlim()[1]))
     ax.set_title("Failover time (leader crashed or cut off)")
     ax.set_xlabel("seconds after the fault")

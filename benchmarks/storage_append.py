@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import pathlib
@@ -31,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from phalanx_aio.core.types import Entry
 from phalanx_aio.storage import SQLiteStorage
@@ -41,6 +42,7 @@ from phalanx_aio.storage.sqlite import INSERT_ENTRY, SCHEMA, _pragmas
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 BATCHES = (1, 10, 100, 1000)
 PAYLOAD = bytes(range(64))
+T = TypeVar("T")
 
 
 def commits_for(batch: int, scale: float) -> int:
@@ -127,7 +129,7 @@ async def hop_cost(path: str) -> float:
     return statistics.median(samples)
 
 
-def run_loop(loop_name: str, coro: Callable[[], Coroutine[Any, Any, float]]) -> float:
+def run_loop(loop_name: str, coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``coro`` on a fresh event loop of the named kind."""
     if loop_name == "uvloop":
         import uvloop
@@ -143,7 +145,7 @@ def measure(
     rows = []
     for batch in BATCHES:
         commits = commits_for(batch, scale)
-        tp, ts = run_loop(loop_name, lambda b=batch, c=commits: compare(workdir, synchronous, b, c, blocks))
+        tp, ts = run_loop(loop_name, functools.partial(compare, workdir, synchronous, batch, commits, blocks))
         for f in os.listdir(workdir):
             os.remove(os.path.join(workdir, f))
         commits = max(1, commits // blocks) * blocks

@@ -132,8 +132,10 @@ class _Session:
 class KVStateMachine(StateMachine):
     """A dict of bytes to bytes with exactly-once client sessions.
 
-    ``apply`` returns: PUT -> ``None``; DELETE -> whether the key existed; CAS -> whether it
-    swapped. A retried request (same client and number) returns the first result.
+    ``apply`` returns: PUT -> the previous value (``None`` if the key was absent); DELETE ->
+    whether the key existed; CAS -> the value the key held before (``None`` if absent): the swap
+    happened exactly when that equals ``expected``. A retried request (same client and number)
+    returns the first result.
     """
 
     def __init__(self, *, session_ttl: int = 1_000_000, max_results_per_session: int = 4096) -> None:
@@ -175,20 +177,24 @@ class KVStateMachine(StateMachine):
         result = self._execute(cmd)
         sess.results[cmd.seq] = result
         if len(sess.results) > self.max_results:
-            del sess.results[min(sess.results)]
+            # Forget the oldest result, and treat its number as acknowledged: a retry of it (or
+            # of anything below) is then refused instead of being applied a second time.
+            oldest = min(sess.results)
+            del sess.results[oldest]
+            sess.acked = max(sess.acked, oldest)
         return result
 
     def _execute(self, cmd: KVCommand) -> object:
         if cmd.op is KVOp.PUT:
+            previous = self.data.get(cmd.key)
             self.data[cmd.key] = cmd.value
-            return None
+            return previous
         if cmd.op is KVOp.DELETE:
             return self.data.pop(cmd.key, None) is not None
         current = self.data.get(cmd.key)
-        if current != cmd.expected:
-            return False
-        self.data[cmd.key] = cmd.value
-        return True
+        if current == cmd.expected:
+            self.data[cmd.key] = cmd.value
+        return current
 
     def _expire(self) -> None:
         horizon = self.applied - self.session_ttl
@@ -207,8 +213,11 @@ class KVStateMachine(StateMachine):
             out.append(struct.pack(">QQI", s.last_used, s.acked, len(s.results)))
             for seq in sorted(s.results):
                 r = s.results[seq]
-                tag = 0 if r is None else (1 if r is True else 2)
-                out.append(struct.pack(">QB", seq, tag))
+                if isinstance(r, bytes):
+                    out.append(struct.pack(">QB", seq, 3))
+                    _put_field(out, r)
+                else:
+                    out.append(struct.pack(">QB", seq, 0 if r is None else (1 if r is True else 2)))
         return b"".join(out)
 
     def restore(self, data: bytes) -> None:
@@ -231,6 +240,11 @@ class KVStateMachine(StateMachine):
             for _ in range(n):
                 seq, tag = struct.unpack_from(">QB", data, pos)
                 pos += 9
-                results[seq] = None if tag == 0 else (tag == 1)
+                if tag == 3:  # a bytes result (a previous value), length-prefixed
+                    value = next(_fields(data, pos))
+                    pos += 4 + len(value)
+                    results[seq] = value
+                else:
+                    results[seq] = None if tag == 0 else (tag == 1)
             sessions[cid.decode()] = _Session(last_used, results, acked)
         self.applied, self.data, self.sessions = applied, items, sessions

@@ -10,6 +10,10 @@ hundred microseconds per message, this code a few tens. Log entries travel packe
 ``bytes`` field per message (see :func:`encode_entries`). The tests check both directions
 against the generated betterproto classes, so any protobuf implementation can read the frames.
 
+It also carries the client-facing service of ``kv.proto``: :func:`encode_kv_message` and
+:func:`decode_kv_message` convert the dataclasses of :mod:`phalanx_aio.kv.messages` through the
+generated classes (those calls are few and small).
+
 Decoding never trusts its input: every field is checked (wire types, enum ranges, integers below
 2**63, non-empty UTF-8 ids, the sizes in :class:`Limits`, configuration invariants) and any
 defect raises :class:`~phalanx_aio.errors.ProtocolError`; no other exception escapes a decoder.
@@ -21,9 +25,9 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import NamedTuple, NoReturn, TypeVar
+from typing import Any, NamedTuple, NoReturn, TypeVar
 
 from phalanx_aio.core.types import (
     ConfState,
@@ -35,6 +39,33 @@ from phalanx_aio.core.types import (
     SnapshotMeta,
 )
 from phalanx_aio.errors import ConfigError, LocalError, ProtocolError
+from phalanx_aio.kv.messages import (
+    CompareAndSetRequest,
+    CompareAndSetResponse,
+    DeleteRequest,
+    DeleteResponse,
+    GetRequest,
+    GetResponse,
+    KVRequest,
+    KVResponse,
+    MemberAddRequest,
+    MemberChangeResponse,
+    MemberListRequest,
+    MemberListResponse,
+    MemberPromoteRequest,
+    MemberRemoveRequest,
+    PutRequest,
+    PutResponse,
+    ReadConsistency,
+    StatusRequest,
+    StatusResponse,
+    TransferLeaderRequest,
+    TransferLeaderResponse,
+)
+from phalanx_aio.kv.messages import ErrorCode as KVErrorCode
+from phalanx_aio.kv.messages import Member as KVMember
+from phalanx_aio.kv.messages import RequestHeader as KVRequestHeader
+from phalanx_aio.kv.messages import ResponseHeader as KVResponseHeader
 from phalanx_aio.transport._proto.phalanx import v1 as _pb
 
 __all__ = [
@@ -49,11 +80,13 @@ __all__ = [
     "WireBytes",
     "decode_entries",
     "decode_frame",
+    "decode_kv_message",
     "decode_snapshot_ack",
     "decode_stream_ack",
     "encode_entries",
     "encode_frame",
     "encode_frames",
+    "encode_kv_message",
     "encode_snapshot_ack",
     "encode_stream_ack",
     "snapshot_chunks",
@@ -1034,3 +1067,351 @@ def _ack_int(value: object, what: str) -> int:
     if type(value) is not int or not 0 <= value <= MAX_INT:
         _bad(f"ack field {what} is not an int in [0, 2**63): {value!r:.50}")
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# The client-facing KV service (kv.proto): small unary messages, through the generated classes
+
+
+_MAX_U64 = (1 << 64) - 1
+_KV = TypeVar("_KV")
+_E = TypeVar("_E", KVErrorCode, ReadConsistency)
+
+
+def encode_kv_message(message: KVRequest | KVResponse) -> bytes:
+    """The protobuf bytes of a KV service request or response (a dataclass of
+    :mod:`phalanx_aio.kv.messages`); :class:`EncodeError` if a field is out of range or of the
+    wrong type."""
+    encoder = _KV_ENCODERS.get(type(message))
+    if encoder is None:
+        _cannot(f"{type(message).__name__} is not a KV service message")
+    try:
+        return bytes(encoder(message))
+    except EncodeError:
+        raise
+    except Exception as exc:  # betterproto on a value of the wrong type
+        raise EncodeError(f"{type(message).__name__}: {type(exc).__name__}: {exc}") from exc
+
+
+def decode_kv_message(
+    kind: type[_KV], data: bytes, *, max_bytes: int = DEFAULT_LIMITS.max_frame_bytes
+) -> _KV:
+    """Decode ``data`` as the KV service message ``kind`` (a dataclass of
+    :mod:`phalanx_aio.kv.messages`); :class:`ProtocolError` if it is malformed, over
+    ``max_bytes``, or holds an unknown enum value. No other exception escapes."""
+    entry = _KV_DECODERS.get(kind)
+    if entry is None:
+        raise LocalError(f"{getattr(kind, '__name__', kind)!r} is not a KV service message type")
+    pb_type, convert = entry
+    if len(data) > max_bytes:
+        _bad(f"{kind.__name__} of {len(data)} bytes, over the limit of {max_bytes}")
+    data = bytes(data)
+    # betterproto quietly truncates a field that runs past the end: check the framing first.
+    _kv_walk(data, 0, len(data), kind.__name__, _KV_NESTED.get(kind, (1,)))
+    try:
+        parsed = pb_type().parse(data)
+    except Exception as exc:
+        raise ProtocolError(f"malformed {kind.__name__}: {type(exc).__name__}: {exc}") from exc
+    try:
+        result: _KV = convert(parsed)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"malformed {kind.__name__}: {type(exc).__name__}: {exc}") from exc
+    return result
+
+
+def _kv_walk(data: bytes, pos: int, end: int, what: str, nested: tuple[int, ...]) -> None:
+    """Check that ``data[pos:end]`` is well-framed protobuf, and so are its sub-messages
+    (the field numbers in ``nested``: the header, and the members of a configuration)."""
+    for number, wire, a, b in _fields(data, pos, end, what, max_fields=1 << 20):
+        if number in nested and wire == _LEN:
+            _kv_walk(data, a, b, what, ())
+
+
+def _kv_u64(value: object, what: str) -> int:
+    if type(value) is not int or not 0 <= value <= _MAX_U64:
+        _cannot(f"{what} must be an int in [0, 2**64), not {value!r:.50}")
+    return value
+
+
+def _kv_str(value: object, what: str) -> str:
+    if type(value) is not str:
+        _cannot(f"{what} must be a str, not {type(value).__name__}")
+    return value
+
+
+def _kv_bytes(value: object, what: str) -> bytes:
+    if not isinstance(value, bytes | bytearray):
+        _cannot(f"{what} must be bytes, not {type(value).__name__}")
+    return bytes(value)
+
+
+def _kv_opt(value: object, what: str) -> tuple[bool, bytes]:
+    return (False, b"") if value is None else (True, _kv_bytes(value, what))
+
+
+def _kv_enum(enum_type: type[_E], value: object, what: str) -> _E:
+    try:
+        return enum_type(int(value))  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        _bad(f"unknown {what} {value!r:.50}")
+
+
+def _to_pb_request_header(h: KVRequestHeader) -> _pb.RequestHeader:
+    if not isinstance(h, KVRequestHeader):
+        _cannot(f"header must be a RequestHeader, not {type(h).__name__}")
+    return _pb.RequestHeader(
+        cluster_id=_kv_str(h.cluster_id, "cluster_id"),
+        client_id=_kv_str(h.client_id, "client_id"),
+        sequence=_kv_u64(h.sequence, "sequence"),
+        acked_sequence=_kv_u64(h.acked_sequence, "acked_sequence"),
+    )
+
+
+def _to_pb_response_header(h: KVResponseHeader) -> _pb.ResponseHeader:
+    if not isinstance(h, KVResponseHeader):
+        _cannot(f"header must be a ResponseHeader, not {type(h).__name__}")
+    if not isinstance(h.error, KVErrorCode):
+        _cannot(f"error must be an ErrorCode, not {h.error!r:.50}")
+    return _pb.ResponseHeader(
+        error=_pb.ErrorCode(int(h.error)),
+        message=_kv_str(h.message, "message"),
+        leader_hint=_kv_str(h.leader_hint, "leader_hint"),
+        leader_address=_kv_str(h.leader_address, "leader_address"),
+        term=_kv_u64(h.term, "term"),
+        index=_kv_u64(h.index, "index"),
+    )
+
+
+def _to_pb_members(members: Iterable[KVMember]) -> list[_pb.Member]:
+    out = []
+    for m in members:
+        if not isinstance(m, KVMember):
+            _cannot(f"members must be Member, not {type(m).__name__}")
+        out.append(
+            _pb.Member(
+                node_id=_kv_str(m.node_id, "node_id"),
+                address=_kv_str(m.address, "address"),
+                learner=bool(m.learner),
+            )
+        )
+    return out
+
+
+def _from_pb_request_header(h: _pb.RequestHeader) -> KVRequestHeader:
+    return KVRequestHeader(h.cluster_id, h.client_id, h.sequence, h.acked_sequence)
+
+
+def _from_pb_response_header(h: _pb.ResponseHeader) -> KVResponseHeader:
+    return KVResponseHeader(
+        _kv_enum(KVErrorCode, h.error, "error code"),
+        h.message,
+        h.leader_hint,
+        h.leader_address,
+        h.term,
+        h.index,
+    )
+
+
+def _from_pb_members(members: Iterable[_pb.Member]) -> tuple[KVMember, ...]:
+    return tuple(KVMember(m.node_id, m.address, m.learner) for m in members)
+
+
+def _enc_put(m: PutRequest) -> _pb.PutRequest:
+    return _pb.PutRequest(
+        header=_to_pb_request_header(m.header), key=_kv_bytes(m.key, "key"), value=_kv_bytes(m.value, "value")
+    )
+
+
+def _enc_put_response(m: PutResponse) -> _pb.PutResponse:
+    had, previous = _kv_opt(m.previous, "previous")
+    return _pb.PutResponse(header=_to_pb_response_header(m.header), had_previous=had, previous=previous)
+
+
+def _enc_get(m: GetRequest) -> _pb.GetRequest:
+    if not isinstance(m.consistency, ReadConsistency):
+        _cannot(f"consistency must be a ReadConsistency, not {m.consistency!r:.50}")
+    return _pb.GetRequest(
+        header=_to_pb_request_header(m.header),
+        key=_kv_bytes(m.key, "key"),
+        consistency=_pb.ReadConsistency(int(m.consistency)),
+    )
+
+
+def _enc_get_response(m: GetResponse) -> _pb.GetResponse:
+    found, value = _kv_opt(m.value, "value")
+    return _pb.GetResponse(header=_to_pb_response_header(m.header), found=found, value=value)
+
+
+def _enc_delete(m: DeleteRequest) -> _pb.DeleteRequest:
+    return _pb.DeleteRequest(header=_to_pb_request_header(m.header), key=_kv_bytes(m.key, "key"))
+
+
+def _enc_delete_response(m: DeleteResponse) -> _pb.DeleteResponse:
+    return _pb.DeleteResponse(header=_to_pb_response_header(m.header), deleted=bool(m.deleted))
+
+
+def _enc_cas(m: CompareAndSetRequest) -> _pb.CompareAndSetRequest:
+    present, expected = _kv_opt(m.expected, "expected")
+    return _pb.CompareAndSetRequest(
+        header=_to_pb_request_header(m.header),
+        key=_kv_bytes(m.key, "key"),
+        expected=expected,
+        expect_absent=not present,
+        value=_kv_bytes(m.value, "value"),
+    )
+
+
+def _enc_cas_response(m: CompareAndSetResponse) -> _pb.CompareAndSetResponse:
+    found, current = _kv_opt(m.current, "current")
+    return _pb.CompareAndSetResponse(
+        header=_to_pb_response_header(m.header), swapped=bool(m.swapped), found=found, current=current
+    )
+
+
+def _enc_status_response(m: StatusResponse) -> _pb.StatusResponse:
+    return _pb.StatusResponse(
+        header=_to_pb_response_header(m.header),
+        node_id=_kv_str(m.node_id, "node_id"),
+        role=_kv_str(m.role, "role"),
+        term=_kv_u64(m.term, "term"),
+        leader_id=_kv_str(m.leader_id, "leader_id"),
+        commit_index=_kv_u64(m.commit_index, "commit_index"),
+        applied_index=_kv_u64(m.applied_index, "applied_index"),
+        last_index=_kv_u64(m.last_index, "last_index"),
+        members=_to_pb_members(m.members),
+    )
+
+
+def _enc_member_add(m: MemberAddRequest) -> _pb.MemberAddRequest:
+    return _pb.MemberAddRequest(
+        header=_to_pb_request_header(m.header),
+        node_id=_kv_str(m.node_id, "node_id"),
+        address=_kv_str(m.address, "address"),
+        learner=bool(m.learner),
+    )
+
+
+_KV_NESTED: dict[type[Any], tuple[int, ...]] = {
+    StatusResponse: (1, 9),
+    MemberListResponse: (1, 2),
+    MemberChangeResponse: (1, 2),
+}
+
+_KV_ENCODERS: dict[type[Any], Callable[[Any], Any]] = {
+    PutRequest: _enc_put,
+    PutResponse: _enc_put_response,
+    GetRequest: _enc_get,
+    GetResponse: _enc_get_response,
+    DeleteRequest: _enc_delete,
+    DeleteResponse: _enc_delete_response,
+    CompareAndSetRequest: _enc_cas,
+    CompareAndSetResponse: _enc_cas_response,
+    StatusRequest: lambda m: _pb.StatusRequest(header=_to_pb_request_header(m.header)),
+    StatusResponse: _enc_status_response,
+    MemberListRequest: lambda m: _pb.MemberListRequest(header=_to_pb_request_header(m.header)),
+    MemberListResponse: lambda m: _pb.MemberListResponse(
+        header=_to_pb_response_header(m.header), members=_to_pb_members(m.members)
+    ),
+    MemberAddRequest: _enc_member_add,
+    MemberRemoveRequest: lambda m: _pb.MemberRemoveRequest(
+        header=_to_pb_request_header(m.header), node_id=_kv_str(m.node_id, "node_id")
+    ),
+    MemberPromoteRequest: lambda m: _pb.MemberPromoteRequest(
+        header=_to_pb_request_header(m.header), node_id=_kv_str(m.node_id, "node_id")
+    ),
+    MemberChangeResponse: lambda m: _pb.MemberChangeResponse(
+        header=_to_pb_response_header(m.header), members=_to_pb_members(m.members)
+    ),
+    TransferLeaderRequest: lambda m: _pb.TransferLeaderRequest(
+        header=_to_pb_request_header(m.header), target=_kv_str(m.target, "target")
+    ),
+    TransferLeaderResponse: lambda m: _pb.TransferLeaderResponse(
+        header=_to_pb_response_header(m.header), leader_id=_kv_str(m.leader_id, "leader_id")
+    ),
+}
+
+_KV_DECODERS: dict[type[Any], tuple[type[Any], Callable[[Any], Any]]] = {
+    PutRequest: (_pb.PutRequest, lambda p: PutRequest(_from_pb_request_header(p.header), p.key, p.value)),
+    PutResponse: (
+        _pb.PutResponse,
+        lambda p: PutResponse(_from_pb_response_header(p.header), p.previous if p.had_previous else None),
+    ),
+    GetRequest: (
+        _pb.GetRequest,
+        lambda p: GetRequest(
+            _from_pb_request_header(p.header),
+            p.key,
+            _kv_enum(ReadConsistency, p.consistency, "read consistency"),
+        ),
+    ),
+    GetResponse: (
+        _pb.GetResponse,
+        lambda p: GetResponse(_from_pb_response_header(p.header), p.value if p.found else None),
+    ),
+    DeleteRequest: (_pb.DeleteRequest, lambda p: DeleteRequest(_from_pb_request_header(p.header), p.key)),
+    DeleteResponse: (
+        _pb.DeleteResponse,
+        lambda p: DeleteResponse(_from_pb_response_header(p.header), p.deleted),
+    ),
+    CompareAndSetRequest: (
+        _pb.CompareAndSetRequest,
+        lambda p: CompareAndSetRequest(
+            _from_pb_request_header(p.header), p.key, None if p.expect_absent else p.expected, p.value
+        ),
+    ),
+    CompareAndSetResponse: (
+        _pb.CompareAndSetResponse,
+        lambda p: CompareAndSetResponse(
+            _from_pb_response_header(p.header), p.swapped, p.current if p.found else None
+        ),
+    ),
+    StatusRequest: (_pb.StatusRequest, lambda p: StatusRequest(_from_pb_request_header(p.header))),
+    StatusResponse: (
+        _pb.StatusResponse,
+        lambda p: StatusResponse(
+            _from_pb_response_header(p.header),
+            p.node_id,
+            p.role,
+            p.term,
+            p.leader_id,
+            p.commit_index,
+            p.applied_index,
+            p.last_index,
+            _from_pb_members(p.members),
+        ),
+    ),
+    MemberListRequest: (
+        _pb.MemberListRequest,
+        lambda p: MemberListRequest(_from_pb_request_header(p.header)),
+    ),
+    MemberListResponse: (
+        _pb.MemberListResponse,
+        lambda p: MemberListResponse(_from_pb_response_header(p.header), _from_pb_members(p.members)),
+    ),
+    MemberAddRequest: (
+        _pb.MemberAddRequest,
+        lambda p: MemberAddRequest(_from_pb_request_header(p.header), p.node_id, p.address, p.learner),
+    ),
+    MemberRemoveRequest: (
+        _pb.MemberRemoveRequest,
+        lambda p: MemberRemoveRequest(_from_pb_request_header(p.header), p.node_id),
+    ),
+    MemberPromoteRequest: (
+        _pb.MemberPromoteRequest,
+        lambda p: MemberPromoteRequest(_from_pb_request_header(p.header), p.node_id),
+    ),
+    MemberChangeResponse: (
+        _pb.MemberChangeResponse,
+        lambda p: MemberChangeResponse(_from_pb_response_header(p.header), _from_pb_members(p.members)),
+    ),
+    TransferLeaderRequest: (
+        _pb.TransferLeaderRequest,
+        lambda p: TransferLeaderRequest(_from_pb_request_header(p.header), p.target),
+    ),
+    TransferLeaderResponse: (
+        _pb.TransferLeaderResponse,
+        lambda p: TransferLeaderResponse(_from_pb_response_header(p.header), p.leader_id),
+    ),
+}

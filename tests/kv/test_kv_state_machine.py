@@ -16,12 +16,18 @@ def run(sm: KVStateMachine, **kw: object) -> object:
 
 def test_put_get_delete_cas() -> None:
     sm = KVStateMachine()
-    assert run(sm, op=KVOp.PUT, key=b"a", value=b"1") is None
+    assert run(sm, op=KVOp.PUT, key=b"a", value=b"1") is None  # PUT returns the previous value
     assert sm.get(b"a") == b"1"
-    assert run(sm, op=KVOp.CAS, key=b"a", value=b"2", expected=b"9") is False
-    assert run(sm, op=KVOp.CAS, key=b"a", value=b"2", expected=b"1") is True
+    assert run(sm, op=KVOp.PUT, key=b"a", value=b"1") == b"1"
+    # CAS returns the value found; it swapped exactly when that equals the expected value.
+    assert run(sm, op=KVOp.CAS, key=b"a", value=b"2", expected=b"9") == b"1"
+    assert sm.get(b"a") == b"1"
+    assert run(sm, op=KVOp.CAS, key=b"a", value=b"2", expected=b"1") == b"1"
     assert sm.get(b"a") == b"2"
-    assert run(sm, op=KVOp.CAS, key=b"b", value=b"x", expected=None) is True
+    assert run(sm, op=KVOp.CAS, key=b"b", value=b"x", expected=None) is None
+    assert sm.get(b"b") == b"x"
+    assert run(sm, op=KVOp.CAS, key=b"b", value=b"y", expected=None) == b"x"
+    assert sm.get(b"b") == b"x"
     assert run(sm, op=KVOp.DELETE, key=b"a") is True
     assert run(sm, op=KVOp.DELETE, key=b"a") is False
     assert sm.get(b"a") is None
@@ -31,7 +37,8 @@ def test_retried_request_is_applied_once() -> None:
     sm = KVStateMachine()
     first = run(sm, op=KVOp.CAS, key=b"k", value=b"v", expected=None, client_id="c1", seq=1)
     again = run(sm, op=KVOp.CAS, key=b"k", value=b"v", expected=None, client_id="c1", seq=1)
-    assert first is True and again is True  # without the session the retry would say False
+    assert first is None and again is None  # without the session the retry would find b"v"
+    assert run(sm, op=KVOp.PUT, key=b"n", value=b"1", client_id="c1", seq=2, acked=1) is None
     assert run(sm, op=KVOp.PUT, key=b"n", value=b"1", client_id="c1", seq=2, acked=1) is None
     with pytest.raises(SessionExpired):
         run(sm, op=KVOp.PUT, key=b"n", value=b"2", client_id="c1", seq=1, acked=1)
@@ -61,6 +68,32 @@ def test_snapshot_round_trip_keeps_sessions() -> None:
     run(sm, op=KVOp.CAS, key=b"zz", value=b"", expected=None)  # now zz exists
     run(copy, op=KVOp.CAS, key=b"zz", value=b"", expected=None)
     assert run(copy, op=KVOp.DELETE, key=b"zz", client_id="c", seq=2) is False  # cached result
+
+
+def test_snapshot_keeps_cached_previous_values() -> None:
+    sm = KVStateMachine()
+    run(sm, op=KVOp.PUT, key=b"a", value=b"old")
+    assert run(sm, op=KVOp.PUT, key=b"a", value=b"new", client_id="c", seq=1) == b"old"
+    assert run(sm, op=KVOp.CAS, key=b"a", value=b"x", expected=b"nope", client_id="c", seq=2) == b"new"
+    run(sm, op=KVOp.PUT, key=b"a", value=b"newer")
+    copy = KVStateMachine()
+    copy.restore(sm.snapshot())
+    assert copy.snapshot() == sm.snapshot()
+    # Retries are answered from the restored memory, bytes results included.
+    assert run(copy, op=KVOp.PUT, key=b"a", value=b"new", client_id="c", seq=1) == b"old"
+    assert run(copy, op=KVOp.CAS, key=b"a", value=b"x", expected=b"nope", client_id="c", seq=2) == b"new"
+    assert copy.get(b"a") == b"newer"
+
+
+def test_evicted_results_are_not_applied_again() -> None:
+    sm = KVStateMachine(max_results_per_session=2)
+    for seq in (1, 2, 3):  # nothing acknowledged: the result of 1 is evicted
+        run(sm, op=KVOp.PUT, key=b"k%d" % seq, value=b"v", client_id="c", seq=seq)
+    run(sm, op=KVOp.DELETE, key=b"k1")
+    with pytest.raises(SessionExpired):
+        run(sm, op=KVOp.PUT, key=b"k1", value=b"v", client_id="c", seq=1)
+    assert sm.get(b"k1") is None
+    assert run(sm, op=KVOp.PUT, key=b"k3", value=b"w", client_id="c", seq=3) is None  # still cached
 
 
 commands = st.builds(

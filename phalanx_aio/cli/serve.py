@@ -1,0 +1,212 @@
+"""``phalanx-aio serve``: run one member of a replicated KV cluster until SIGTERM or SIGINT.
+
+Settings come from (lowest to highest precedence) a TOML file (``--config``), ``PHALANX_*``
+environment variables, then command-line flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import pathlib
+import signal
+import ssl
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from phalanx_aio.core.config import Config
+from phalanx_aio.errors import ConfigError
+
+__all__ = ["ServeSettings", "add_serve_arguments", "resolve_settings", "serve"]
+
+log = logging.getLogger("phalanx_aio.cli")
+
+
+@dataclass(slots=True)
+class ServeSettings:
+    """Everything ``serve`` needs, validated."""
+
+    id: str
+    listen: str
+    data_dir: pathlib.Path
+    peers: dict[str, str] = field(default_factory=dict)
+    preset: str = "lan"
+    cluster_id: str = "phalanx"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+
+
+_ENV = {
+    "id": "PHALANX_ID",
+    "listen": "PHALANX_LISTEN",
+    "data_dir": "PHALANX_DATA_DIR",
+    "peers": "PHALANX_PEERS",
+    "preset": "PHALANX_PRESET",
+    "cluster_id": "PHALANX_CLUSTER_ID",
+    "tls_cert": "PHALANX_TLS_CERT",
+    "tls_key": "PHALANX_TLS_KEY",
+    "tls_ca": "PHALANX_TLS_CA",
+}
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the ``serve`` flags (defaults are None so files and environment can fill in)."""
+    p.add_argument("--config", help="a TOML file with the same settings (keys as the long flags, '-' -> '_')")
+    p.add_argument("--id", help="this node's id (env PHALANX_ID)")
+    p.add_argument("--listen", help="HOST:PORT to serve peers and clients on (env PHALANX_LISTEN)")
+    p.add_argument(
+        "--peer",
+        action="append",
+        metavar="ID=HOST:PORT",
+        help="a founding member (repeat; env PHALANX_PEERS, comma-separated)",
+    )
+    p.add_argument("--data-dir", help="where the SQLite database lives (env PHALANX_DATA_DIR)")
+    p.add_argument("--preset", choices=["lan", "global-mesh"], help="timing preset (default lan)")
+    p.add_argument("--cluster-id", help="refuse peers and clients of other clusters (default 'phalanx')")
+    p.add_argument("--tls-cert", help="this node's certificate (PEM); enables TLS")
+    p.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    p.add_argument("--tls-ca", help="CA bundle peers' and clients' certificates must chain to (mutual TLS)")
+
+
+def _parse_peers(items: list[str], where: str) -> dict[str, str]:
+    peers: dict[str, str] = {}
+    for item in items:
+        nid, sep, addr = item.strip().partition("=")
+        if not sep or not nid or ":" not in addr:
+            raise ConfigError(f"{where}: peer {item!r} is not ID=HOST:PORT")
+        if nid in peers:
+            raise ConfigError(f"{where}: peer {nid!r} given twice")
+        peers[nid] = addr
+    return peers
+
+
+def _check_address(value: str, what: str) -> str:
+    _host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} {value!r} is not HOST:PORT with a port in 1-65535")
+    return value
+
+
+def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServeSettings:
+    """Merge the TOML file, the environment and the flags; raise :class:`ConfigError` with a
+    one-line reason on anything missing or malformed."""
+    env = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    if args.config:
+        path = pathlib.Path(args.config)
+        try:
+            doc = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"--config {path}: {exc.strerror or exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--config {path}: not valid TOML: {exc}") from exc
+        unknown = set(doc) - set(_ENV) - {"peer"}
+        if unknown:
+            raise ConfigError(f"--config {path}: unknown settings {sorted(unknown)}")
+        for key, value in doc.items():
+            if key in ("peers", "peer"):
+                if isinstance(value, dict):
+                    merged["peers"] = {str(k): str(v) for k, v in value.items()}
+                elif isinstance(value, list):
+                    merged["peers"] = _parse_peers([str(v) for v in value], str(path))
+                else:
+                    raise ConfigError(f"--config {path}: peers must be a table or a list")
+            else:
+                merged[key] = str(value)
+    for key, var in _ENV.items():
+        if var in env and env[var] != "":
+            merged[key] = _parse_peers(env[var].split(","), var) if key == "peers" else env[var]
+    for key in _ENV:
+        flag_value = getattr(args, "peer" if key == "peers" else key, None)
+        if flag_value is not None:
+            merged[key] = _parse_peers(flag_value, "--peer") if key == "peers" else flag_value
+    for key in ("id", "listen", "data_dir"):
+        if not merged.get(key):
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag} is required (or {_ENV[key]}, or '{key}' in --config)")
+    settings = ServeSettings(
+        id=str(merged["id"]),
+        listen=_check_address(str(merged["listen"]), "--listen"),
+        data_dir=pathlib.Path(merged["data_dir"]),
+        peers=dict(merged.get("peers", {})),
+        preset=str(merged.get("preset", "lan")),
+        cluster_id=str(merged.get("cluster_id", "phalanx")),
+        tls_cert=merged.get("tls_cert"),
+        tls_key=merged.get("tls_key"),
+        tls_ca=merged.get("tls_ca"),
+    )
+    if settings.preset not in ("lan", "global-mesh"):
+        raise ConfigError(f"--preset must be lan or global-mesh, not {settings.preset!r}")
+    if settings.id in settings.peers:
+        raise ConfigError(f"--peer lists this node's own id {settings.id!r}")
+    if (settings.tls_key or settings.tls_ca) and not settings.tls_cert:
+        raise ConfigError("--tls-key and --tls-ca need --tls-cert")
+    return settings
+
+
+def _ssl_contexts(s: ServeSettings) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    if not s.tls_cert:
+        return None, None
+    from phalanx_aio.transport.grpc import client_ssl_context, server_ssl_context
+
+    try:
+        server = server_ssl_context(s.tls_cert, s.tls_key, cafile=s.tls_ca)
+        client = client_ssl_context(s.tls_ca or s.tls_cert, certfile=s.tls_cert, keyfile=s.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"TLS setup failed: {exc}") from exc
+    return server, client
+
+
+async def serve(s: ServeSettings, *, ready: asyncio.Event | None = None) -> None:
+    """Run the node until SIGTERM/SIGINT (or until ``ready`` owner cancels us)."""
+    from phalanx_aio.kv.service import KVService
+    from phalanx_aio.kv.state_machine import KVStateMachine
+    from phalanx_aio.node import RaftNode
+    from phalanx_aio.storage import SQLiteStorage
+    from phalanx_aio.transport.grpc import GrpcTransport
+
+    try:
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--data-dir {s.data_dir}: {exc.strerror or exc}") from exc
+    server_ssl, client_ssl = _ssl_contexts(s)
+    service = KVService()
+    transport = GrpcTransport(
+        node_id=s.id,
+        cluster_id=s.cluster_id,
+        listen=s.listen,
+        server_ssl=server_ssl,
+        client_ssl=client_ssl,
+        extra_handlers=[service],
+    )
+    config = Config.global_mesh() if s.preset == "global-mesh" else Config.lan()
+    node = RaftNode(
+        s.id,
+        address=s.listen,
+        peers=s.peers,
+        state_machine=KVStateMachine(),
+        storage=SQLiteStorage(s.data_dir / f"{s.id}.db"),
+        config=config,
+        cluster_id=s.cluster_id,
+        transport=transport,
+    )
+    service.attach(node)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with node:
+            log.info("%s serving on %s (cluster %s, preset %s)", s.id, s.listen, s.cluster_id, s.preset)
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            log.info("%s shutting down", s.id)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,68 @@
+"""``phalanx-aio serve`` settings and ``phalanx-aio demo`` end to end (short run)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import pathlib
+
+import pytest
+
+from phalanx_aio.cli.demo import run_demo
+from phalanx_aio.cli.main import build_parser, main
+from phalanx_aio.cli.serve import resolve_settings
+from phalanx_aio.errors import ConfigError
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["serve", *argv])
+
+
+def test_settings_merge_toml_env_and_flags(tmp_path: pathlib.Path) -> None:
+    cfg = tmp_path / "n1.toml"
+    cfg.write_text('id = "n1"\nlisten = "127.0.0.1:7001"\ndata_dir = "/d"\npeers = {n2 = "127.0.0.1:7002"}\n')
+    env = {"PHALANX_PRESET": "global-mesh", "PHALANX_DATA_DIR": "/e"}
+    s = resolve_settings(_args("--config", str(cfg), "--data-dir", "/f"), env)
+    assert (s.id, s.listen, s.preset, str(s.data_dir)) == ("n1", "127.0.0.1:7001", "global-mesh", "/f")
+    assert s.peers == {"n2": "127.0.0.1:7002"}
+    s2 = resolve_settings(
+        _args("--id", "a", "--listen", "h:1", "--data-dir", "x"), {"PHALANX_PEERS": "b=h:2,c=h:3"}
+    )
+    assert s2.peers == {"b": "h:2", "c": "h:3"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--listen", "h:1", "--data-dir", "d"], "--id is required"),
+        (["--id", "a", "--listen", "nope", "--data-dir", "d"], "not HOST:PORT"),
+        (["--id", "a", "--listen", "h:1", "--data-dir", "d", "--peer", "bad"], "not ID=HOST:PORT"),
+        (["--id", "a", "--listen", "h:1", "--data-dir", "d", "--peer", "a=h:2"], "own id"),
+        (["--id", "a", "--listen", "h:1", "--data-dir", "d", "--tls-ca", "x"], "need --tls-cert"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_settings(_args(*argv), {})
+
+
+def test_serve_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--listen", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "--id is required" in err and "Traceback" not in err
+
+
+def test_bad_toml_is_reported(tmp_path: pathlib.Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("id = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        resolve_settings(_args("--config", str(cfg)), {})
+
+
+async def test_demo_kills_the_leader_and_loses_nothing() -> None:
+    out = io.StringIO()
+    res = await run_demo(seconds=4.0, clients=4, out=out)
+    text = out.getvalue()
+    assert res.ops > 0 and res.lost == 0 and res.verified == res.ops
+    assert res.killed is not None and res.elections >= 2
+    assert "acknowledged writes lost" in text
