@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import pathlib
-import socket
 import statistics
 import struct
 import tempfile
@@ -22,6 +21,7 @@ import time
 
 import phalanx_aio
 from phalanx_aio import Config, RaftNode, SQLiteStorage, StateMachine
+from phalanx_aio._net import free_loopback_ports
 
 
 class Counter(StateMachine):
@@ -39,19 +39,9 @@ class Counter(StateMachine):
         (self.value,) = struct.unpack(">q", data)
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 async def one_run(config: Config) -> dict[str, float]:
     ids = ["n1", "n2", "n3"]
-    addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(ids, free_ports(3), strict=True)}
+    addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(ids, free_loopback_ports(3), strict=True)}
     with tempfile.TemporaryDirectory() as tmp:
         sms = {nid: Counter() for nid in ids}
         nodes = [

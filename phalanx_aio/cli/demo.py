@@ -13,7 +13,6 @@ import contextlib
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from phalanx_aio._net import free_loopback_ports
 from phalanx_aio.errors import NotApplied, PhalanxError
 
 __all__ = ["DemoResult", "run_demo"]
@@ -67,21 +67,10 @@ class DemoResult:
         return "\n".join([line, *body, line])
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 class _Cluster:
     def __init__(self, n: int, workdir: pathlib.Path) -> None:
         self.ids = [f"n{i + 1}" for i in range(n)]
-        self.addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(self.ids, _free_ports(n), strict=True)}
+        self.addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(self.ids, free_loopback_ports(n), strict=True)}
         self.workdir = workdir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: list[TextIO] = []

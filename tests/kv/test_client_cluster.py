@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
+from phalanx_aio._net import free_loopback_ports
 from phalanx_aio.errors import ClosedError, LocalError, NotApplied, NotLeader, OutcomeUnknown
 from phalanx_aio.kv import ErrorCode, KVClient, RequestRefused, SessionExpired, Unavailable
 from phalanx_aio.kv.client import _AttemptFailed
-from tests.kv.test_service_cluster import CLUSTER, DEADLINE, KVCluster, free_ports, kv_cluster
+from tests.kv.test_service_cluster import CLUSTER, DEADLINE, KVCluster, kv_cluster
 
 __all__ = ["kv_cluster"]  # the fixture, imported for use here
 
@@ -164,7 +165,7 @@ async def test_status_members_membership_and_transfer(kv_cluster: KVCluster) -> 
             (nid, c.addr[nid], False) for nid in c.ids
         ]
         # A fourth node joins as a learner, is promoted, leadership moves, then it leaves.
-        c.addr["n4"] = f"127.0.0.1:{free_ports(1)[0]}"
+        c.addr["n4"] = f"127.0.0.1:{free_loopback_ports(1)[0]}"
         await c.start("n4", founders=["n1", "n2", "n3"], join=True)
         after = await kv.add_member("n4", c.addr["n4"])
         assert ("n4", True) in {(m.node_id, m.learner) for m in after}
@@ -183,7 +184,7 @@ async def test_status_members_membership_and_transfer(kv_cluster: KVCluster) -> 
 
 
 async def test_outcomes_without_a_cluster() -> None:
-    (port,) = free_ports(1)
+    (port,) = free_loopback_ports(1)
     async with KVClient([f"127.0.0.1:{port}"], timeout=0.5) as kv:
         with pytest.raises(Unavailable):  # never connected: certainly not applied
             await kv.put(b"k", b"v")

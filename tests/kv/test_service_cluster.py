@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,26 +17,16 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality
 
 from phalanx_aio import Config, LocalError, RaftNode, SQLiteStorage
+from phalanx_aio._net import free_loopback_ports
 from phalanx_aio.kv import KVService, KVStateMachine
 from phalanx_aio.kv import messages as m
 from phalanx_aio.transport.codec import WireBytes, decode_kv_message, encode_kv_message
 from phalanx_aio.transport.grpc import GrpcTransport
+from tests.helpers import find_leader
 
 CFG = Config.lan(tick_interval=0.02)
 DEADLINE = 15.0
 CLUSTER = "kv-test"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class KVCluster:
@@ -46,7 +35,7 @@ class KVCluster:
     def __init__(self, tmp: pathlib.Path, ids: list[str]) -> None:
         self.tmp = tmp
         self.ids = list(ids)
-        self.addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(ids, free_ports(len(ids)), strict=True)}
+        self.addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(ids, free_loopback_ports(len(ids)), strict=True)}
         self.nodes: dict[str, RaftNode] = {}
         self.sms: dict[str, KVStateMachine] = {}
         self.services: dict[str, KVService] = {}
@@ -78,14 +67,7 @@ class KVCluster:
         await self.nodes.pop(nid).aclose()
 
     async def leader(self) -> RaftNode:
-        async def find() -> RaftNode:
-            while True:
-                for n in self.nodes.values():
-                    if n.is_leader:
-                        return n
-                await asyncio.sleep(0.02)
-
-        return await asyncio.wait_for(find(), DEADLINE)
+        return await find_leader(self.nodes.values, DEADLINE)
 
     async def follower(self) -> RaftNode:
         """A follower that knows the leader."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from collections.abc import AsyncIterator, Callable
 
@@ -12,6 +11,7 @@ from phalanx_aio.core import Config
 from phalanx_aio.node import RaftNode, StateMachine
 from phalanx_aio.storage import MemoryStorage
 from phalanx_aio.transport.memory import MemoryNetwork
+from tests.helpers import find_leader, poll_until
 
 # Fast, still generous timing: 10 ms ticks, elections after 100-200 ms.
 FAST = Config.lan(tick_interval=0.01)
@@ -75,21 +75,10 @@ class Harness:
         await self.nodes.pop(nid).aclose()
 
     async def leader(self) -> RaftNode:
-        async def find() -> RaftNode:
-            while True:
-                for n in self.nodes.values():
-                    if n.is_leader:
-                        return n
-                await asyncio.sleep(0.01)
-
-        return await asyncio.wait_for(find(), DEADLINE)
+        return await find_leader(self.nodes.values, DEADLINE)
 
     async def until(self, pred: Callable[[], bool]) -> None:
-        async def poll() -> None:
-            while not pred():
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(poll(), DEADLINE)
+        await poll_until(pred, DEADLINE)
 
     async def aclose(self) -> None:
         for nid in list(self.nodes):

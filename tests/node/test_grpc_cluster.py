@@ -7,34 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from phalanx_aio import Config, RaftNode, SQLiteStorage
+from phalanx_aio._net import free_loopback_ports
+from tests.helpers import find_leader, poll_until
 from tests.node.conftest import DEADLINE, Counter
 
 CFG = Config.lan(tick_interval=0.02)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class GrpcCluster:
     def __init__(self, tmp: pathlib.Path, ids: list[str]) -> None:
         self.tmp = tmp
         self.ids = list(ids)
-        self.addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(ids, free_ports(len(ids)), strict=True)}
+        self.addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(ids, free_loopback_ports(len(ids)), strict=True)}
         self.nodes: dict[str, RaftNode] = {}
         self.sms: dict[str, Counter] = {}
 
@@ -59,21 +48,10 @@ class GrpcCluster:
         await self.nodes.pop(nid).aclose()
 
     async def leader(self) -> RaftNode:
-        async def find() -> RaftNode:
-            while True:
-                for n in self.nodes.values():
-                    if n.is_leader:
-                        return n
-                await asyncio.sleep(0.02)
+        return await find_leader(self.nodes.values, DEADLINE)
 
-        return await asyncio.wait_for(find(), DEADLINE)
-
-    async def until(self, pred: object) -> None:
-        async def poll() -> None:
-            while not pred():  # type: ignore[operator]
-                await asyncio.sleep(0.02)
-
-        await asyncio.wait_for(poll(), DEADLINE)
+    async def until(self, pred: Callable[[], bool]) -> None:
+        await poll_until(pred, DEADLINE)
 
 
 @pytest.fixture
