@@ -1,7 +1,9 @@
 """The ``phalanx-aio`` command line.
 
-Today it carries ``sim`` (the deterministic simulator). User errors print one line and exit
-with status 2 (bad arguments) or 1 (a failed run); they never print a traceback.
+It carries ``sim`` (the deterministic simulator), ``serve`` and ``demo``, and the client
+subcommands (``put``, ``get``, ``delete``, ``cas``, ``status``, ``members``, ``transfer-leader``;
+see :mod:`phalanx_aio.cli.client_cmds`). User errors print one line and exit with status 2 (bad
+arguments) or 1 (a failed run); they never print a traceback.
 """
 
 from __future__ import annotations
@@ -108,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=_positive_int, default=15, help="how long to write (default 15)")
     demo.add_argument("--clients", type=_positive_int, default=16, help="concurrent writers (default 16)")
     demo.add_argument("--keep", action="store_true", help="keep the data directory and logs")
+
+    from phalanx_aio.cli.client_cmds import add_client_parsers
+
+    add_client_parsers(sub)
     return parser
 
 
@@ -230,6 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_serve(args)
         if args.command == "demo":
             return _cmd_demo(args)
+        from phalanx_aio.cli.client_cmds import CLIENT_COMMANDS, run_client_command
+
+        if args.command in CLIENT_COMMANDS:
+            return run_client_command(args)
     except ConfigError as exc:
         print(f"phalanx-aio: error: {exc}", file=sys.stderr)
         return 2

@@ -39,6 +39,8 @@ class ServeSettings:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
+    http: str | None = None
+    """HOST:PORT of the observability endpoint (``/healthz``, ``/status``, ``/metrics``), if any."""
 
 
 _ENV = {
@@ -51,6 +53,7 @@ _ENV = {
     "tls_cert": "PHALANX_TLS_CERT",
     "tls_key": "PHALANX_TLS_KEY",
     "tls_ca": "PHALANX_TLS_CA",
+    "http": "PHALANX_HTTP",
 }
 
 
@@ -71,6 +74,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", help="this node's certificate (PEM); enables TLS")
     p.add_argument("--tls-key", help="the certificate's private key (PEM)")
     p.add_argument("--tls-ca", help="CA bundle peers' and clients' certificates must chain to (mutual TLS)")
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve /healthz, /status and /metrics (Prometheus) over HTTP here (env PHALANX_HTTP)",
+    )
 
 
 def _parse_peers(items: list[str], where: str) -> dict[str, str]:
@@ -139,6 +147,7 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
         tls_cert=merged.get("tls_cert"),
         tls_key=merged.get("tls_key"),
         tls_ca=merged.get("tls_ca"),
+        http=_check_address(str(merged["http"]), "--http") if merged.get("http") else None,
     )
     if settings.preset not in ("lan", "global-mesh"):
         raise ConfigError(f"--preset must be lan or global-mesh, not {settings.preset!r}")
@@ -167,6 +176,7 @@ async def serve(s: ServeSettings, *, ready: asyncio.Event | None = None) -> None
     from phalanx_aio.kv.service import KVService
     from phalanx_aio.kv.state_machine import KVStateMachine
     from phalanx_aio.node import RaftNode
+    from phalanx_aio.observability import MeteredKVService, NodeMetrics, ObservabilityServer
     from phalanx_aio.storage import SQLiteStorage
     from phalanx_aio.transport.grpc import GrpcTransport
 
@@ -175,7 +185,7 @@ async def serve(s: ServeSettings, *, ready: asyncio.Event | None = None) -> None
     except OSError as exc:
         raise ConfigError(f"--data-dir {s.data_dir}: {exc.strerror or exc}") from exc
     server_ssl, client_ssl = _ssl_contexts(s)
-    service = KVService()
+    service = MeteredKVService() if s.http else KVService()
     transport = GrpcTransport(
         node_id=s.id,
         cluster_id=s.cluster_id,
@@ -196,6 +206,12 @@ async def serve(s: ServeSettings, *, ready: asyncio.Event | None = None) -> None
         transport=transport,
     )
     service.attach(node)
+    http: ObservabilityServer | None = None
+    if s.http:
+        assert isinstance(service, MeteredKVService)
+        service.metrics = NodeMetrics(node, transport_stats=lambda: transport.stats)
+        host, _, port = s.http.rpartition(":")
+        http = ObservabilityServer(node, service.metrics, host=host.strip("[]"), port=int(port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -203,10 +219,18 @@ async def serve(s: ServeSettings, *, ready: asyncio.Event | None = None) -> None
     try:
         async with node:
             log.info("%s serving on %s (cluster %s, preset %s)", s.id, s.listen, s.cluster_id, s.preset)
+            if http is not None:
+                try:
+                    await http.start()
+                except OSError as exc:
+                    raise ConfigError(f"--http {s.http}: {exc.strerror or exc}") from exc
+                log.info("%s observability endpoint on http://%s/", s.id, s.http)
             if ready is not None:
                 ready.set()
             await stop.wait()
             log.info("%s shutting down", s.id)
     finally:
+        if http is not None:
+            await http.aclose()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -28,6 +28,8 @@ class ConfChangeType(enum.Enum):
     """Add a voter; on an existing learner this is a promotion."""
     REMOVE = "remove"
     """Remove a voter or a learner."""
+    PROMOTE = "promote"
+    """Make an existing learner a voter (refused for anyone else)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,11 @@ def apply_change(conf: ConfState, change: ConfChange) -> ConfState:
     elif change.type is ConfChangeType.ADD_VOTER:
         if nid in voters:
             raise ProposalDropped(f"{nid!r} is already a voter")
+        learners.discard(nid)
+        voters.add(nid)
+    elif change.type is ConfChangeType.PROMOTE:
+        if nid not in learners:
+            raise ProposalDropped(f"cannot promote {nid!r}: it is not a learner")
         learners.discard(nid)
         voters.add(nid)
     else:

@@ -329,7 +329,7 @@ class RaftNode:
 
     async def promote(self, node_id: str, *, timeout: float | None = None) -> None:
         """Make learner ``node_id`` a voter; returns once committed. Leader only."""
-        await self._conf_change(ConfChange(ConfChangeType.ADD_VOTER, node_id), timeout)
+        await self._conf_change(ConfChange(ConfChangeType.PROMOTE, node_id), timeout)
 
     async def remove_member(self, node_id: str, *, timeout: float | None = None) -> None:
         """Remove ``node_id`` (voter or learner); returns once committed. Leader only."""
@@ -548,8 +548,8 @@ class RaftNode:
             try:
                 await self._storage.save(hard_state=rd.hard_state, entries=rd.entries, snapshot=rd.snapshot)
             except StorageError as exc:
-                if self._storage.healthy or self._closed:
-                    raise
+                if self._storage.healthy or self._storage.failed or self._closed:
+                    raise  # not a full disk: the store refuses writes for good
                 if self._healthy:
                     self.log.error(
                         "storage refuses writes (%s); acknowledging nothing until it recovers", exc

@@ -254,7 +254,7 @@ class _Run:
                 nid = sorted(conf.learners)[0]
                 pr = leader.core.prs.get(nid)
                 if pr is not None and pr.match >= leader.core.log.committed:
-                    c.conf_change(leader.id, ConfChange(ConfChangeType.ADD_VOTER, nid))
+                    c.conf_change(leader.id, ConfChange(ConfChangeType.PROMOTE, nid))
             elif len(conf.voters) > 3 and rng.random() < 0.5:
                 victim = rng.choice(sorted(conf.voters))
                 c.conf_change(leader.id, ConfChange(ConfChangeType.REMOVE, victim))

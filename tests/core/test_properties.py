@@ -323,8 +323,8 @@ def oracle_apply(conf: ConfState, ch: ConfChange) -> ConfState | None:
             return None
         learners.add(nid)
         ctx[nid] = ch.context
-    elif ch.type is ConfChangeType.ADD_VOTER:
-        if nid in voters:
+    elif ch.type in (ConfChangeType.ADD_VOTER, ConfChangeType.PROMOTE):
+        if nid in voters or (ch.type is ConfChangeType.PROMOTE and nid not in learners):
             return None
         learners.discard(nid)
         voters.add(nid)

@@ -223,3 +223,12 @@ async def test_membership_changes_queue_until_the_leader_can_take_them(cluster: 
     # Right after winning, the new leader has not committed in its term yet: still accepted.
     await new.promote("n4")
     assert "n4" in new.status().voters
+
+
+async def test_promote_refuses_a_node_that_is_not_a_learner(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    with pytest.raises(ProposalDropped, match="not a learner"):
+        await leader.promote("nobody")
+    with pytest.raises(ProposalDropped, match="not a learner"):
+        await leader.promote(next(nid for nid in cluster.ids if nid != leader.id))
+    assert "nobody" not in leader.status().voters

@@ -1,0 +1,192 @@
+"""Prometheus metrics of one node, kept in a per-node :class:`~prometheus_client.CollectorRegistry`.
+
+:class:`NodeMetrics` samples :meth:`RaftNode.status() <phalanx_aio.node.RaftNode.status>` (on
+every scrape, and periodically while the HTTP endpoint runs, so that changes between scrapes
+are counted) and reads the transport's counters at scrape time. :class:`MeteredKVService` is a
+:class:`~phalanx_aio.kv.KVService` that times and counts the writes it proposes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from phalanx_aio.errors import PhalanxError
+from phalanx_aio.kv.messages import (
+    CompareAndSetRequest,
+    DeleteRequest,
+    ErrorCode,
+    KVRequest,
+    KVResponse,
+    PutRequest,
+)
+from phalanx_aio.kv.service import KVService
+from phalanx_aio.node.raft_node import NodeStatus, RaftNode
+
+__all__ = ["ROLES", "MeteredKVService", "NodeMetrics"]
+
+ROLES: Final = ("leader", "follower", "candidate", "pre-candidate")
+"""The values of the ``role`` label of ``phalanx_role``."""
+
+_WRITES: Final = (PutRequest, DeleteRequest, CompareAndSetRequest)
+_NOT_PROPOSED: Final = frozenset({ErrorCode.NOT_LEADER, ErrorCode.WRONG_CLUSTER, ErrorCode.INVALID_ARGUMENT})
+_LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _TransportCollector(Collector):
+    """Turns the transport's counters (``GrpcTransport.stats``) into two metric families at
+    scrape time: ``phalanx_transport_rejected_total{reason}`` for the ``rejected_*`` counters and
+    ``phalanx_transport_events_total{event}`` for the rest."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        rejected = CounterMetricFamily(
+            "phalanx_transport_rejected",
+            "Inbound peer calls the transport ended because of bad input, by reason.",
+            labels=["reason"],
+        )
+        events = CounterMetricFamily(
+            "phalanx_transport_events", "The transport's other counters, by event.", labels=["event"]
+        )
+        for key, value in sorted(self._stats().items()):
+            if key.startswith("rejected_"):
+                rejected.add_metric([key.removeprefix("rejected_")], value)
+            else:
+                events.add_metric([key], value)
+        yield rejected
+        yield events
+
+
+class NodeMetrics:
+    """The metrics of one node. Give it the node and (optionally) a callable returning the
+    transport's counters, such as ``lambda: transport.stats``."""
+
+    def __init__(
+        self, node: RaftNode, *, transport_stats: Callable[[], Mapping[str, int]] | None = None
+    ) -> None:
+        self.node = node
+        self.registry = CollectorRegistry(auto_describe=True)
+        """The registry every metric of this node lives in (no process-global state)."""
+        r = self.registry
+        self.term = Gauge("phalanx_term", "The node's current term.", registry=r)
+        self.commit_index = Gauge(
+            "phalanx_commit_index", "The highest log index known committed.", registry=r
+        )
+        self.applied_index = Gauge("phalanx_applied_index", "The highest log index applied.", registry=r)
+        self.last_index = Gauge("phalanx_last_index", "The index of the last log entry.", registry=r)
+        self.first_index = Gauge(
+            "phalanx_first_index", "The index of the first entry kept in the log.", registry=r
+        )
+        self.role = Gauge(
+            "phalanx_role", "1 for the node's current role, 0 for the others.", ["role"], registry=r
+        )
+        self.is_leader = Gauge("phalanx_is_leader", "1 if this node is the leader.", registry=r)
+        self.healthy = Gauge(
+            "phalanx_healthy", "1 unless storage refuses writes or the node failed.", registry=r
+        )
+        self.voters = Gauge("phalanx_voters", "Voters in the configuration.", registry=r)
+        self.learners = Gauge("phalanx_learners", "Learners in the configuration.", registry=r)
+        self.pending_proposals = Gauge(
+            "phalanx_pending_proposals", "Proposals waiting to be applied.", registry=r
+        )
+        self.proposals = Counter(
+            "phalanx_proposals",
+            "Writes this node proposed as leader, by outcome (ok, or failed: not applied or unknown).",
+            ["outcome"],
+            registry=r,
+        )
+        self.elections = Counter(
+            "phalanx_elections", "Terms the node saw begin since the process started.", registry=r
+        )
+        self.membership_changes = Counter(
+            "phalanx_membership_changes", "Configuration changes the node observed.", registry=r
+        )
+        self.compactions = Counter(
+            "phalanx_log_compactions",
+            "Times the log's first index advanced (a snapshot taken or installed).",
+            registry=r,
+        )
+        self.commit_latency = Histogram(
+            "phalanx_commit_latency_seconds",
+            "Time from receiving a write to its being applied (successful writes only).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        for outcome in ("ok", "failed"):
+            self.proposals.labels(outcome)
+        for role in ROLES:
+            self.role.labels(role).set(0)
+        if transport_stats is not None:
+            r.register(_TransportCollector(transport_stats))
+        self._last: NodeStatus | None = None
+
+    def sample(self) -> NodeStatus | None:
+        """Read the node's status into the gauges and count what changed since the last sample;
+        return the status, or ``None`` if the node is not running."""
+        try:
+            st = self.node.status()
+        except PhalanxError:
+            self.healthy.set(0)
+            self.is_leader.set(0)
+            return None
+        prev = self._last
+        if prev is not None:
+            if st.term > prev.term:
+                self.elections.inc(st.term - prev.term)
+            if (st.voters, st.learners) != (prev.voters, prev.learners):
+                self.membership_changes.inc()
+            if st.first_index > prev.first_index:
+                self.compactions.inc()
+        self._last = st
+        self.term.set(st.term)
+        self.commit_index.set(st.commit)
+        self.applied_index.set(st.applied)
+        self.last_index.set(st.last_index)
+        self.first_index.set(st.first_index)
+        for role in {*ROLES, st.role}:
+            self.role.labels(role).set(1 if role == st.role else 0)
+        self.is_leader.set(1 if st.role == "leader" else 0)
+        self.healthy.set(1 if st.healthy else 0)
+        self.voters.set(len(st.voters))
+        self.learners.set(len(st.learners))
+        self.pending_proposals.set(st.pending_proposals)
+        return st
+
+    def observe_write(self, code: ErrorCode, seconds: float) -> None:
+        """Count one write the KV service answered with ``code`` after ``seconds``."""
+        if code is ErrorCode.OK:
+            self.proposals.labels("ok").inc()
+            self.commit_latency.observe(seconds)
+        elif code not in _NOT_PROPOSED:
+            self.proposals.labels("failed").inc()
+
+    def exposition(self) -> bytes:
+        """Sample the node, then render every metric in the Prometheus text format."""
+        self.sample()
+        return generate_latest(self.registry)
+
+
+class MeteredKVService(KVService):
+    """A :class:`~phalanx_aio.kv.KVService` that reports each write (put, delete, cas) to
+    :meth:`NodeMetrics.observe_write`. Requests refused before being proposed (not the leader,
+    bad input, a foreign cluster) are not counted."""
+
+    def __init__(self, *, max_key_bytes: int = 64 << 10, max_value_bytes: int = 1 << 20) -> None:
+        super().__init__(max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes)
+        self.metrics: NodeMetrics | None = None
+        """Where writes are reported; set it once the node exists."""
+
+    async def handle(self, request: KVRequest, *, timeout: float | None = None) -> KVResponse:
+        if self.metrics is None or not isinstance(request, _WRITES):
+            return await super().handle(request, timeout=timeout)
+        start = time.perf_counter()
+        response = await super().handle(request, timeout=timeout)
+        self.metrics.observe_write(response.header.error, time.perf_counter() - start)
+        return response
