@@ -16,9 +16,12 @@ import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from phalanx_aio.core.config import Config
+
+if TYPE_CHECKING:
+    from phalanx_aio.node import RaftNode as RaftNodeT
 from phalanx_aio.errors import ConfigError
 
 __all__ = ["ServeSettings", "add_serve_arguments", "resolve_settings", "serve"]
@@ -40,6 +43,8 @@ class ServeSettings:
     tls_key: str | None = None
     tls_ca: str | None = None
     http: str | None = None
+    join: str | None = None
+    auto_promote: bool = True
     """HOST:PORT of the observability endpoint (``/healthz``, ``/status``, ``/metrics``), if any."""
 
 
@@ -54,6 +59,7 @@ _ENV = {
     "tls_key": "PHALANX_TLS_KEY",
     "tls_ca": "PHALANX_TLS_CA",
     "http": "PHALANX_HTTP",
+    "join": "PHALANX_JOIN",
 }
 
 
@@ -78,6 +84,15 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--http",
         metavar="HOST:PORT",
         help="serve /healthz, /status and /metrics (Prometheus) over HTTP here (env PHALANX_HTTP)",
+    )
+    p.add_argument(
+        "--join",
+        metavar="HOST:PORT",
+        help="join a running cluster through this member: learn the members, be added as a learner, "
+        "catch up, then be promoted to voter (env PHALANX_JOIN); idempotent across restarts",
+    )
+    p.add_argument(
+        "--no-auto-promote", action="store_true", help="with --join: stay a learner until promoted by hand"
     )
 
 
@@ -148,6 +163,8 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
         tls_key=merged.get("tls_key"),
         tls_ca=merged.get("tls_ca"),
         http=_check_address(str(merged["http"]), "--http") if merged.get("http") else None,
+        join=_check_address(str(merged["join"]), "--join") if merged.get("join") else None,
+        auto_promote=not getattr(args, "no_auto_promote", False),
     )
     if settings.preset not in ("lan", "global-mesh"):
         raise ConfigError(f"--preset must be lan or global-mesh, not {settings.preset!r}")
@@ -195,10 +212,21 @@ async def serve(s: ServeSettings, *, ready: asyncio.Event | None = None) -> None
         extra_handlers=[service],
     )
     config = Config.global_mesh() if s.preset == "global-mesh" else Config.lan()
+    peers, already_member = dict(s.peers), False
+    if s.join:
+        try:
+            peers, already_member = await _members_via(s, client_ssl)
+        except ConfigError:
+            if not (s.data_dir / f"{s.id}.db").exists():
+                raise
+            # A restart: the stored configuration rules; carry on without the contact.
+            log.warning("%s: %s unreachable; restarting from the stored state", s.id, s.join)
+            already_member = True
     node = RaftNode(
         s.id,
         address=s.listen,
-        peers=s.peers,
+        peers=peers,
+        join=s.join is not None,
         state_machine=KVStateMachine(),
         storage=SQLiteStorage(s.data_dir / f"{s.id}.db"),
         config=config,
@@ -225,12 +253,60 @@ async def serve(s: ServeSettings, *, ready: asyncio.Event | None = None) -> None
                 except OSError as exc:
                     raise ConfigError(f"--http {s.http}: {exc.strerror or exc}") from exc
                 log.info("%s observability endpoint on http://%s/", s.id, s.http)
+            joiner = None
+            if s.join and not already_member:
+                joiner = asyncio.create_task(_join(s, node, client_ssl))
             if ready is not None:
                 ready.set()
             await stop.wait()
+            if joiner is not None:
+                joiner.cancel()
             log.info("%s shutting down", s.id)
     finally:
         if http is not None:
             await http.aclose()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def _members_via(s: ServeSettings, client_ssl: ssl.SSLContext | None) -> tuple[dict[str, str], bool]:
+    """Ask the member at ``--join`` for the configuration: (the other members, am I one)."""
+    from phalanx_aio.errors import PhalanxError
+    from phalanx_aio.kv.client import KVClient
+
+    assert s.join is not None
+    try:
+        async with KVClient([s.join], cluster_id=s.cluster_id, ssl=client_ssl, timeout=15.0) as kv:
+            members = await kv.members()
+    except (PhalanxError, OSError) as exc:
+        raise ConfigError(f"--join {s.join}: cannot learn the cluster's members: {exc}") from exc
+    peers = {m.node_id: m.address for m in members if m.node_id != s.id}
+    return peers, any(m.node_id == s.id for m in members)
+
+
+async def _join(s: ServeSettings, node: RaftNodeT, client_ssl: ssl.SSLContext | None) -> None:
+    """Be added as a learner through the log, catch up, then (by default) be promoted."""
+    from phalanx_aio.errors import PhalanxError
+    from phalanx_aio.kv.client import KVClient
+
+    assert s.join is not None
+    async with KVClient([s.join], cluster_id=s.cluster_id, ssl=client_ssl, timeout=15.0) as kv:
+        while True:
+            try:
+                members = await kv.members()
+                if not any(m.node_id == s.id for m in members):
+                    await kv.add_member(s.id, s.listen)
+                    log.info("%s added as a learner through %s", s.id, s.join)
+                if not s.auto_promote:
+                    return
+                me = next((m for m in await kv.members() if m.node_id == s.id), None)
+                if me is not None and not me.learner:
+                    return
+                leader = await kv.status()
+                if node.status().applied >= leader.commit_index:
+                    await kv.promote(s.id)
+                    log.info("%s caught up and promoted to voter", s.id)
+                    return
+            except PhalanxError as exc:
+                log.info("%s: joining through %s: %s (retrying)", s.id, s.join, exc)
+            await asyncio.sleep(0.5)
