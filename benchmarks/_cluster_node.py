@@ -63,6 +63,12 @@ class _Recorder:
         self.lat: list[float] = []
         self.dropped = 0
         self.errors = 0
+        self.error_kinds: dict[str, int] = {}
+
+    def error(self, exc: BaseException) -> None:
+        self.errors += 1
+        name = type(exc).__name__
+        self.error_kinds[name] = self.error_kinds.get(name, 0) + 1
 
     def done(self, started: float, ended: float) -> None:
         if self.t_from <= ended <= self.t_to:
@@ -78,6 +84,7 @@ class _Recorder:
             "window": self.t_to - self.t_from,
             "dropped": self.dropped,
             "errors": self.errors,
+            "error_kinds": self.error_kinds,
             "p50": _pct(lat, 0.50),
             "p99": _pct(lat, 0.99),
             "p999": _pct(lat, 0.999),
@@ -99,8 +106,8 @@ async def _closed(node: RaftNode, inflight: int, cmd: bytes, rec: _Recorder) -> 
                 rec.dropped += 1
                 await asyncio.sleep(0.001)
                 continue
-            except PhalanxError:
-                rec.errors += 1
+            except PhalanxError as exc:
+                rec.error(exc)
                 continue
             rec.done(t0, clock())
 
@@ -119,8 +126,8 @@ async def _open(node: RaftNode, rate: float, cmd: bytes, rec: _Recorder, t_start
         except ProposalDropped:
             rec.dropped += 1
             return
-        except PhalanxError:
-            rec.errors += 1
+        except PhalanxError as exc:
+            rec.error(exc)
             return
         rec.done(scheduled, clock())
 
@@ -151,9 +158,16 @@ async def _run_workload(node: RaftNode, req: dict[str, Any]) -> dict[str, Any]:
     return rec.result()
 
 
-def _usage(sm: Counter) -> dict[str, Any]:
+def _usage(node: RaftNode, sm: Counter) -> dict[str, Any]:
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    return {"user": ru.ru_utime, "system": ru.ru_stime, "applied": sm.value}
+    st = node.status()
+    return {
+        "user": ru.ru_utime,
+        "system": ru.ru_stime,
+        "applied": sm.value,
+        "term": st.term,
+        "leader": st.leader,
+    }
 
 
 def _reply(obj: dict[str, Any]) -> None:
@@ -187,7 +201,7 @@ async def main(args: argparse.Namespace) -> None:
                 leader = await node.wait_for_leader(timeout=30)
                 _reply({"leader": leader, "is_leader": node.is_leader})
             elif cmd == "usage":
-                _reply(_usage(sm))
+                _reply(_usage(node, sm))
             elif cmd == "run":
                 if not node.is_leader:
                     _reply({"error": f"{args.id} is not the leader"})

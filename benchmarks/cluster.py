@@ -103,13 +103,29 @@ def run_one(
             f = out / f"{mode}-{param:g}-{size}B-{m.id}-{role}.txt"
             spies.append(
                 subprocess.Popen(
-                    ["py-spy", "record", "--pid", str(m.proc.pid), "--format", "raw", "--rate", "200",
-                     "--duration", str(int(args.warmup + args.seconds)), "--output", str(f), "--nonblocking"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    [
+                        "py-spy",
+                        "record",
+                        "--pid",
+                        str(m.proc.pid),
+                        "--format",
+                        "raw",
+                        "--rate",
+                        "200",
+                        "--duration",
+                        str(int(args.warmup + args.seconds)),
+                        "--output",
+                        str(f),
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                 )
             )
     if args.cprofile:
-        leader.ask(cmd="profile_start", path=str(pathlib.Path(args.cprofile) / f"{mode}-{param:g}-{size}B.prof"))
+        leader.ask(
+            cmd="profile_start", path=str(pathlib.Path(args.cprofile) / f"{mode}-{param:g}-{size}B.prof")
+        )
     t0 = time.perf_counter()
     res = leader.ask(cmd="run", mode=mode, param=param, size=size, seconds=args.seconds, warmup=args.warmup)
     wall = time.perf_counter() - t0
@@ -127,6 +143,7 @@ def run_one(
             "user": after[m.id]["user"] - before[m.id]["user"],
             "system": after[m.id]["system"] - before[m.id]["system"],
             "applied": after[m.id]["applied"],
+            "term": [before[m.id]["term"], after[m.id]["term"]],
         }
         for m in members
     }
@@ -149,7 +166,7 @@ def label(r: dict[str, Any]) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     head = f"{'workload':<22}{'size':>6}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
-    head += f"{'drop':>7}{'CPU s/s leader':>16}{'followers':>11}"
+    head += f"{'drop':>7}  {'CPU s/s leader':>14}  {'followers':>11}"
     lines = [head, "-" * len(head)]
     for r in results:
         span = r["wall_s"]
@@ -157,8 +174,8 @@ def table(results: list[dict[str, Any]]) -> str:
         fol = [(c["user"] + c["system"]) / span for c in r["cpu"].values() if c["role"] == "follower"]
         lines.append(
             f"{label(r):<22}{r['size']:>6}{r['ops_per_s']:>10,.0f}{r['p50']:>9.1f}{r['p99']:>9.1f}"
-            f"{r['p999']:>10.1f}{r['dropped'] + r['errors']:>7}{lead:>16.2f}"
-            f"{' / '.join(f'{x:.2f}' for x in fol):>11}"
+            f"{r['p999']:>10.1f}{r['dropped'] + r['errors']:>7}  {lead:>14.2f}"
+            f"  {' / '.join(f'{x:.2f}' for x in fol):>11}"
         )
     return "\n".join(lines)
 
@@ -172,8 +189,6 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
     except ImportError:
         print("matplotlib is not installed: no histogram")
         return
-    import math
-
     fig, ax = plt.subplots(figsize=(10, 6))
     lo = max(1e-2, min((min(r["_lat"]) for r in results if r["_lat"]), default=0.1))
     hi = max((max(r["_lat"]) for r in results if r["_lat"]), default=1000.0)
@@ -188,7 +203,7 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
-    print(f"histogram written to {path}" + ("" if not math.isnan(lo) else ""))
+    print(f"histogram written to {path}")
 
 
 def main() -> None:
@@ -244,8 +259,13 @@ def main() -> None:
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "settings": {"seconds": args.seconds, "warmup": args.warmup, "storage": "SQLite synchronous=FULL",
-                     "transport": "gRPC loopback", "config": "Config.lan()"},
+        "settings": {
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+            "storage": "SQLite synchronous=FULL",
+            "transport": "gRPC loopback",
+            "config": "Config.lan()",
+        },
         "results": [{k: v for k, v in r.items() if k != "_lat"} for r in results],
     }
     out.write_text(json.dumps(doc, indent=2))
