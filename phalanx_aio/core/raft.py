@@ -565,6 +565,21 @@ class Raft:
         else:
             self._send_append(target)
 
+    def report_unreachable(self, peer: str) -> None:
+        """The transport could not reach ``peer``: stop streaming to it optimistically and
+        probe again (a leader-only hint; ignored otherwise)."""
+        pr = self.prs.get(peer) if self.role is Role.LEADER else None
+        if pr is not None and pr.state is ProgressState.REPLICATE:
+            pr.become_probe()
+
+    def report_snapshot(self, peer: str, ok: bool) -> None:
+        """The snapshot sent to ``peer`` was delivered (``ok``) or failed. On failure the leader
+        probes again (and sends a snapshot again if still needed); on success it waits for the
+        follower's answer, which moves it on."""
+        pr = self.prs.get(peer) if self.role is Role.LEADER else None
+        if pr is not None and pr.state is ProgressState.SNAPSHOT and not ok:
+            pr.become_probe()
+
     def compact(self, index: int, data: bytes) -> Snapshot:
         """Record the application's snapshot ``data`` taken at applied ``index`` and drop the
         log up to it. Returns the :class:`Snapshot` for the driver to persist."""

@@ -461,13 +461,9 @@ class RaftNode:
             else:
                 _set_result(fut, target)
         elif kind == _UNREACHABLE:
-            pr = core.prs.get(ev[1]) if core.is_leader else None
-            if pr is not None and pr.state.name == "REPLICATE":
-                pr.become_probe()
+            core.report_unreachable(ev[1])
         elif kind == _SNAP_STATUS:
-            pr = core.prs.get(ev[1]) if core.is_leader else None
-            if pr is not None and pr.state.name == "SNAPSHOT" and not ev[2]:
-                pr.become_probe()
+            core.report_snapshot(ev[1], ev[2])
 
     def _start_conf_change(self, core: Raft, change: ConfChange, fut: asyncio.Future[Any]) -> None:
         if fut.done():

@@ -1044,3 +1044,28 @@ def test_randomized_faults_with_lease_reads_and_no_pre_vote(seed: int) -> None:
     # Check quorum alone keeps a removed node 6 (which never learns of its removal) from
     # disrupting; with neither pre-vote nor check quorum it could, so that mix is not run.
     _chaos(100 + seed, LEASE.replace(pre_vote=False))
+
+
+def test_transport_reports_move_the_leaders_progress() -> None:
+    """report_unreachable drops a streaming follower to probing; a failed snapshot report
+    makes the leader probe again; both are ignored off the leader."""
+    import random as _random
+
+    from phalanx_aio.core import Config, Message, MessageType, Raft
+    from phalanx_aio.core.progress import ProgressState
+
+    node = Raft.bootstrap("a", Config.lan(), _random.Random(1), ["a", "b", "c"])
+    node.report_unreachable("b")  # a follower: ignored
+    node.campaign(transfer=True)
+    for voter in ("b", "c"):
+        node.step(Message(MessageType.VOTE_RESP, "a", voter, node.term))
+    assert node.is_leader
+    pr = node.prs["b"]
+    pr.become_replicate()
+    node.report_unreachable("b")
+    assert pr.state is ProgressState.PROBE
+    pr.become_snapshot(5, 0)
+    node.report_snapshot("b", True)
+    assert pr.state is ProgressState.SNAPSHOT
+    node.report_snapshot("b", False)
+    assert pr.state is ProgressState.PROBE
