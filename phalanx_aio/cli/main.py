@@ -196,7 +196,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
-    from phalanx_aio.cli.serve import resolve_settings, serve
+    from phalanx_aio.cli.serve import JoinFailed, resolve_settings, serve
     from phalanx_aio.errors import StorageError
     from phalanx_aio.node import run
 
@@ -206,6 +206,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         run(serve(settings))
     except StorageError as exc:
         print(f"phalanx-aio: storage error: {exc}", file=sys.stderr)
+        return 1
+    except JoinFailed as exc:
+        print(f"phalanx-aio: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"phalanx-aio: cannot serve on {settings.listen}: {exc.strerror or exc}", file=sys.stderr)

@@ -12,9 +12,10 @@ import logging
 import os
 import pathlib
 import signal
+import socket
 import ssl
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +23,18 @@ from phalanx_aio.core.config import Config
 
 if TYPE_CHECKING:
     from phalanx_aio.node import RaftNode as RaftNodeT
-from phalanx_aio.errors import ConfigError
+from phalanx_aio.errors import ConfigError, PhalanxError
 
-__all__ = ["ServeSettings", "add_serve_arguments", "resolve_settings", "serve"]
+__all__ = [
+    "JoinFailed",
+    "Resolver",
+    "ServeSettings",
+    "add_serve_arguments",
+    "join_contacts",
+    "resolve_members",
+    "resolve_settings",
+    "serve",
+]
 
 log = logging.getLogger("phalanx_aio.cli")
 
@@ -43,9 +53,18 @@ class ServeSettings:
     tls_key: str | None = None
     tls_ca: str | None = None
     http: str | None = None
-    join: str | None = None
-    auto_promote: bool = True
     """HOST:PORT of the observability endpoint (``/healthz``, ``/status``, ``/metrics``), if any."""
+    join: str | None = None
+    """HOST:PORT of a member to join the cluster through."""
+    discover: str | None = None
+    """NAME[:PORT] whose A/AAAA records list members to join through (port: ours by default)."""
+    auto_promote: bool = True
+    """When joining: ask for promotion to voter once caught up."""
+
+    @property
+    def joining(self) -> bool:
+        """True when this node joins a running cluster (``--join`` or ``--discover``)."""
+        return self.join is not None or self.discover is not None
 
 
 _ENV = {
@@ -60,6 +79,7 @@ _ENV = {
     "tls_ca": "PHALANX_TLS_CA",
     "http": "PHALANX_HTTP",
     "join": "PHALANX_JOIN",
+    "discover": "PHALANX_DISCOVER",
 }
 
 
@@ -92,7 +112,15 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "catch up, then be promoted to voter (env PHALANX_JOIN); idempotent across restarts",
     )
     p.add_argument(
-        "--no-auto-promote", action="store_true", help="with --join: stay a learner until promoted by hand"
+        "--discover",
+        metavar="NAME[:PORT]",
+        help="like --join, finding members through the A/AAAA records of a DNS name (port: this "
+        "node's listen port unless given; env PHALANX_DISCOVER)",
+    )
+    p.add_argument(
+        "--no-auto-promote",
+        action="store_true",
+        help="with --join/--discover: stay a learner until promoted by hand",
     )
 
 
@@ -113,6 +141,59 @@ def _check_address(value: str, what: str) -> str:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{what} {value!r} is not HOST:PORT with a port in 1-65535")
     return value
+
+
+class JoinFailed(PhalanxError):
+    """No member could be reached (or found) to join the cluster through: an environment
+    problem, not a bad argument (``serve`` exits with status 1)."""
+
+
+def _check_discover(value: str) -> str:
+    name, sep, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    if not sep:
+        name = value
+    elif not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--discover {value!r} is not NAME or NAME:PORT with a port in 1-65535")
+    if not name or any(c.isspace() for c in name):
+        raise ConfigError(f"--discover {value!r} is not a DNS name")
+    return value
+
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+"""Turns (name, port) into ``HOST:PORT`` addresses; :func:`resolve_members` by default."""
+
+
+async def resolve_members(name: str, port: int) -> list[str]:
+    """The ``HOST:PORT`` addresses of ``name``'s A and AAAA records (IPv6 in brackets), in the
+    resolver's order, without duplicates. Raises :class:`JoinFailed` if it does not resolve."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise JoinFailed(f"--discover {name}: cannot resolve: {exc.strerror or exc}") from exc
+    out: list[str] = []
+    for family, _type, _proto, _canon, sockaddr in infos:
+        host = str(sockaddr[0])
+        addr = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        if addr not in out:
+            out.append(addr)
+    return out
+
+
+async def join_contacts(s: ServeSettings, resolver: Resolver | None = None) -> list[str]:
+    """The members to ask when joining: ``--join``'s, or those ``--discover`` finds (minus
+    this node's own address)."""
+    if s.join is not None:
+        return [s.join]
+    assert s.discover is not None
+    name, sep, port = s.discover.rpartition(":") if s.discover.count(":") == 1 else ("", "", "")
+    if not sep:
+        name, port = s.discover, s.listen.rpartition(":")[2]
+    found = await (resolver or resolve_members)(name, int(port))
+    contacts = [a for a in found if a != s.listen]
+    if not contacts:
+        raise JoinFailed(f"--discover {s.discover}: found no other member ({found or 'no records'})")
+    return contacts
 
 
 def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServeSettings:
@@ -164,10 +245,20 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
         tls_ca=merged.get("tls_ca"),
         http=_check_address(str(merged["http"]), "--http") if merged.get("http") else None,
         join=_check_address(str(merged["join"]), "--join") if merged.get("join") else None,
+        discover=_check_discover(str(merged["discover"])) if merged.get("discover") else None,
         auto_promote=not getattr(args, "no_auto_promote", False),
     )
     if settings.preset not in ("lan", "global-mesh"):
         raise ConfigError(f"--preset must be lan or global-mesh, not {settings.preset!r}")
+    if settings.join and settings.discover:
+        raise ConfigError("give --join or --discover, not both")
+    if settings.joining and settings.listen.rpartition(":")[0].strip("[]") in ("", "0.0.0.0", "::"):
+        raise ConfigError(
+            f"--listen {settings.listen}: a joining node gives its --listen address to the cluster; "
+            "use an address the other members can reach, not a wildcard"
+        )
+    if settings.joining and settings.peers:
+        raise ConfigError("--peer founds a new cluster; --join/--discover join a running one: give one")
     if settings.id in settings.peers:
         raise ConfigError(f"--peer lists this node's own id {settings.id!r}")
     if (settings.tls_key or settings.tls_ca) and not settings.tls_cert:
@@ -188,8 +279,11 @@ def _ssl_contexts(s: ServeSettings) -> tuple[ssl.SSLContext | None, ssl.SSLConte
     return server, client
 
 
-async def serve(s: ServeSettings, *, ready: asyncio.Event | None = None) -> None:
-    """Run the node until SIGTERM/SIGINT (or until ``ready`` owner cancels us)."""
+async def serve(
+    s: ServeSettings, *, ready: asyncio.Event | None = None, resolver: Resolver | None = None
+) -> None:
+    """Run the node until SIGTERM/SIGINT (or until ``ready`` owner cancels us). ``resolver``
+    replaces DNS for ``--discover`` (tests)."""
     from phalanx_aio.kv.service import KVService
     from phalanx_aio.kv.state_machine import KVStateMachine
     from phalanx_aio.node import RaftNode
@@ -213,20 +307,22 @@ async def serve(s: ServeSettings, *, ready: asyncio.Event | None = None) -> None
     )
     config = Config.global_mesh() if s.preset == "global-mesh" else Config.lan()
     peers, already_member = dict(s.peers), False
-    if s.join:
+    contacts: list[str] = []
+    if s.joining:
         try:
-            peers, already_member = await _members_via(s, client_ssl)
-        except ConfigError:
+            contacts = await join_contacts(s, resolver)
+            peers, already_member = await _members_via(s, contacts, client_ssl)
+        except JoinFailed:
             if not (s.data_dir / f"{s.id}.db").exists():
                 raise
             # A restart: the stored configuration rules; carry on without the contact.
-            log.warning("%s: %s unreachable; restarting from the stored state", s.id, s.join)
+            log.warning("%s: no member reachable to join through; restarting from the stored state", s.id)
             already_member = True
     node = RaftNode(
         s.id,
         address=s.listen,
         peers=peers,
-        join=s.join is not None,
+        join=s.joining,
         state_machine=KVStateMachine(),
         storage=SQLiteStorage(s.data_dir / f"{s.id}.db"),
         config=config,
@@ -254,8 +350,8 @@ async def serve(s: ServeSettings, *, ready: asyncio.Event | None = None) -> None
                     raise ConfigError(f"--http {s.http}: {exc.strerror or exc}") from exc
                 log.info("%s observability endpoint on http://%s/", s.id, s.http)
             joiner = None
-            if s.join and not already_member:
-                joiner = asyncio.create_task(_join(s, node, client_ssl))
+            if s.joining and not already_member:
+                joiner = asyncio.create_task(_join(s, node, contacts, client_ssl))
             if ready is not None:
                 ready.set()
             await stop.wait()
@@ -269,34 +365,37 @@ async def serve(s: ServeSettings, *, ready: asyncio.Event | None = None) -> None
             loop.remove_signal_handler(sig)
 
 
-async def _members_via(s: ServeSettings, client_ssl: ssl.SSLContext | None) -> tuple[dict[str, str], bool]:
-    """Ask the member at ``--join`` for the configuration: (the other members, am I one)."""
+async def _members_via(
+    s: ServeSettings, contacts: list[str], client_ssl: ssl.SSLContext | None
+) -> tuple[dict[str, str], bool]:
+    """Ask the members at ``contacts`` for the configuration: (the other members, am I one)."""
     from phalanx_aio.errors import PhalanxError
     from phalanx_aio.kv.client import KVClient
 
-    assert s.join is not None
     try:
-        async with KVClient([s.join], cluster_id=s.cluster_id, ssl=client_ssl, timeout=15.0) as kv:
+        async with KVClient(contacts, cluster_id=s.cluster_id, ssl=client_ssl, timeout=15.0) as kv:
             members = await kv.members()
     except (PhalanxError, OSError) as exc:
-        raise ConfigError(f"--join {s.join}: cannot learn the cluster's members: {exc}") from exc
+        flag = f"--join {s.join}" if s.join else f"--discover {s.discover} ({', '.join(contacts)})"
+        raise JoinFailed(f"{flag}: cannot learn the cluster's members: {exc}") from exc
     peers = {m.node_id: m.address for m in members if m.node_id != s.id}
     return peers, any(m.node_id == s.id for m in members)
 
 
-async def _join(s: ServeSettings, node: RaftNodeT, client_ssl: ssl.SSLContext | None) -> None:
+async def _join(
+    s: ServeSettings, node: RaftNodeT, contacts: list[str], client_ssl: ssl.SSLContext | None
+) -> None:
     """Be added as a learner through the log, catch up, then (by default) be promoted."""
     from phalanx_aio.errors import PhalanxError
     from phalanx_aio.kv.client import KVClient
 
-    assert s.join is not None
-    async with KVClient([s.join], cluster_id=s.cluster_id, ssl=client_ssl, timeout=15.0) as kv:
+    async with KVClient(contacts, cluster_id=s.cluster_id, ssl=client_ssl, timeout=15.0) as kv:
         while True:
             try:
                 members = await kv.members()
                 if not any(m.node_id == s.id for m in members):
                     await kv.add_member(s.id, s.listen)
-                    log.info("%s added as a learner through %s", s.id, s.join)
+                    log.info("%s added as a learner", s.id)
                 if not s.auto_promote:
                     return
                 me = next((m for m in await kv.members() if m.node_id == s.id), None)
@@ -308,5 +407,5 @@ async def _join(s: ServeSettings, node: RaftNodeT, client_ssl: ssl.SSLContext | 
                     log.info("%s caught up and promoted to voter", s.id)
                     return
             except PhalanxError as exc:
-                log.info("%s: joining through %s: %s (retrying)", s.id, s.join, exc)
+                log.info("%s: joining: %s (retrying)", s.id, exc)
             await asyncio.sleep(0.5)
