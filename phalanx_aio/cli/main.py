@@ -2,7 +2,8 @@
 
 It carries ``sim`` (the deterministic simulator), ``serve`` and ``demo``, and the client
 subcommands (``put``, ``get``, ``delete``, ``cas``, ``status``, ``members``, ``transfer-leader``;
-see :mod:`phalanx_aio.cli.client_cmds`). User errors print one line and exit with status 2 (bad
+see :mod:`phalanx_aio.cli.client_cmds`), and ``backup`` and ``restore`` (see
+:mod:`phalanx_aio.cli.backup`). User errors print one line and exit with status 2 (bad
 arguments) or 1 (a failed run); they never print a traceback.
 """
 
@@ -114,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     from phalanx_aio.cli.client_cmds import add_client_parsers
 
     add_client_parsers(sub)
+
+    from phalanx_aio.cli.backup import add_backup_parsers
+
+    add_backup_parsers(sub)
     return parser
 
 
@@ -239,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_serve(args)
         if args.command == "demo":
             return _cmd_demo(args)
+        if args.command in ("backup", "restore"):
+            from phalanx_aio.cli.backup import run_backup_command
+
+            return run_backup_command(args)
         from phalanx_aio.cli.client_cmds import CLIENT_COMMANDS, run_client_command
 
         if args.command in CLIENT_COMMANDS:
