@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from phalanx_aio.core.types import Entry
 from phalanx_aio.storage import SQLiteStorage
-from phalanx_aio.storage._codec import entry_row
+from phalanx_aio.storage._codec import entry_rows
 from phalanx_aio.storage.sqlite import INSERT_ENTRY, SCHEMA, _pragmas
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -78,7 +78,7 @@ class Plain:
         """One durable transaction inserting ``entries`` (with their checksums)."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(INSERT_ENTRY, [entry_row(e) for e in entries])
+        conn.executemany(INSERT_ENTRY, entry_rows(entries))
         conn.execute("COMMIT")
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from collections.abc import Iterable, Sequence
+from operator import add as _concat
+from operator import attrgetter
 
 from phalanx_aio.core.types import ConfState, Entry, HardState
 
@@ -17,7 +20,9 @@ __all__ = [
     "decode_conf_state",
     "encode_conf_state",
     "entry_crc",
+    "entry_crcs",
     "entry_row",
+    "entry_rows",
     "hard_state_crc",
     "hard_state_row",
     "identity_crc",
@@ -42,6 +47,37 @@ def entry_row(e: Entry) -> tuple[int, int, int, bytes, int]:
     """The ``entries`` table row of ``e``: ``(idx, term, type, data, crc)``."""
     i, t, ty, d = e.index, e.term, int(e.type), e.data
     return (i, t, ty, d, _crc32(d, _crc32(_pack_entry(i, t, ty))))
+
+
+_index_of = attrgetter("index")
+_term_of = attrgetter("term")
+_type_of = attrgetter("type")
+_data_of = attrgetter("data")
+
+
+def entry_rows(entries: Sequence[Entry]) -> list[tuple[int, int, int, bytes, int]]:
+    """The ``entries`` table rows of a batch, as :func:`entry_row` gives them one by one.
+
+    Built column by column (``map`` over C functions) rather than with one Python call per
+    entry; the type is stored as a plain integer.
+    """
+    idx = list(map(_index_of, entries))
+    terms = list(map(_term_of, entries))
+    types = list(map(int, map(_type_of, entries)))
+    datas = list(map(_data_of, entries))
+    return list(zip(idx, terms, types, datas, entry_crcs(idx, terms, types, datas), strict=True))
+
+
+def entry_crcs(
+    indexes: Iterable[int], terms: Iterable[int], types: Iterable[int], datas: Iterable[bytes]
+) -> list[int]:
+    """:func:`entry_crc` of many entries given column by column (same values, one pass in C).
+
+    Raises ``TypeError``, ``struct.error`` or ``OverflowError`` if a value has the wrong type
+    or range (a payload that is not bytes, an index that is not a 64-bit unsigned integer).
+    """
+    # CRC-32 is a running checksum: crc32(head + data) == crc32(data, crc32(head)).
+    return list(map(_crc32, map(_concat, map(_pack_entry, indexes, terms, types), datas)))
 
 
 def hard_state_crc(term: int, vote: str | None, commit: int) -> int:
