@@ -5,7 +5,7 @@ lines on stdin and answers with JSON lines on stdout:
 
     {"cmd": "leader"}   -> {"leader": id, "is_leader": bool}
     {"cmd": "usage"}    -> {"user": s, "system": s, "applied": n}   (getrusage of this process)
-    {"cmd": "run", "mode": "closed"|"open", "param": N|rate, "size": bytes, "seconds": s, "warmup": s}
+    {"cmd": "run", "mode": "closed"|"batch"|"open", "param": N|rate, "size": bytes, "seconds": s, "warmup": s}
                         -> {"ops": n, "window": s, "dropped": n, "errors": n, "lat_ms": [sorted sample],
                             "p50": ms, "p99": ms, "p999": ms, "max": ms}
     {"cmd": "profile_start", "path": p} / {"cmd": "profile_stop"}   (cProfile of this process)
@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import cProfile
 import json
+import logging
 import pathlib
 import resource
 import struct
@@ -114,6 +115,39 @@ async def _closed(node: RaftNode, inflight: int, cmd: bytes, rec: _Recorder) -> 
     await asyncio.gather(*(worker() for _ in range(inflight)))
 
 
+BATCH = 100
+
+
+async def _batch(node: RaftNode, inflight: int, cmd: bytes, rec: _Recorder) -> None:
+    """``inflight // BATCH`` tasks, each proposing ``BATCH`` commands per ``propose_many`` call;
+    every command of a call counts with the call's latency."""
+    clock = time.perf_counter
+    cmds = [cmd] * BATCH
+
+    async def worker() -> None:
+        while clock() < rec.t_to:
+            t0 = clock()
+            try:
+                results = await node.propose_many(cmds)
+            except ProposalDropped:
+                rec.dropped += BATCH
+                await asyncio.sleep(0.001)
+                continue
+            except PhalanxError as exc:
+                rec.error(exc)
+                continue
+            t1 = clock()
+            for r in results:
+                if isinstance(r, ProposalDropped):
+                    rec.dropped += 1
+                elif isinstance(r, BaseException):
+                    rec.error(r)
+                else:
+                    rec.done(t0, t1)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, inflight // BATCH))))
+
+
 async def _open(node: RaftNode, rate: float, cmd: bytes, rec: _Recorder, t_start: float) -> None:
     """Proposals issued on a fixed schedule; latency counts from the scheduled time, so a
     stalled leader is charged for the proposals it delayed (no coordinated omission)."""
@@ -153,6 +187,8 @@ async def _run_workload(node: RaftNode, req: dict[str, Any]) -> dict[str, Any]:
     rec = _Recorder(t_start + warmup, t_start + warmup + float(req["seconds"]))
     if req["mode"] == "closed":
         await _closed(node, int(req["param"]), cmd, rec)
+    elif req["mode"] == "batch":
+        await _batch(node, int(req["param"]), cmd, rec)
     else:
         await _open(node, float(req["param"]), cmd, rec, t_start)
     return rec.result()
@@ -175,7 +211,24 @@ def _reply(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+async def _watch_stalls(threshold: float) -> None:
+    """Log every event-loop turn that overran ``threshold`` seconds (diagnostics)."""
+    loop = asyncio.get_running_loop()
+    lg = logging.getLogger("bench.stall")
+    while True:
+        t0 = loop.time()
+        await asyncio.sleep(0.005)
+        late = loop.time() - t0 - 0.005
+        if late > threshold:
+            lg.warning("event loop stalled %.0f ms", late * 1000)
+
+
 async def main(args: argparse.Namespace) -> None:
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",
+        datefmt="%X",
+    )
     peers = dict(p.split("=", 1) for p in args.peer)
     sm = Counter()
     node = RaftNode(
@@ -192,6 +245,7 @@ async def main(args: argparse.Namespace) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     prof: cProfile.Profile | None = None
     prof_path = ""
+    watcher = asyncio.create_task(_watch_stalls(args.stall_ms / 1000)) if args.stall_ms > 0 else None
     async with node:
         _reply({"ready": args.id})
         while line := await reader.readline():
@@ -206,7 +260,10 @@ async def main(args: argparse.Namespace) -> None:
                 if not node.is_leader:
                     _reply({"error": f"{args.id} is not the leader"})
                     continue
-                _reply(await _run_workload(node, req))
+                try:
+                    _reply(await _run_workload(node, req))
+                except Exception as exc:  # e.g. an older implementation without propose_many
+                    _reply({"error": f"{type(exc).__name__}: {exc}"})
             elif cmd == "profile_start":
                 prof, prof_path = cProfile.Profile(), req["path"]
                 prof.enable()
@@ -219,15 +276,74 @@ async def main(args: argparse.Namespace) -> None:
                 _reply({"ok": True})
             elif cmd == "stop":
                 break
+    if watcher is not None:
+        watcher.cancel()
     with contextlib.suppress(Exception):
         _reply({"stopped": args.id})
 
 
+async def cpu_per_op(inflight: int, seconds: float) -> None:
+    """Three members in this process on the in-memory transport and storage (no fsync, no
+    encoding): print the process CPU time per committed 64-byte proposal as one JSON line.
+    CPU time, unlike throughput, hardly depends on what else the machine runs."""
+    from phalanx_aio.storage import MemoryStorage
+    from phalanx_aio.transport.memory import MemoryNetwork
+
+    net = MemoryNetwork()
+    ids = ["a", "b", "c"]
+    nodes = [
+        RaftNode(
+            i,
+            address=f"mem://{i}",
+            peers={p: f"mem://{p}" for p in ids if p != i},
+            state_machine=Counter(),
+            storage=MemoryStorage(i),
+            config=Config.lan(),
+            transport=net.transport(i),
+            seed=n,
+            max_pending=inflight + 1,
+        )
+        for n, i in enumerate(ids)
+    ]
+    for node in nodes:
+        await node.start()
+    leader = nodes[0]
+    await leader.wait_for_leader(30)
+    leader = next(n for n in nodes if n.is_leader)
+    cmd = b"x" * 64
+    clock = time.perf_counter
+    stop = clock() + seconds
+    ops = 0
+
+    async def worker() -> None:
+        nonlocal ops
+        while clock() < stop:
+            await leader.propose(cmd)
+            ops += 1
+
+    cpu0, wall0 = time.process_time(), clock()
+    await asyncio.gather(*(worker() for _ in range(inflight)))
+    cpu, wall = time.process_time() - cpu0, clock() - wall0
+    for node in nodes:
+        await node.aclose()
+    _reply({"ops_per_s": ops / wall, "cpu_us_per_op": cpu / max(ops, 1) * 1e6, "inflight": inflight})
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("--id", required=True)
-    p.add_argument("--listen", required=True)
+    p.add_argument("--id")
+    p.add_argument("--listen")
     p.add_argument("--peer", action="append", default=[])
-    p.add_argument("--db", required=True)
+    p.add_argument("--db")
     p.add_argument("--max-pending", type=int, default=50_000)
-    phalanx_aio.run(main(p.parse_args()))
+    p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--stall-ms", type=float, default=0.0, help="log event-loop stalls above this (0: off)")
+    p.add_argument("--cpu-per-op", type=int, metavar="INFLIGHT", help="see cpu_per_op(); no cluster")
+    p.add_argument("--seconds", type=float, default=3.0)
+    a = p.parse_args()
+    if a.cpu_per_op:
+        phalanx_aio.run(cpu_per_op(a.cpu_per_op, a.seconds))
+    else:
+        if not (a.id and a.listen and a.db):
+            p.error("--id, --listen and --db are required")
+        phalanx_aio.run(main(a))

@@ -5,6 +5,8 @@ The parent starts three members (benchmarks/_cluster_node.py), finds the leader 
 leader's process, over a JSON-lines pipe, to run each workload with ``await node.propose()``:
 
 * ``closed:N``  N proposals in flight (N tasks, each proposing in a loop);
+* ``batch:N``   N proposals in flight through ``node.propose_many`` (N/100 tasks, each
+  proposing 100 commands per call; the latency of each command is that of its call);
 * ``open:R``    R proposals per second on a fixed schedule, latency counted from the schedule.
 
 Each workload runs for ``--warmup`` seconds unmeasured, then ``--seconds`` measured, once per
@@ -13,8 +15,19 @@ command size. Reports committed ops/s, p50/p99/p99.9 latency and CPU seconds per
 and, with ``--png``, a latency histogram. ``--py-spy DIR`` samples every member with py-spy
 during each workload (collapsed stacks, one file per member and workload). Not a test.
 
+Side-by-side comparisons: ``--impl NAME=DIR`` (repeatable) runs the members with ``DIR`` first
+on ``PYTHONPATH`` (a directory holding a ``phalanx_aio`` package, e.g. an export of an older
+commit), and ``--repeat R`` runs R rounds, alternating the implementations within each round
+(a fresh cluster per round and implementation); the summary gives the median of the rounds.
+On a shared machine this is the only fair comparison: both sides see the same load. A
+workload an implementation cannot run (``batch`` before ``propose_many`` existed) is skipped.
+
+Diagnostics: ``--log-level INFO`` and ``--stall-ms 100`` make the members log leader changes
+and every event-loop stall longer than 100 ms; ``--keep`` keeps their logs.
+
 Usage: python benchmarks/cluster.py [--seconds 5] [--modes closed:1,closed:100,open:1000]
                                     [--sizes 64,1024] [--png FILE] [--py-spy DIR]
+                                    [--impl before=/tmp/old --impl after=.] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ import os
 import pathlib
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,22 +48,32 @@ from typing import IO, Any
 from phalanx_aio._net import free_loopback_ports
 
 HERE = pathlib.Path(__file__).resolve().parent
-DEFAULT_MODES = "closed:1,closed:100,closed:10000,open:1000,open:5000"
+DEFAULT_MODES = "closed:1,closed:100,closed:10000,batch:10000,open:1000,open:5000"
 
 
 class Member:
     """One child process and its control pipe."""
 
-    def __init__(self, nid: str, addr: dict[str, str], workdir: pathlib.Path) -> None:
+    def __init__(
+        self,
+        nid: str,
+        addr: dict[str, str],
+        workdir: pathlib.Path,
+        impl: str | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.id = nid
-        cmd = [sys.executable, str(HERE / "_cluster_node.py"), "--id", nid, "--listen", addr[nid]]
+        cmd = [sys.executable, str(HERE / "_cluster_node.py"), "--id", nid, "--listen", addr[nid], *extra]
         cmd += ["--db", str(workdir / f"{nid}.db")]
         for p, a in addr.items():
             if p != nid:
                 cmd += ["--peer", f"{p}={a}"]
         self.log = open(workdir / f"{nid}.log", "w")  # noqa: SIM115  (closed in stop)
+        env = dict(os.environ)
+        if impl is not None:
+            env["PYTHONPATH"] = os.pathsep.join([impl, *filter(None, [env.get("PYTHONPATH")])])
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1, env=env
         )
 
     def ask(self, **req: Any) -> dict[str, Any]:
@@ -66,7 +90,8 @@ class Member:
         line = stdout.readline()
         if not line:
             raise RuntimeError(f"member {self.id} exited (see {self.log.name})")
-        return json.loads(line)
+        answer: dict[str, Any] = json.loads(line)
+        return answer
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -91,7 +116,7 @@ def find_leader(members: list[Member]) -> Member:
 
 def run_one(
     members: list[Member], mode: str, param: float, size: int, args: argparse.Namespace
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     leader = find_leader(members)
     before = {m.id: m.ask(cmd="usage") for m in members}
     spies: list[subprocess.Popen[bytes]] = []
@@ -100,7 +125,7 @@ def run_one(
         out.mkdir(parents=True, exist_ok=True)
         for m in members:
             role = "leader" if m is leader else "follower"
-            f = out / f"{mode}-{param:g}-{size}B-{m.id}-{role}.txt"
+            f = out / f"{args.impl_name}-{mode}-{param:g}-{size}B-{m.id}-{role}.txt"
             spies.append(
                 subprocess.Popen(
                     [
@@ -124,7 +149,8 @@ def run_one(
             )
     if args.cprofile:
         leader.ask(
-            cmd="profile_start", path=str(pathlib.Path(args.cprofile) / f"{mode}-{param:g}-{size}B.prof")
+            cmd="profile_start",
+            path=str(pathlib.Path(args.cprofile) / f"{args.impl_name}-{mode}-{param:g}-{size}B.prof"),
         )
     t0 = time.perf_counter()
     res = leader.ask(cmd="run", mode=mode, param=param, size=size, seconds=args.seconds, warmup=args.warmup)
@@ -134,7 +160,8 @@ def run_one(
     for s in spies:
         s.wait()
     if "error" in res:
-        raise RuntimeError(res["error"])
+        print(f"[{args.impl_name}] {mode}:{param:g} {size} B skipped: {res['error']}", flush=True)
+        return None
     time.sleep(0.3)  # let followers apply the tail
     after = {m.id: m.ask(cmd="usage") for m in members}
     cpu = {
@@ -148,7 +175,9 @@ def run_one(
         for m in members
     }
     lat = res.pop("lat_ms")
+    span = wall
     return {
+        "impl": args.impl_name,
         "mode": mode,
         "param": param,
         "size": size,
@@ -156,28 +185,72 @@ def run_one(
         **res,
         "wall_s": wall,
         "cpu": cpu,
+        "cpu_leader": sum(c["user"] + c["system"] for c in cpu.values() if c["role"] == "leader") / span,
+        "cpu_followers": [(c["user"] + c["system"]) / span for c in cpu.values() if c["role"] == "follower"],
         "_lat": lat,
     }
 
 
 def label(r: dict[str, Any]) -> str:
-    return f"closed {int(r['param'])} in flight" if r["mode"] == "closed" else f"open {r['param']:g}/s"
+    n = int(r["param"])
+    if r["mode"] == "closed":
+        return f"closed {n} in flight"
+    if r["mode"] == "batch":
+        return f"batch {n} in flight"
+    return f"open {r['param']:g}/s"
+
+
+def _fmt_ops(x: float) -> str:
+    return f"{x:,.0f}" if x == x else "-"  # NaN (every round failed) prints as "-"
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = f"{'workload':<22}{'size':>6}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
-    head += f"{'drop':>7}  {'CPU s/s leader':>14}  {'followers':>11}"
+    head = f"{'impl':<10}{'workload':<22}{'size':>6}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
+    head += f"{'failed':>8}  {'CPU s/s leader':>14}  {'followers':>11}"
     lines = [head, "-" * len(head)]
     for r in results:
-        span = r["wall_s"]
-        lead = sum(c["user"] + c["system"] for c in r["cpu"].values() if c["role"] == "leader") / span
-        fol = [(c["user"] + c["system"]) / span for c in r["cpu"].values() if c["role"] == "follower"]
+        fol = r["cpu_followers"]
         lines.append(
-            f"{label(r):<22}{r['size']:>6}{r['ops_per_s']:>10,.0f}{r['p50']:>9.1f}{r['p99']:>9.1f}"
-            f"{r['p999']:>10.1f}{r['dropped'] + r['errors']:>7}  {lead:>14.2f}"
+            f"{r['impl']:<10}{label(r):<22}{r['size']:>6}{_fmt_ops(r['ops_per_s']):>10}{r['p50']:>9.1f}"
+            f"{r['p99']:>9.1f}{r['p999']:>10.1f}{r['dropped'] + r['errors']:>8}  {r['cpu_leader']:>14.2f}"
             f"  {' / '.join(f'{x:.2f}' for x in fol):>11}"
         )
     return "\n".join(lines)
+
+
+def medians(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (implementation, workload, size): the median of each figure over the rounds."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["impl"], r["mode"], r["param"], r["size"]), []).append(r)
+    out = []
+    for (impl, mode, param, size), rs in groups.items():
+
+        def med(key: str, rs: list[dict[str, Any]] = rs) -> float:
+            return float(statistics.median(r[key] for r in rs))
+
+        nfol = min(len(r["cpu_followers"]) for r in rs)
+        out.append(
+            {
+                "impl": impl,
+                "mode": mode,
+                "param": param,
+                "size": size,
+                "rounds": len(rs),
+                "ops_per_s": med("ops_per_s"),
+                "ops_per_s_all": [r["ops_per_s"] for r in rs],
+                "p50": med("p50"),
+                "p99": med("p99"),
+                "p999": med("p999"),
+                "dropped": sum(r["dropped"] for r in rs),
+                "errors": sum(r["errors"] for r in rs),
+                "cpu_leader": med("cpu_leader"),
+                "cpu_followers": [
+                    float(statistics.median(r["cpu_followers"][i] for r in rs)) for i in range(nfol)
+                ],
+            }
+        )
+    return out
 
 
 def plot(results: list[dict[str, Any]], path: str) -> None:
@@ -189,21 +262,97 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
     except ImportError:
         print("matplotlib is not installed: no histogram")
         return
-    fig, ax = plt.subplots(figsize=(10, 6))
-    lo = max(1e-2, min((min(r["_lat"]) for r in results if r["_lat"]), default=0.1))
-    hi = max((max(r["_lat"]) for r in results if r["_lat"]), default=1000.0)
-    bins = [lo * (hi / lo) ** (i / 80) for i in range(81)]
+    # One panel per command size; one line per implementation and workload, all rounds pooled.
+    series: dict[tuple[int, str, str], list[float]] = {}
     for r in results:
-        if r["_lat"]:
-            ax.hist(r["_lat"], bins=bins, histtype="step", density=True, label=f"{label(r)}, {r['size']} B")
-    ax.set_xscale("log")
-    ax.set_xlabel("proposal latency (ms, log scale)")
-    ax.set_ylabel("density")
-    ax.set_title(f"3-node cluster, loopback gRPC, SQLite FULL ({os.cpu_count()} cores)")
-    ax.legend(fontsize="small")
+        series.setdefault((r["size"], r["impl"], label(r)), []).extend(r["_lat"])
+    sizes = sorted({k[0] for k in series})
+    impls = sorted({k[1] for k in series})
+    fig, axes = plt.subplots(len(sizes), 1, figsize=(11, 5 * len(sizes)), squeeze=False)
+    lats = [x for v in series.values() for x in v]
+    lo = max(1e-2, min(lats, default=0.1))
+    hi = max(lats, default=1000.0)
+    bins = [lo * (hi / lo) ** (i / 80) for i in range(81)]
+    styles = ["-", "--", ":", "-."]
+    for ax, size in zip(axes[:, 0], sizes, strict=True):
+        for (sz, impl, name), lat in series.items():
+            if sz == size and lat:
+                prefix = f"{impl}: " if len(impls) > 1 else ""
+                ls = styles[impls.index(impl) % len(styles)]
+                ax.hist(lat, bins=bins, histtype="step", density=True, linestyle=ls, label=f"{prefix}{name}")
+        ax.set_xscale("log")
+        ax.set_xlabel("proposal latency (ms, log scale)")
+        ax.set_ylabel("density")
+        ax.set_title(f"{size}-byte commands: 3 nodes, loopback gRPC, SQLite FULL ({os.cpu_count()} cores)")
+        ax.legend(fontsize="x-small", ncol=2)
     fig.tight_layout()
     fig.savefig(path)
     print(f"histogram written to {path}")
+
+
+def run_cluster(
+    impl_name: str,
+    impl_dir: str | None,
+    modes: list[tuple[str, float]],
+    sizes: list[int],
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """Start a fresh three-member cluster of one implementation, run every workload, stop it."""
+    args.impl_name = impl_name
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="phalanx-bench-"))
+    ids = ["n1", "n2", "n3"]
+    addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(ids, free_loopback_ports(3), strict=True)}
+    extra = ("--log-level", args.log_level, "--stall-ms", str(args.stall_ms))
+    members = [Member(nid, addr, workdir, impl_dir, extra) for nid in ids]
+    results: list[dict[str, Any]] = []
+    try:
+        for m in members:
+            m.recv()  # {"ready": id}
+        leader = find_leader(members)
+        print(f"[{impl_name}] 3 members on {', '.join(addr.values())}, data in {workdir}; leader {leader.id}")
+        for size in sizes:
+            for mode, param in modes:
+                r = run_one(members, mode, param, size, args)
+                if r is None:
+                    continue
+                results.append(r)
+                print(table([r]).splitlines()[-1], flush=True)
+    finally:
+        for m in members:
+            m.stop()
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def run_cpu_per_op(impls: list[tuple[str, str | None]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """CPU microseconds per committed proposal of each implementation (``--cpu-per-op``),
+    alternating implementations over the rounds; prints the medians."""
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as cwd:  # nothing there shadows the implementations
+        for rnd in range(args.repeat):
+            for name, path in impls if rnd % 2 == 0 else impls[::-1]:
+                env = dict(os.environ)
+                if path is not None:
+                    env["PYTHONPATH"] = os.pathsep.join([path, *filter(None, [env.get("PYTHONPATH")])])
+                cmd = [sys.executable, str(HERE / "_cluster_node.py"), "--cpu-per-op", str(args.cpu_per_op)]
+                cmd += ["--seconds", str(args.seconds)]
+                line = subprocess.run(
+                    cmd, env=env, cwd=cwd, capture_output=True, text=True, check=True
+                ).stdout
+                row = {"impl": name, **json.loads(line.strip().splitlines()[-1])}
+                rows.append(row)
+                print(
+                    f"[{name}] {row['cpu_us_per_op']:.1f} us CPU per proposal, {row['ops_per_s']:,.0f} ops/s"
+                )
+    print(f"\nmedian of {args.repeat} rounds, {args.cpu_per_op} in flight, 3 members in one process:")
+    for name, _ in impls:
+        mine = [r for r in rows if r["impl"] == name]
+        cpu = statistics.median(r["cpu_us_per_op"] for r in mine)
+        print(f"{name:<12} {cpu:6.1f} us CPU per committed proposal")
+    return rows
 
 
 def main() -> None:
@@ -217,40 +366,61 @@ def main() -> None:
     ap.add_argument("--py-spy", metavar="DIR", help="sample every member with py-spy (raw stacks)")
     ap.add_argument("--cprofile", metavar="DIR", help="cProfile the leader during each workload")
     ap.add_argument("--keep", action="store_true", help="keep the data directory and member logs")
+    ap.add_argument(
+        "--impl",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="run members with DIR first on PYTHONPATH (repeatable; default: this checkout)",
+    )
+    ap.add_argument("--log-level", default="WARNING", help="members' log level (logs kept with --keep)")
+    ap.add_argument("--stall-ms", type=float, default=0.0, help="members log event-loop stalls above this")
+    ap.add_argument(
+        "--cpu-per-op",
+        type=int,
+        metavar="INFLIGHT",
+        help="instead of the cluster: CPU time per proposal, 3 members in one process, no I/O",
+    )
+    ap.add_argument("--repeat", type=int, default=1, help="rounds (implementations alternate in each)")
     args = ap.parse_args()
     modes = [(m.split(":")[0], float(m.split(":")[1])) for m in args.modes.split(",")]
     for mode, _ in modes:
-        if mode not in ("closed", "open"):
+        if mode not in ("closed", "open", "batch"):
             raise SystemExit(f"unknown mode {mode!r}")
     sizes = [int(s) for s in args.sizes.split(",")]
+    impls: list[tuple[str, str | None]] = []
+    for spec in args.impl:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not (pathlib.Path(path) / "phalanx_aio" / "__init__.py").is_file():
+            raise SystemExit(f"--impl wants NAME=DIR with DIR/phalanx_aio/__init__.py, got {spec!r}")
+        impls.append((name, str(pathlib.Path(path).resolve())))
+    if not impls:
+        impls = [("current", None)]
+    if args.repeat < 1:
+        raise SystemExit("--repeat must be at least 1")
     if args.cprofile:
         pathlib.Path(args.cprofile).mkdir(parents=True, exist_ok=True)
 
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="phalanx-bench-"))
-    ids = ["n1", "n2", "n3"]
-    addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(ids, free_loopback_ports(3), strict=True)}
-    members = [Member(nid, addr, workdir) for nid in ids]
-    results: list[dict[str, Any]] = []
-    try:
-        for m in members:
-            m.recv()  # {"ready": id}
-        leader = find_leader(members)
-        print(f"3 members on {', '.join(addr.values())}, data in {workdir}; leader {leader.id}")
-        for size in sizes:
-            for mode, param in modes:
-                r = run_one(members, mode, param, size, args)
-                results.append(r)
-                print(table([r]).splitlines()[-1], flush=True)
-    finally:
-        for m in members:
-            m.stop()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    if args.cpu_per_op:
+        cpu_rows = run_cpu_per_op(impls, args)
+        out = pathlib.Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"cpu_per_op": cpu_rows, "loadavg_at_end": os.getloadavg()}, indent=2))
+        print(f"written to {out}")
+        return
 
+    results: list[dict[str, Any]] = []
+    for rnd in range(args.repeat):
+        order = impls if rnd % 2 == 0 else impls[::-1]  # alternate who goes first
+        for name, path in order:
+            results.extend(run_cluster(name, path, modes, sizes, args))
+
+    summary = medians(results)
+    summary.sort(key=lambda r: (r["size"], r["mode"], r["param"], [n for n, _ in impls].index(r["impl"])))
     print()
-    print(table(results))
+    if args.repeat > 1:
+        print(f"median of {args.repeat} rounds:")
+    print(table(summary))
     out = pathlib.Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
@@ -258,14 +428,18 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "loadavg_at_end": os.getloadavg(),
         },
         "settings": {
             "seconds": args.seconds,
             "warmup": args.warmup,
+            "repeat": args.repeat,
+            "impls": dict(impls),
             "storage": "SQLite synchronous=FULL",
             "transport": "gRPC loopback",
             "config": "Config.lan()",
         },
+        "summary": summary,
         "results": [{k: v for k, v in r.items() if k != "_lat"} for r in results],
     }
     out.write_text(json.dumps(doc, indent=2))

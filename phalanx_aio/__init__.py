@@ -1,9 +1,11 @@
 """phalanx_aio: an asyncio-native Raft consensus framework.
 
 The public API is exactly what ``__all__`` lists: the embeddable :class:`RaftNode` with its
-:class:`StateMachine` and stores, the core's types and configuration, and the errors. Everything
-else is private or lives in a documented subpackage (``phalanx_aio.core`` for the sans-IO core,
-``phalanx_aio.sim`` for the deterministic simulator, ``phalanx_aio.transport`` for transports).
+:class:`StateMachine` and stores, its events (:class:`NodeEvent` and subclasses), the core's
+types and configuration, and the errors. Everything else is private or lives in a documented
+subpackage (``phalanx_aio.core`` for the sans-IO core, ``phalanx_aio.sim`` for the deterministic
+simulator, ``phalanx_aio.transport`` for transports, ``phalanx_aio.observability`` for metrics,
+the HTTP endpoint and structured logs).
 """
 
 from phalanx_aio.core import (
@@ -39,7 +41,22 @@ from phalanx_aio.errors import (
     StorageError,
     Timeout,
 )
-from phalanx_aio.node import NodeStatus, RaftNode, StateMachine, run
+from phalanx_aio.node import (
+    ElectionStarted,
+    ElectionWon,
+    LeaderChanged,
+    MembershipChanged,
+    NodeEvent,
+    NodeStatus,
+    RaftNode,
+    RoleChanged,
+    SnapshotRestored,
+    SnapshotSent,
+    SnapshotTaken,
+    StateMachine,
+    TermChanged,
+    run,
+)
 from phalanx_aio.storage import MemoryStorage, SQLiteStorage, Storage, StoredState
 
 __version__ = "0.1.0.dev0"
@@ -51,14 +68,19 @@ __all__ = [
     "ConfState",
     "Config",
     "ConfigError",
+    "ElectionStarted",
+    "ElectionWon",
     "Entry",
     "EntryType",
     "HardState",
     "InitialState",
+    "LeaderChanged",
     "LocalError",
+    "MembershipChanged",
     "MemoryStorage",
     "Message",
     "MessageType",
+    "NodeEvent",
     "NodeStatus",
     "NotApplied",
     "NotLeader",
@@ -72,14 +94,19 @@ __all__ = [
     "Ready",
     "RemoteError",
     "Role",
+    "RoleChanged",
     "SQLiteStorage",
     "Snapshot",
     "SnapshotMeta",
+    "SnapshotRestored",
+    "SnapshotSent",
+    "SnapshotTaken",
     "StateMachine",
     "Status",
     "Storage",
     "StorageError",
     "StoredState",
+    "TermChanged",
     "Timeout",
     "__version__",
     "run",

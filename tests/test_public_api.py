@@ -6,11 +6,22 @@ import phalanx_aio
 import phalanx_aio.chaos
 import phalanx_aio.core
 import phalanx_aio.kv
+import phalanx_aio.node
+import phalanx_aio.observability
 import phalanx_aio.sim
 
 
 def test_all_names_exist_and_are_documented() -> None:
-    for mod in (phalanx_aio, phalanx_aio.core, phalanx_aio.sim, phalanx_aio.kv, phalanx_aio.chaos):
+    modules = (
+        phalanx_aio,
+        phalanx_aio.core,
+        phalanx_aio.sim,
+        phalanx_aio.kv,
+        phalanx_aio.chaos,
+        phalanx_aio.node,
+        phalanx_aio.observability,
+    )
+    for mod in modules:
         assert len(set(mod.__all__)) == len(mod.__all__)
         for name in mod.__all__:
             obj = getattr(mod, name)

@@ -352,6 +352,7 @@ def check_key(
         if op.outcome is Outcome.OK:
             required |= 1 << i
     n_required = required.bit_count()
+    optional = ((1 << n) - 1) & ~required
 
     # A path is a cons list (op index, previous path) so pushing a child is O(1).
     start: tuple[int, str | None, Any] = (0, initial, None)
@@ -378,7 +379,18 @@ def check_key(
         children: list[tuple[int, str | None, Any]] = []
         horizon = math.inf
         cands = []
-        for i in range(n):
+        # Every op before the first unplaced ok op is placed or an unknown write; those (never
+        # many, and their infinite return never lowers the horizon) are always candidates. The
+        # scan for the rest starts at that first unplaced ok op, so a step costs the window of
+        # concurrent ops rather than the whole history.
+        pending = required & ~done
+        low = (pending & -pending).bit_length() - 1
+        early = optional & ~done & ((1 << low) - 1)
+        while early:
+            bit = early & -early
+            cands.append(bit.bit_length() - 1)
+            early ^= bit
+        for i in range(low, n):
             if done >> i & 1:
                 continue
             if calls[i] > horizon:

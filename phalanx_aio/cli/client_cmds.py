@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -57,6 +58,11 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument(
         "--timeout", type=_positive_float, default=5.0, help="seconds one command may take (default 5)"
     )
+    common.add_argument(
+        "--tls-ca", help="connect with TLS: the CA bundle the nodes' certificates must chain to (PEM)"
+    )
+    common.add_argument("--tls-cert", help="with --tls-ca: this client's certificate, for mutual TLS (PEM)")
+    common.add_argument("--tls-key", help="the client certificate's private key (PEM)")
     return common
 
 
@@ -257,9 +263,67 @@ def _check_cas_args(args: argparse.Namespace) -> None:
         args.expected, args.value = rest
 
 
-async def _main(args: argparse.Namespace, endpoints: list[str], cluster_id: str) -> int:
+def _client_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
+    ca, cert, key = args.tls_ca, args.tls_cert, args.tls_key
+    if ca is None:
+        if cert is not None or key is not None:
+            raise ConfigError("--tls-cert and --tls-key need --tls-ca")
+        return None
+    if key is not None and cert is None:
+        raise ConfigError("--tls-key needs --tls-cert")
+    from phalanx_aio.transport.grpc import client_ssl_context
+
     try:
-        kv = KVClient(endpoints, cluster_id=cluster_id, timeout=args.timeout)
+        return client_ssl_context(ca, certfile=cert, keyfile=key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"TLS setup failed: {exc}") from None
+
+
+async def _tls_problem(endpoints: Sequence[str], tls: ssl.SSLContext | None) -> str | None:
+    """After a failure: say so if the first endpoint that answers refuses us at the TLS level
+    (or speaks TLS to a plain client); ``None`` if TLS is not the problem."""
+    for endpoint in endpoints:
+        host, _, port = endpoint.rpartition(":")
+        host = host.strip("[]")
+        try:
+            probe = tls
+            if probe is None:  # does the node speak TLS to a client that does not?
+                probe = ssl.create_default_context()
+                probe.check_hostname, probe.verify_mode = False, ssl.CERT_NONE
+            async with asyncio.timeout(1.0):
+                reader, writer = await asyncio.open_connection(host, int(port), ssl=probe)
+            if tls is None:
+                writer.close()
+                return f"{endpoint} speaks TLS: give --tls-ca (and --tls-cert, --tls-key for mutual TLS)"
+            try:
+                async with asyncio.timeout(0.5):
+                    # A gRPC server speaks first (HTTP/2 settings). With TLS 1.3 a refused client
+                    # certificate shows only now, as the end of the stream right after the handshake.
+                    first = await reader.read(1)
+            finally:
+                writer.close()
+            if not first:
+                return (
+                    f"{endpoint} closed the connection after the TLS handshake: it did not accept this "
+                    "client's certificate (mutual TLS needs --tls-cert and --tls-key signed by the "
+                    "cluster's CA)"
+                )
+        except ssl.SSLError as exc:
+            if tls is None:
+                return None
+            reason = exc.reason or str(exc)
+            return f"TLS refused by {endpoint} ({reason}): check --tls-ca, --tls-cert and --tls-key"
+        except (OSError, TimeoutError, ValueError):
+            continue
+        return None
+    return None
+
+
+async def _main(
+    args: argparse.Namespace, endpoints: list[str], cluster_id: str, tls: ssl.SSLContext | None
+) -> int:
+    try:
+        kv = KVClient(endpoints, cluster_id=cluster_id, timeout=args.timeout, ssl=tls)
     except LocalError as exc:
         raise ConfigError(str(exc)) from None
     async with kv:
@@ -274,14 +338,19 @@ def run_client_command(args: argparse.Namespace, environ: Mapping[str, str] | No
     cluster_id = args.cluster_id or env.get(_CLUSTER_ENV) or "phalanx"
     if args.command == "cas":
         _check_cas_args(args)
+    tls = _client_ssl(args)
     try:
-        return asyncio.run(_main(args, endpoints, cluster_id))
+        return asyncio.run(_main(args, endpoints, cluster_id, tls))
     except ConfigError:
         raise
     except RequestRefused as exc:
         print(f"phalanx-aio: refused: {exc}", file=sys.stderr)
     except NotApplied as exc:
-        print(f"phalanx-aio: not applied (cluster unreachable or leaderless?): {exc}", file=sys.stderr)
+        problem = asyncio.run(_tls_problem(endpoints, tls))
+        if problem is not None:
+            print(f"phalanx-aio: {problem}", file=sys.stderr)
+        else:
+            print(f"phalanx-aio: not applied (cluster unreachable or leaderless?): {exc}", file=sys.stderr)
     except OutcomeUnknown as exc:
         print(f"phalanx-aio: outcome unknown: {exc}", file=sys.stderr)
     except PhalanxError as exc:

@@ -77,6 +77,7 @@ class _Cluster:
 
     def start(self, nid: str) -> None:
         cmd = [sys.executable, "-m", "phalanx_aio.cli.main", "serve", "--id", nid, "--listen", self.addr[nid]]
+        cmd.append("--bootstrap")  # found the cluster on the first start; ignored once the store exists
         for p, a in self.addr.items():
             if p != nid:
                 cmd += ["--peer", f"{p}={a}"]

@@ -70,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seeds", type=_positive_int, default=1, help="how many consecutive seeds to run")
     sim.add_argument("--nodes", type=_positive_int, default=5, help="cluster size (default 5)")
     sim.add_argument("--steps", type=_positive_int, default=20_000, help="events in the fault phase")
-    sim.add_argument("--preset", choices=["lan", "global-mesh"], default="lan", help="timing preset")
+    sim.add_argument(
+        "--preset",
+        choices=["lan", "global-mesh", "global-mesh-adaptive"],
+        default="lan",
+        help="timing preset",
+    )
     sim.add_argument(
         "--mesh",
         choices=["none", "global"],
@@ -145,7 +150,10 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         run,
     )
 
-    config = Config.global_mesh() if args.preset == "global-mesh" else Config.lan()
+    config = {
+        "global-mesh": Config.global_mesh,
+        "global-mesh-adaptive": Config.global_mesh_adaptive,
+    }.get(args.preset, Config.lan)()
     mesh = None
     if args.mesh == "global":
         regions, rtt, _ = load_rtt_matrix(_find_rtt(args.rtt_file))
@@ -165,7 +173,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
             mesh=mesh,
             membership=args.membership,
             snapshot_every=args.snapshot_every,
-            liveness_ms=60_000.0 * (4 if args.preset == "global-mesh" or mesh else 1),
+            liveness_ms=60_000.0 * (4 if args.preset != "lan" or mesh else 1),
         )
         try:
             res = run(opts)
@@ -199,14 +207,13 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import logging
-
     from phalanx_aio.cli.serve import JoinFailed, resolve_settings, serve
     from phalanx_aio.errors import StorageError
     from phalanx_aio.node import run
+    from phalanx_aio.observability.logs import configure_logging
 
     settings = resolve_settings(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format, settings.log_level)
     try:
         run(serve(settings))
     except StorageError as exc:

@@ -38,6 +38,13 @@ __all__ = [
 
 log = logging.getLogger("phalanx_aio.cli")
 
+PRESETS: dict[str, Callable[[], Config]] = {
+    "lan": Config.lan,
+    "global-mesh": Config.global_mesh,
+    "global-mesh-adaptive": Config.global_mesh_adaptive,
+}
+"""The timing presets ``serve --preset`` accepts."""
+
 
 @dataclass(slots=True)
 class ServeSettings:
@@ -60,6 +67,15 @@ class ServeSettings:
     """NAME[:PORT] whose A/AAAA records list members to join through (port: ours by default)."""
     auto_promote: bool = True
     """When joining: ask for promotion to voter once caught up."""
+    log_format: str = "text"
+    """``text`` or ``json`` (one JSON object per line); see ``phalanx_aio.observability.logs``."""
+    log_level: str = "info"
+    """``debug``, ``info``, ``warning`` or ``error``."""
+    max_request_bytes: int = 4 << 20
+    """The largest KV request message a client may send; larger ones are refused unread."""
+    bootstrap: bool = False
+    """Found a new cluster (with the ``peers`` as the other founders) if this node has no store
+    yet. Without it a node with no store must join; see :func:`serve`."""
 
     @property
     def joining(self) -> bool:
@@ -80,6 +96,10 @@ _ENV = {
     "http": "PHALANX_HTTP",
     "join": "PHALANX_JOIN",
     "discover": "PHALANX_DISCOVER",
+    "log_format": "PHALANX_LOG_FORMAT",
+    "log_level": "PHALANX_LOG_LEVEL",
+    "max_request_bytes": "PHALANX_MAX_REQUEST_BYTES",
+    "bootstrap": "PHALANX_BOOTSTRAP",
 }
 
 
@@ -89,13 +109,28 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--id", help="this node's id (env PHALANX_ID)")
     p.add_argument("--listen", help="HOST:PORT to serve peers and clients on (env PHALANX_LISTEN)")
     p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text lines, or JSON lines with node_id and term (default text; env PHALANX_LOG_FORMAT)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="the least severe level logged (default info; env PHALANX_LOG_LEVEL)",
+    )
+    p.add_argument(
         "--peer",
         action="append",
         metavar="ID=HOST:PORT",
         help="a founding member (repeat; env PHALANX_PEERS, comma-separated)",
     )
     p.add_argument("--data-dir", help="where the SQLite database lives (env PHALANX_DATA_DIR)")
-    p.add_argument("--preset", choices=["lan", "global-mesh"], help="timing preset (default lan)")
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="timing preset: lan (default), global-mesh (fixed 4-8 s election window) or "
+        "global-mesh-adaptive (election timeout derived from measured round trips)",
+    )
     p.add_argument("--cluster-id", help="refuse peers and clients of other clusters (default 'phalanx')")
     p.add_argument("--tls-cert", help="this node's certificate (PEM); enables TLS")
     p.add_argument("--tls-key", help="the certificate's private key (PEM)")
@@ -116,6 +151,19 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME[:PORT]",
         help="like --join, finding members through the A/AAAA records of a DNS name (port: this "
         "node's listen port unless given; env PHALANX_DISCOVER)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        action="store_const",
+        const="true",
+        help="found a new cluster (with the --peer founders) if this node has no store yet; needed "
+        "on the first start only, ignored once the store exists (env PHALANX_BOOTSTRAP=true)",
+    )
+    p.add_argument(
+        "--max-request-bytes",
+        metavar="N",
+        help="refuse KV request messages larger than N bytes before reading them (default 4 MiB, "
+        "at least 64 KiB; env PHALANX_MAX_REQUEST_BYTES)",
     )
     p.add_argument(
         "--no-auto-promote",
@@ -146,6 +194,26 @@ def _check_address(value: str, what: str) -> str:
 class JoinFailed(PhalanxError):
     """No member could be reached (or found) to join the cluster through: an environment
     problem, not a bad argument (``serve`` exits with status 1)."""
+
+
+def _check_bool(value: object, flag: str) -> bool:
+    text = str(value).strip().lower() if value is not None else "false"
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{flag} must be true or false, not {value!r}")
+
+
+def _check_request_bytes(value: object) -> int:
+    from phalanx_aio.kv.service import MIN_REQUEST_BYTES
+
+    if value is None:
+        return 4 << 20
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < MIN_REQUEST_BYTES:
+        raise ConfigError(f"--max-request-bytes must be a whole number >= {MIN_REQUEST_BYTES}, not {text!r}")
+    return int(text)
 
 
 def _check_discover(value: str) -> str:
@@ -247,9 +315,19 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
         join=_check_address(str(merged["join"]), "--join") if merged.get("join") else None,
         discover=_check_discover(str(merged["discover"])) if merged.get("discover") else None,
         auto_promote=not getattr(args, "no_auto_promote", False),
+        log_format=str(merged.get("log_format", "text")),
+        log_level=str(merged.get("log_level", "info")).lower(),
+        max_request_bytes=_check_request_bytes(merged.get("max_request_bytes")),
+        bootstrap=_check_bool(merged.get("bootstrap"), "--bootstrap"),
     )
-    if settings.preset not in ("lan", "global-mesh"):
-        raise ConfigError(f"--preset must be lan or global-mesh, not {settings.preset!r}")
+    if settings.bootstrap and settings.joining:
+        raise ConfigError("--bootstrap founds a new cluster; --join/--discover join a running one: give one")
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError(f"--log-format must be text or json, not {settings.log_format!r}")
+    if settings.log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"--log-level must be debug, info, warning or error, not {settings.log_level!r}")
+    if settings.preset not in PRESETS:
+        raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, not {settings.preset!r}")
     if settings.join and settings.discover:
         raise ConfigError("give --join or --discover, not both")
     if settings.joining and settings.listen.rpartition(":")[0].strip("[]") in ("", "0.0.0.0", "::"):
@@ -287,7 +365,7 @@ async def serve(
     from phalanx_aio.kv.service import KVService
     from phalanx_aio.kv.state_machine import KVStateMachine
     from phalanx_aio.node import RaftNode
-    from phalanx_aio.observability import MeteredKVService, NodeMetrics, ObservabilityServer
+    from phalanx_aio.observability import MeteredKVService, NodeMetrics, ObservabilityServer, bind_node
     from phalanx_aio.storage import SQLiteStorage
     from phalanx_aio.transport.grpc import GrpcTransport
 
@@ -296,7 +374,11 @@ async def serve(
     except OSError as exc:
         raise ConfigError(f"--data-dir {s.data_dir}: {exc.strerror or exc}") from exc
     server_ssl, client_ssl = _ssl_contexts(s)
-    service = MeteredKVService() if s.http else KVService()
+    service = (
+        MeteredKVService(max_request_bytes=s.max_request_bytes)
+        if s.http
+        else KVService(max_request_bytes=s.max_request_bytes)
+    )
     transport = GrpcTransport(
         node_id=s.id,
         cluster_id=s.cluster_id,
@@ -305,19 +387,33 @@ async def serve(
         client_ssl=client_ssl,
         extra_handlers=[service],
     )
-    config = Config.global_mesh() if s.preset == "global-mesh" else Config.lan()
-    peers, already_member = dict(s.peers), False
+    config = PRESETS[s.preset]()
+    store_exists = (s.data_dir / f"{s.id}.db").exists()
+    if not store_exists and not s.joining and not s.bootstrap:
+        raise ConfigError(
+            f"--data-dir {s.data_dir} holds no store for {s.id}. To found a new cluster, start each "
+            "founder once with --bootstrap (and --peer for the others). If this node was a member and "
+            "lost its data, do not bootstrap it again (it would forget its votes and what it "
+            "acknowledged): start it with --join, which replaces it safely"
+        )
+    peers, already_member, rejoin = dict(s.peers), False, False
     contacts: list[str] = []
     if s.joining:
         try:
             contacts = await join_contacts(s, resolver)
             peers, already_member = await _members_via(s, contacts, client_ssl)
         except JoinFailed:
-            if not (s.data_dir / f"{s.id}.db").exists():
+            if not store_exists:
                 raise
             # A restart: the stored configuration rules; carry on without the contact.
             log.warning("%s: no member reachable to join through; restarting from the stored state", s.id)
             already_member = True
+        # Listed as a member but without a store: it lost its data (or never ran). Its old
+        # acknowledgements and votes are forgotten, so it must not count as that member again:
+        # it is removed, then added back as a learner and promoted once caught up.
+        rejoin = already_member and not store_exists
+    elif store_exists and s.bootstrap:
+        log.info("%s: the store exists; --bootstrap is ignored", s.id)
     node = RaftNode(
         s.id,
         address=s.listen,
@@ -330,6 +426,7 @@ async def serve(
         transport=transport,
     )
     service.attach(node)
+    bind_node(node)  # log records of this task and the tasks the node starts carry its id and term
     http: ObservabilityServer | None = None
     if s.http:
         assert isinstance(service, MeteredKVService)
@@ -350,8 +447,9 @@ async def serve(
                     raise ConfigError(f"--http {s.http}: {exc.strerror or exc}") from exc
                 log.info("%s observability endpoint on http://%s/", s.id, s.http)
             joiner = None
-            if s.joining and not already_member:
-                joiner = asyncio.create_task(_join(s, node, contacts, client_ssl))
+            if s.joining and (rejoin or not already_member):
+                joiner = asyncio.create_task(_join(s, node, contacts, client_ssl, rejoin=rejoin))
+                joiner.add_done_callback(_report_join_failure)
             if ready is not None:
                 ready.set()
             await stop.wait()
@@ -363,6 +461,11 @@ async def serve(
             await http.aclose()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+def _report_join_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("joining stopped on an unexpected error", exc_info=task.exception())
 
 
 async def _members_via(
@@ -383,9 +486,16 @@ async def _members_via(
 
 
 async def _join(
-    s: ServeSettings, node: RaftNodeT, contacts: list[str], client_ssl: ssl.SSLContext | None
+    s: ServeSettings,
+    node: RaftNodeT,
+    contacts: list[str],
+    client_ssl: ssl.SSLContext | None,
+    *,
+    rejoin: bool = False,
 ) -> None:
-    """Be added as a learner through the log, catch up, then (by default) be promoted."""
+    """Be added as a learner through the log, catch up, then (by default) be promoted. With
+    ``rejoin`` (listed as a member, but started without a store) first have this node's old
+    membership removed, so that nothing it acknowledged or voted before counts for it again."""
     from phalanx_aio.errors import PhalanxError
     from phalanx_aio.kv.client import KVClient
 
@@ -393,6 +503,14 @@ async def _join(
         while True:
             try:
                 members = await kv.members()
+                if rejoin and any(m.node_id == s.id for m in members):
+                    log.warning(
+                        "%s is listed as a member but has no store: removing its old membership, "
+                        "then joining again as a learner",
+                        s.id,
+                    )
+                    members = await kv.remove_member(s.id)
+                rejoin = False
                 if not any(m.node_id == s.id for m in members):
                     await kv.add_member(s.id, s.listen)
                     log.info("%s added as a learner", s.id)
@@ -408,4 +526,6 @@ async def _join(
                     return
             except PhalanxError as exc:
                 log.info("%s: joining: %s (retrying)", s.id, exc)
+            except (OSError, TimeoutError) as exc:
+                log.warning("%s: joining: %r (retrying)", s.id, exc)
             await asyncio.sleep(0.5)

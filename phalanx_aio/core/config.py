@@ -7,6 +7,7 @@ drivers, which call ``tick()`` that often; the core never looks at a clock.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,20 +28,23 @@ class Config:
     tick_interval: float = 0.05
     """Seconds per tick (drivers only)."""
     election_ticks: int = 10
-    """Minimum election timeout; the actual one is drawn from ``[election_ticks, 2*election_ticks)``."""
+    """Minimum election timeout; the actual one is drawn from ``[election_ticks, 2*election_ticks)``.
+    In RTT-aware mode: the upper bound of the advised timeout ``T``, and ``T`` until advice."""
     heartbeat_ticks: int = 1
     """A leader sends heartbeats this often; must be well below ``election_ticks``."""
     pre_vote: bool = True
     """Run a pre-vote round (thesis §9.6) so a node that cannot win never raises the term."""
     check_quorum: bool = True
     """A leader steps down without a quorum's contact for an election timeout; followers that
-    heard from a leader within ``election_ticks`` refuse votes (leader stickiness)."""
+    heard from a leader within ``election_ticks`` (``T`` in RTT-aware mode) refuse votes
+    (leader stickiness)."""
     read_mode: ReadMode = "safe"
     """``"safe"``: ReadIndex with a heartbeat round. ``"lease"``: the leader answers from its lease
     (requires ``check_quorum``), which trusts bounded clock drift."""
     lease_margin_ticks: int = 2
-    """Lease reads: the lease is ``election_ticks - lease_margin_ticks`` ticks from the send time
-    of the heartbeat round a quorum acknowledged, leaving room for clock drift."""
+    """Lease reads: the lease is ``election_ticks - lease_margin_ticks`` ticks (RTT-aware mode:
+    ``rtt_min_election_ticks - lease_margin_ticks``) from the send time of the heartbeat round a
+    quorum acknowledged, leaving room for clock drift."""
     max_msg_entries: int = 1024
     """At most this many entries in one append message."""
     max_msg_bytes: int = 1 << 20
@@ -54,6 +58,22 @@ class Config:
     a proposal is always accepted when nothing is uncommitted, however large."""
     forward_proposals: bool = True
     """Followers forward proposals and read-index requests to the leader."""
+    rtt_aware: bool = False
+    """RTT-aware election timeout (opt-in): the leader measures round trips to its followers
+    in ticks, derives an election timeout ``T`` from the quorum's round trip and advertises it
+    in heartbeats; every node then draws its election timeout from ``[T, 2*T)`` and uses ``T``
+    for check quorum and stickiness. ``election_ticks`` is the upper bound, and the timeout of
+    a node that has had no advice yet. See ``docs/global-mesh.md``."""
+    rtt_min_election_ticks: int = 10
+    """RTT-aware mode: the lower bound of ``T``. Followers clamp advice into
+    ``[rtt_min_election_ticks, election_ticks]``; lease reads last
+    ``rtt_min_election_ticks - lease_margin_ticks`` ticks."""
+    rtt_factor: float = 3.0
+    """RTT-aware mode: ``T = ceil(rtt_factor * quorum_rtt) + 2 * heartbeat_ticks``, clamped."""
+    rtt_percentile: float = 90.0
+    """RTT-aware mode: the percentile of each follower's RTT samples that counts as its RTT."""
+    rtt_window: int = 32
+    """RTT-aware mode: RTT samples kept per follower (one per answered heartbeat)."""
 
     def __post_init__(self) -> None:
         def need(cond: bool, what: str) -> None:
@@ -83,6 +103,26 @@ class Config:
         need(self.max_inflight_msgs >= 1, "max_inflight_msgs must be >= 1")
         need(self.max_inflight_bytes >= 1, "max_inflight_bytes must be >= 1")
         need(self.max_uncommitted_bytes >= 0, "max_uncommitted_bytes must be >= 0")
+        if self.rtt_aware:
+            need(
+                self.heartbeat_ticks < self.rtt_min_election_ticks <= self.election_ticks,
+                "rtt_min_election_ticks must be in (heartbeat_ticks, election_ticks] "
+                f"(got {self.rtt_min_election_ticks}; heartbeat_ticks {self.heartbeat_ticks}, "
+                f"election_ticks {self.election_ticks})",
+            )
+            need(
+                self.lease_margin_ticks < self.rtt_min_election_ticks,
+                f"lease_margin_ticks must be below rtt_min_election_ticks (got {self.lease_margin_ticks})",
+            )
+            need(
+                math.isfinite(self.rtt_factor) and self.rtt_factor > 0,
+                f"rtt_factor must be a finite number > 0 (got {self.rtt_factor})",
+            )
+            need(
+                0 < self.rtt_percentile <= 100,
+                f"rtt_percentile must be in (0, 100] (got {self.rtt_percentile})",
+            )
+            need(self.rtt_window >= 1, f"rtt_window must be >= 1 (got {self.rtt_window})")
 
     @classmethod
     def lan(cls, **overrides: Any) -> Config:
@@ -97,10 +137,29 @@ class Config:
         400 ms, pre-vote, check quorum and leader stickiness on."""
         return cls(**{"tick_interval": 0.2, "election_ticks": 20, "heartbeat_ticks": 2, **overrides})
 
+    @classmethod
+    def global_mesh_adaptive(cls, **overrides: Any) -> Config:
+        """The RTT-aware variant of :meth:`global_mesh`: 50 ms ticks, heartbeats every 100 ms,
+        and an election timeout ``T`` the leader derives from the measured quorum round trip
+        (``3 x`` its 90th percentile plus two heartbeat intervals), clamped to 10-80 ticks
+        (0.5-4 s); each node draws its timeout from ``[T, 2T)``. Pre-vote, check quorum and
+        leader stickiness on. A node without advice uses 80 ticks (4 s)."""
+        return cls(
+            **{
+                "tick_interval": 0.05,
+                "election_ticks": 80,
+                "heartbeat_ticks": 2,
+                "rtt_aware": True,
+                "rtt_min_election_ticks": 10,
+                **overrides,
+            }
+        )
+
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
     def election_seconds(self) -> tuple[float, float]:
-        """The election timeout window in seconds, ``[low, high)``."""
+        """The election timeout window in seconds, ``[low, high)``, of a node without RTT
+        advice (in RTT-aware mode the window shrinks to ``[T, 2T)`` once advice arrives)."""
         return (self.election_ticks * self.tick_interval, 2 * self.election_ticks * self.tick_interval)

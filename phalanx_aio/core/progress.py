@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import enum
+import math
 from collections import deque
 
 __all__ = ["Progress", "ProgressState"]
@@ -34,6 +36,9 @@ class Progress:
         "pending_snapshot",
         "probe_sent",
         "recent_active",
+        "rtt_samples",
+        "rtt_seq",
+        "rtt_sorted",
         "snapshot_sent_tick",
         "state",
     )
@@ -48,6 +53,12 @@ class Progress:
         self.snapshot_sent_tick = 0
         self.inflight: deque[tuple[int, int]] = deque()
         self.inflight_bytes = 0
+        self.rtt_samples: deque[int] = deque()
+        """RTT-aware mode: the latest round trips in ticks, oldest first."""
+        self.rtt_sorted: list[int] = []
+        """The same samples, sorted (for percentiles)."""
+        self.rtt_seq = 0
+        """The heartbeat round of the latest sample (older or repeated answers are ignored)."""
 
     def __repr__(self) -> str:
         return f"Progress({self.state.name}, match={self.match}, next={self.next_index})"
@@ -128,3 +139,18 @@ class Progress:
         """Free the oldest in-flight slot (a heartbeat answer proves the link works)."""
         if self.inflight:
             self.inflight_bytes -= self.inflight.popleft()[1]
+
+    def add_rtt(self, ticks: int, window: int) -> None:
+        """Record one round trip of ``ticks``, keeping the latest ``window`` samples."""
+        self.rtt_samples.append(ticks)
+        bisect.insort(self.rtt_sorted, ticks)
+        while len(self.rtt_samples) > window:
+            self.rtt_sorted.remove(self.rtt_samples.popleft())
+
+    def rtt_percentile(self, pct: float, min_samples: int = 1) -> int | None:
+        """The nearest-rank ``pct`` percentile of the kept round trips, in ticks; ``None``
+        with fewer than ``min_samples`` samples."""
+        s = self.rtt_sorted
+        if not s or len(s) < min_samples:
+            return None
+        return s[max(0, math.ceil(pct / 100 * len(s)) - 1)]

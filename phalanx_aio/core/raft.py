@@ -7,6 +7,7 @@ Section numbers refer to the Raft paper (Ongaro and Ousterhout, 2014) and thesis
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,11 @@ _TIMEOUT_NOW = MessageType.TIMEOUT_NOW
 # Messages that are not term-checked: forwarded requests and their answers. Their safety does
 # not depend on the sender's term (see _step_leader and _step_follower).
 _UNCHECKED = frozenset({_PROP, _READ_INDEX, _READ_INDEX_RESP})
+
+# RTT-aware mode: heartbeat answers older than this many rounds are not timed, and a
+# follower's RTT counts once it has this many samples (or rtt_window, if smaller).
+_RTT_ROUNDS_KEPT = 64
+_RTT_MIN_SAMPLES = 8
 
 
 class Role(enum.Enum):
@@ -169,6 +175,11 @@ class Raft:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = config.election_ticks
+        # RTT-aware mode (Config.rtt_aware): the election timeout T in force, the leader's
+        # advised one or, without advice, election_ticks. It survives term changes (advice
+        # is kept until a new leader advises otherwise) but not restarts.
+        self._election_timeout = config.election_ticks
+        self._hb_sent: dict[int, int] = {}
         self.lead_transferee: str | None = None
         self._votes: dict[str, bool] = {}
         self.prs: dict[str, Progress] = {}
@@ -264,7 +275,8 @@ class Raft:
         self.leader = None
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
-        self._randomized_timeout = self.cfg.election_ticks + self._rng.randrange(self.cfg.election_ticks)
+        self._randomized_timeout = self._election_timeout + self._rng.randrange(self._election_timeout)
+        self._hb_sent = {}
         self.lead_transferee = None
         self._votes = {}
         self.prs = {}
@@ -308,7 +320,9 @@ class Raft:
         for nid in sorted(self.confs.current.members()):  # sorted: no hash-seed-dependent order
             self.prs[nid] = Progress(last + 1)
         if self.id in self.prs:
-            self.prs[self.id].match = last
+            # Only what storage holds counts for us (thesis §10.2.1): entries still unstable
+            # count once advance() reports them persisted.
+            self.prs[self.id].match = self.log.unstable - 1
             self.prs[self.id].become_replicate()
         # Uncommitted entries of earlier terms count towards the limit too (conservative).
         for i in range(self.log.committed + 1, last + 1):
@@ -379,7 +393,7 @@ class Raft:
     def _tick_leader(self) -> None:
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
-        if self._election_elapsed >= self.cfg.election_ticks:
+        if self._election_elapsed >= self._election_timeout:
             self._election_elapsed = 0
             if self.cfg.check_quorum and not self._quorum_active():
                 self._become_follower(self.term, None)
@@ -398,6 +412,60 @@ class Raft:
                 pr.recent_active = False
         voters = self.confs.current.voters
         return len(voters & active) >= len(voters) // 2 + 1
+
+    # ------------------------------------------------------------------ RTT-aware timeout
+
+    @property
+    def election_timeout(self) -> int:
+        """The election timeout ``T`` in force, in ticks: each timeout is drawn from
+        ``[T, 2T)``, and ``T`` is the check-quorum period and the stickiness window. It is
+        ``election_ticks`` unless RTT-aware mode adopted a leader's advice."""
+        return self._election_timeout
+
+    def quorum_rtt(self) -> int | None:
+        """Leader, RTT-aware mode: the round trip (ticks, rounded up) within which it hears
+        from a quorum of voters, itself included, each voter's RTT being the configured
+        percentile of its recent heartbeat round trips. ``None`` until every voter of some
+        quorum has enough samples, and on non-leaders."""
+        if self.role is not Role.LEADER or not self.cfg.rtt_aware:
+            return None
+        cfg = self.cfg
+        need = min(_RTT_MIN_SAMPLES, cfg.rtt_window)
+        known: list[int] = []
+        voters = self.confs.current.voters
+        for nid in voters:
+            if nid == self.id:
+                known.append(0)
+                continue
+            pr = self.prs.get(nid)
+            rtt = None if pr is None else pr.rtt_percentile(cfg.rtt_percentile, need)
+            if rtt is not None:
+                known.append(rtt)
+        quorum = len(voters) // 2 + 1
+        if len(known) < quorum:
+            return None
+        known.sort()
+        return known[quorum - 1]
+
+    def _advised_timeout(self) -> int:
+        """The timeout this leader advises: ``ceil(rtt_factor * quorum_rtt) + 2 *
+        heartbeat_ticks``, clamped to ``[rtt_min_election_ticks, election_ticks]``; 0 (no
+        advice) while the quorum RTT is unknown."""
+        q = self.quorum_rtt()
+        if q is None:
+            return 0
+        cfg = self.cfg
+        t = math.ceil(cfg.rtt_factor * q) + 2 * cfg.heartbeat_ticks
+        return min(max(t, cfg.rtt_min_election_ticks), cfg.election_ticks)
+
+    def _adopt_timeout(self, advised: int) -> None:
+        # Clamped: a buggy or hostile leader cannot set a timeout outside the configured
+        # bounds (the lease relies on the lower one).
+        cfg = self.cfg
+        t = min(max(advised, cfg.rtt_min_election_ticks), cfg.election_ticks)
+        if t != self._election_timeout:
+            self._election_timeout = t
+            self._randomized_timeout = t + self._rng.randrange(t)
 
     # ------------------------------------------------------------------ client requests
 
@@ -468,11 +536,9 @@ class Raft:
         for e in entries:
             if e.type is EntryType.CONF:
                 self._apply_conf(e.index, decode_conf(e.data)[1])
-        me = self.prs.get(self.id)
-        if me is not None:
-            me.maybe_update(index)
+        # The leader's own copy counts towards a commit only once it is durable: advance()
+        # moves our match when the driver reports these entries persisted (thesis §10.2.1).
         self._bcast_entries = True
-        self._maybe_commit()
         return out
 
     def read_index(self, context: bytes) -> None:
@@ -528,7 +594,11 @@ class Raft:
         sent = self._round_ticks.get(acked)
         if sent is None:
             return False
-        return self._ticks - sent < self.cfg.election_ticks - self.cfg.lease_margin_ticks
+        cfg = self.cfg
+        # RTT-aware mode: followers may adopt any timeout down to rtt_min_election_ticks, so
+        # the lease is based on that floor, never on the advised timeout.
+        timeout = cfg.rtt_min_election_ticks if cfg.rtt_aware else cfg.election_ticks
+        return self._ticks - sent < timeout - cfg.lease_margin_ticks
 
     def _release_reads(self) -> None:
         acked = self._acked_round()
@@ -608,7 +678,7 @@ class Raft:
                     in_lease = (
                         self.cfg.check_quorum
                         and self.leader is not None
-                        and self._election_elapsed < self.cfg.election_ticks
+                        and self._election_elapsed < self._election_timeout
                     )
                     if in_lease and not m.transfer:
                         return  # leader stickiness: a live leader was heard recently
@@ -635,7 +705,9 @@ class Raft:
             self._step_candidate(m)
 
     def _handle_vote(self, m: Message) -> None:
-        can_vote = (
+        # A node that knows no configuration at all (one joining with an empty store) never
+        # votes: it may be a member that lost its data, which must not vote again as that member.
+        can_vote = bool(self.conf.members()) and (
             self.vote == m.frm
             or (self.vote is None and self.leader is None)
             or (m.type is _PRE_VOTE and m.term > self.term)
@@ -695,6 +767,12 @@ class Raft:
         elif t is _HEARTBEAT_RESP:
             pr.recent_active = True
             pr.probe_sent = False
+            if m.seq > pr.rtt_seq and self.cfg.rtt_aware:
+                sent = self._hb_sent.get(m.seq)
+                if sent is not None:
+                    # Sent at tick `sent`, answered before tick `_ticks + 1`: rounded up.
+                    pr.add_rtt(self._ticks - sent + 1, self.cfg.rtt_window)
+                    pr.rtt_seq = m.seq
             if pr.state is ProgressState.REPLICATE and pr.is_paused(
                 self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes
             ):
@@ -795,6 +873,8 @@ class Raft:
             )
 
     def _handle_heartbeat(self, m: Message) -> None:
+        if m.election_timeout and self.cfg.rtt_aware:
+            self._adopt_timeout(m.election_timeout)
         self.log.commit_to(min(m.commit, self.log.last_index()))
         self._send(Message(_HEARTBEAT_RESP, m.frm, self.id, self.term, seq=m.seq))
 
@@ -867,11 +947,24 @@ class Raft:
             self._round_ticks[self._round] = self._ticks
         self._bcast_read = False
         committed = self.log.committed
+        advice = 0
+        if self.cfg.rtt_aware:
+            self._hb_sent[self._round] = self._ticks
+            self._hb_sent.pop(self._round - _RTT_ROUNDS_KEPT, None)
+            advice = self._advised_timeout()
+            if advice:
+                self._election_timeout = advice
         for nid, pr in self.prs.items():
             if nid != self.id:
                 self._send(
                     Message(
-                        _HEARTBEAT, nid, self.id, self.term, commit=min(pr.match, committed), seq=self._round
+                        _HEARTBEAT,
+                        nid,
+                        self.id,
+                        self.term,
+                        commit=min(pr.match, committed),
+                        seq=self._round,
+                        election_timeout=advice,
                     )
                 )
         if self._pending_reads:
@@ -954,14 +1047,21 @@ class Raft:
         self._flush()
         hs = self._hard_state()
         log = self.log
+        prev = self._prev_hs  # its term and vote are durable (saved before advance())
         rd = Ready(
-            hard_state=hs if hs != self._prev_hs else None,
+            hard_state=hs if hs != prev else None,
             entries=tuple(log.unstable_entries()),
             snapshot=log.pending_snapshot,
             messages=tuple(self._msgs),
             committed_entries=tuple(log.next_committed(_MAX_APPLY_BYTES)),
             read_states=tuple(self._read_states),
             dropped_reads=tuple(self._dropped_reads),
+            # A leader in a durable term (and vote) only sends its own log and commit index:
+            # nothing it sends depends on this Ready's writes (see Ready.send_before_persist).
+            send_before_persist=self.role is Role.LEADER
+            and hs.term == prev.term
+            and hs.vote == prev.vote
+            and log.pending_snapshot is None,
         )
         self._msgs = []
         self._read_states = []
@@ -980,5 +1080,8 @@ class Raft:
         if rd.entries:
             last = rd.entries[-1]
             log.stable_to(last.index, last.term)
+            me = self.prs.get(self.id) if self.role is Role.LEADER else None
+            if me is not None and me.maybe_update(log.unstable - 1):
+                self._maybe_commit()  # our own durable copy may complete a quorum
         if rd.committed_entries:
             log.applied = max(log.applied, rd.committed_entries[-1].index)

@@ -19,7 +19,8 @@ class Ready:
        overwrite-from-index semantics (delete every stored entry at or after
        ``entries[0].index``, then insert these), then ``hard_state`` (if any).
     2. **Send** ``messages``. They may promise what step 1 saved (a vote, an accepted append),
-       so they must not leave before it is durable.
+       so they must not leave before it is durable, unless ``send_before_persist`` is true:
+       then they may leave before or during step 1 (thesis §10.2.1).
     3. **Install** ``snapshot`` into the state machine, then **apply** ``committed_entries`` in
        order (skipping NOOP entries; CONF entries carry membership changes).
     4. **Serve** ``read_states``: a read with that context may run once the state machine has
@@ -43,10 +44,18 @@ class Ready:
     """Reads that may be served once their index is applied."""
     dropped_reads: tuple[bytes, ...] = ()
     """Contexts of reads that cannot be served here (leadership lost): fail them at once."""
+    send_before_persist: bool = False
+    """True if ``messages`` promise nothing that step 1 saves, so they may be sent before
+    (or while) it is made durable. The core sets it for a leader whose term and vote are
+    already durable: its messages carry its own log entries and a commit index that counts
+    the leader's copy only once :meth:`~phalanx_aio.core.raft.Raft.advance` reported it
+    persisted (thesis §10.2.1). Entries must still be durable before ``advance``."""
 
     @property
     def must_sync(self) -> bool:
-        """True if step 1 has anything to persist (so it needs an fsync)."""
+        """True if step 1 has anything to persist (so it needs an fsync). Conservative: a
+        ``hard_state`` that only moves the commit index sets it too, although the commit index
+        need not be durable (``RaftNode`` writes such a hard state with its next write)."""
         return bool(self.entries) or self.hard_state is not None or self.snapshot is not None
 
     def is_empty(self) -> bool:

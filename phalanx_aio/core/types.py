@@ -161,3 +161,6 @@ class Message:
     seq: int = 0
     transfer: bool = False
     """On VOTE/PRE_VOTE/TIMEOUT_NOW: part of a leadership transfer (bypasses leader leases)."""
+    election_timeout: int = 0
+    """On HEARTBEAT, in RTT-aware mode: the election timeout (ticks) the leader advises its
+    followers to adopt, derived from measured round trips; 0 means no advice."""

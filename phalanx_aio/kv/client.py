@@ -19,13 +19,21 @@ often it is retried. That gives every call a precise outcome:
   :class:`~phalanx_aio.kv.state_machine.SessionExpired`): the write may or may not have taken
   effect (at most once); read the key to find out.
 
+Puts, gets, deletes and compare-and-sets travel on one long-lived ``Stream`` call per node:
+every request gets an id, the requests made during one turn of the event loop go out in one
+message, and the answers come back in batches, matched by id. Many concurrent calls therefore
+share a few messages instead of paying for one gRPC call each. Requests too large for a stream
+batch, and the cluster operations, use the unary methods.
+
 ``docs/kv.md`` has the whole table.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import itertools
 import random
 import ssl as _ssl
 import uuid
@@ -75,7 +83,14 @@ from phalanx_aio.kv.messages import (
     TransferLeaderResponse,
 )
 from phalanx_aio.kv.state_machine import SessionExpired
-from phalanx_aio.transport.codec import WireBytes, decode_kv_message, encode_kv_message
+from phalanx_aio.transport.codec import (
+    KV_STREAM_METHOD,
+    WireBytes,
+    decode_kv_message,
+    decode_kv_stream_responses,
+    encode_kv_message,
+    encode_kv_stream_request,
+)
 
 __all__ = ["Consistency", "KVClient", "RequestRefused", "Unavailable"]
 
@@ -91,6 +106,13 @@ _PATHS: Final[dict[type[Any], tuple[str, type[Any]]]] = {
     req: (path, resp) for path, (req, resp) in KV_METHODS.items()
 }
 _R = TypeVar("_R")
+_STREAM_TYPES: Final = frozenset((PutRequest, GetRequest, DeleteRequest, CompareAndSetRequest))
+_STREAM_BATCH_BYTES: Final = 60 << 10
+"""A stream message holds at most this much (or one item): below any node's smallest
+``max_request_bytes`` (:data:`phalanx_aio.kv.service.MIN_REQUEST_BYTES`)."""
+_STREAM_ITEM_MAX: Final = 16 << 10
+"""A request whose stream item is larger travels as a unary call instead."""
+_MAX_TIMEOUT_MS: Final = (1 << 32) - 1
 
 
 class Unavailable(NotApplied):
@@ -145,11 +167,125 @@ class _Session:
 
 
 class _AttemptFailed(Exception):
-    """One call did not produce an answer; ``delivered`` if the server may have acted on it."""
+    """One call did not produce an answer; ``delivered`` if the server may have acted on it.
+    ``refused``: the request can never be served as it is (too large), so do not retry it."""
 
-    def __init__(self, delivered: bool, text: str) -> None:
+    def __init__(self, delivered: bool, text: str, refused: bool = False) -> None:
         super().__init__(text)
         self.delivered = delivered
+        self.refused = refused
+
+
+class _StreamItem:
+    """One request on a stream: its encoded item and the future of its answer."""
+
+    __slots__ = ("cancelled", "data", "future", "rid", "sent")
+
+    def __init__(self, rid: int, data: bytes, future: asyncio.Future[Any]) -> None:
+        self.rid = rid
+        self.data = data
+        self.future = future
+        self.sent = False
+        """Handed to the connection: the server may act on it."""
+        self.cancelled = False
+        """Given up before it was sent: it must never be sent."""
+
+
+class _StreamConn:
+    """One ``Stream`` call to one node, run by its own task until it fails or is closed.
+
+    :meth:`submit` queues an item; the writer sends whatever is queued as one message per loop
+    turn (split at ``_STREAM_BATCH_BYTES``), the reader resolves the answers by request id.
+    When the call ends, every unanswered item fails with :class:`_AttemptFailed`, ``delivered``
+    if it had been sent.
+    """
+
+    def __init__(self, address: str, channel: Channel, on_end: Callable[[_StreamConn, bool], None]) -> None:
+        self.address = address
+        self.ended = False
+        self._pending: dict[int, _StreamItem] = {}
+        self._outbox: list[_StreamItem] = []
+        self._wake = asyncio.Event()
+        self._on_end = on_end
+        self._error: str | None = None
+        self._broken_connection = False
+        self.task = asyncio.get_running_loop().create_task(self._run(channel))
+
+    def submit(self, rid: int, data: bytes) -> _StreamItem:
+        item = _StreamItem(rid, data, asyncio.get_running_loop().create_future())
+        self._pending[rid] = item
+        self._outbox.append(item)
+        self._wake.set()
+        return item
+
+    def forget(self, item: _StreamItem) -> None:
+        """The caller stopped waiting for ``item``: never send it if not sent yet."""
+        item.cancelled = True
+        self._pending.pop(item.rid, None)
+
+    async def _run(self, channel: Channel) -> None:
+        try:
+            async with channel.request(
+                KV_STREAM_METHOD, Cardinality.STREAM_STREAM, WireBytes, WireBytes
+            ) as stream:
+                await stream.send_request()
+                writer = asyncio.get_running_loop().create_task(self._write(stream))
+                try:
+                    while True:
+                        reply = await stream.recv_message()
+                        if reply is None:
+                            raise ConnectionError("the server ended the stream")
+                        for rid, response in decode_kv_stream_responses(reply.data):
+                            item = self._pending.pop(rid, None)
+                            if item is not None and not item.future.done():
+                                item.future.set_result(response)
+                finally:
+                    writer.cancel()
+        except asyncio.CancelledError:
+            self._error = self._error or "the stream was closed"
+        except GRPCError as exc:
+            self._error = f"gRPC {exc.status.name} {exc.message or ''}".rstrip()
+        except Exception as exc:  # connection refused or lost, h2 errors, an unreadable answer
+            text = str(exc)
+            self._error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+            self._broken_connection = not isinstance(exc, ProtocolError)
+        finally:
+            self.ended = True
+            self._on_end(self, self._broken_connection)
+            pending, self._pending = self._pending, {}
+            self._outbox.clear()
+            for item in pending.values():
+                if not item.future.done():
+                    item.future.set_exception(_AttemptFailed(item.sent, self._error or "the stream ended"))
+
+    async def _write(self, stream: Any) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._outbox:
+                    parts: list[bytes] = []
+                    size = 0
+                    taken = 0
+                    for item in self._outbox:
+                        if parts and size + len(item.data) > _STREAM_BATCH_BYTES:
+                            break
+                        taken += 1
+                        if item.cancelled:
+                            continue
+                        item.sent = True
+                        parts.append(item.data)
+                        size += len(item.data)
+                    del self._outbox[:taken]
+                    if parts:
+                        await stream.send_message(WireBytes(b"".join(parts)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            text = str(exc)
+            self._error = f"sending failed: {type(exc).__name__}: {text}" if text else type(exc).__name__
+            self._broken_connection = True
+            self.task.cancel()
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -188,6 +324,11 @@ class KVClient:
       answer a new write with the remembered result of an old one of the same number).
     * ``timeout``: the time one call may take, retries included, in seconds.
     * ``ssl``: a client TLS context (for example :func:`phalanx_aio.transport.grpc.client_ssl_context`).
+    * ``stream``: send puts, gets, deletes and compare-and-sets on one long-lived ``Stream`` call
+      per node, batched (the default); false sends each as its own unary call.
+    * ``max_request_bytes``: a request whose encoding is larger is refused at once with
+      :class:`RequestRefused` (``INVALID_ARGUMENT``), without sending it. Nodes refuse requests
+      over their own limit (4 MiB by default) the same way.
 
     Calls may run concurrently; each write gets its own sequence number. The client is bound to
     the event loop it is first used on.
@@ -201,6 +342,8 @@ class KVClient:
         client_id: str | None = None,
         timeout: float = 10.0,
         ssl: _ssl.SSLContext | None = None,
+        stream: bool = True,
+        max_request_bytes: int = 4 << 20,
     ) -> None:
         if isinstance(endpoints, str):
             raise LocalError("endpoints must be a sequence of host:port strings, not one string")
@@ -213,13 +356,21 @@ class KVClient:
             raise LocalError(f"timeout must be positive, not {timeout!r}")
         if client_id is not None and not client_id:
             raise LocalError("client_id must not be empty")
+        if type(max_request_bytes) is not int or max_request_bytes < 1:
+            raise LocalError(f"max_request_bytes must be a positive int, not {max_request_bytes!r}")
         self.endpoints: tuple[str, ...] = tuple(eps)
         """The endpoints given."""
         self.cluster_id = cluster_id
         """The cluster this client talks to."""
         self.timeout = float(timeout)
         """The deadline of one call, retries included, in seconds."""
+        self.max_request_bytes = max_request_bytes
+        """The largest request this client sends, in bytes."""
         self._ssl = ssl
+        self._use_stream = bool(stream)
+        self._streams: dict[str, _StreamConn] = {}
+        self._ids = itertools.count(1)
+        """Stream request ids (unique per client, so per stream too)."""
         self._base_id = client_id or uuid.uuid4().hex
         self._renewals = 0
         self._session = _Session(self._base_id)
@@ -244,6 +395,13 @@ class KVClient:
         """Close every connection. Calls still running end with :class:`ClosedError` (or
         :class:`OutcomeUnknown` for a write that may have been sent). Idempotent."""
         self._closed = True
+        streams = list(self._streams.values())
+        self._streams.clear()
+        for conn in streams:
+            conn.task.cancel()
+        for conn in streams:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(conn.task)
         channels = list(self._channels.values())
         self._channels.clear()
         for channel in channels:
@@ -410,6 +568,12 @@ class KVClient:
                         target, build(header), min(left, max(self.timeout / 3, 1.0))
                     )
                 except _AttemptFailed as exc:
+                    if exc.refused:
+                        if maybe_applied:
+                            raise OutcomeUnknown(
+                                f"{target}: {exc}, after an earlier attempt whose outcome is unknown"
+                            ) from None
+                        raise RequestRefused(ErrorCode.INVALID_ARGUMENT, f"{target}: {exc}") from None
                     if exc.delivered and kind == _Kind.ADMIN:
                         raise OutcomeUnknown(
                             f"{target}: {exc}; the membership change or transfer may or may not happen"
@@ -499,10 +663,49 @@ class KVClient:
         if channel is not None:
             channel.close()
 
+    def _end_stream(self, conn: _StreamConn, broken_connection: bool) -> None:
+        if self._streams.get(conn.address) is conn:
+            del self._streams[conn.address]
+            if broken_connection:
+                self._drop_channel(conn.address)
+
     async def _attempt(self, address: str, request: KVRequest, budget: float) -> Any:
-        """One gRPC call; raises :class:`_AttemptFailed` if it produced no answer."""
+        """Send ``request`` to ``address`` once and return the answer; raises
+        :class:`_AttemptFailed` if it produced none. Uses the node's stream when it can."""
+        if self._use_stream and type(request) in _STREAM_TYPES:
+            rid = next(self._ids)
+            data = encode_kv_stream_request(rid, min(int(budget * 1000), _MAX_TIMEOUT_MS), request)
+            if len(data) > self.max_request_bytes:
+                raise self._too_large(len(data))
+            if len(data) <= _STREAM_ITEM_MAX:
+                conn = self._streams.get(address)
+                if conn is None or conn.ended:
+                    conn = self._streams[address] = _StreamConn(
+                        address, self._channel(address), self._end_stream
+                    )
+                item = conn.submit(rid, data)
+                try:
+                    async with asyncio.timeout(budget + 0.5):
+                        return await item.future
+                except TimeoutError:
+                    conn.forget(item)
+                    raise _AttemptFailed(item.sent, "no answer in time") from None
+                except BaseException:
+                    conn.forget(item)
+                    raise
+        return await self._unary(address, request, budget)
+
+    def _too_large(self, size: int) -> _AttemptFailed:
+        return _AttemptFailed(
+            False, f"the request is {size} bytes, over the limit of {self.max_request_bytes}", refused=True
+        )
+
+    async def _unary(self, address: str, request: KVRequest, budget: float) -> Any:
+        """One unary gRPC call; raises :class:`_AttemptFailed` if it produced no answer."""
         path, response_type = _PATHS[type(request)]
         payload = encode_kv_message(request)
+        if len(payload) > self.max_request_bytes:
+            raise self._too_large(len(payload))
         channel = self._channel(address)
         sent = False
         try:
@@ -516,10 +719,14 @@ class KVClient:
         except asyncio.CancelledError:
             raise
         except GRPCError as exc:
-            # The server ended the call with a status: no handler (UNIMPLEMENTED) means it did
-            # nothing; anything else (a deadline, a crash) may have come after it acted.
+            # The server ended the call with a status: no handler (UNIMPLEMENTED) or a request
+            # over its size limit (RESOURCE_EXHAUSTED, before reading it) means it did nothing;
+            # anything else (a deadline, a crash) may have come after it acted.
+            text = f"gRPC {exc.status.name} {exc.message or ''}".rstrip()
+            if exc.status is Status.RESOURCE_EXHAUSTED:
+                raise _AttemptFailed(False, text, refused=True) from None
             delivered = sent and exc.status is not Status.UNIMPLEMENTED
-            raise _AttemptFailed(delivered, f"gRPC {exc.status.name} {exc.message or ''}".rstrip()) from None
+            raise _AttemptFailed(delivered, text) from None
         except Exception as exc:  # connection refused or lost, timeout, h2 errors
             self._drop_channel(address)
             text = str(exc)

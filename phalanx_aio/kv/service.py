@@ -17,14 +17,26 @@ write, a lost leadership, all come back as codes and never as gRPC error statuse
 means the transport failed). Writes go through the leader only (a follower answers
 ``NOT_LEADER`` with the leader's id and address); reads are served by any node. ``docs/kv.md``
 describes the protocol, the sessions and the outcomes.
+
+Besides the unary methods, the service offers ``Stream``: one long-lived call on which a client
+sends batches of Put, Get, Delete and CompareAndSet requests, each with an id, and gets the
+answers back in batches as they complete (see :data:`~phalanx_aio.transport.codec.KV_STREAM_METHOD`).
+Every request on it is handled exactly as by its unary method, concurrently with the others.
+
+No request message may be larger than ``max_request_bytes`` (4 MiB by default): the service
+reads the 5-byte gRPC length prefix first and ends a call that announces more with the gRPC
+status ``RESOURCE_EXHAUSTED`` before buffering the message (grpclib itself sets no limit). The
+node keeps serving; the refusal is counted in :attr:`KVService.rejections`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import struct
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, NoReturn, TypeVar
 
 import grpclib.const
 import grpclib.server
@@ -71,15 +83,27 @@ from phalanx_aio.kv.messages import (
 )
 from phalanx_aio.kv.state_machine import KVCommand, KVOp, KVStateMachine, SessionExpired, encode_command
 from phalanx_aio.node.raft_node import RaftNode
-from phalanx_aio.transport.codec import WireBytes, decode_kv_message, encode_kv_message
+from phalanx_aio.transport.codec import (
+    KV_STREAM_METHOD,
+    WireBytes,
+    decode_kv_message,
+    decode_kv_stream_requests,
+    encode_kv_message,
+    encode_kv_stream_response,
+)
 
-__all__ = ["KVService"]
+__all__ = ["MIN_REQUEST_BYTES", "KVService"]
 
 log = logging.getLogger("phalanx_aio.kv")
 
 _R = TypeVar("_R")
+_WriteRequest = PutRequest | DeleteRequest | CompareAndSetRequest
 _Stream = grpclib.server.Stream[WireBytes, WireBytes]
 _MAX_ID_BYTES = 255
+_PREFIX = struct.Struct(">?I")  # a gRPC message's prefix: compressed flag, length
+MIN_REQUEST_BYTES = 64 << 10
+"""The smallest ``max_request_bytes`` a :class:`KVService` accepts (a client's stream batches
+stay below it)."""
 
 
 class _Refuse(Exception):
@@ -97,7 +121,12 @@ class KVService:
 
     ``node`` may be given now or later with :meth:`attach`; until then every request is answered
     ``NOT_APPLIED``. Keys may hold up to ``max_key_bytes`` bytes (and may not be empty), values
-    up to ``max_value_bytes``; larger ones are answered ``INVALID_ARGUMENT``.
+    up to ``max_value_bytes``; larger ones are answered ``INVALID_ARGUMENT``. A gRPC request
+    message (a unary request, or one batch on the ``Stream`` call) may hold at most
+    ``max_request_bytes`` (at least :data:`MIN_REQUEST_BYTES`); a larger one ends its call with
+    the gRPC status ``RESOURCE_EXHAUSTED`` before it is read, and nothing of it is applied.
+    One ``Stream`` call may have ``max_stream_inflight`` requests under way; the service reads
+    no more of it until some finish.
 
     Error mapping: :class:`~phalanx_aio.errors.NotLeader` -> ``NOT_LEADER`` (with the leader's
     id and address), other :class:`~phalanx_aio.errors.NotApplied` -> ``NOT_APPLIED`` (or
@@ -113,10 +142,29 @@ class KVService:
         *,
         max_key_bytes: int = 64 << 10,
         max_value_bytes: int = 1 << 20,
+        max_request_bytes: int = 4 << 20,
+        max_stream_inflight: int = 10_000,
     ) -> None:
         if max_key_bytes < 1 or max_value_bytes < 0:
             raise LocalError("max_key_bytes must be >= 1 and max_value_bytes >= 0")
+        if type(max_request_bytes) is not int or max_request_bytes < MIN_REQUEST_BYTES:
+            raise LocalError(
+                f"max_request_bytes must be an int of at least {MIN_REQUEST_BYTES}, not {max_request_bytes!r}"
+            )
         self._node: RaftNode | None = None
+        if type(max_stream_inflight) is not int or max_stream_inflight < 1:
+            raise LocalError(f"max_stream_inflight must be a positive int, not {max_stream_inflight!r}")
+        self.max_request_bytes = max_request_bytes
+        """The largest gRPC request message accepted, in bytes."""
+        self.max_stream_inflight = max_stream_inflight
+        # The stream proposes each batch's writes together, bypassing handle(); a subclass that
+        # overrides handle() (to observe requests, say) gets one handle() call per request.
+        self._batch_writes = type(self).handle is KVService.handle
+        """Requests one ``Stream`` call may have under way; beyond it the service stops reading
+        that call (HTTP/2 flow control then holds the client back) until some finish."""
+        self.rejections: dict[str, int] = {"too_large": 0, "malformed": 0}
+        """Calls ended with a gRPC error status because of bad input: ``too_large`` (a message
+        over ``max_request_bytes``), ``malformed`` (an unreadable ``Stream`` batch)."""
         self.max_key_bytes = max_key_bytes
         """The longest key accepted, in bytes."""
         self.max_value_bytes = max_value_bytes
@@ -155,12 +203,16 @@ class KVService:
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         """gRPC method path -> grpclib handler (raw bytes in and out, decoded by the codec)."""
-        return {
+        handlers = {
             path: grpclib.const.Handler(
                 functools.partial(self._serve, path), Cardinality.UNARY_UNARY, WireBytes, WireBytes
             )
             for path in KV_METHODS
         }
+        handlers[KV_STREAM_METHOD] = grpclib.const.Handler(
+            self._serve_stream, Cardinality.STREAM_STREAM, WireBytes, WireBytes
+        )
+        return handlers
 
     # ----------------------------------------------------------------- dispatch
 
@@ -199,21 +251,156 @@ class KVService:
     async def _serve(self, path: str, stream: _Stream) -> None:
         """One unary call: decode, answer, encode."""
         request_type, response_type = KV_METHODS[path]
-        message = await stream.recv_message()
-        if message is None:
-            raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
+        data = await self._recv(stream)
+        if data is None:
+            self._malformed("no request message")
         timeout: float | None = None
         if stream.deadline is not None:
-            left = stream.deadline.time_remaining()
-            timeout = max(left - min(0.1, left / 10), 0.001)  # answer just before the client gives up
+            timeout = _answer_within(stream.deadline.time_remaining())
         response: KVResponse
         try:
-            request = decode_kv_message(request_type, message.data)
+            request = decode_kv_message(request_type, data, max_bytes=self.max_request_bytes)
         except ProtocolError as exc:
+            self.rejections["malformed"] += 1
             response = response_type(header=self._header(ErrorCode.INVALID_ARGUMENT, str(exc)[:300]))
         else:
             response = await self.handle(request, timeout=timeout)
         await stream.send_message(WireBytes(encode_kv_message(response)))
+
+    async def _serve_stream(self, stream: _Stream) -> None:
+        """The ``Stream`` call: answer every request of every batch concurrently, and send the
+        answers in batches (whatever completed since the last send, once per loop turn)."""
+        outbox: list[bytes] = []
+        wake = asyncio.Event()
+        tasks: dict[asyncio.Task[None], int] = {}  # -> the number of requests it answers
+        under_way = 0
+        finished = False
+
+        def spawn(work: Coroutine[Any, Any, None], requests: int) -> None:
+            nonlocal under_way
+            task = asyncio.create_task(work)
+            tasks[task] = requests
+            under_way += requests
+            task.add_done_callback(done)
+
+        def done(task: asyncio.Task[None]) -> None:
+            nonlocal under_way
+            under_way -= tasks.pop(task, 0)
+
+        async def answer(rid: int, timeout_ms: int, request: KVRequest) -> None:
+            timeout = _answer_within(timeout_ms / 1000) if timeout_ms else None
+            response = await self.handle(request, timeout=timeout)
+            try:
+                item = encode_kv_stream_response(rid, response)
+            except Exception:
+                log.exception("KV service: cannot encode the answer to a %s", type(request).__name__)
+                failed = _RESPONSE_TYPES[type(request)](
+                    ResponseHeader(ErrorCode.INTERNAL, "internal server error")
+                )
+                item = encode_kv_stream_response(rid, failed)
+            outbox.append(item)
+            wake.set()
+
+        async def answer_writes(ids: list[int], writes: list[tuple[_WriteRequest, KVCommand, int]]) -> None:
+            try:
+                responses = await self._write_batch(writes)
+            except Exception:
+                log.exception("KV service: unexpected error answering a batch of writes")
+                internal = ResponseHeader(ErrorCode.INTERNAL, "internal server error")
+                responses = [_RESPONSE_TYPES[type(req)](internal) for req, _, _ in writes]
+            outbox.extend(map(encode_kv_stream_response, ids, responses))
+            wake.set()
+
+        async def sender() -> None:
+            while True:
+                await wake.wait()
+                wake.clear()
+                while outbox:
+                    batch = b"".join(outbox)
+                    outbox.clear()
+                    await stream.send_message(WireBytes(batch))
+                if finished and not tasks:
+                    return
+
+        send_task = asyncio.create_task(sender())
+        try:
+            while True:
+                data = await self._recv(stream)
+                if data is None:
+                    break
+                if send_task.done():  # the answers cannot be sent: end the call
+                    break
+                try:
+                    items = decode_kv_stream_requests(data, max_bytes=self.max_request_bytes)
+                except ProtocolError as exc:
+                    self.rejections["malformed"] += 1
+                    raise GRPCError(Status.INVALID_ARGUMENT, f"malformed stream batch: {exc}"[:300]) from None
+                writes: list[tuple[_WriteRequest, KVCommand, int]] = []
+                write_ids: list[int] = []
+                for rid, timeout_ms, request in items:
+                    if self._batch_writes and isinstance(request, _WRITE_TYPES):
+                        checked = self._check_write(request)
+                        if isinstance(checked, KVCommand):
+                            writes.append((request, checked, timeout_ms))
+                            write_ids.append(rid)
+                        else:
+                            outbox.append(encode_kv_stream_response(rid, checked))
+                            wake.set()
+                        continue
+                    spawn(answer(rid, timeout_ms, request), 1)
+                if writes:
+                    spawn(answer_writes(write_ids, writes), len(writes))
+                while under_way >= self.max_stream_inflight:  # read no more until some finish
+                    await asyncio.wait(list(tasks), return_when=asyncio.FIRST_COMPLETED)
+            if tasks:
+                await asyncio.wait(list(tasks))
+            finished = True
+            wake.set()
+            await send_task
+        finally:
+            for task in (*tasks, send_task):
+                task.cancel()
+
+    async def _recv(self, stream: _Stream) -> bytes | None:
+        """The next request message of ``stream`` (``None`` once the client ended it), refused
+        with ``RESOURCE_EXHAUSTED`` before it is buffered if it is over ``max_request_bytes``."""
+        limit = self.max_request_bytes
+        raw = getattr(stream, "_stream", None)
+        if raw is None or not hasattr(raw, "recv_data"):  # pragma: no cover - another grpclib
+            message = await stream.recv_message()
+            if message is None:
+                return None
+            if len(message.data) > limit:
+                self._too_large(len(message.data))
+            return bytes(message.data)
+        try:
+            prefix = await raw.recv_data(5)
+            if not prefix:
+                return None
+            if len(prefix) != 5:
+                self._malformed("truncated gRPC message prefix")
+            compressed, length = _PREFIX.unpack(prefix)
+            if compressed:
+                self._malformed("compressed messages are not supported")
+            if length > limit:
+                self._too_large(length)
+            data = await raw.recv_data(length) if length else b""
+        except AssertionError:  # grpclib's buffer: the stream ended inside a message
+            self._malformed("truncated gRPC message")
+        if len(data) != length:
+            self._malformed("truncated gRPC message")
+        return bytes(data)
+
+    def _malformed(self, text: str) -> NoReturn:
+        self.rejections["malformed"] += 1
+        raise GRPCError(Status.INVALID_ARGUMENT, text)
+
+    def _too_large(self, length: int) -> NoReturn:
+        self.rejections["too_large"] += 1
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED,
+            f"request message of {length} bytes, over this node's limit of {self.max_request_bytes}",
+        )
 
     # ----------------------------------------------------------------- helpers
 
@@ -284,46 +471,112 @@ class KVService:
         """Await ``op`` and turn the library's outcome errors into response codes."""
         try:
             return await op()
-        except NotLeader as exc:
-            raise _Refuse(ErrorCode.NOT_LEADER, str(exc), exc.leader_id) from None
-        except ProposalDropped as exc:
-            raise _Refuse(ErrorCode.REJECTED if membership else ErrorCode.NOT_APPLIED, str(exc)) from None
-        except NotApplied as exc:
-            raise _Refuse(ErrorCode.NOT_APPLIED, str(exc)) from None
-        except SessionExpired as exc:
-            raise _Refuse(ErrorCode.SESSION_EXPIRED, str(exc)) from None
-        except (OutcomeUnknown, ClosedError) as exc:
-            raise _Refuse(ErrorCode.UNKNOWN, str(exc)) from None
+        except Exception as exc:
+            refusal = _refusal(exc, membership)
+            if refusal is None:
+                raise
+            raise refusal from None
 
-    async def _write(self, h: RequestHeader, cmd: KVCommand, timeout: float | None) -> object:
+    def _command(self, req: _WriteRequest) -> KVCommand:
+        """The state machine command of a write, once the request is found valid (else
+        :class:`_Refuse`)."""
+        h = req.header
         self._check_session(h)
-        self._check_key(cmd.key)
-        self._check_value(cmd.value, "value")
-        self._check_value(cmd.expected, "expected value")
+        self._check_key(req.key)
+        if isinstance(req, PutRequest):
+            self._check_value(req.value, "value")
+            return KVCommand(KVOp.PUT, req.key, req.value, None, h.client_id, h.sequence, h.acked_sequence)
+        if isinstance(req, DeleteRequest):
+            return KVCommand(KVOp.DELETE, req.key, b"", None, h.client_id, h.sequence, h.acked_sequence)
+        self._check_value(req.value, "value")
+        self._check_value(req.expected, "expected value")
+        return KVCommand(
+            KVOp.CAS, req.key, req.value, req.expected, h.client_id, h.sequence, h.acked_sequence
+        )
+
+    @staticmethod
+    def _write_response(req: _WriteRequest, result: object, header: ResponseHeader) -> KVResponse:
+        """The answer to a write the state machine applied with ``result``."""
+        if isinstance(req, PutRequest):
+            return PutResponse(header, result if isinstance(result, bytes) else None)
+        if isinstance(req, DeleteRequest):
+            return DeleteResponse(header, result is True)
+        current = result if isinstance(result, bytes) else None
+        return CompareAndSetResponse(header, current == req.expected, current)
+
+    async def _write(self, req: _WriteRequest, timeout: float | None) -> Any:
+        data = encode_command(self._command(req))
         node = self._require_leader()
-        data = encode_command(cmd)
-        return await self._run(lambda: node.propose(data, timeout=timeout))
+        result = await self._run(lambda: node.propose(data, timeout=timeout))
+        return self._write_response(req, result, self._header())
+
+    async def _write_batch(self, writes: list[tuple[_WriteRequest, KVCommand, int]]) -> list[KVResponse]:
+        """Answer valid writes (each with its command and its client's timeout in ms, 0: the
+        node's default) through one :meth:`RaftNode.propose_many`: their entries are appended
+        together, and each is still applied, deduplicated and answered on its own."""
+        node = self._require_node()
+        data = [encode_command(cmd) for _, cmd, _ in writes]
+        waits = [t for _, _, t in writes if t]
+        timeout = _answer_within(min(waits) / 1000) if waits else None
+        try:
+            results = await node.propose_many(data, timeout=timeout, return_exceptions=True)
+        except Exception as exc:  # the whole batch refused (not the leader, overloaded), or closed
+            refusal = _refusal(exc)
+            if refusal is None:
+                log.exception("KV service: unexpected error proposing a batch of %d writes", len(writes))
+                refusal = _Refuse(ErrorCode.INTERNAL, "internal server error")
+            header = self._header(refusal.code, refusal.text, leader=refusal.leader)
+            return [_RESPONSE_TYPES[type(req)](header) for req, _, _ in writes]
+        ok = self._header()  # after every write was applied: its index covers them all
+        out: list[KVResponse] = []
+        for (req, _, _), result in zip(writes, results, strict=True):
+            if isinstance(result, BaseException):
+                refusal = _refusal(result)
+                if refusal is None:
+                    log.warning("KV service: a write failed: %r", result)
+                    refusal = _Refuse(ErrorCode.INTERNAL, "internal server error")
+                failed: KVResponse = _RESPONSE_TYPES[type(req)](
+                    self._header(refusal.code, refusal.text, leader=refusal.leader)
+                )
+                out.append(failed)
+            else:
+                out.append(self._write_response(req, result, ok))
+        return out
+
+    def _check_write(self, req: _WriteRequest) -> KVCommand | KVResponse:
+        """The command to propose for ``req`` in a batch, or the refusal to send instead (the
+        checks :meth:`handle` makes before proposing)."""
+        try:
+            node = self._node
+            if node is None:
+                raise _Refuse(ErrorCode.NOT_APPLIED, "the KV service has no node attached yet")
+            if req.header.cluster_id != node.cluster_id:
+                raise _Refuse(
+                    ErrorCode.WRONG_CLUSTER,
+                    f"cluster {req.header.cluster_id[:100]!r} is not this node's cluster {node.cluster_id!r}",
+                )
+            cmd = self._command(req)
+            self._require_leader()
+        except _Refuse as refusal:
+            refused: KVResponse = _RESPONSE_TYPES[type(req)](
+                self._header(refusal.code, refusal.text, leader=refusal.leader)
+            )
+            return refused
+        return cmd
 
     # ----------------------------------------------------------------- the methods
 
     async def _put(self, req: PutRequest, timeout: float | None) -> PutResponse:
-        h = req.header
-        cmd = KVCommand(KVOp.PUT, req.key, req.value, None, h.client_id, h.sequence, h.acked_sequence)
-        previous = await self._write(h, cmd, timeout)
-        return PutResponse(self._header(), previous if isinstance(previous, bytes) else None)
+        response: PutResponse = await self._write(req, timeout)
+        return response
 
     async def _delete(self, req: DeleteRequest, timeout: float | None) -> DeleteResponse:
-        h = req.header
-        cmd = KVCommand(KVOp.DELETE, req.key, b"", None, h.client_id, h.sequence, h.acked_sequence)
-        existed = await self._write(h, cmd, timeout)
-        return DeleteResponse(self._header(), existed is True)
+        response: DeleteResponse = await self._write(req, timeout)
+        return response
 
     async def _cas(self, req: CompareAndSetRequest, timeout: float | None) -> CompareAndSetResponse:
-        h = req.header
-        cmd = KVCommand(KVOp.CAS, req.key, req.value, req.expected, h.client_id, h.sequence, h.acked_sequence)
-        found = await self._write(h, cmd, timeout)
-        current = found if isinstance(found, bytes) else None
-        return CompareAndSetResponse(self._header(), current == req.expected, current)
+        response: CompareAndSetResponse = await self._write(req, timeout)
+        return response
 
     async def _get(self, req: GetRequest, timeout: float | None) -> GetResponse:
         self._check_key(req.key)
@@ -396,6 +649,27 @@ class KVService:
         return TransferLeaderResponse(self._header(leader=leader), leader)
 
 
+def _refusal(exc: BaseException, membership: bool = False) -> _Refuse | None:
+    """The response code for one of the library's outcome errors (``None``: not one of them)."""
+    if isinstance(exc, NotLeader):
+        return _Refuse(ErrorCode.NOT_LEADER, str(exc), exc.leader_id)
+    if isinstance(exc, ProposalDropped):
+        return _Refuse(ErrorCode.REJECTED if membership else ErrorCode.NOT_APPLIED, str(exc))
+    if isinstance(exc, NotApplied):
+        return _Refuse(ErrorCode.NOT_APPLIED, str(exc))
+    if isinstance(exc, SessionExpired):
+        return _Refuse(ErrorCode.SESSION_EXPIRED, str(exc))
+    if isinstance(exc, OutcomeUnknown | ClosedError):
+        return _Refuse(ErrorCode.UNKNOWN, str(exc))
+    return None
+
+
+def _answer_within(left: float) -> float:
+    """The time to work on a request whose client waits ``left`` seconds: answer just before
+    the client gives up."""
+    return max(left - min(0.1, left / 10), 0.001)
+
+
 def _check_node_id(node_id: str) -> None:
     if not node_id:
         raise _Refuse(ErrorCode.INVALID_ARGUMENT, "the node id is empty")
@@ -404,3 +678,4 @@ def _check_node_id(node_id: str) -> None:
 
 
 _RESPONSE_TYPES: dict[type[Any], type[Any]] = dict(KV_METHODS.values())
+_WRITE_TYPES = (PutRequest, DeleteRequest, CompareAndSetRequest)

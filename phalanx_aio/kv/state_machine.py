@@ -94,6 +94,21 @@ def _fields(data: bytes, pos: int) -> Iterator[bytes]:
         pos += 4 + n
 
 
+_LEN = struct.Struct(">I")
+_OPS = {int(op): op for op in KVOp}
+
+
+def _take(data: bytes, pos: int) -> tuple[bytes, int]:
+    """The length-prefixed field at ``pos`` and the position after it."""
+    if pos + 4 > len(data):
+        raise ProtocolError("truncated KV command")
+    (n,) = _LEN.unpack_from(data, pos)
+    end = pos + 4 + n
+    if n > _MAX_FIELD or end > len(data):
+        raise ProtocolError("KV command field length out of range")
+    return data[pos + 4 : end], end
+
+
 def decode_command(data: bytes) -> KVCommand:
     """Inverse of :func:`encode_command`; raises :class:`ProtocolError` on malformed bytes."""
     if len(data) < _HEAD.size:
@@ -101,19 +116,20 @@ def decode_command(data: bytes) -> KVCommand:
     version, op, seq, acked = _HEAD.unpack_from(data)
     if version != _VERSION:
         raise ProtocolError(f"unknown KV command version {version}")
-    try:
-        kop = KVOp(op)
-    except ValueError:
-        raise ProtocolError(f"unknown KV operation {op}") from None
-    pos = _HEAD.size
-    it = _fields(data, pos)
-    client, key, value = next(it), next(it), next(it)
-    pos += 12 + len(client) + len(key) + len(value)
-    if pos >= len(data) or data[pos] not in (0, 1):
+    kop = _OPS.get(op)
+    if kop is None:
+        raise ProtocolError(f"unknown KV operation {op}")
+    client, pos = _take(data, _HEAD.size)
+    key, pos = _take(data, pos)
+    value, pos = _take(data, pos)
+    if pos >= len(data) or data[pos] > 1:
         raise ProtocolError("malformed CAS flag in KV command")
-    expected = next(_fields(data, pos + 1)) if data[pos] == 1 else None
-    end = pos + 1 + (4 + len(expected) if expected is not None else 0)
-    if end != len(data):
+    expected: bytes | None = None
+    if data[pos] == 1:
+        expected, pos = _take(data, pos + 1)
+    else:
+        pos += 1
+    if pos != len(data):
         raise ProtocolError("trailing bytes after KV command")
     try:
         client_id = client.decode()

@@ -1,7 +1,37 @@
 """The asyncio driver: :class:`RaftNode` runs one core in one task and serves applications."""
 
+from phalanx_aio.node.events import (
+    ElectionStarted,
+    ElectionWon,
+    EventListener,
+    LeaderChanged,
+    MembershipChanged,
+    NodeEvent,
+    RoleChanged,
+    SnapshotRestored,
+    SnapshotSent,
+    SnapshotTaken,
+    TermChanged,
+)
 from phalanx_aio.node.raft_node import NodeStatus, RaftNode
 from phalanx_aio.node.runner import run, uvloop_available
 from phalanx_aio.node.state_machine import StateMachine
 
-__all__ = ["NodeStatus", "RaftNode", "StateMachine", "run", "uvloop_available"]
+__all__ = [
+    "ElectionStarted",
+    "ElectionWon",
+    "EventListener",
+    "LeaderChanged",
+    "MembershipChanged",
+    "NodeEvent",
+    "NodeStatus",
+    "RaftNode",
+    "RoleChanged",
+    "SnapshotRestored",
+    "SnapshotSent",
+    "SnapshotTaken",
+    "StateMachine",
+    "TermChanged",
+    "run",
+    "uvloop_available",
+]

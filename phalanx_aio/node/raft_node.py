@@ -2,10 +2,11 @@
 
 One task (the *loop*) owns the sans-IO core and consumes one ``asyncio.Queue``. Everything
 else only enqueues: the ticker (one item per tick), the transport (peer messages, unreachable
-peers, snapshot reports) and the public methods (proposals, reads, membership changes,
-transfers, each with its future). The loop drains what is queued, steps the core and handles
-each ``Ready`` in the documented order: persist, then send, then apply, then resolve futures
-and serve reads. No locks.
+peers, snapshot reports) and the public methods (reads, membership changes, transfers, each
+with its future; proposals wait in a list beside the queue, woken by one queue item). The
+loop drains what is queued, steps the core (in bounded turns) and handles each ``Ready`` in
+the documented order: persist, then send (a leader may send first, see
+``Ready.send_before_persist``), then apply, then resolve futures and serve reads. No locks.
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ import contextlib
 import heapq
 import itertools
 import logging
+import math
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from phalanx_aio.core.config import Config
-from phalanx_aio.core.membership import ConfChange, ConfChangeType
-from phalanx_aio.core.raft import Raft, Status, bootstrap_state
+from phalanx_aio.core.membership import ConfChange, ConfChangeType, decode_conf
+from phalanx_aio.core.raft import Raft, Role, Status, bootstrap_state
 from phalanx_aio.core.ready import Ready
-from phalanx_aio.core.types import ConfState, Entry, EntryType, Message
+from phalanx_aio.core.types import ConfState, Entry, EntryType, HardState, Message, Snapshot
 from phalanx_aio.errors import (
     ClosedError,
     LocalError,
@@ -34,10 +37,24 @@ from phalanx_aio.errors import (
     NotLeader,
     PhalanxError,
     ProposalDropped,
+    ProtocolError,
     StorageError,
     Timeout,
 )
 from phalanx_aio.node import _envelope
+from phalanx_aio.node.events import (
+    ElectionStarted,
+    ElectionWon,
+    EventListener,
+    LeaderChanged,
+    MembershipChanged,
+    NodeEvent,
+    RoleChanged,
+    SnapshotRestored,
+    SnapshotSent,
+    SnapshotTaken,
+    TermChanged,
+)
 from phalanx_aio.node.state_machine import StateMachine
 from phalanx_aio.storage.base import Storage
 from phalanx_aio.transport.base import Transport
@@ -58,6 +75,90 @@ _TRANSFER: Final = 5
 _UNREACHABLE: Final = 6
 _SNAP_STATUS: Final = 7
 _STOP: Final = 8
+_WAKE_PROPOSE: Final = (_PROPOSE,)  # proposals wait in RaftNode._carry; this only wakes the loop
+_COMMAND_TYPES: Final = (bytes, bytearray, memoryview)
+
+# Work bounds of one loop turn, so that a turn (one storage write, one burst of sends) stays
+# short and ticks, heartbeats and peer messages keep flowing under any load: at most this many
+# proposals (or appended entries received), and bytes of proposals. Within that, the number
+# adapts so that a turn takes at most about two ticks (a fifth of the shortest LAN election
+# timeout): halved after a longer turn, grown by a quarter after a full one that was quick
+# enough (see RaftNode._adapt_turn).
+_TURN_MAX_PROPOSALS: Final = 4096
+_TURN_MIN_PROPOSALS: Final = 256
+_TURN_MAX_BYTES: Final = 512 << 10
+
+# Deadlines of operations are rounded up to this grain (seconds); see _Deadlines.
+_DEADLINE_GRAIN: Final = 0.005
+
+
+class _Deadlines:
+    """The timeouts of a node's operations, with one timer per grain of time shared by every
+    operation whose deadline falls in it (not one ``asyncio.wait_for``, i.e. one wrapper and
+    one timer, per operation). An operation still pending when its grain ends fails with
+    :class:`Timeout`: at most one grain late, never early."""
+
+    __slots__ = ("_node_id", "_slots")
+
+    def __init__(self, node_id: str) -> None:
+        self._node_id = node_id
+        self._slots: dict[int, dict[asyncio.Future[Any], tuple[str, float]]] = {}
+
+    def add(
+        self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], limit: float, what: str
+    ) -> dict[asyncio.Future[Any], tuple[str, float]]:
+        """Fail ``fut`` with :class:`Timeout` if still pending ``limit`` seconds from now.
+        Returns the grain's table: the caller removes ``fut`` from it once it has its outcome."""
+        slot = math.ceil((loop.time() + limit) / _DEADLINE_GRAIN)
+        waiters = self._slots.get(slot)
+        if waiters is None:
+            waiters = self._slots[slot] = {}
+            loop.call_at(slot * _DEADLINE_GRAIN, self._expire, slot)
+        waiters[fut] = (what, limit)
+        return waiters
+
+    def _expire(self, slot: int) -> None:
+        for fut, (what, limit) in self._slots.pop(slot, {}).items():
+            if not fut.done():
+                fut.set_exception(
+                    Timeout(f"{self._node_id}: {what} not finished within {limit} s; its outcome is unknown")
+                )
+
+
+class _Batch:
+    """The outcomes of one ``propose_many`` call, whose commands have the consecutive request
+    ids ``first``, ``first + 1``, ...; ``fut`` completes once every command has one."""
+
+    __slots__ = ("errors", "first", "fut", "left", "results")
+
+    def __init__(self, first: int, n: int, fut: asyncio.Future[None]) -> None:
+        self.first = first
+        self.results: list[Any] = [None] * n
+        self.errors: dict[int, BaseException] = {}
+        self.left = n
+        self.fut = fut
+
+    def settle(self, req: int, value: Any, exc: BaseException | None) -> None:
+        """Record the outcome of request ``req`` (once: the caller took ``req`` out of the
+        node's pending table first)."""
+        i = req - self.first
+        if exc is not None:
+            self.errors[i] = exc
+        else:
+            self.results[i] = value
+        self.left -= 1
+        if self.left == 0 and not self.fut.done():
+            self.fut.set_result(None)
+
+
+def _settle(w: asyncio.Future[Any] | _Batch, req: int, value: Any, exc: BaseException | None) -> None:
+    """Give request ``req`` its outcome, whether it waits alone or in a batch."""
+    if w.__class__ is _Batch:
+        w.settle(req, value, exc)
+    elif exc is None:
+        _set_result(w, value)  # type: ignore[arg-type]
+    else:
+        _set_exc(w, exc)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +220,7 @@ class RaftNode:
         max_pending: int = 10_000,
         default_timeout: float = 10.0,
         seed: int | None = None,
+        on_event: EventListener | None = None,
     ) -> None:
         if not node_id:
             raise LocalError("node_id must be a non-empty string")
@@ -144,8 +246,20 @@ class RaftNode:
         self._loop_task: asyncio.Task[None] | None = None
         self._ticker_task: asyncio.Task[None] | None = None
         self._req_ids = itertools.count(1)
-        # request id -> future of a proposal made on this node (matched by envelope).
-        self._pending: dict[int, asyncio.Future[Any]] = {}
+        # request id -> future of a proposal made on this node (matched by envelope), or the
+        # _Batch of a propose_many call. An entry leaves once the request has its outcome.
+        self._pending: dict[int, asyncio.Future[Any] | _Batch] = {}
+        # Proposals (request id, wrapped command) not yet handed to the core, oldest first;
+        # the loop takes them in bounded turns (see _TURN_MAX_PROPOSALS). _wake_queued: a
+        # _WAKE_PROPOSE item is in the queue (so one item wakes the loop for many proposals).
+        self._carry: deque[tuple[int, bytes]] = deque()
+        self._wake_queued = False
+        self._turn_cap = _TURN_MAX_PROPOSALS
+        self._deadlines = _Deadlines(node_id)
+        # The term and vote storage holds, and a newer hard state that only moved the commit
+        # index, not saved on its own (the commit index need not be durable).
+        self._saved_tv: tuple[int, str | None] = (0, None)
+        self._unsaved_hs: HardState | None = None
         # index -> (term, request id) of proposals appended by this node as leader.
         self._by_index: dict[int, tuple[int, int]] = {}
         self._conf_waiters: dict[int, tuple[int, asyncio.Future[None]]] = {}
@@ -160,6 +274,9 @@ class RaftNode:
         self._healthy = True
         self._peers_conf: ConfState | None = None
         self.log = _NodeLogger(log, {"node": self})
+        # Event listeners (see events.py); events are built only while this list is non-empty.
+        self._listeners: list[EventListener] = [on_event] if on_event is not None else []
+        self._seen: tuple[int, Role, str | None] = (0, Role.FOLLOWER, None)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -189,9 +306,13 @@ class RaftNode:
             state = bootstrap_state(voters)
             await self._storage.save(hard_state=state.hard_state, entries=state.entries)
         self._core = Raft(self.id, self.config, self._rng, state)
+        self._saved_tv = (state.hard_state.term, state.hard_state.vote)
+        self._seen = (self._core.term, self._core.role, self._core.leader)
         snap = state.snapshot
         if snap.meta.index > 0:
             self._sm.restore(snap.data)
+            if self._listeners:
+                self._emit(SnapshotRestored(self.id, self._core.term, snap.meta.index, "storage"))
         if self._transport is None:
             from phalanx_aio.transport.grpc import GrpcTransport
 
@@ -231,13 +352,13 @@ class RaftNode:
 
     @property
     def leader_id(self) -> str | None:
-        """The leader this node knows of, if any."""
-        return self._core.leader if self._core is not None else None
+        """The leader this node knows of, if any (``None`` once the node is closed)."""
+        return self._core.leader if self._core is not None and not self._closed else None
 
     @property
     def is_leader(self) -> bool:
-        """True if this node is the leader."""
-        return self._core is not None and self._core.is_leader
+        """True if this node is the leader (never once it is closed)."""
+        return self._core is not None and not self._closed and self._core.is_leader
 
     @property
     def healthy(self) -> bool:
@@ -269,14 +390,17 @@ class RaftNode:
             core=st,
         )
 
-    async def wait_for_leader(self, timeout: float | None = None, *, leader: str | None = None) -> str:
-        """Wait until a leader is known (``leader``, if given) and return its id."""
+    async def wait_for_leader(
+        self, timeout: float | None = None, *, leader: str | None = None, exclude: str | None = None
+    ) -> str:
+        """Wait until a leader is known and return its id: ``leader`` if given, any leader but
+        ``exclude`` if given (for example the one that just stopped), else any leader."""
         self._check_open()
         limit = timeout if timeout is not None else self._default_timeout
         deadline = asyncio.get_running_loop().time() + limit
         while True:
             cur = self.leader_id
-            if cur is not None and (leader is None or cur == leader):
+            if cur is not None and (leader is None or cur == leader) and cur != exclude:
                 return cur
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
@@ -285,6 +409,52 @@ class RaftNode:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._leader_changed.wait(), left)
             self._check_open()
+
+    # ------------------------------------------------------------------ events
+
+    def add_listener(self, listener: EventListener) -> None:
+        """Call ``listener(event)`` for every :class:`~phalanx_aio.node.events.NodeEvent` from
+        now on (elections, leader and term changes, membership changes, snapshots). It runs in
+        the node's loop task and must not block; what it raises is logged and ignored."""
+        if not callable(listener):
+            raise LocalError(f"an event listener must be callable, not {type(listener).__name__}")
+        if not self._listeners and self._core is not None:
+            # Nobody watched until now: start from the present, report no stale changes.
+            self._seen = (self._core.term, self._core.role, self._core.leader)
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: EventListener) -> None:
+        """Stop calling ``listener``; raises :class:`LocalError` if it was not added."""
+        try:
+            self._listeners.remove(listener)
+        except ValueError:
+            raise LocalError("that listener was not added to this node") from None
+
+    def _emit(self, event: NodeEvent) -> None:
+        for listener in tuple(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                self.log.exception("event listener %r failed on %r", listener, event)
+
+    def _observe(self, core: Raft) -> None:
+        """Report how the core's term, role and leader changed since the last observation
+        (called after every input while someone listens)."""
+        term, role, leader = core.term, core.role, core.leader
+        seen_term, seen_role, seen_leader = self._seen
+        if term == seen_term and role is seen_role and leader == seen_leader:
+            return
+        self._seen = (term, role, leader)
+        if term != seen_term:
+            self._emit(TermChanged(self.id, term, seen_term))
+            if core.vote == self.id:  # a node votes for itself only in its own campaign
+                self._emit(ElectionStarted(self.id, term))
+        if role is not seen_role:
+            self._emit(RoleChanged(self.id, term, role.value, seen_role.value))
+            if role is Role.LEADER:
+                self._emit(ElectionWon(self.id, term))
+        if leader != seen_leader:
+            self._emit(LeaderChanged(self.id, term, leader, seen_leader))
 
     # ------------------------------------------------------------------ operations
 
@@ -298,14 +468,101 @@ class RaftNode:
         new leader. :class:`Timeout` means the outcome is unknown.
         """
         self._check_open()
-        if len(self._pending) >= self._max_pending:
-            raise ProposalDropped(f"{self.id}: overloaded ({len(self._pending)} proposals pending)")
+        if not isinstance(command, _COMMAND_TYPES):
+            raise LocalError(f"a command must be bytes, not {type(command).__name__}")
+        pending = self._pending
+        if len(pending) >= self._max_pending:
+            raise ProposalDropped(f"{self.id}: overloaded ({len(pending)} proposals pending)")
         req = next(self._req_ids)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[req] = fut
-        fut.add_done_callback(lambda _f, r=req: self._pending.pop(r, None))  # type: ignore[misc]
-        self._queue.put_nowait((_PROPOSE, req, _envelope.wrap(self.id, req, bytes(command))))
-        return await self._await(fut, timeout, "proposal")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        pending[req] = fut
+        self._carry.append((req, _envelope.wrap(self.id, req, bytes(command))))
+        if not self._wake_queued:
+            self._wake_queued = True
+            self._queue.put_nowait(_WAKE_PROPOSE)
+        limit = timeout if timeout is not None else self._default_timeout
+        waiters = self._deadlines.add(loop, fut, limit, "proposal")
+        try:
+            return await fut
+        finally:  # an outcome, a timeout or a cancelled caller: forget the request
+            del waiters[fut]
+            pending.pop(req, None)
+
+    async def propose_many(
+        self,
+        commands: Iterable[bytes],
+        *,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Replicate several commands as one batch; return the state machine's results, in
+        order, once every command is committed and applied on this node.
+
+        The commands go to the core together (consecutive log entries, one append message
+        per follower), so a batch costs far less than as many :meth:`propose` calls. Each
+        command is still applied on its own, and may have its own outcome.
+
+        Raises :class:`NotLeader` and :class:`ProposalDropped` at once when the batch is
+        refused (none of it was or will be applied; ``max_pending`` counts every command),
+        and :class:`Timeout` if some command has no outcome within ``timeout`` (the outcome
+        of the unfinished ones is unknown). Otherwise, if a command failed (the state machine
+        raised, or its entry was overwritten: :class:`NotApplied`), the first such error is
+        raised, unless ``return_exceptions`` is true: then every outcome is returned, the
+        errors as exception objects in their commands' places (including :class:`Timeout`
+        for the commands unfinished at the deadline).
+        """
+        self._check_open()
+        if isinstance(commands, bytes | bytearray | memoryview | str):
+            raise LocalError("propose_many takes an iterable of commands, not a single command")
+        cmds = list(commands)
+        for c in cmds:
+            if not isinstance(c, _COMMAND_TYPES):
+                raise LocalError(f"a command must be bytes, not {type(c).__name__}")
+        n = len(cmds)
+        if n == 0:
+            return []
+        pending = self._pending
+        if len(pending) + n > self._max_pending:
+            raise ProposalDropped(f"{self.id}: overloaded ({len(pending)} proposals pending, {n} more asked)")
+        # Consecutive ids: nothing else runs between these calls.
+        first = next(self._req_ids)
+        for _ in range(n - 1):
+            next(self._req_ids)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        batch = _Batch(first, n, fut)
+        me, wrap = self.id, _envelope.wrap
+        items = [(first + i, wrap(me, first + i, bytes(c))) for i, c in enumerate(cmds)]
+        for req, _ in items:
+            pending[req] = batch
+        self._carry.extend(items)
+        if not self._wake_queued:
+            self._wake_queued = True
+            self._queue.put_nowait(_WAKE_PROPOSE)
+        limit = timeout if timeout is not None else self._default_timeout
+        waiters = self._deadlines.add(loop, fut, limit, f"batch of {n} proposals")
+        try:
+            try:
+                await fut
+            except Timeout as exc:
+                if not return_exceptions:
+                    raise
+                for req in range(first, first + n):
+                    if pending.pop(req, None) is not None:
+                        batch.settle(req, None, exc)
+        finally:
+            del waiters[fut]
+            for req in range(first, first + n):
+                pending.pop(req, None)
+        if batch.errors:
+            if not return_exceptions:
+                raise batch.errors[min(batch.errors)]
+            results = list(batch.results)
+            for i, err in batch.errors.items():
+                results[i] = err
+            return results
+        return batch.results
 
     async def read(self, fn: Callable[[S], T], *, timeout: float | None = None) -> T:
         """Run ``fn(state_machine)`` at a linearizable point (ReadIndex, or a lease read when
@@ -353,12 +610,11 @@ class RaftNode:
 
     async def _await(self, fut: asyncio.Future[Any], timeout: float | None, what: str) -> Any:
         limit = timeout if timeout is not None else self._default_timeout
+        waiters = self._deadlines.add(asyncio.get_running_loop(), fut, limit, what)
         try:
-            return await asyncio.wait_for(fut, limit)
-        except TimeoutError:
-            raise Timeout(
-                f"{self.id}: {what} not finished within {limit} s; its outcome is unknown"
-            ) from None
+            return await fut
+        finally:
+            waiters.pop(fut, None)
 
     def _check_open(self) -> None:
         if self._failure is not None:
@@ -384,6 +640,8 @@ class RaftNode:
     def on_snapshot_status(self, peer: str, ok: bool) -> None:
         """Transport callback: a snapshot to ``peer`` was delivered or failed."""
         self._queue.put_nowait((_SNAP_STATUS, peer, ok))
+        if self._listeners:
+            self._emit(SnapshotSent(self.id, self._core.term if self._core is not None else 0, peer, ok))
 
     # ------------------------------------------------------------------ the loop
 
@@ -403,23 +661,47 @@ class RaftNode:
     async def _run(self) -> None:
         core = self._require_core()
         queue = self._queue
+        listeners = self._listeners  # mutated in place by add_listener/remove_listener
+        carry = self._carry
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                batch = [await queue.get()]
+                if carry:
+                    # Proposals left over from the last turn: do not wait for more input, but
+                    # yield once, so the ticker and the transport get their share of the loop.
+                    await asyncio.sleep(0)
+                    batch = []
+                else:
+                    batch = [await queue.get()]
+                # Take what is queued, but no more appended entries than one turn may persist:
+                # the rest (in order) waits for the next turn.
+                received = 0
+                cap = self._turn_cap
                 while not queue.empty():
-                    batch.append(queue.get_nowait())
-                proposals: list[tuple[int, bytes]] = []
+                    ev = queue.get_nowait()
+                    batch.append(ev)
+                    if ev[0] == _MSGS:
+                        received += sum(len(m.entries) for m in ev[2])
+                        if received >= cap:
+                            break
+                self._wake_queued = False  # if a wake-up item is left, it only costs a turn
+                t0 = loop.time()
                 for ev in batch:
                     kind = ev[0]
                     if kind == _STOP:
                         return
-                    if kind == _PROPOSE:
-                        proposals.append((ev[1], ev[2]))
-                    else:
+                    if kind != _PROPOSE:
                         self._handle(core, ev)
-                if proposals:
+                        if listeners:
+                            self._observe(core)
+                taken = 0
+                if carry:
+                    proposals = self._take_proposals()
+                    taken = len(proposals)
                     self._propose_batch(core, proposals)
                 await self._process_ready(core)
+                if taken or received:
+                    self._adapt_turn(max(taken, received), loop.time() - t0)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -492,33 +774,84 @@ class RaftNode:
             raise ProposalDropped("no other voter to transfer leadership to")
         return max(candidates)[1]
 
+    def _adapt_turn(self, work: int, seconds: float) -> None:
+        """Adjust the proposals taken per turn so that a turn lasts at most about two ticks."""
+        cap = self._turn_cap
+        if seconds > 2 * self.config.tick_interval:
+            self._turn_cap = max(_TURN_MIN_PROPOSALS, min(cap, work) // 2)
+        elif work >= cap:
+            self._turn_cap = min(_TURN_MAX_PROPOSALS, cap + cap // 4)
+
+    def _take_proposals(self) -> list[tuple[int, bytes]]:
+        """The oldest queued proposals, within one turn's bounds (at least one)."""
+        carry = self._carry
+        cap = min(self._turn_cap, _TURN_MAX_PROPOSALS)
+        if len(carry) <= cap and sum(len(d) for _, d in carry) <= _TURN_MAX_BYTES:
+            out = list(carry)
+            carry.clear()
+            return out
+        out = []
+        size = 0
+        while carry and len(out) < cap and size < _TURN_MAX_BYTES:
+            item = carry.popleft()
+            out.append(item)
+            size += len(item[1])
+        return out
+
     def _propose_batch(self, core: Raft, proposals: list[tuple[int, bytes]]) -> None:
-        live = [(req, data) for req, data in proposals if req in self._pending]
-        if not live:
-            return
+        # Proposals whose caller gave up (timed out, cancelled) go in too: their outcome was
+        # unknown to the caller, and filtering them out costs more than applying them.
         try:
-            placed = core.propose_many([data for _, data in live])
+            placed = core.propose_many([data for _, data in proposals])
         except NotApplied as exc:
-            for req, _ in live:
-                fut = self._pending.get(req)
-                if fut is not None:
-                    _set_exc(fut, exc)
+            pending = self._pending
+            for req, _ in proposals:
+                w = pending.pop(req, None)
+                if w is not None:
+                    _settle(w, req, None, exc)
             return
-        for (req, _), (term, index) in zip(live, placed, strict=False):
-            self._by_index[index] = (term, req)
+        by_index = self._by_index
+        for (req, _), (term, index) in zip(proposals, placed, strict=False):
+            by_index[index] = (term, req)
 
     async def _process_ready(self, core: Raft) -> None:
         while core.has_ready():
             rd = core.ready()
-            if rd.must_sync:
-                await self._persist(rd)
-            if core.conf is not self._peers_conf:
-                self._update_peers(core.conf)  # membership takes effect when appended
-            if rd.messages:
-                assert self._transport is not None
-                self._transport.send(rd.messages)
+            # A leader's appends may leave before its own write (thesis §10.2.1): the core
+            # counts its own copy once advance() reports it durable.
+            early = rd.send_before_persist
+            if early:
+                if core.conf is not self._peers_conf:
+                    self._update_peers(core.conf)  # membership takes effect when appended
+                if rd.messages:
+                    assert self._transport is not None
+                    self._transport.send(rd.messages)
             if rd.snapshot is not None:
-                self._sm.restore(rd.snapshot.data)
+                # Restore before saving: a snapshot the state machine cannot read stops the
+                # node with its store as it was, rather than saved and unreadable at restart.
+                self._restore(rd.snapshot)
+            hs = rd.hard_state
+            if (
+                rd.entries
+                or rd.snapshot is not None
+                or (hs is not None and (hs.term, hs.vote) != self._saved_tv)
+            ):
+                await self._persist(rd, hs if hs is not None else self._unsaved_hs)
+                if hs is not None:
+                    self._saved_tv = (hs.term, hs.vote)
+                self._unsaved_hs = None
+            elif hs is not None:
+                # Only the commit index moved: no write, no fsync (it need not be durable; a
+                # restart learns it again). The next write carries it along.
+                self._unsaved_hs = hs
+            if not early:
+                if core.conf is not self._peers_conf:
+                    self._update_peers(core.conf)  # membership takes effect when appended
+                if rd.messages:
+                    assert self._transport is not None
+                    self._transport.send(rd.messages)
+            if rd.snapshot is not None and self._listeners:
+                self._emit(SnapshotRestored(self.id, core.term, rd.snapshot.meta.index, "leader"))
             for e in rd.committed_entries:
                 self._apply(e)
             for rs in rd.read_states:
@@ -535,14 +868,16 @@ class RaftNode:
                 self._last_leader = core.leader
                 self._leader_changed.set()
                 self.log.info("leader is now %s", core.leader)
+                if core.leader is not None and self._reads:
+                    self._reissue_reads(core)
             if core.log.applied - core.log.snap_index >= self._snapshot_every:
                 await self._take_snapshot(core)
 
-    async def _persist(self, rd: Ready) -> None:
+    async def _persist(self, rd: Ready, hard_state: HardState | None) -> None:
         delay = 0.05
         while True:
             try:
-                await self._storage.save(hard_state=rd.hard_state, entries=rd.entries, snapshot=rd.snapshot)
+                await self._storage.save(hard_state=hard_state, entries=rd.entries, snapshot=rd.snapshot)
             except StorageError as exc:
                 if self._storage.healthy or self._storage.failed or self._closed:
                     raise  # not a full disk: the store refuses writes for good
@@ -562,13 +897,16 @@ class RaftNode:
     async def _take_snapshot(self, core: Raft) -> None:
         snap = core.compact(core.log.applied, self._sm.snapshot())
         await self._storage.save_snapshot(snap)
+        if self._listeners:
+            self._emit(SnapshotTaken(self.id, core.term, snap.meta.index, len(snap.data)))
 
     def _apply(self, e: Entry) -> None:
         waiting = self._by_index.pop(e.index, None)
         if waiting is not None and waiting[0] != e.term:
-            fut = self._pending.get(waiting[1])
-            if fut is not None:
-                _set_exc(fut, NotApplied(f"entry {e.index} was overwritten by a new leader; not applied"))
+            waiter = self._pending.pop(waiting[1], None)
+            if waiter is not None:
+                exc = NotApplied(f"entry {e.index} was overwritten by a new leader; not applied")
+                _settle(waiter, waiting[1], None, exc)
         if e.type is EntryType.NORMAL:
             origin, req, command = _envelope.unwrap(e.data)
             try:
@@ -578,13 +916,20 @@ class RaftNode:
                 result, error = None, exc
                 self.log.warning("state machine raised on entry %d: %r", e.index, exc)
             if origin == self.id:
-                fut = self._pending.get(req)
-                if fut is not None:
-                    if error is not None:
-                        _set_exc(fut, error)
+                waiter = self._pending.pop(req, None)
+                if waiter is not None:
+                    if waiter.__class__ is _Batch:
+                        waiter.settle(req, result, error)
+                    elif error is not None:
+                        _set_exc(waiter, error)  # type: ignore[arg-type]
                     else:
-                        _set_result(fut, result)
+                        _set_result(waiter, result)  # type: ignore[arg-type]
         elif e.type is EntryType.CONF:
+            if self._listeners:
+                change, conf = decode_conf(e.data)
+                term = self._core.term if self._core is not None else e.term
+                voters, learners = tuple(sorted(conf.voters)), tuple(sorted(conf.learners))
+                self._emit(MembershipChanged(self.id, term, e.index, change, voters, learners))
             w = self._conf_waiters.pop(e.index, None)
             if w is not None:
                 if w[0] == e.term:
@@ -607,6 +952,27 @@ class RaftNode:
             else:
                 _set_result(fut, value)
 
+    def _reissue_reads(self, core: Raft) -> None:
+        """Ask the new leader again for every read not yet confirmed: one forwarded to a
+        leader that died is never answered. Reads are side-effect free, so asking twice is
+        harmless (the first confirmation serves it; a later one finds it gone)."""
+        confirmed = {ctx for _, _, ctx in self._ready_reads}
+        for ctx in [c for c in self._reads if c not in confirmed]:
+            try:
+                core.read_index(ctx)
+            except NotApplied as exc:
+                self._fail_read(ctx, exc)
+
+    def _restore(self, snap: Snapshot) -> None:
+        try:
+            self._sm.restore(snap.data)
+        except Exception as exc:
+            raise ProtocolError(
+                f"{self.id}: the state machine cannot restore the snapshot at index {snap.meta.index} "
+                f"(term {snap.meta.term}) sent by {self._core.leader if self._core else None}: {exc!r}; "
+                "the node stops without saving it"
+            ) from exc
+
     def _fail_read(self, ctx: bytes, exc: BaseException) -> None:
         entry = self._reads.get(ctx)
         if entry is not None:
@@ -624,8 +990,11 @@ class RaftNode:
         self._transport.set_peers(peers)
 
     def _fail_all(self, exc: BaseException) -> None:
-        for fut in list(self._pending.values()):
-            _set_exc(fut, exc)
+        waiting = list(self._pending.items())
+        self._pending.clear()
+        for req, w in waiting:
+            _settle(w, req, None, exc)
+        self._carry.clear()
         for _, fut2 in list(self._reads.values()):
             _set_exc(fut2, exc)
         for _, fut3 in list(self._conf_waiters.values()):

@@ -1,9 +1,26 @@
-"""Observability for a served node: Prometheus metrics and a tiny HTTP endpoint
-(``/healthz``, ``/status``, ``/metrics``). ``docs/observability.md`` describes them."""
+"""Observability for a served node: Prometheus metrics counted from the node's events, a tiny
+HTTP endpoint (``/healthz``, ``/status``, ``/metrics``) and structured logging (text or JSON
+lines with the node id and term). ``docs/observability.md`` describes them."""
 
 from __future__ import annotations
 
 from phalanx_aio.observability.http import ObservabilityServer
+from phalanx_aio.observability.logs import (
+    JsonFormatter,
+    NodeContextFilter,
+    TextFormatter,
+    bind_node,
+    configure_logging,
+)
 from phalanx_aio.observability.metrics import MeteredKVService, NodeMetrics
 
-__all__ = ["MeteredKVService", "NodeMetrics", "ObservabilityServer"]
+__all__ = [
+    "JsonFormatter",
+    "MeteredKVService",
+    "NodeContextFilter",
+    "NodeMetrics",
+    "ObservabilityServer",
+    "TextFormatter",
+    "bind_node",
+    "configure_logging",
+]

@@ -55,8 +55,8 @@ class _BadRequest(Exception):
 class ObservabilityServer:
     """Serve ``/healthz``, ``/status`` and ``/metrics`` for ``node`` on ``host:port`` (port 0:
     any free port; :attr:`port` says which). Use as ``async with`` or :meth:`start` and
-    :meth:`aclose`. While running it samples the node every ``sample_interval`` seconds so that
-    the counters of term and membership changes miss little between scrapes."""
+    :meth:`aclose`. Gauges are read from the node at each ``/metrics`` request; the event
+    counters are kept exact by ``metrics`` itself."""
 
     def __init__(
         self,
@@ -65,16 +65,13 @@ class ObservabilityServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        sample_interval: float = 1.0,
     ) -> None:
         self.node = node
         self.metrics = metrics if metrics is not None else NodeMetrics(node)
         self.host = host
         self.port = port
         """The port listened on (the real one once started)."""
-        self.sample_interval = sample_interval
         self._server: asyncio.Server | None = None
-        self._sampler: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ObservabilityServer:
         await self.start()
@@ -91,25 +88,13 @@ class ObservabilityServer:
         sockets = self._server.sockets
         if sockets:
             self.port = int(sockets[0].getsockname()[1])
-        self.metrics.sample()
-        self._sampler = asyncio.create_task(self._sample_loop(), name="phalanx-metrics-sampler")
 
     async def aclose(self) -> None:
         """Stop listening and close open connections. Idempotent."""
-        if self._sampler is not None:
-            self._sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sampler
-            self._sampler = None
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-
-    async def _sample_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.sample_interval)
-            self.metrics.sample()
 
     # ----------------------------------------------------------------- requests
 

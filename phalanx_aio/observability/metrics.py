@@ -1,9 +1,12 @@
 """Prometheus metrics of one node, kept in a per-node :class:`~prometheus_client.CollectorRegistry`.
 
-:class:`NodeMetrics` samples :meth:`RaftNode.status() <phalanx_aio.node.RaftNode.status>` (on
-every scrape, and periodically while the HTTP endpoint runs, so that changes between scrapes
-are counted) and reads the transport's counters at scrape time. :class:`MeteredKVService` is a
-:class:`~phalanx_aio.kv.KVService` that times and counts the writes it proposes.
+:class:`NodeMetrics` counts the node's events exactly: it listens to them (elections, leader
+and term changes, membership changes, snapshots; see :mod:`phalanx_aio.node.events`), so no
+change between two scrapes is lost. At every scrape it reads
+:meth:`RaftNode.status() <phalanx_aio.node.RaftNode.status>` into gauges and the transport's
+counters into two metric families. :class:`MeteredKVService` is a
+:class:`~phalanx_aio.kv.KVService` that times and counts the writes it proposes and counts the
+requests it refuses (another cluster, bad input).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from phalanx_aio.core.membership import ConfChangeType
 from phalanx_aio.errors import PhalanxError
 from phalanx_aio.kv.messages import (
     CompareAndSetRequest,
@@ -26,15 +30,33 @@ from phalanx_aio.kv.messages import (
     PutRequest,
 )
 from phalanx_aio.kv.service import KVService
+from phalanx_aio.node.events import (
+    ElectionStarted,
+    ElectionWon,
+    LeaderChanged,
+    MembershipChanged,
+    NodeEvent,
+    SnapshotRestored,
+    SnapshotSent,
+    SnapshotTaken,
+    TermChanged,
+)
 from phalanx_aio.node.raft_node import NodeStatus, RaftNode
 
-__all__ = ["ROLES", "MeteredKVService", "NodeMetrics"]
+__all__ = ["MEMBERSHIP_CHANGES", "ROLES", "SNAPSHOT_EVENTS", "MeteredKVService", "NodeMetrics"]
 
 ROLES: Final = ("leader", "follower", "candidate", "pre-candidate")
 """The values of the ``role`` label of ``phalanx_role``."""
 
+MEMBERSHIP_CHANGES: Final = ("bootstrap", *(t.value for t in ConfChangeType))
+"""The values of the ``change`` label of ``phalanx_membership_changes_total``."""
+
+SNAPSHOT_EVENTS: Final = ("taken", "restored", "sent", "send_failed")
+"""The values of the ``event`` label of ``phalanx_snapshots_total``."""
+
 _WRITES: Final = (PutRequest, DeleteRequest, CompareAndSetRequest)
 _NOT_PROPOSED: Final = frozenset({ErrorCode.NOT_LEADER, ErrorCode.WRONG_CLUSTER, ErrorCode.INVALID_ARGUMENT})
+_REFUSALS: Final = {ErrorCode.WRONG_CLUSTER: "cluster", ErrorCode.INVALID_ARGUMENT: "invalid"}
 _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -66,7 +88,9 @@ class _TransportCollector(Collector):
 
 class NodeMetrics:
     """The metrics of one node. Give it the node and (optionally) a callable returning the
-    transport's counters, such as ``lambda: transport.stats``."""
+    transport's counters, such as ``lambda: transport.stats``. It registers itself as a
+    listener of the node's events at once, so create it before (or soon after) starting the
+    node: events before that are not counted."""
 
     def __init__(
         self, node: RaftNode, *, transport_stats: Callable[[], Mapping[str, int]] | None = None
@@ -102,15 +126,34 @@ class NodeMetrics:
             ["outcome"],
             registry=r,
         )
-        self.elections = Counter(
-            "phalanx_elections", "Terms the node saw begin since the process started.", registry=r
+        self.kv_rejected = Counter(
+            "phalanx_kv_rejected",
+            "Client requests refused before reaching the log, by reason (cluster, invalid).",
+            ["reason"],
+            registry=r,
+        )
+        self.term_changes = Counter("phalanx_term_changes", "Times this node's term changed.", registry=r)
+        self.elections_started = Counter(
+            "phalanx_elections_started",
+            "Elections this node started (as candidate; not pre-votes).",
+            registry=r,
+        )
+        self.elections_won = Counter("phalanx_elections_won", "Elections this node won.", registry=r)
+        self.leader_changes = Counter(
+            "phalanx_leader_changes",
+            "Times this node learned of a leader other than the one it knew last.",
+            registry=r,
         )
         self.membership_changes = Counter(
-            "phalanx_membership_changes", "Configuration changes the node observed.", registry=r
+            "phalanx_membership_changes",
+            "Configuration entries applied on this node, by change.",
+            ["change"],
+            registry=r,
         )
-        self.compactions = Counter(
-            "phalanx_log_compactions",
-            "Times the log's first index advanced (a snapshot taken or installed).",
+        self.snapshots = Counter(
+            "phalanx_snapshots",
+            "Snapshots taken, restored (from storage or the leader), sent and failed to send.",
+            ["event"],
             registry=r,
         )
         self.commit_latency = Histogram(
@@ -121,30 +164,50 @@ class NodeMetrics:
         )
         for outcome in ("ok", "failed"):
             self.proposals.labels(outcome)
+        for reason in _REFUSALS.values():
+            self.kv_rejected.labels(reason)
+        for change in MEMBERSHIP_CHANGES:
+            self.membership_changes.labels(change)
+        for event in SNAPSHOT_EVENTS:
+            self.snapshots.labels(event)
         for role in ROLES:
             self.role.labels(role).set(0)
         if transport_stats is not None:
             r.register(_TransportCollector(transport_stats))
-        self._last: NodeStatus | None = None
+        self._last_known_leader: str | None = None
+        node.add_listener(self.on_event)
+
+    def on_event(self, event: NodeEvent) -> None:
+        """Count one node event (registered with the node by the constructor)."""
+        if isinstance(event, TermChanged):
+            self.term_changes.inc()
+        elif isinstance(event, ElectionStarted):
+            self.elections_started.inc()
+        elif isinstance(event, ElectionWon):
+            self.elections_won.inc()
+        elif isinstance(event, LeaderChanged):
+            if event.leader is not None and event.leader != self._last_known_leader:
+                self.leader_changes.inc()
+                self._last_known_leader = event.leader
+        elif isinstance(event, MembershipChanged):
+            change = "bootstrap" if event.change is None else event.change.type.value
+            self.membership_changes.labels(change).inc()
+        elif isinstance(event, SnapshotTaken):
+            self.snapshots.labels("taken").inc()
+        elif isinstance(event, SnapshotRestored):
+            self.snapshots.labels("restored").inc()
+        elif isinstance(event, SnapshotSent):
+            self.snapshots.labels("sent" if event.ok else "send_failed").inc()
 
     def sample(self) -> NodeStatus | None:
-        """Read the node's status into the gauges and count what changed since the last sample;
-        return the status, or ``None`` if the node is not running."""
+        """Read the node's status into the gauges; return it, or ``None`` if the node is not
+        running."""
         try:
             st = self.node.status()
         except PhalanxError:
             self.healthy.set(0)
             self.is_leader.set(0)
             return None
-        prev = self._last
-        if prev is not None:
-            if st.term > prev.term:
-                self.elections.inc(st.term - prev.term)
-            if (st.voters, st.learners) != (prev.voters, prev.learners):
-                self.membership_changes.inc()
-            if st.first_index > prev.first_index:
-                self.compactions.inc()
-        self._last = st
         self.term.set(st.term)
         self.commit_index.set(st.commit)
         self.applied_index.set(st.applied)
@@ -167,6 +230,13 @@ class NodeMetrics:
         elif code not in _NOT_PROPOSED:
             self.proposals.labels("failed").inc()
 
+    def observe_refusal(self, code: ErrorCode) -> None:
+        """Count a request the KV service refused with ``code`` (only ``WRONG_CLUSTER`` and
+        ``INVALID_ARGUMENT`` are counted)."""
+        reason = _REFUSALS.get(code)
+        if reason is not None:
+            self.kv_rejected.labels(reason).inc()
+
     def exposition(self) -> bytes:
         """Sample the node, then render every metric in the Prometheus text format."""
         self.sample()
@@ -175,18 +245,37 @@ class NodeMetrics:
 
 class MeteredKVService(KVService):
     """A :class:`~phalanx_aio.kv.KVService` that reports each write (put, delete, cas) to
-    :meth:`NodeMetrics.observe_write`. Requests refused before being proposed (not the leader,
-    bad input, a foreign cluster) are not counted."""
+    :meth:`NodeMetrics.observe_write` and each request refused for naming another cluster or for
+    bad input to :meth:`NodeMetrics.observe_refusal`. Writes refused before being proposed are
+    not counted as proposals."""
 
-    def __init__(self, *, max_key_bytes: int = 64 << 10, max_value_bytes: int = 1 << 20) -> None:
-        super().__init__(max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes)
+    def __init__(
+        self,
+        *,
+        max_key_bytes: int = 64 << 10,
+        max_value_bytes: int = 1 << 20,
+        max_request_bytes: int = 4 << 20,
+        max_stream_inflight: int = 10_000,
+    ) -> None:
+        super().__init__(
+            max_key_bytes=max_key_bytes,
+            max_value_bytes=max_value_bytes,
+            max_request_bytes=max_request_bytes,
+            max_stream_inflight=max_stream_inflight,
+        )
         self.metrics: NodeMetrics | None = None
         """Where writes are reported; set it once the node exists."""
 
     async def handle(self, request: KVRequest, *, timeout: float | None = None) -> KVResponse:
-        if self.metrics is None or not isinstance(request, _WRITES):
+        """Answer like :meth:`KVService.handle`, counting what is reported to :attr:`metrics`."""
+        metrics = self.metrics
+        if metrics is None:
             return await super().handle(request, timeout=timeout)
         start = time.perf_counter()
         response = await super().handle(request, timeout=timeout)
-        self.metrics.observe_write(response.header.error, time.perf_counter() - start)
+        code = response.header.error
+        if isinstance(request, _WRITES):
+            metrics.observe_write(code, time.perf_counter() - start)
+        if code in _REFUSALS:
+            metrics.observe_refusal(code)
         return response

@@ -80,7 +80,9 @@ class SimOptions:
             parts.append("--membership")
         if self.snapshot_every:
             parts.append(f"--snapshot-every {self.snapshot_every}")
-        if self.config.tick_interval != Config.lan().tick_interval:
+        if self.config.rtt_aware:
+            parts.append("--preset global-mesh-adaptive")
+        elif self.config.tick_interval != Config.lan().tick_interval:
             parts.append("--preset global-mesh")
         return " ".join(parts)
 

@@ -12,7 +12,9 @@ against the generated betterproto classes, so any protobuf implementation can re
 
 It also carries the client-facing service of ``kv.proto``: :func:`encode_kv_message` and
 :func:`decode_kv_message` convert the dataclasses of :mod:`phalanx_aio.kv.messages` through the
-generated classes (those calls are few and small).
+generated classes (those calls are few and small), and the batches of its ``Stream`` call
+(:func:`encode_kv_stream_request` and friends), which carry every operation of a busy client
+and are therefore written and read by hand, like the peer frames.
 
 Decoding never trusts its input: every field is checked (wire types, enum ranges, integers below
 2**63, non-empty UTF-8 ids, the sizes in :class:`Limits`, configuration invariants) and any
@@ -71,6 +73,8 @@ from phalanx_aio.transport._proto.phalanx import v1 as _pb
 __all__ = [
     "DEFAULT_LIMITS",
     "INSTALL_SNAPSHOT_METHOD",
+    "KV_STREAM_MAX_ITEMS",
+    "KV_STREAM_METHOD",
     "MAX_INT",
     "STREAM_METHOD",
     "EncodeError",
@@ -81,12 +85,16 @@ __all__ = [
     "decode_entries",
     "decode_frame",
     "decode_kv_message",
+    "decode_kv_stream_requests",
+    "decode_kv_stream_responses",
     "decode_snapshot_ack",
     "decode_stream_ack",
     "encode_entries",
     "encode_frame",
     "encode_frames",
     "encode_kv_message",
+    "encode_kv_stream_request",
+    "encode_kv_stream_response",
     "encode_snapshot_ack",
     "encode_stream_ack",
     "snapshot_chunks",
@@ -115,11 +123,15 @@ _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _WIRE_NAMES = {0: "varint", 1: "fixed64", 2: "length-delimited", 3: "group", 4: "group end", 5: "fixed32"}
 
 # RaftMessage: field number -> wire type, for the fields this version knows.
-_MSG_VARINT_FIELDS = (False, True, False, False, True, True, True, True, True, True, False, True, True)
+_MSG_VARINT_FIELDS = (
+    False, True, False, False, True, True, True, True, True, True, False, True, True, False, False, True,
+)  # fmt: skip
+_MSG_INTS = len(_MSG_VARINT_FIELDS)
 _MSG_LEN_FIELDS = frozenset((2, 3, 10, 13, 14))
 _MSG_FIELD_NAMES = {
     1: "type", 2: "to", 3: "frm", 4: "term", 5: "log_term", 6: "index", 7: "commit", 8: "reject",
     9: "reject_hint", 10: "context", 11: "seq", 12: "transfer", 13: "entries", 14: "snapshot",
+    15: "election_timeout",
 }  # fmt: skip
 
 
@@ -643,6 +655,10 @@ def _encode_message(m: Message, sender: str, limits: Limits) -> tuple[list[bytes
         parts.append(key)
         parts.append(snap)
         size += len(key) + len(snap)
+    if m.election_timeout:  # after 13 and 14: field order as the generated code writes it
+        tail = b"\x78" + _uvarint(_check_int(m.election_timeout, "election_timeout"))
+        parts.append(tail)
+        size += len(tail)
     return parts, size
 
 
@@ -658,7 +674,7 @@ def _encode_nth(m: Message, sender: str, limits: Limits, i: int) -> tuple[list[b
 
 def _decode_message(data: bytes, pos: int, end: int, sender: str, limits: Limits) -> Message:
     """Decode the RaftMessage in ``data[pos:end]``; an empty ``frm`` becomes ``sender``."""
-    ints = [0] * 13  # varint fields by number: 1 type, 4-7, 8 reject, 9, 11, 12 transfer
+    ints = [0] * _MSG_INTS  # varint fields by number: 1 type, 4-7, 8 reject, 9, 11, 12 transfer, 15
     to = frm = ""
     context = b""
     entries: tuple[Entry, ...] = ()
@@ -666,7 +682,7 @@ def _decode_message(data: bytes, pos: int, end: int, sender: str, limits: Limits
     varint_fields = _MSG_VARINT_FIELDS
     for number, wire, a, b in _fields(data, pos, end, "message"):
         if wire == _VARINT:
-            if number < 13 and varint_fields[number]:
+            if number < _MSG_INTS and varint_fields[number]:
                 ints[number] = a
                 continue
             if number in _MSG_LEN_FIELDS:
@@ -686,7 +702,7 @@ def _decode_message(data: bytes, pos: int, end: int, sender: str, limits: Limits
                 if snapshot is not None:
                     _bad("message has two snapshots")
                 snapshot = _decode_snapshot(data, a, b, limits)
-            elif number < 13 and varint_fields[number]:
+            elif number < _MSG_INTS and varint_fields[number]:
                 _wrong_wire("message", _MSG_FIELD_NAMES[number], wire)
         elif number in _MSG_FIELD_NAMES:
             _wrong_wire("message", _MSG_FIELD_NAMES[number], wire)
@@ -695,8 +711,8 @@ def _decode_message(data: bytes, pos: int, end: int, sender: str, limits: Limits
         _bad(f"message type {ints[1]} is not a known MessageType")
     if not to:
         _bad("message to is empty")
-    _, _, _, _, term, log_term, index, commit, reject, reject_hint, _, seq, transfer = ints
-    if max(term, log_term, index, commit, reject_hint, seq) > MAX_INT:
+    _, _, _, _, term, log_term, index, commit, reject, reject_hint, _, seq, transfer, _, _, timeout = ints
+    if max(term, log_term, index, commit, reject_hint, seq, timeout) > MAX_INT:
         _bad("message has a term, index or counter above 2**63")
     return Message(
         mtype,
@@ -713,6 +729,7 @@ def _decode_message(data: bytes, pos: int, end: int, sender: str, limits: Limits
         context,
         seq,
         transfer != 0,
+        timeout,
     )
 
 
@@ -1415,3 +1432,379 @@ _KV_DECODERS: dict[type[Any], tuple[type[Any], Callable[[Any], Any]]] = {
         lambda p: TransferLeaderResponse(_from_pb_response_header(p.header), p.leader_id),
     ),
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# The KV Stream call: batches of requests and answers, written and read by hand (the generated
+# classes cost tens of microseconds per message, and this runs once per operation). A batch
+# message (StreamRequestBatch, StreamResponseBatch) is a concatenation of framed items, so a
+# sender encodes each item once and joins them; a receiver decodes the whole batch at once.
+
+KV_STREAM_METHOD = "/phalanx.v1.KV/Stream"
+"""The gRPC path of the KV service's streaming call (StreamRequestBatch in, StreamResponseBatch out)."""
+
+KV_STREAM_MAX_ITEMS = 1 << 16
+"""The most requests or answers a decoder accepts in one Stream message."""
+
+_MAX_U32 = (1 << 32) - 1
+_LEN_TAGS = tuple(_uvarint(n << 3 | _LEN) for n in range(8))
+_VARINT_TAGS = tuple(_uvarint(n << 3 | _VARINT) for n in range(8))
+
+# Request type -> its field number in StreamRequest; response type -> its number in StreamResponse.
+_STREAM_REQ_FIELDS: dict[type[Any], int] = {
+    PutRequest: 3,
+    GetRequest: 4,
+    DeleteRequest: 5,
+    CompareAndSetRequest: 6,
+}
+_STREAM_RESP_FIELDS: dict[type[Any], int] = {
+    PutResponse: 2,
+    GetResponse: 3,
+    DeleteResponse: 4,
+    CompareAndSetResponse: 5,
+}
+
+
+def _w_len(out: list[bytes], number: int, payload: bytes) -> None:
+    out.append(_LEN_TAGS[number])
+    out.append(_uvarint(len(payload)))
+    out.append(payload)
+
+
+def _w_bytes(out: list[bytes], number: int, value: object, what: str) -> None:
+    raw = _kv_bytes(value, what)
+    if raw:
+        _w_len(out, number, raw)
+
+
+def _w_str(out: list[bytes], number: int, value: object, what: str) -> None:
+    if value:
+        try:
+            raw = _kv_str(value, what).encode("utf-8")
+        except UnicodeEncodeError:
+            _cannot(f"{what} cannot be encoded as UTF-8")
+        _w_len(out, number, raw)
+    elif type(value) is not str:
+        _cannot(f"{what} must be a str, not {type(value).__name__}")
+
+
+def _w_uint(out: list[bytes], number: int, value: object, what: str, top: int = _MAX_U64) -> None:
+    if type(value) is not int or not 0 <= value <= top:
+        _cannot(f"{what} must be an int in [0, {top}], not {value!r:.50}")
+    if value:
+        out.append(_VARINT_TAGS[number])
+        out.append(_uvarint(value))
+
+
+def _w_opt(out: list[bytes], flag: int, number: int, value: object, what: str) -> None:
+    """An optional bytes value as a (flag, bytes) pair of fields."""
+    if value is not None:
+        out.append(_VARINT_TAGS[flag])
+        out.append(b"\x01")
+        _w_bytes(out, number, value, what)
+
+
+def _enc_stream_req_header(h: object) -> bytes:
+    if not isinstance(h, KVRequestHeader):
+        _cannot(f"header must be a RequestHeader, not {type(h).__name__}")
+    out: list[bytes] = []
+    _w_str(out, 1, h.cluster_id, "cluster_id")
+    _w_str(out, 2, h.client_id, "client_id")
+    _w_uint(out, 3, h.sequence, "sequence")
+    _w_uint(out, 4, h.acked_sequence, "acked_sequence")
+    return b"".join(out)
+
+
+# The answers of one batch usually share one header object (and so its bytes): remember the
+# last one encoded and decoded. ResponseHeader is frozen, so the same object means the same bytes.
+_resp_header_encoded: tuple[object, bytes] = (None, b"")
+_resp_header_decoded: tuple[bytes | None, KVResponseHeader] = (None, KVResponseHeader())
+
+
+def _enc_stream_resp_header(h: object) -> bytes:
+    global _resp_header_encoded
+    last, raw = _resp_header_encoded
+    if h is last:
+        return raw
+    raw = _enc_stream_resp_header_fields(h)
+    _resp_header_encoded = (h, raw)
+    return raw
+
+
+def _enc_stream_resp_header_fields(h: object) -> bytes:
+    if not isinstance(h, KVResponseHeader):
+        _cannot(f"header must be a ResponseHeader, not {type(h).__name__}")
+    if not isinstance(h.error, KVErrorCode):
+        _cannot(f"error must be an ErrorCode, not {h.error!r:.50}")
+    out: list[bytes] = []
+    _w_uint(out, 1, int(h.error), "error")
+    _w_str(out, 2, h.message, "message")
+    _w_str(out, 3, h.leader_hint, "leader_hint")
+    _w_str(out, 4, h.leader_address, "leader_address")
+    _w_uint(out, 5, h.term, "term")
+    _w_uint(out, 6, h.index, "index")
+    return b"".join(out)
+
+
+def _enc_stream_request_body(m: object) -> bytes:
+    out: list[bytes] = []
+    _w_len(out, 1, _enc_stream_req_header(getattr(m, "header", None)))
+    if isinstance(m, PutRequest):
+        _w_bytes(out, 2, m.key, "key")
+        _w_bytes(out, 3, m.value, "value")
+    elif isinstance(m, GetRequest):
+        _w_bytes(out, 2, m.key, "key")
+        if not isinstance(m.consistency, ReadConsistency):
+            _cannot(f"consistency must be a ReadConsistency, not {m.consistency!r:.50}")
+        _w_uint(out, 3, int(m.consistency), "consistency")
+    elif isinstance(m, DeleteRequest):
+        _w_bytes(out, 2, m.key, "key")
+    else:
+        assert isinstance(m, CompareAndSetRequest)
+        _w_bytes(out, 2, m.key, "key")
+        if m.expected is None:
+            out.append(_VARINT_TAGS[4])
+            out.append(b"\x01")
+        else:
+            _w_bytes(out, 3, m.expected, "expected")
+        _w_bytes(out, 5, m.value, "value")
+    return b"".join(out)
+
+
+def _enc_stream_response_body(m: object) -> bytes:
+    out: list[bytes] = []
+    _w_len(out, 1, _enc_stream_resp_header(getattr(m, "header", None)))
+    if isinstance(m, PutResponse):
+        _w_opt(out, 2, 3, m.previous, "previous")
+    elif isinstance(m, GetResponse):
+        _w_opt(out, 2, 3, m.value, "value")
+    elif isinstance(m, DeleteResponse):
+        if m.deleted:
+            out.append(_VARINT_TAGS[2])
+            out.append(b"\x01")
+    else:
+        assert isinstance(m, CompareAndSetResponse)
+        if m.swapped:
+            out.append(_VARINT_TAGS[2])
+            out.append(b"\x01")
+        _w_opt(out, 3, 4, m.current, "current")
+    return b"".join(out)
+
+
+def encode_kv_stream_request(request_id: int, timeout_ms: int, request: KVRequest) -> bytes:
+    """One framed item of a ``StreamRequestBatch``: ``request`` (a Put, Get, Delete or
+    CompareAndSet request) with the id its answer will carry and the time the client waits for
+    it (milliseconds, 0: the node's default). A batch is the concatenation of such items.
+    :class:`EncodeError` if a field is out of range or of the wrong type."""
+    number = _STREAM_REQ_FIELDS.get(type(request))
+    if number is None:
+        _cannot(f"{type(request).__name__} cannot travel on the Stream call")
+    out: list[bytes] = []
+    _w_uint(out, 1, request_id, "request id")
+    _w_uint(out, 2, timeout_ms, "timeout_ms", _MAX_U32)
+    _w_len(out, number, _enc_stream_request_body(request))
+    body = b"".join(out)
+    return b"".join((_LEN_TAGS[1], _uvarint(len(body)), body))
+
+
+def encode_kv_stream_response(request_id: int, response: KVResponse) -> bytes:
+    """One framed item of a ``StreamResponseBatch``: the answer to the request ``request_id``
+    (a Put, Get, Delete or CompareAndSet response). A batch is the concatenation of such items.
+    :class:`EncodeError` if a field is out of range or of the wrong type."""
+    number = _STREAM_RESP_FIELDS.get(type(response))
+    if number is None:
+        _cannot(f"{type(response).__name__} cannot travel on the Stream call")
+    out: list[bytes] = []
+    _w_uint(out, 1, request_id, "request id")
+    _w_len(out, number, _enc_stream_response_body(response))
+    body = b"".join(out)
+    return b"".join((_LEN_TAGS[1], _uvarint(len(body)), body))
+
+
+def _r_str(data: bytes, wire: int, a: int, b: int, what: str) -> str:
+    if wire != _LEN:
+        _wrong_wire("KV stream", what, wire)
+    try:
+        return data[a:b].decode("utf-8")
+    except UnicodeDecodeError:
+        _bad(f"KV stream: {what} is not valid UTF-8")
+
+
+def _r_bytes(data: bytes, wire: int, a: int, b: int, what: str) -> bytes:
+    if wire != _LEN:
+        _wrong_wire("KV stream", what, wire)
+    return data[a:b]
+
+
+def _r_uint(wire: int, value: int, what: str) -> int:
+    if wire != _VARINT:
+        _wrong_wire("KV stream", what, wire)
+    return value
+
+
+def _dec_stream_req_header(data: bytes, a: int, b: int) -> KVRequestHeader:
+    cluster = client = ""
+    seq = acked = 0
+    for number, wire, x, y in _fields(data, a, b, "RequestHeader"):
+        if number == 1:
+            cluster = _r_str(data, wire, x, y, "cluster_id")
+        elif number == 2:
+            client = _r_str(data, wire, x, y, "client_id")
+        elif number == 3:
+            seq = _r_uint(wire, x, "sequence")
+        elif number == 4:
+            acked = _r_uint(wire, x, "acked_sequence")
+    return KVRequestHeader(cluster, client, seq, acked)
+
+
+def _dec_stream_resp_header(data: bytes, a: int, b: int) -> KVResponseHeader:
+    global _resp_header_decoded
+    raw = data[a:b]
+    if raw == _resp_header_decoded[0]:
+        return _resp_header_decoded[1]
+    header = _dec_stream_resp_header_fields(data, a, b)
+    _resp_header_decoded = (raw, header)
+    return header
+
+
+def _dec_stream_resp_header_fields(data: bytes, a: int, b: int) -> KVResponseHeader:
+    error = KVErrorCode.OK
+    message = hint = address = ""
+    term = index = 0
+    for number, wire, x, y in _fields(data, a, b, "ResponseHeader"):
+        if number == 1:
+            error = _kv_enum(KVErrorCode, _r_uint(wire, x, "error"), "error code")
+        elif number == 2:
+            message = _r_str(data, wire, x, y, "message")
+        elif number == 3:
+            hint = _r_str(data, wire, x, y, "leader_hint")
+        elif number == 4:
+            address = _r_str(data, wire, x, y, "leader_address")
+        elif number == 5:
+            term = _r_uint(wire, x, "term")
+        elif number == 6:
+            index = _r_uint(wire, x, "index")
+    return KVResponseHeader(error, message, hint, address, term, index)
+
+
+def _dec_stream_request_body(data: bytes, a: int, b: int, kind: int) -> KVRequest:
+    header = KVRequestHeader("")
+    key = value = expected = b""
+    absent = False
+    consistency = ReadConsistency.LINEARIZABLE
+    for number, wire, x, y in _fields(data, a, b, "stream request"):
+        if number == 1:
+            if wire != _LEN:
+                _wrong_wire("KV stream", "header", wire)
+            header = _dec_stream_req_header(data, x, y)
+        elif number == 2:
+            key = _r_bytes(data, wire, x, y, "key")
+        elif kind == 3 and number == 3:  # PutRequest.value
+            value = _r_bytes(data, wire, x, y, "value")
+        elif kind == 4 and number == 3:  # GetRequest.consistency
+            consistency = _kv_enum(ReadConsistency, _r_uint(wire, x, "consistency"), "read consistency")
+        elif kind == 6 and number == 3:  # CompareAndSetRequest.expected
+            expected = _r_bytes(data, wire, x, y, "expected")
+        elif kind == 6 and number == 4:
+            absent = _r_uint(wire, x, "expect_absent") != 0
+        elif kind == 6 and number == 5:
+            value = _r_bytes(data, wire, x, y, "value")
+    if kind == 3:
+        return PutRequest(header, key, value)
+    if kind == 4:
+        return GetRequest(header, key, consistency)
+    if kind == 5:
+        return DeleteRequest(header, key)
+    return CompareAndSetRequest(header, key, None if absent else expected, value)
+
+
+def _dec_stream_response_body(data: bytes, a: int, b: int, kind: int) -> KVResponse:
+    header = KVResponseHeader()
+    flag = swapped = False
+    payload = b""
+    for number, wire, x, y in _fields(data, a, b, "stream response"):
+        if number == 1:
+            if wire != _LEN:
+                _wrong_wire("KV stream", "header", wire)
+            header = _dec_stream_resp_header(data, x, y)
+        elif kind == 5:  # CompareAndSetResponse: swapped, found, current
+            if number == 2:
+                swapped = _r_uint(wire, x, "swapped") != 0
+            elif number == 3:
+                flag = _r_uint(wire, x, "found") != 0
+            elif number == 4:
+                payload = _r_bytes(data, wire, x, y, "current")
+        elif number == 2:  # had_previous, found, deleted
+            flag = _r_uint(wire, x, "flag") != 0
+        elif number == 3 and kind != 4:  # previous, value
+            payload = _r_bytes(data, wire, x, y, "value")
+    if kind == 2:
+        return PutResponse(header, payload if flag else None)
+    if kind == 3:
+        return GetResponse(header, payload if flag else None)
+    if kind == 4:
+        return DeleteResponse(header, flag)
+    return CompareAndSetResponse(header, swapped, payload if flag else None)
+
+
+def _stream_items(data: bytes, max_bytes: int, what: str) -> Iterator[tuple[int, int]]:
+    """The spans of the items (field 1) of a stream batch message."""
+    if len(data) > max_bytes:
+        _bad(f"{what} of {len(data)} bytes, over the limit of {max_bytes}")
+    for number, wire, a, b in _fields(data, 0, len(data), what, KV_STREAM_MAX_ITEMS):
+        if number == 1:
+            if wire != _LEN:
+                _wrong_wire(what, "items", wire)
+            yield a, b
+
+
+def decode_kv_stream_requests(
+    data: bytes, *, max_bytes: int = DEFAULT_LIMITS.max_frame_bytes
+) -> list[tuple[int, int, KVRequest]]:
+    """The items of a ``StreamRequestBatch``: ``(request id, timeout_ms, request)`` each.
+    :class:`ProtocolError` if any part is malformed, an item holds no request, or the message
+    is over ``max_bytes`` or holds more than :data:`KV_STREAM_MAX_ITEMS` items."""
+    data = bytes(data)
+    out: list[tuple[int, int, KVRequest]] = []
+    for a, b in _stream_items(data, max_bytes, "StreamRequestBatch"):
+        rid = timeout_ms = kind = 0
+        span = (0, 0)
+        for number, wire, x, y in _fields(data, a, b, "StreamRequest"):
+            if number == 1:
+                rid = _r_uint(wire, x, "id")
+            elif number == 2:
+                timeout_ms = _r_uint(wire, x, "timeout_ms")
+                if timeout_ms > _MAX_U32:
+                    _bad(f"KV stream: timeout_ms {timeout_ms} is over 2**32")
+            elif 3 <= number <= 6:
+                if wire != _LEN:
+                    _wrong_wire("StreamRequest", "request", wire)
+                kind, span = number, (x, y)
+        if not kind:
+            _bad(f"StreamRequest {rid} holds no request")
+        out.append((rid, timeout_ms, _dec_stream_request_body(data, span[0], span[1], kind)))
+    return out
+
+
+def decode_kv_stream_responses(
+    data: bytes, *, max_bytes: int = DEFAULT_LIMITS.max_frame_bytes
+) -> list[tuple[int, KVResponse]]:
+    """The items of a ``StreamResponseBatch``: ``(request id, response)`` each.
+    :class:`ProtocolError` if any part is malformed, an item holds no response, or the message
+    is over ``max_bytes`` or holds more than :data:`KV_STREAM_MAX_ITEMS` items."""
+    data = bytes(data)
+    out: list[tuple[int, KVResponse]] = []
+    for a, b in _stream_items(data, max_bytes, "StreamResponseBatch"):
+        rid = kind = 0
+        span = (0, 0)
+        for number, wire, x, y in _fields(data, a, b, "StreamResponse"):
+            if number == 1:
+                rid = _r_uint(wire, x, "id")
+            elif 2 <= number <= 5:
+                if wire != _LEN:
+                    _wrong_wire("StreamResponse", "response", wire)
+                kind, span = number, (x, y)
+        if not kind:
+            _bad(f"StreamResponse {rid} holds no response")
+        out.append((rid, _dec_stream_response_body(data, span[0], span[1], kind)))
+    return out

@@ -12,9 +12,11 @@ call (on its own connection) and ends with :meth:`TransportHandler.on_snapshot_s
 
 The receiving side trusts nothing: every frame is decoded by the codec, and a frame with a
 foreign cluster id, a sender that is not a current peer, a message not addressed to this node
-or claiming another origin, or malformed bytes ends the call with a gRPC error status and is
-counted in :attr:`GrpcTransport.stats`; none of it reaches the handler. A received gRPC message
-over ``Limits.max_frame_bytes`` is refused as soon as its length prefix is read.
+or claiming another origin, a message no correct peer sends (a term or index above
+:data:`MAX_ACCEPTED_INT`, entries out of order), or malformed bytes ends the call with a gRPC
+error status and is counted in :attr:`GrpcTransport.stats`; none of it reaches the handler.
+A received gRPC message over ``Limits.max_frame_bytes`` is refused as soon as its length
+prefix is read.
 
 Messages travel as raw bytes: the RaftPeer methods are registered with
 :class:`~phalanx_aio.transport.codec.WireBytes` as request and reply type, so grpclib's protobuf
@@ -64,6 +66,7 @@ from phalanx_aio.transport.codec import (
 )
 
 __all__ = [
+    "MAX_ACCEPTED_INT",
     "STAT_KEYS",
     "GrpcTransport",
     "Servable",
@@ -102,6 +105,7 @@ STAT_KEYS: tuple[str, ...] = (
     "rejected_sender",
     "rejected_destination",
     "rejected_origin",
+    "rejected_invalid",
     "rejected_snapshot_incomplete",
     "handler_errors",
 )
@@ -122,9 +126,20 @@ counts whole snapshots); ``inbound_streams`` / ``inbound_streams_ended`` the cal
 refused the bytes, including an empty sender or cluster id), ``too_large`` (a gRPC message over
 ``Limits.max_frame_bytes``), ``cluster`` (a foreign cluster id), ``sender`` (a sender that is not
 a current peer, or that changed within a call), ``destination`` (a message addressed to
-another node), ``origin`` (a message whose ``frm`` is not the frame's sender),
+another node), ``origin`` (a message whose ``frm`` is not the frame's sender), ``invalid`` (a
+well-formed message that no correct peer sends: a term or index above :data:`MAX_ACCEPTED_INT`,
+or the entries of an append that do not follow its index and terms in order),
 ``snapshot_incomplete`` (an InstallSnapshot call that ended before its last chunk).
 ``handler_errors`` counts exceptions raised by the handler's callbacks (logged, then ignored).
+"""
+
+MAX_ACCEPTED_INT = (1 << 62) - 1
+"""The largest term or index accepted from a peer (the codec's wire limit is ``2**63 - 1``).
+
+A message carrying more is refused (``rejected_invalid``): a term of ``2**63 - 1``, adopted from
+one bad message, left no room for the next election (the cluster stayed leaderless, and a node
+told to campaign overflowed SQLite's 64-bit integers and stopped). The headroom of ``2**62``
+elections or entries is never reached by a correct cluster.
 """
 
 _PREFIX = struct.Struct(">BI")  # gRPC message prefix: compressed flag, length
@@ -890,6 +905,11 @@ class GrpcTransport(Transport):
             raise _Reject(
                 "origin", Status.PERMISSION_DENIED, f"message from {m.frm!r:.100} in a frame from {sender!r}"
             )
+        problem = _impossible(m)
+        if problem is not None:
+            raise _Reject(
+                "invalid", Status.INVALID_ARGUMENT, f"{m.type.name} message from {sender!r}: {problem}"
+            )
 
     def _check_frame(self, frame: Frame, bound: str | None) -> None:
         self._check_sender(frame.cluster_id, frame.sender, bound)
@@ -969,6 +989,31 @@ class GrpcTransport(Transport):
             await stream.send_message(WireBytes(encode_snapshot_ack(size)))
         except _Reject as rej:
             raise self._reject(rej, stream, sender) from None
+
+
+def _impossible(m: Message) -> str | None:
+    """Why no correct peer sends ``m`` (``None`` if one could): a term or index above
+    :data:`MAX_ACCEPTED_INT`, or an append whose entries do not follow ``index`` one by one with
+    terms from ``log_term`` up to the message's term, never going down."""
+    top = MAX_ACCEPTED_INT
+    if max(m.term, m.log_term, m.index, m.commit, m.reject_hint) > top:
+        return f"a term or index above {top}"
+    snap = m.snapshot
+    if snap is not None and max(snap.meta.index, snap.meta.term) > top:
+        return f"a snapshot index or term above {top}"
+    entries = m.entries
+    if not entries or m.type is not MessageType.APP:
+        return None
+    index, prev, term = m.index, m.log_term, m.term
+    if index + len(entries) > top:
+        return f"an entry index above {top}"
+    for i, e in enumerate(entries, 1):
+        if e.index != index + i:
+            return f"entry {i - 1} has index {e.index}, not {index + i}"
+        if not prev <= e.term <= term:
+            return f"entry {i - 1} has term {e.term}, outside [{prev}, {term}]"
+        prev = e.term
+    return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -46,7 +46,7 @@ async def test_join_adds_a_learner_then_promotes_it_and_survives_restart(tmp_pat
     for nid in founders:
         peers = [f"--peer={p}={addr[p]}" for p in founders if p != nid]
         tasks[nid], _ = await _start(
-            ["--id", nid, "--listen", addr[nid], "--data-dir", str(tmp_path / nid), *peers]
+            ["--id", nid, "--listen", addr[nid], "--data-dir", str(tmp_path / nid), *peers, "--bootstrap"]
         )
     try:
         async with KVClient([addr[n] for n in founders], timeout=DEADLINE) as kv:
@@ -146,7 +146,7 @@ async def test_discover_joins_through_dns_while_clients_keep_writing(tmp_path: p
     for nid in founders:
         peers = [f"--peer={p}={addr[p]}" for p in founders if p != nid]
         tasks[nid], _ = await _start(
-            ["--id", nid, "--listen", addr[nid], "--data-dir", str(tmp_path / nid), *peers]
+            ["--id", nid, "--listen", addr[nid], "--data-dir", str(tmp_path / nid), *peers, "--bootstrap"]
         )
     acked: dict[bytes, bytes] = {}
     count = [0]
@@ -217,3 +217,46 @@ def test_serve_exits_1_with_one_line_when_nothing_can_be_joined(tmp_path: pathli
     lines = [ln for ln in out.stderr.splitlines() if ln.startswith("phalanx-aio:")]
     assert len(lines) == 1 and "cannot resolve" in lines[0], out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("value", ["12", "lots", "-5"])
+def test_bad_max_request_bytes_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="--max-request-bytes"):
+        _settings(["--id=n1", "--listen=127.0.0.1:7001", "--data-dir=d", f"--max-request-bytes={value}"])
+
+
+def test_max_request_bytes_from_flag_and_environment() -> None:
+    base = ["--id", "n1", "--listen", "127.0.0.1:7001", "--data-dir", "d"]
+    assert _settings(base).max_request_bytes == 4 << 20
+    assert _settings([*base, "--max-request-bytes", "100000"]).max_request_bytes == 100_000
+    args = build_parser().parse_args(["serve", *base])
+    assert resolve_settings(args, {"PHALANX_MAX_REQUEST_BYTES": "65536"}).max_request_bytes == 65536
+
+
+def test_every_timing_preset_is_accepted_and_others_refused() -> None:
+    base = ["--id", "n1", "--listen", "127.0.0.1:7001", "--data-dir", "d"]
+    for preset in ("lan", "global-mesh", "global-mesh-adaptive"):
+        assert _settings([*base, "--preset", preset]).preset == preset
+    args = build_parser().parse_args(["serve", *base])
+    with pytest.raises(ConfigError, match="--preset must be one of"):
+        resolve_settings(args, {"PHALANX_PRESET": "wan"})
+
+
+def test_bootstrap_settings() -> None:
+    base = ["--id", "n1", "--listen", "127.0.0.1:7001", "--data-dir", "d"]
+    assert not _settings(base).bootstrap
+    assert _settings([*base, "--bootstrap"]).bootstrap
+    args = build_parser().parse_args(["serve", *base])
+    assert resolve_settings(args, {"PHALANX_BOOTSTRAP": "true"}).bootstrap
+    with pytest.raises(ConfigError, match="--bootstrap must be true or false"):
+        resolve_settings(args, {"PHALANX_BOOTSTRAP": "maybe"})
+    with pytest.raises(ConfigError, match="give one"):
+        _settings([*base, "--bootstrap", "--join", "127.0.0.1:7002"])
+
+
+async def test_a_node_without_a_store_needs_bootstrap_or_join(tmp_path: pathlib.Path) -> None:
+    (port,) = free_loopback_ports(1)
+    s = _settings(["--id", "n1", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="holds no store for n1"):
+        await serve(s)
+    assert not (tmp_path / "n1.db").exists()

@@ -232,3 +232,48 @@ async def test_promote_refuses_a_node_that_is_not_a_learner(cluster: Harness) ->
     with pytest.raises(ProposalDropped, match="not a learner"):
         await leader.promote(next(nid for nid in cluster.ids if nid != leader.id))
     assert "nobody" not in leader.status().voters
+
+
+async def test_a_read_forwarded_to_a_leader_that_died_is_asked_again_of_the_next(cluster: Harness) -> None:
+    """The dead leader never answers; without asking the new one the read would time out."""
+    old = await cluster.leader()
+    await old.propose(b"incr 9")
+    follower = next(n for n in cluster.nodes.values() if n is not old)
+    await follower.wait_for_leader(DEADLINE)
+    await cluster.stop(old.id)
+    assert follower.leader_id == old.id  # it has not noticed yet: the read goes to the dead node
+    value = await follower.read(lambda sm: sm.value, timeout=DEADLINE)  # type: ignore[attr-defined]
+    assert value == 9
+    assert follower.leader_id not in (None, old.id)
+
+
+async def test_a_closed_node_claims_no_leadership_and_waits_can_exclude_a_leader(cluster: Harness) -> None:
+    old = await cluster.leader()
+    assert old.is_leader and old.leader_id == old.id
+    follower = next(n for n in cluster.nodes.values() if n is not old)
+    assert await follower.wait_for_leader(DEADLINE) == old.id
+    await cluster.stop(old.id)
+    assert not old.is_leader and old.leader_id is None
+    new = await follower.wait_for_leader(DEADLINE, exclude=old.id)
+    assert new != old.id
+    assert cluster.nodes[new].is_leader or cluster.nodes[new].leader_id == new
+
+
+async def test_a_member_back_with_an_empty_store_does_not_vote(cluster: Harness) -> None:
+    """n3 lost its store and comes back empty (joining): it knows no configuration, so it must
+    not give the survivor the second vote it needs; once the old leader is back, a leader is
+    elected again."""
+    from phalanx_aio.storage import MemoryStorage
+
+    old = await cluster.leader()
+    await old.propose(b"incr 3")
+    survivor, wiped = (nid for nid in cluster.ids if nid != old.id)
+    await cluster.stop(old.id)
+    await cluster.stop(wiped)
+    cluster.stores[wiped] = MemoryStorage(wiped)
+    await cluster.start(wiped, join=True)
+    for _ in range(100):  # about 50 election timeouts of the survivor
+        await asyncio.sleep(0.02)
+        assert not cluster.nodes[survivor].is_leader, "the empty node voted"
+    await cluster.start(old.id)
+    await cluster.leader()

@@ -17,6 +17,8 @@ from phalanx_aio.cli.main import build_parser
 from phalanx_aio.cli.serve import resolve_settings
 from phalanx_aio.errors import ConfigError
 from phalanx_aio.kv import KVClient, KVStateMachine
+from phalanx_aio.kv.client import RequestRefused
+from phalanx_aio.kv.messages import ErrorCode
 from phalanx_aio.observability import MeteredKVService, NodeMetrics, ObservabilityServer
 from phalanx_aio.transport.grpc import GrpcTransport
 
@@ -46,7 +48,7 @@ async def single(tmp_path: pathlib.Path) -> AsyncIterator[Single]:
     )
     service.attach(node)
     service.metrics = NodeMetrics(node, transport_stats=lambda: transport.stats)
-    http = ObservabilityServer(node, service.metrics, sample_interval=0.05)
+    http = ObservabilityServer(node, service.metrics)
     async with node, http:
         yield Single(node, address, http)
 
@@ -102,11 +104,15 @@ async def test_healthz_status_and_metrics(single: Single) -> None:
         "phalanx_is_leader",
         "phalanx_healthy",
         "phalanx_proposals",
-        "phalanx_elections",
-        "phalanx_membership_changes",
-        "phalanx_log_compactions",
         "phalanx_commit_latency_seconds",
+        "phalanx_elections_started",
+        "phalanx_elections_won",
+        "phalanx_leader_changes",
+        "phalanx_term_changes",
+        "phalanx_membership_changes",
+        "phalanx_snapshots",
         "phalanx_transport_rejected",
+        "phalanx_kv_rejected",
         "phalanx_transport_events",
     }
     assert expected <= set(families)
@@ -126,6 +132,24 @@ async def test_healthz_status_and_metrics(single: Single) -> None:
     assert value("phalanx_proposals_total", outcome="failed") == 0
     assert value("phalanx_commit_latency_seconds_count") == 5
     assert value("phalanx_transport_rejected_total", reason="cluster") == 0
+    # One founding configuration, one election started and won, one leader learned: exactly.
+    assert value("phalanx_membership_changes_total", change="bootstrap") == 1
+    assert value("phalanx_membership_changes_total", change="add_learner") == 0
+    assert value("phalanx_elections_started_total") == value("phalanx_elections_won_total") == st.term - 1
+    assert value("phalanx_leader_changes_total") == 1
+    assert value("phalanx_term_changes_total") == st.term - 1
+    assert value("phalanx_snapshots_total", event="taken") == 0
+    assert value("phalanx_kv_rejected_total", reason="cluster") == 0
+
+    # A client of another cluster is refused, and counted.
+    async with KVClient([single.address], cluster_id="someone-else", timeout=DEADLINE) as foreign:
+        with pytest.raises(RequestRefused) as refused:
+            await foreign.put(b"k", b"v")
+        assert refused.value.code is ErrorCode.WRONG_CLUSTER
+    _, _, body = await get(port, "/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert value("phalanx_kv_rejected_total", reason="cluster") == 1
+    assert value("phalanx_proposals_total", outcome="failed") == 0
 
 
 async def test_bad_requests(single: Single) -> None:

@@ -9,6 +9,7 @@ that cost the LAN preset an election.
 from __future__ import annotations
 
 import importlib.util
+import math
 import pathlib
 import sys
 from types import ModuleType
@@ -113,3 +114,37 @@ def test_the_study_is_deterministic() -> None:
     b.pop("cpu_s")
     assert a == b
     assert a["failovers"][0]["kind"] == "crash" and a["failovers"][1]["kind"] == "partition"
+
+
+# ------------------------------------------------------------- the RTT-aware mode (adaptive)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_adaptive_preset_has_no_spurious_election_in_an_hour(seed: int) -> None:
+    s = study("global-mesh-adaptive", seed)
+    assert s.boot() is not None
+    h = s.healthy(1.0)
+    assert h["spurious_elections"] == 0
+    assert h["term_bumps"] == 0
+    assert h["availability"] == 1.0
+    # Every node adopted the leader's advice: one timeout, inside the configured bounds and
+    # well below the 80-tick (4 s) default, derived from the measured quorum round trip.
+    (t,) = h["election_timeout_ticks"]
+    q = h["quorum_rtt_ticks"]
+    assert q is not None and 2 <= q <= 5, q  # 95-170 ms to the second-closest peer, in 50 ms ticks
+    assert t == max(10, math.ceil(3.0 * q) + 4), (t, q)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_adaptive_preset_fails_over_within_three_seconds(seed: int) -> None:
+    s = study("global-mesh-adaptive", seed)
+    s.boot()
+    for kind in ("crash", "partition", "crash", "partition"):
+        rec = s.failover(kind)
+        assert "skipped" not in rec
+        assert rec["elected_s"] is not None and rec["committed_s"] is not None
+        assert rec["elected_s"] <= rec["committed_s"] < 3.0, rec
+        # The fault struck a settled leader whose followers had adopted T: nobody stands
+        # before T (at least 10 ticks = 0.5 s) minus one heartbeat interval.
+        assert 10 <= rec["timeout_ticks"] < 80, rec
+        assert rec["elected_s"] >= rec["timeout_ticks"] * 0.05 - 0.1 - 0.05, rec

@@ -60,6 +60,22 @@ def test_global_mesh_preset_runs_on_the_five_region_matrix() -> None:
     assert res.elections == 1, "the global-mesh preset should elect once and never flap without faults"
 
 
+def test_rtt_aware_mode_is_safe_under_faults() -> None:
+    """The RTT-aware timeout changes only timing: every invariant holds under crashes,
+    partitions, loss, duplication and reordering (lease reads included), and runs replay."""
+    cfg = Config.global_mesh_adaptive()
+    for seed in range(1, 11):
+        res = run(SimOptions(seed=seed, steps=3000, config=cfg, membership=seed % 2 == 0))
+        assert res.committed > 1 and res.checks > 0
+    lease = cfg.replace(read_mode="lease")
+    for seed in range(11, 16):
+        res = run(SimOptions(seed=seed, steps=3000, config=lease))
+        assert res.reads_checked > 0
+    opts = SimOptions(seed=4, steps=2000, config=cfg)
+    assert run(opts).trace_hash == run(opts).trace_hash
+    assert "--preset global-mesh-adaptive" in opts.command()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("block", range(40))
 def test_long_sweep(block: int) -> None:

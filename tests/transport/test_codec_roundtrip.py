@@ -72,6 +72,7 @@ def test_typical_messages_are_byte_identical_to_the_generated_code() -> None:
     ents = (Entry(3, 10, EntryType.NORMAL, b"set x 1"), Entry(3, 11, EntryType.NOOP))
     msgs = [
         Message(MessageType.HEARTBEAT, "n2", "n1", 7, commit=40, seq=3),
+        Message(MessageType.HEARTBEAT, "n3", "n1", 7, commit=40, seq=3, election_timeout=13),
         Message(MessageType.APP, "n2", "n1", 7, log_term=3, index=9, entries=ents, commit=9),
         Message(MessageType.VOTE_RESP, "n1", "n2", 7, reject=True, reject_hint=5),
         Message(MessageType.READ_INDEX, "n1", "n3", 0, context=b"\x00\x01"),
@@ -80,6 +81,21 @@ def test_typical_messages_are_byte_identical_to_the_generated_code() -> None:
     ours = encode_frame("c1", "n1", msgs)
     theirs = bytes(pb.PeerFrame(cluster_id="c1", sender="n1", messages=[to_pb(m, "n1") for m in msgs]))
     assert ours == theirs
+
+
+def test_advised_election_timeout_round_trips_and_costs_nothing_when_absent() -> None:
+    """Field 15 (RTT-aware mode) travels with a heartbeat; 0 (no advice) is not written."""
+    advised = Message(MessageType.HEARTBEAT, "n2", "n1", 7, commit=4, seq=9, election_timeout=13)
+    plain = Message(MessageType.HEARTBEAT, "n2", "n1", 7, commit=4, seq=9)
+    assert decode_frame(encode_frame("c1", "n1", [advised])).messages == [advised]
+    assert len(encode_frame("c1", "n1", [advised])) == len(encode_frame("c1", "n1", [plain])) + 2
+    assert pb.PeerFrame().parse(encode_frame("c1", "n1", [advised])).messages[0].election_timeout == 13
+    # With entries and a snapshot, the field still comes last, as the generated code writes it.
+    snap = Snapshot(SnapshotMeta(3, 2, ConfState(voters=frozenset({"n1"}))), b"s")
+    full = Message(MessageType.SNAP, "n2", "n1", 7, snapshot=snap, election_timeout=1 << 40)
+    theirs = bytes(pb.PeerFrame(cluster_id="c1", sender="n1", messages=[to_pb(full, "n1")]))
+    assert encode_frame("c1", "n1", [full]) == theirs
+    assert decode_frame(theirs).messages == [full]
 
 
 def test_frm_is_elided_when_it_is_the_sender() -> None:

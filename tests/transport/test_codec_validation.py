@@ -88,6 +88,8 @@ BAD_FRAMES = {
     "above 2**63": frame(HB + vi(6, 1 << 63)),
     "field term has wire type length-delimited": frame(HB + ld(4, b"x")),
     "field context has wire type varint": frame(HB + vi(10, 1)),
+    "field election_timeout has wire type length-delimited": frame(HB + ld(15, b"x")),
+    "has a term, index or counter above 2**63": frame(HB + vi(15, 1 << 63)),
     "field entries has wire type fixed64": frame(HB + b"\x69" + bytes(8)),
     "message context is 65537 bytes": frame(HB + ld(10, bytes(65537))),
     "message has two snapshots": frame(vi(1, 9) + ld(2, b"n2") + ld(14, b"") + ld(14, b"")),
@@ -169,6 +171,7 @@ M = Message(MessageType.APP, "n2", "n1", 3)
         (Message(MessageType.APP, "n2", "n1", -1), "must be an int"),
         (Message(MessageType.APP, "n2", "n1", 1 << 63), "must be an int"),
         (Message(MessageType.APP, "n2", "n1", 3, seq=-5), "seq must be an int"),
+        (Message(MessageType.APP, "n2", "n1", 3, election_timeout=-1), "election_timeout must be an int"),
         (Message(MessageType.APP, "n2", "n1", 3, reject_hint=1 << 64), "reject_hint must be an int"),
         (Message(MessageType.APP, "n2", "n1", True), "must be an int"),
         (Message(3, "n2", "n1", 3), "must be a MessageType"),  # type: ignore[arg-type]

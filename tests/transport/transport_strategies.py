@@ -65,6 +65,7 @@ def messages(draw: st.DrawFn, sender: str | None = None) -> Message:
         context=draw(payloads),
         seq=draw(wire_ints),
         transfer=draw(st.booleans()),
+        election_timeout=draw(wire_ints),
     )
 
 
@@ -120,6 +121,7 @@ def to_pb(m: Message, sender: str) -> pb.RaftMessage:
         seq=m.seq,
         transfer=m.transfer,
         entries=_pb_entries(m.entries),
+        election_timeout=m.election_timeout,
     )
     if m.snapshot is not None:
         c = m.snapshot.meta.conf
@@ -170,4 +172,28 @@ def from_pb(p: pb.RaftMessage, sender: str) -> Message:
         context=p.context,
         seq=p.seq,
         transfer=p.transfer,
+        election_timeout=p.election_timeout,
     )
+
+
+@st.composite
+def mutated(draw: st.DrawFn, data: bytes) -> bytes:
+    """``data`` with a few bit flips, overwrites, insertions, deletions, truncations or splices."""
+    buf = bytearray(data)
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate", "splice"]))
+        pos = draw(st.integers(0, len(buf)))
+        if op == "flip" and buf:
+            buf[min(pos, len(buf) - 1)] ^= 1 << draw(st.integers(0, 7))
+        elif op == "set" and buf:
+            buf[min(pos, len(buf) - 1)] = draw(st.sampled_from([0, 1, 0x7F, 0x80, 0xFF]))
+        elif op == "insert":
+            buf[pos:pos] = draw(st.binary(min_size=1, max_size=8))
+        elif op == "delete":
+            del buf[pos : pos + draw(st.integers(1, 8))]
+        elif op == "truncate":
+            del buf[pos:]
+        elif op == "splice":
+            start = draw(st.integers(0, len(buf)))
+            buf[pos:pos] = buf[start : start + draw(st.integers(1, 16))]
+    return bytes(buf)

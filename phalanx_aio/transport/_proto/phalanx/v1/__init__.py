@@ -323,6 +323,59 @@ class TransferLeaderResponse(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class StreamRequest(betterproto.Message):
+    """One request on the Stream call."""
+
+    id: int = betterproto.uint64_field(1)
+    """
+    Chosen by the client, unique among its requests in flight on this call; echoed in the answer.
+    """
+
+    timeout_ms: int = betterproto.uint32_field(2)
+    """
+    How long the client will wait for the answer, in milliseconds (0: the node's default).
+    """
+
+    put: "PutRequest" = betterproto.message_field(3, group="request")
+    get: "GetRequest" = betterproto.message_field(4, group="request")
+    delete: "DeleteRequest" = betterproto.message_field(5, group="request")
+    compare_and_set: "CompareAndSetRequest" = betterproto.message_field(
+        6, group="request"
+    )
+
+
+@dataclass(eq=False, repr=False)
+class StreamRequestBatch(betterproto.Message):
+    """The requests of one Stream message."""
+
+    requests: List["StreamRequest"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class StreamResponse(betterproto.Message):
+    """
+    One answer on the Stream call: the response of the method its request names.
+    """
+
+    id: int = betterproto.uint64_field(1)
+    """The id of the request it answers."""
+
+    put: "PutResponse" = betterproto.message_field(2, group="response")
+    get: "GetResponse" = betterproto.message_field(3, group="response")
+    delete: "DeleteResponse" = betterproto.message_field(4, group="response")
+    compare_and_set: "CompareAndSetResponse" = betterproto.message_field(
+        5, group="response"
+    )
+
+
+@dataclass(eq=False, repr=False)
+class StreamResponseBatch(betterproto.Message):
+    """The answers of one Stream message."""
+
+    responses: List["StreamResponse"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
 class PeerFrame(betterproto.Message):
     """A batch of core messages from one node, all sent on one stream."""
 
@@ -386,6 +439,12 @@ class RaftMessage(betterproto.Message):
 
     snapshot: "Snapshot" = betterproto.message_field(14)
     """The snapshot a SNAP message installs. Absent on other types."""
+
+    election_timeout: int = betterproto.uint64_field(15)
+    """
+    On HEARTBEAT, in RTT-aware mode: the election timeout in ticks that the leader advises
+     its followers to adopt (they clamp it to their configured bounds). 0: no advice.
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -637,6 +696,27 @@ class KvStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def stream(
+        self,
+        stream_request_batch_iterator: Union[
+            AsyncIterable[StreamRequestBatch], Iterable[StreamRequestBatch]
+        ],
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> AsyncIterator[StreamResponseBatch]:
+        async for response in self._stream_stream(
+            "/phalanx.v1.KV/Stream",
+            stream_request_batch_iterator,
+            StreamRequestBatch,
+            StreamResponseBatch,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
 
 class RaftPeerStub(betterproto.ServiceStub):
     async def stream(
@@ -722,6 +802,12 @@ class KvBase(ServiceBase):
     ) -> "TransferLeaderResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def stream(
+        self, stream_request_batch_iterator: AsyncIterator[StreamRequestBatch]
+    ) -> AsyncIterator[StreamResponseBatch]:
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield StreamResponseBatch()
+
     async def __rpc_put(
         self, stream: "grpclib.server.Stream[PutRequest, PutResponse]"
     ) -> None:
@@ -795,6 +881,16 @@ class KvBase(ServiceBase):
         response = await self.transfer_leader(request)
         await stream.send_message(response)
 
+    async def __rpc_stream(
+        self, stream: "grpclib.server.Stream[StreamRequestBatch, StreamResponseBatch]"
+    ) -> None:
+        request = stream.__aiter__()
+        await self._call_rpc_handler_server_stream(
+            self.stream,
+            stream,
+            request,
+        )
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/phalanx.v1.KV/Put": grpclib.const.Handler(
@@ -856,6 +952,12 @@ class KvBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 TransferLeaderRequest,
                 TransferLeaderResponse,
+            ),
+            "/phalanx.v1.KV/Stream": grpclib.const.Handler(
+                self.__rpc_stream,
+                grpclib.const.Cardinality.STREAM_STREAM,
+                StreamRequestBatch,
+                StreamResponseBatch,
             ),
         }
 

@@ -1,0 +1,274 @@
+"""The client path: KVClient callers in this process against a three-node cluster of
+``phalanx-aio serve`` processes (gRPC on loopback, SQLite with synchronous=FULL).
+
+The parent process starts three ``phalanx-aio serve`` members in a temporary directory, waits
+for a leader, then runs each workload from this process (a separate process from every
+member, on uvloop unless ``--no-uvloop``): N concurrent callers sharing one
+:class:`~phalanx_aio.kv.KVClient`, each doing ``await kv.put(key, value)`` (64-byte values by
+default) in a loop. A workload runs
+``--warmup`` seconds unmeasured, then ``--seconds`` measured, and reports completed ops/s,
+p50/p99/p99.9 latency, errors, and the CPU seconds of this process and of every member
+(from /proc). ``--transport`` picks the client path: ``stream`` (the default: the batched
+``Stream`` call) and/or ``unary`` (one gRPC call per operation), for a side-by-side figure.
+
+Prints a table and writes benchmarks/results/client.json. Not a test.
+
+Usage: python benchmarks/client.py [--callers 1,64] [--seconds 5] [--warmup 1] [--size 64]
+                                   [--op put|get] [--transport stream,unary] [--no-uvloop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import pathlib
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, TextIO
+
+from phalanx_aio._net import free_loopback_ports
+from phalanx_aio.errors import PhalanxError
+from phalanx_aio.kv import KVClient
+from phalanx_aio.node.runner import run, uvloop_available
+
+HERE = pathlib.Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "client.json"
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Cluster:
+    """Three ``phalanx-aio serve`` processes on loopback, SQLite in ``workdir``."""
+
+    def __init__(self, workdir: pathlib.Path, n: int = 3) -> None:
+        self.ids = [f"n{i + 1}" for i in range(n)]
+        self.addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(self.ids, free_loopback_ports(n), strict=True)}
+        self.workdir = workdir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: list[TextIO] = []
+
+    def start(self) -> None:
+        for nid in self.ids:
+            cmd = [sys.executable, "-m", "phalanx_aio.cli.main", "serve", "--id", nid]
+            cmd += ["--listen", self.addr[nid], "--data-dir", str(self.workdir / nid), "--bootstrap"]
+            for p, a in self.addr.items():
+                if p != nid:
+                    cmd += ["--peer", f"{p}={a}"]
+            logf = open(self.workdir / f"{nid}.log", "w")  # noqa: SIM115  (closed in stop)
+            self.logs.append(logf)
+            self.procs[nid] = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds (user + system) of each member so far."""
+        out = {}
+        for nid, proc in self.procs.items():
+            try:
+                fields = pathlib.Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[nid] = (int(fields[11]) + int(fields[12])) / _TICKS
+            except (OSError, IndexError, ValueError):
+                out[nid] = float("nan")
+        return out
+
+    def dead(self) -> list[str]:
+        """The members that have exited (a crash, or a port taken by another process)."""
+        return [nid for nid, proc in self.procs.items() if proc.poll() is not None]
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for f in self.logs:
+            f.close()
+
+
+async def wait_for_leader(endpoints: list[str], timeout: float = 30.0) -> str:
+    """The leader's id once the cluster answers a write."""
+    deadline = time.monotonic() + timeout
+    async with KVClient(endpoints, timeout=5.0) as kv:
+        while True:
+            try:
+                await kv.put(b"bench-warmup", b"x")
+                st = await kv.status()
+                return st.leader_id
+            except PhalanxError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+
+def _pct(lat: list[float], p: float) -> float:
+    return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
+
+
+async def run_workload(
+    endpoints: list[str], transport: str, callers: int, op: str, size: int, warmup: float, seconds: float
+) -> dict[str, Any]:
+    """``callers`` tasks sharing one client, each running ``op`` in a loop."""
+    value = b"v" * size
+    clock = time.perf_counter
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    ops = 0
+    async with KVClient(endpoints, timeout=10.0, stream=transport == "stream") as kv:
+        await kv.put(b"bench-warmup", b"x")  # find the leader before the clock starts
+        t_start = clock()
+        t_from, t_to = t_start + warmup, t_start + warmup + seconds
+
+        async def caller(c: int) -> None:
+            nonlocal ops
+            i = 0
+            while True:
+                t0 = clock()
+                if t0 >= t_to:
+                    return
+                key = b"c%d-%d" % (c, i % 1000)
+                i += 1
+                try:
+                    if op == "put":
+                        await kv.put(key, value)
+                    else:
+                        await kv.get(key)
+                except PhalanxError as exc:
+                    name = type(exc).__name__
+                    errors[name] = errors.get(name, 0) + 1
+                    continue
+                t1 = clock()
+                if t_from <= t1 <= t_to:
+                    ops += 1
+                    if t0 >= t_from:
+                        lat.append((t1 - t0) * 1000.0)
+
+        await asyncio.gather(*(caller(c) for c in range(callers)))
+    lat.sort()
+    return {
+        "ops": ops,
+        "ops_per_s": round(ops / seconds, 1),
+        "p50": _pct(lat, 0.50),
+        "p99": _pct(lat, 0.99),
+        "p999": _pct(lat, 0.999),
+        "max": lat[-1] if lat else float("nan"),
+        "errors": errors,
+    }
+
+
+def _spy(args: argparse.Namespace, leader_pid: int, name: str) -> list[subprocess.Popen[bytes]]:
+    """py-spy recorders (collapsed stacks) of the leader and of this process for one workload."""
+    out = pathlib.Path(args.py_spy)
+    out.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for who, pid in (("leader", leader_pid), ("client", os.getpid())):
+        cmd = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--nonblocking"]
+        seconds = str(int(args.warmup + args.seconds))
+        cmd += ["--duration", seconds, "--output", str(out / f"{name}-{who}.txt")]
+        spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return spies
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print a table and write benchmarks/results/client.json."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--callers", default="1,64", help="comma-separated caller counts")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--size", type=int, default=64, help="value size in bytes")
+    parser.add_argument("--op", choices=["put", "get"], default="put")
+    parser.add_argument("--transport", default="stream", help="comma-separated: stream, unary")
+    parser.add_argument(
+        "--no-uvloop", action="store_true", help="run this (client) process on the standard event loop"
+    )
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--py-spy", metavar="DIR", help="sample the leader and this process with py-spy")
+    args = parser.parse_args(argv)
+    callers = [int(x) for x in args.callers.split(",")]
+    transports = args.transport.split(",")
+    if any(t not in ("stream", "unary") for t in transports):
+        parser.error("--transport takes stream and/or unary")
+    use_uvloop = not args.no_uvloop and uvloop_available()
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="phalanx-client-bench-") as tmp:
+        cluster = Cluster(pathlib.Path(tmp))
+        cluster.start()
+        try:
+            endpoints = list(cluster.addr.values())
+            leader = run(wait_for_leader(endpoints), use_uvloop=use_uvloop)
+            if cluster.dead():
+                for nid in cluster.dead():
+                    log = (cluster.workdir / f"{nid}.log").read_text()[-2000:]
+                    print(f"member {nid} exited at start; the end of its log:\n{log}", file=sys.stderr)
+                return 1
+            load = os.getloadavg()
+            print(f"leader {leader}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+            head = f"{'transport':>9} {'callers':>7} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9}"
+            print(head + "  cpu s")
+            for transport in transports:
+                for n in callers:
+                    spies = _spy(args, cluster.procs[leader].pid, f"{transport}-{n}") if args.py_spy else []
+                    cpu_before = cluster.cpu()
+                    me_before = resource.getrusage(resource.RUSAGE_SELF)
+                    r = run(
+                        run_workload(endpoints, transport, n, args.op, args.size, args.warmup, args.seconds),
+                        use_uvloop=use_uvloop,
+                    )
+                    me_after = resource.getrusage(resource.RUSAGE_SELF)
+                    for spy in spies:
+                        spy.wait()
+                    cpu_after = cluster.cpu()
+                    r["cpu_s"] = {nid: round(cpu_after[nid] - cpu_before[nid], 2) for nid in cpu_after}
+                    r["cpu_s"]["client"] = round(
+                        me_after.ru_utime - me_before.ru_utime + me_after.ru_stime - me_before.ru_stime, 2
+                    )
+                    r.update(transport=transport, callers=n, op=args.op, size=args.size)
+                    if cluster.dead():
+                        r["dead_members"] = cluster.dead()
+                        for nid in cluster.dead():
+                            log = (cluster.workdir / f"{nid}.log").read_text()[-2000:]
+                            print(f"member {nid} exited; the end of its log:\n{log}", file=sys.stderr)
+                    results.append(r)
+                    cpu = " ".join(f"{k}={v}" for k, v in r["cpu_s"].items())
+                    print(
+                        f"{transport:>9} {n:>7} {r['ops_per_s']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+                        f"{r['p999']:>9.2f}  {cpu}" + (f"  errors {r['errors']}" if r["errors"] else "")
+                    )
+        finally:
+            cluster.stop()
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_at_start": load,
+        },
+        "settings": {
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+            "storage": "SQLite synchronous=FULL",
+            "cluster": "three `phalanx-aio serve` processes, gRPC on loopback, preset lan",
+            "client": "one KVClient in a separate process, shared by the callers"
+            + (" (uvloop)" if use_uvloop else " (standard event loop)"),
+        },
+        "results": results,
+    }
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

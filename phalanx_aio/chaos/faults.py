@@ -1,0 +1,432 @@
+"""The nemesis: a seeded schedule of faults, injected into a :class:`~phalanx_aio.chaos.cluster.ChaosCluster`.
+
+:func:`plan_faults` turns a seed into a list of :class:`FaultStep`: when each step starts, how long
+it lasts and which fault kinds it combines (one, or a network fault with a process fault). The
+plan is a pure function of its arguments. Targets that depend on the run (the current leader, a
+running member) are drawn when the step starts, from a generator seeded by the seed and the step's
+number, so a replay makes the same choices wherever the cluster is in the same state.
+
+:class:`Nemesis` runs a plan: it applies a step, waits, undoes it, and records a
+:class:`FaultWindow` per fault (the times are seconds on the run's clock). :meth:`Nemesis.heal`
+ends every fault: links back to normal, paused members resumed, dead ones restarted, removed
+ones joined again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from phalanx_aio.chaos.cluster import ChaosCluster, NodeState
+from phalanx_aio.chaos.proxy import LinkMode
+from phalanx_aio.errors import OutcomeUnknown, PhalanxError
+from phalanx_aio.kv.client import KVClient
+
+__all__ = [
+    "DEFAULT_FAULTS",
+    "NETWORK_FAULTS",
+    "PROCESS_FAULTS",
+    "FaultKind",
+    "FaultStep",
+    "FaultWindow",
+    "Nemesis",
+    "plan_faults",
+]
+
+log = logging.getLogger("phalanx_aio.chaos")
+
+
+class FaultKind(StrEnum):
+    """The faults the nemesis can inject."""
+
+    KILL = "kill"
+    """SIGKILL one running member (any), restart it at the end of the step."""
+    KILL_LEADER = "kill-leader"
+    """SIGKILL the leader, restart it at the end of the step."""
+    KILL_TWO = "kill-two"
+    """SIGKILL the leader and one other member at once, restart both."""
+    PAUSE = "pause"
+    """SIGSTOP a member (the leader half the time) for longer than the election timeout."""
+    PARTITION = "partition"
+    """Split the members into a random minority and majority (blackholed links)."""
+    ISOLATE_LEADER = "isolate-leader"
+    """Cut the leader from every other member."""
+    BRIDGE = "bridge"
+    """Two halves that cannot talk, and one member (not the leader) that talks to both."""
+    ONE_WAY = "one-way"
+    """Block one direction only: leader -> a follower, or every follower -> leader."""
+    DROP = "drop"
+    """Reset (close) the connections of a random half of the links and refuse new ones."""
+    DELAY = "delay"
+    """Delay every link by a random 20-200 ms."""
+    MEMBERSHIP = "membership"
+    """Remove a follower, wipe it, then add it back through ``serve --join``."""
+    TRANSFER = "transfer"
+    """Hand leadership to another voter."""
+    WIPE = "wipe"
+    """Wipe a follower's data directory and restart it with its founding command line, which
+    ``serve`` must refuse (no store and no ``--bootstrap``); then start it with ``--join``,
+    which replaces its old membership (removed, added back as a learner, promoted). Not in the
+    default mix: see ``docs/chaos.md``."""
+
+
+NETWORK_FAULTS = frozenset(
+    {
+        FaultKind.PARTITION,
+        FaultKind.ISOLATE_LEADER,
+        FaultKind.BRIDGE,
+        FaultKind.ONE_WAY,
+        FaultKind.DROP,
+        FaultKind.DELAY,
+    }
+)
+"""Faults on links (undone together by healing the network)."""
+PROCESS_FAULTS = frozenset({FaultKind.KILL, FaultKind.KILL_LEADER, FaultKind.KILL_TWO, FaultKind.PAUSE})
+"""Faults on processes, which may be combined with one network fault."""
+DEFAULT_FAULTS: tuple[FaultKind, ...] = tuple(k for k in FaultKind if k is not FaultKind.WIPE)
+"""Every fault kind but the unsafe ``wipe``."""
+
+
+@dataclass(frozen=True, slots=True)
+class FaultStep:
+    """One step of a plan: ``kinds`` injected together at ``at`` seconds for ``duration`` seconds."""
+
+    index: int
+    at: float
+    duration: float
+    kinds: tuple[FaultKind, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FaultWindow:
+    """A fault as it was injected: from ``start`` to ``end`` (run-clock seconds), on ``targets``."""
+
+    kind: FaultKind
+    start: float
+    end: float
+    targets: tuple[str, ...]
+    detail: str = ""
+    step: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The window as a JSON-compatible dict."""
+        return {
+            "kind": str(self.kind),
+            "start": round(self.start, 4),
+            "end": round(self.end, 4),
+            "targets": list(self.targets),
+            "detail": self.detail,
+            "step": self.step,
+        }
+
+
+def plan_faults(
+    seed: int,
+    duration: float,
+    *,
+    kinds: Sequence[FaultKind] = DEFAULT_FAULTS,
+    start: float = 2.0,
+    step_seconds: tuple[float, float] = (2.0, 5.0),
+    gap_seconds: tuple[float, float] = (1.0, 2.5),
+    combine: float = 0.25,
+) -> list[FaultStep]:
+    """A deterministic plan of fault steps filling ``[start, duration)`` seconds.
+
+    Step lengths and the gaps between steps are drawn uniformly from the given ranges. Each
+    step injects one kind from ``kinds`` (cycling through a shuffled order so every kind comes up
+    regularly), or, with probability ``combine``, a network fault together with a process fault.
+    """
+    if not kinds:
+        raise ValueError("plan_faults needs at least one fault kind")
+    if duration <= start:
+        return []
+    rng = random.Random(f"plan/{seed}")
+    order: list[FaultKind] = []
+    net = [k for k in kinds if k in NETWORK_FAULTS]
+    proc = [k for k in kinds if k in PROCESS_FAULTS]
+    steps: list[FaultStep] = []
+    t = start
+    while True:
+        length = rng.uniform(*step_seconds)
+        if t + length > duration:
+            break
+        if not order:
+            order = list(dict.fromkeys(kinds))
+            rng.shuffle(order)
+        kind = order.pop()
+        chosen: tuple[FaultKind, ...] = (kind,)
+        if net and proc and rng.random() < combine:
+            if kind in NETWORK_FAULTS:
+                chosen = (kind, rng.choice(proc))
+            elif kind in PROCESS_FAULTS:
+                chosen = (rng.choice(net), kind)
+        steps.append(FaultStep(len(steps), round(t, 3), round(length, 3), chosen))
+        t += length + rng.uniform(*gap_seconds)
+    return steps
+
+
+class Nemesis:
+    """Injects the faults of a plan into ``cluster``; times come from ``clock`` (run seconds)."""
+
+    def __init__(self, cluster: ChaosCluster, *, seed: int, clock: Callable[[], float]) -> None:
+        self.cluster = cluster
+        self.seed = seed
+        self.clock = clock
+        self.windows: list[FaultWindow] = []
+        """Every fault injected so far."""
+        self.removed: set[str] = set()
+        """Members removed from the configuration and not yet joined again."""
+        self.errors: list[str] = []
+        """Faults that could not be injected as planned (and why)."""
+
+    # ----------------------------------------------------------------- running a plan
+
+    async def run(self, plan: Sequence[FaultStep], stop: asyncio.Event | None = None) -> None:
+        """Run every step of ``plan`` at its time (unless ``stop`` is set first)."""
+        for step in plan:
+            wait = step.at - self.clock()
+            if wait > 0:
+                if stop is None:
+                    await asyncio.sleep(wait)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), wait)
+            if stop is not None and stop.is_set():
+                return
+            await self.run_step(step)
+
+    async def run_step(self, step: FaultStep) -> None:
+        """Apply ``step``'s faults, keep them for its duration, undo them, record the windows."""
+        rng = random.Random(f"step/{self.seed}/{step.index}")
+        leader = await self._leader()
+        undo: list[tuple[FaultKind, float, tuple[str, ...], str, Callable[[], Any]]] = []
+        for kind in step.kinds:
+            t0 = self.clock()
+            try:
+                targets, detail, fn = await self._apply(kind, rng, leader, step.duration)
+            except (PhalanxError, OSError, RuntimeError, ValueError) as exc:
+                self.errors.append(f"step {step.index} {kind}: {exc}")
+                log.info("nemesis: step %d %s not injected: %s", step.index, kind, exc)
+                continue
+            undo.append((kind, t0, targets, detail, fn))
+        ends: dict[int, float] = {}
+        if any(fn is not None for *_, fn in undo):
+            await asyncio.sleep(step.duration)
+        for i, (_kind, _t0, _targets, _detail, fn) in enumerate(undo):
+            if fn is not None:
+                try:
+                    result = fn()
+                    if asyncio.iscoroutine(result):
+                        await result
+                except (PhalanxError, OSError, RuntimeError) as exc:
+                    self.errors.append(f"step {step.index} undo: {exc}")
+            ends[i] = self.clock()
+        for i, (kind, t0, targets, detail, _fn) in enumerate(undo):
+            self.windows.append(FaultWindow(kind, t0, ends[i], targets, detail, step.index))
+
+    async def _leader(self, wait: float = 5.0) -> str | None:
+        """The current leader, polling up to ``wait`` seconds for one to be elected."""
+        return await self.cluster.wait_for_leader(wait)
+
+    def _running(self) -> list[str]:
+        c = self.cluster
+        c.reap()
+        return [n for n in c.ids if c.state[n] is NodeState.RUNNING and n not in self.removed]
+
+    async def _apply(
+        self, kind: FaultKind, rng: random.Random, leader: str | None, duration: float
+    ) -> tuple[tuple[str, ...], str, Callable[[], Any]]:
+        """Inject ``kind``; return (targets, detail, a function that undoes it)."""
+        c = self.cluster
+        running = self._running()
+        members = [n for n in c.ids if n not in self.removed]
+        lead = leader if leader in running else None
+        if kind in (FaultKind.KILL, FaultKind.KILL_LEADER, FaultKind.KILL_TWO):
+            if not running:
+                raise RuntimeError("no running member to kill")
+            if kind is FaultKind.KILL:
+                victims = [rng.choice(running)]
+            else:
+                first = lead or rng.choice(running)
+                victims = [first]
+                others = [n for n in running if n != first]
+                if kind is FaultKind.KILL_TWO and others:
+                    victims.append(rng.choice(others))
+            for v in victims:
+                c.kill(v)
+
+            def restart() -> None:
+                for v in victims:
+                    if c.state[v] is NodeState.DOWN and v not in self.removed:
+                        c.restart(v)
+
+            detail = "leader" if lead in victims else ""
+            return tuple(victims), detail, restart
+        if kind is FaultKind.PAUSE:
+            if not running:
+                raise RuntimeError("no running member to pause")
+            victim = lead if lead is not None and rng.random() < 0.5 else rng.choice(running)
+            c.pause(victim)
+            return (victim,), "leader" if victim == lead else "", lambda: c.resume(victim)
+        if kind is FaultKind.PARTITION:
+            shuffled = members[:]
+            rng.shuffle(shuffled)
+            k = rng.randint(1, max(1, (len(shuffled) - 1) // 2))
+            minority, majority = shuffled[:k], shuffled[k:]
+            c.partition(minority, majority)
+            return tuple(minority), f"{'+'.join(minority)} | {'+'.join(majority)}", c.heal_network
+        if kind is FaultKind.ISOLATE_LEADER:
+            if lead is None:
+                raise RuntimeError("no leader to isolate")
+            c.partition([lead], [n for n in members if n != lead])
+            return (lead,), "leader", c.heal_network
+        if kind is FaultKind.BRIDGE:
+            if len(members) < 3:
+                raise RuntimeError("a bridge needs three members")
+            candidates = [n for n in members if n != lead] or members
+            bridge = rng.choice(candidates)
+            rest = [n for n in members if n != bridge]
+            rng.shuffle(rest)
+            half = len(rest) // 2
+            left, right = rest[:half], rest[half:]
+            c.bridge(left, bridge, right)
+            return (bridge,), f"{'+'.join(left)} <- {bridge} -> {'+'.join(right)}", c.heal_network
+        if kind is FaultKind.ONE_WAY:
+            if lead is None:
+                raise RuntimeError("no leader for a one-way partition")
+            followers = [n for n in members if n != lead]
+            if not followers:
+                raise RuntimeError("no follower")
+            if rng.random() < 0.5:
+                f = rng.choice(followers)
+                c.set_link(lead, f, LinkMode.BLACKHOLE)
+                return (lead, f), f"{lead} -x-> {f}", c.heal_network
+            for f in followers:
+                c.set_link(f, lead, LinkMode.BLACKHOLE)
+            return (lead,), f"followers -x-> {lead}", c.heal_network
+        if kind is FaultKind.DROP:
+            links = sorted(c.links)
+            chosen = rng.sample(links, max(1, len(links) // 2))
+            for src, dst in chosen:
+                c.set_link(src, dst, LinkMode.REJECT)
+            return (), f"{len(chosen)} links reset", c.heal_network
+        if kind is FaultKind.DELAY:
+            for key in sorted(c.links):
+                c.links[key].set_delay(rng.uniform(0.02, 0.2))
+            return (), "20-200 ms", c.heal_network
+        if kind is FaultKind.TRANSFER:
+            if lead is None:
+                raise RuntimeError("no leader to transfer from")
+            to = rng.choice([n for n in running if n != lead] or [lead])
+            got = await self._admin_call(lambda kv: kv.transfer_leader(to), timeout=max(duration, 3.0))
+            return (lead, to), f"{lead} -> {to}: {got}", lambda: None
+        if kind is FaultKind.MEMBERSHIP:
+            return await self._membership(rng, lead, running, duration)
+        if kind is FaultKind.WIPE:
+            victims = [n for n in running if n != lead]
+            if not victims:
+                raise RuntimeError("no follower to wipe")
+            v = rng.choice(victims)
+            c.kill(v)
+            c.wipe(v)
+            c.start_node(v)  # its founding command line (no --bootstrap after the first start)
+            code = await c.wait_exit(v, timeout=30.0)
+            if code != 2:
+                self.errors.append(f"wipe: {v} restarted empty with its founding peers: exit {code}, not 2")
+            via = lead if lead is not None and lead != v else next(n for n in running if n != v)
+            c.start_node(v, join=via)  # the safe way back: its old membership is replaced
+
+            async def wait_replaced() -> None:
+                if not await self._replaced(v, timeout=max(duration, 20.0)):
+                    self.errors.append(f"wipe: {v} was not replaced and promoted in time")
+
+            return (v,), f"refused (exit {code}), rejoining through {via}", wait_replaced
+        raise ValueError(f"unknown fault kind {kind!r}")
+
+    async def _admin_call(self, fn: Callable[[KVClient], Any], *, timeout: float) -> Any:
+        c = self.cluster
+        async with KVClient(c.endpoints, cluster_id=c.cluster_id, timeout=timeout) as kv:
+            return await fn(kv)
+
+    async def _membership(
+        self, rng: random.Random, lead: str | None, running: list[str], duration: float
+    ) -> tuple[tuple[str, ...], str, Callable[[], Any]]:
+        """Remove a running follower, wipe it and start it with ``--join`` (it is promoted by
+        itself once caught up); the undo waits (up to the step's duration) for the promotion."""
+        c = self.cluster
+        followers = [n for n in running if n != lead]
+        if lead is None or not followers:
+            raise RuntimeError("membership change needs a leader and a running follower")
+        victim = rng.choice(followers)
+        with contextlib.suppress(OutcomeUnknown):  # then look at the configuration to find out
+            await self._admin_call(lambda kv: kv.remove_member(victim), timeout=max(duration, 5.0))
+        members = await self._admin_call(lambda kv: kv.members(), timeout=5.0)
+        if any(m.node_id == victim for m in members):
+            raise RuntimeError(f"removing {victim} did not take effect")
+        self.removed.add(victim)
+        c.kill(victim)
+        c.wipe(victim)
+        c.start_node(victim, join=lead)
+
+        async def wait_promoted() -> None:
+            await self.rejoin(victim, timeout=max(duration, 10.0))
+
+        return (victim,), f"removed {victim}, rejoining through {lead}", wait_promoted
+
+    async def rejoin(self, nid: str, *, timeout: float) -> bool:
+        """Wait until the removed member ``nid`` is a voter again (restarting it with ``--join``
+        if it is down); return whether it is."""
+        c = self.cluster
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if c.state[nid] is NodeState.DOWN:
+                c.restart(nid)
+            with contextlib.suppress(PhalanxError, OSError, TimeoutError):
+                members = await self._admin_call(lambda kv: kv.members(), timeout=2.0)
+                if any(m.node_id == nid and not m.learner for m in members):
+                    self.removed.discard(nid)
+                    return True
+            await asyncio.sleep(0.3)
+        return False
+
+    async def _replaced(self, nid: str, *, timeout: float) -> bool:
+        """Wait until ``nid`` (started empty with ``--join``, which has its old membership
+        removed first) is a voter again and has applied the leader's commit index."""
+        c = self.cluster
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(PhalanxError, OSError, TimeoutError):
+                members = await self._admin_call(lambda kv: kv.members(), timeout=2.0)
+                me = next((m for m in members if m.node_id == nid), None)
+                st = await c.status(nid)
+                log = (c.workdir / f"{nid}.log").read_text(errors="replace")
+                promoted = log.rpartition("==== ")[2].count("promoted to voter") > 0  # since its last start
+                if promoted and me is not None and not me.learner and st is not None:
+                    lead = await self._admin_call(lambda kv: kv.status(), timeout=2.0)
+                    if st.applied_index >= lead.commit_index:
+                        return True
+            await asyncio.sleep(0.3)
+        return False
+
+    async def heal(self, *, timeout: float = 30.0) -> None:
+        """End every fault: heal the network, resume paused members, restart dead ones, and wait
+        (up to ``timeout``) for removed ones to be voters again."""
+        c = self.cluster
+        c.heal_network()
+        c.reap()
+        for nid in c.ids:
+            if c.state[nid] is NodeState.PAUSED:
+                c.resume(nid)
+        for nid in c.ids:
+            if c.state[nid] is NodeState.DOWN:
+                c.restart(nid)
+        for nid in sorted(self.removed):
+            if not await self.rejoin(nid, timeout=timeout):
+                self.errors.append(f"heal: {nid} did not rejoin within {timeout} s")

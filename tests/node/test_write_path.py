@@ -1,0 +1,197 @@
+"""The durable write path of RaftNode: ``propose_many``, the shared deadlines, bounded loop
+turns, commit-only hard states left unwritten, and leaders sending before their own write."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from phalanx_aio.core.types import Entry, HardState, Snapshot
+from phalanx_aio.errors import LocalError, NotLeader, ProposalDropped, Timeout
+from phalanx_aio.node import raft_node as raft_node_module
+from phalanx_aio.node.raft_node import RaftNode
+from phalanx_aio.storage import MemoryStorage
+from tests.node.conftest import DEADLINE, Counter, Harness
+
+Save = tuple[HardState | None, tuple[Entry, ...], Snapshot | None]
+
+
+def record_saves(store: MemoryStorage) -> list[Save]:
+    """Record every ``save`` call made on ``store`` (then let it through)."""
+    calls: list[Save] = []
+    real = store.save
+
+    async def save(
+        *, hard_state: HardState | None = None, entries: Any = (), snapshot: Snapshot | None = None
+    ) -> None:
+        calls.append((hard_state, tuple(entries), snapshot))
+        await real(hard_state=hard_state, entries=entries, snapshot=snapshot)
+
+    store.save = save  # type: ignore[method-assign]
+    return calls
+
+
+async def test_propose_many_returns_each_result_in_order(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    assert await leader.propose_many([b"incr 1", b"incr 2", b"incr 3"], timeout=DEADLINE) == [1, 3, 6]
+    follower = next(n for n in cluster.nodes.values() if n is not leader)
+    await follower.wait_for_leader(DEADLINE)  # it forwards only to a leader it knows
+    assert await follower.propose_many([b"incr 10"] * 2, timeout=DEADLINE) == [16, 26]
+    assert await leader.propose_many([], timeout=DEADLINE) == []
+    assert leader.status().pending_proposals == 0
+
+
+async def test_propose_many_reports_a_failed_command_or_every_outcome(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    with pytest.raises(ValueError, match="unknown command"):
+        await leader.propose_many([b"incr 1", b"bogus", b"incr 1"], timeout=DEADLINE)
+    assert cluster.sms[leader.id].value == 2  # the others were applied all the same
+    out = await leader.propose_many(
+        [b"incr 1", b"bogus", b"incr 1"], timeout=DEADLINE, return_exceptions=True
+    )
+    assert out[0] == 3 and out[2] == 4
+    assert isinstance(out[1], ValueError)
+
+
+async def test_propose_many_refuses_bad_input_and_overload_at_once(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    with pytest.raises(LocalError, match="iterable of commands"):
+        await leader.propose_many(b"incr 1")  # type: ignore[arg-type]
+    with pytest.raises(LocalError, match="must be bytes"):
+        await leader.propose_many([b"incr 1", "incr 2"])  # type: ignore[list-item]
+    with pytest.raises(LocalError, match="must be bytes"):
+        await leader.propose(42)  # type: ignore[arg-type]
+    with pytest.raises(ProposalDropped, match="overloaded"):
+        await leader.propose_many([b"incr 1"] * 10_001)  # max_pending is 10,000
+    assert leader.status().pending_proposals == 0
+    assert cluster.sms[leader.id].value == 0
+
+
+async def test_propose_many_without_a_leader_is_refused_whole() -> None:
+    h = Harness(["a", "b", "c"])
+    node = await h.start("a")  # alone: no leader
+    try:
+        with pytest.raises(NotLeader):
+            await node.propose_many([b"incr 1"] * 3, timeout=DEADLINE)
+        out = await node.propose_many([b"incr 1"] * 2, timeout=DEADLINE, return_exceptions=True)
+        assert [type(x) for x in out] == [NotLeader, NotLeader]
+        assert node.status().pending_proposals == 0
+    finally:
+        await h.aclose()
+
+
+async def test_timeouts_share_deadlines_and_leave_nothing_behind(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    cluster.net.isolate(leader.id)
+    singles = [asyncio.create_task(leader.propose(b"incr 1", timeout=0.2)) for _ in range(50)]
+    many = asyncio.create_task(leader.propose_many([b"incr 1"] * 5, timeout=0.2))
+    every = asyncio.create_task(leader.propose_many([b"incr 1"] * 5, timeout=0.2, return_exceptions=True))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for t in singles:
+        with pytest.raises(Timeout, match="outcome is unknown"):
+            await t
+    assert loop.time() - t0 >= 0.2 - 0.01  # never early
+    with pytest.raises(Timeout):
+        await many
+    assert [type(x) for x in await every] == [Timeout] * 5
+    assert leader.status().pending_proposals == 0
+    assert not leader._deadlines._slots  # every grain fired and was dropped
+    cluster.net.heal()
+
+
+async def test_cancelled_propose_many_leaves_nothing_behind(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    cluster.net.isolate(leader.id)
+    task = asyncio.create_task(leader.propose_many([b"incr 1"] * 4, timeout=DEADLINE))
+    await asyncio.sleep(0.05)
+    assert leader.status().pending_proposals == 4
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert leader.status().pending_proposals == 0
+    assert all(not waiters for waiters in leader._deadlines._slots.values())
+    cluster.net.heal()
+
+
+async def test_a_big_backlog_is_taken_in_bounded_turns(
+    cluster: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leader = await cluster.leader()
+    saves = record_saves(cluster.stores[leader.id])
+    monkeypatch.setattr(raft_node_module, "_TURN_MAX_PROPOSALS", 40)
+    results = await leader.propose_many([b"incr 1"] * 400, timeout=DEADLINE)
+    assert results == list(range(1, 401))
+    sizes = [len(entries) for _, entries, _ in saves if entries]
+    assert sum(sizes) >= 400 and max(sizes) <= 40
+
+
+async def test_commit_only_hard_states_are_not_written(cluster: Harness) -> None:
+    saves = {nid: record_saves(cluster.stores[nid]) for nid in cluster.ids}
+    leader = await cluster.leader()
+    for _ in range(5):
+        await leader.propose(b"incr 1", timeout=DEADLINE)
+    await cluster.until(lambda: all(cluster.sms[n].value == 5 for n in cluster.ids))
+    for calls in saves.values():
+        # Every save carries entries, a snapshot or a new term or vote: never only a commit.
+        seen: tuple[int, str | None] | None = None
+        for hs, entries, snap in calls:
+            if not entries and snap is None:
+                assert hs is not None and (hs.term, hs.vote) != seen
+            if hs is not None:
+                seen = (hs.term, hs.vote)
+    # A restart still finds everything acknowledged.
+    await cluster.stop(leader.id)
+    node = await cluster.start(leader.id)
+    await cluster.until(lambda: cluster.sms[node.id].value == 5)
+
+
+async def test_leader_sends_before_its_own_write_and_acknowledges_after_it(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    await leader.propose(b"incr 1", timeout=DEADLINE)
+    store = cluster.stores[leader.id]
+    gate = asyncio.Event()
+    real = store.save
+
+    async def slow_save(**kw: Any) -> None:
+        await gate.wait()
+        await real(**kw)
+
+    store.save = slow_save  # type: ignore[method-assign]
+    followers: list[RaftNode] = [n for n in cluster.nodes.values() if n is not leader]
+    before = [f.status().last_index for f in followers]
+    pending = asyncio.create_task(leader.propose(b"incr 1", timeout=DEADLINE))
+    # The followers receive and store the entry while the leader's own write waits.
+    await cluster.until(
+        lambda: all(f.status().last_index > b for f, b in zip(followers, before, strict=True))
+    )
+    assert not pending.done()
+    gate.set()
+    assert await pending == 2
+
+
+def test_the_turn_bound_adapts_to_how_long_turns_take() -> None:
+    from phalanx_aio.core import Config
+
+    node = RaftNode(
+        "a",
+        address="mem://a",
+        peers={},
+        state_machine=Counter(),  # never started
+        storage=MemoryStorage("a"),
+        config=Config.lan(tick_interval=0.05),
+    )
+    top = raft_node_module._TURN_MAX_PROPOSALS
+    assert node._turn_cap == top
+    node._adapt_turn(top, 0.5)  # a slow full turn: halve
+    assert node._turn_cap == top // 2
+    for _ in range(20):
+        node._adapt_turn(node._turn_cap, 1.0)
+    assert node._turn_cap == raft_node_module._TURN_MIN_PROPOSALS  # never below the floor
+    node._adapt_turn(10, 0.01)  # a quick turn that was not full: no change
+    assert node._turn_cap == raft_node_module._TURN_MIN_PROPOSALS
+    for _ in range(50):
+        node._adapt_turn(node._turn_cap, 0.01)  # quick full turns: grow back to the top
+    assert node._turn_cap == top
