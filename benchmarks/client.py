@@ -27,14 +27,13 @@ import os
 import pathlib
 import platform
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, TextIO
+from typing import Any
 
-from phalanx_aio._net import free_loopback_ports
+from phalanx_aio.cli.demo import LocalCluster
 from phalanx_aio.errors import PhalanxError
 from phalanx_aio.kv import KVClient
 from phalanx_aio.node.runner import run, uvloop_available
@@ -44,26 +43,11 @@ RESULTS = HERE / "results" / "client.json"
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-class Cluster:
-    """Three ``phalanx-aio serve`` processes on loopback, SQLite in ``workdir``."""
+class Cluster(LocalCluster):
+    """Three ``phalanx-aio serve`` processes on loopback (the demo's), with their CPU time."""
 
     def __init__(self, workdir: pathlib.Path, n: int = 3) -> None:
-        self.ids = [f"n{i + 1}" for i in range(n)]
-        self.addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(self.ids, free_loopback_ports(n), strict=True)}
-        self.workdir = workdir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs: list[TextIO] = []
-
-    def start(self) -> None:
-        for nid in self.ids:
-            cmd = [sys.executable, "-m", "phalanx_aio.cli.main", "serve", "--id", nid]
-            cmd += ["--listen", self.addr[nid], "--data-dir", str(self.workdir / nid), "--bootstrap"]
-            for p, a in self.addr.items():
-                if p != nid:
-                    cmd += ["--peer", f"{p}={a}"]
-            logf = open(self.workdir / f"{nid}.log", "w")  # noqa: SIM115  (closed in stop)
-            self.logs.append(logf)
-            self.procs[nid] = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+        super().__init__(n, workdir)
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds (user + system) of each member so far."""
@@ -79,20 +63,6 @@ class Cluster:
     def dead(self) -> list[str]:
         """The members that have exited (a crash, or a port taken by another process)."""
         return [nid for nid, proc in self.procs.items() if proc.poll() is not None]
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for f in self.logs:
-            f.close()
 
 
 async def wait_for_leader(endpoints: list[str], timeout: float = 30.0) -> str:
@@ -201,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="phalanx-client-bench-") as tmp:
         cluster = Cluster(pathlib.Path(tmp))
-        cluster.start()
+        cluster.start_all()
         try:
             endpoints = list(cluster.addr.values())
             leader = run(wait_for_leader(endpoints), use_uvloop=use_uvloop)
@@ -244,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{r['p999']:>9.2f}  {cpu}" + (f"  errors {r['errors']}" if r["errors"] else "")
                     )
         finally:
-            cluster.stop()
+            cluster.stop_all()
     report = {
         "machine": {
             "cpus": os.cpu_count(),

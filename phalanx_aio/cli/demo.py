@@ -67,7 +67,10 @@ class DemoResult:
         return "\n".join([line, *body, line])
 
 
-class _Cluster:
+class LocalCluster:
+    """``n`` ``phalanx-aio serve`` processes on loopback (ids ``n1``...), SQLite and a log per
+    member in ``workdir``; used by the demo and the client benchmark."""
+
     def __init__(self, n: int, workdir: pathlib.Path) -> None:
         self.ids = [f"n{i + 1}" for i in range(n)]
         self.addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(self.ids, free_loopback_ports(n), strict=True)}
@@ -76,6 +79,7 @@ class _Cluster:
         self.logs: list[TextIO] = []
 
     def start(self, nid: str) -> None:
+        """Start member ``nid`` (founding the cluster on its first start)."""
         cmd = [sys.executable, "-m", "phalanx_aio.cli.main", "serve", "--id", nid, "--listen", self.addr[nid]]
         cmd.append("--bootstrap")  # found the cluster on the first start; ignored once the store exists
         for p, a in self.addr.items():
@@ -86,13 +90,20 @@ class _Cluster:
         self.logs.append(logf)
         self.procs[nid] = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
 
+    def start_all(self) -> None:
+        """Start every member."""
+        for nid in self.ids:
+            self.start(nid)
+
     def kill(self, nid: str) -> None:
+        """SIGKILL member ``nid`` and reap it."""
         proc = self.procs.get(nid)
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
 
     def stop_all(self) -> None:
+        """SIGTERM every member, SIGKILL those still running after 10 s, close the logs."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -152,12 +163,11 @@ async def run_demo(
     from phalanx_aio.kv.client import KVClient
 
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="phalanx-demo-"))
-    cluster = _Cluster(nodes, workdir)
+    cluster = LocalCluster(nodes, workdir)
     res = DemoResult()
     try:
         out.write(f"starting {nodes} nodes ({', '.join(cluster.addr.values())}), data in {workdir}\n")
-        for nid in cluster.ids:
-            cluster.start(nid)
+        cluster.start_all()
         endpoints = list(cluster.addr.values())
         async with KVClient(endpoints, timeout=15.0) as admin:
             leader, first_term = await _find_leader(admin, 30.0)

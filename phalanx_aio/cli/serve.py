@@ -512,11 +512,11 @@ async def _join(
                     members = await kv.remove_member(s.id)
                 rejoin = False
                 if not any(m.node_id == s.id for m in members):
-                    await kv.add_member(s.id, s.listen)
+                    members = await kv.add_member(s.id, s.listen)  # the committed configuration
                     log.info("%s added as a learner", s.id)
                 if not s.auto_promote:
                     return
-                me = next((m for m in await kv.members() if m.node_id == s.id), None)
+                me = next((m for m in members if m.node_id == s.id), None)
                 if me is not None and not me.learner:
                     return
                 leader = await kv.status()
