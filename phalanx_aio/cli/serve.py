@@ -216,11 +216,15 @@ def _check_request_bytes(value: object) -> int:
     return int(text)
 
 
+def _split_discover(value: str) -> tuple[str, str | None]:
+    """``NAME[:PORT]`` -> ``(name, port)``; the port is ``None`` when not given."""
+    name, sep, port = value.rpartition(":") if value.count(":") == 1 else ("", "", "")
+    return (name, port) if sep else (value, None)
+
+
 def _check_discover(value: str) -> str:
-    name, sep, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
-    if not sep:
-        name = value
-    elif not port.isdigit() or not 0 < int(port) < 65536:
+    name, port = _split_discover(value)
+    if port is not None and (not port.isdigit() or not 0 < int(port) < 65536):
         raise ConfigError(f"--discover {value!r} is not NAME or NAME:PORT with a port in 1-65535")
     if not name or any(c.isspace() for c in name):
         raise ConfigError(f"--discover {value!r} is not a DNS name")
@@ -254,10 +258,8 @@ async def join_contacts(s: ServeSettings, resolver: Resolver | None = None) -> l
     if s.join is not None:
         return [s.join]
     assert s.discover is not None
-    name, sep, port = s.discover.rpartition(":") if s.discover.count(":") == 1 else ("", "", "")
-    if not sep:
-        name, port = s.discover, s.listen.rpartition(":")[2]
-    found = await (resolver or resolve_members)(name, int(port))
+    name, port = _split_discover(s.discover)
+    found = await (resolver or resolve_members)(name, int(port or s.listen.rpartition(":")[2]))
     contacts = [a for a in found if a != s.listen]
     if not contacts:
         raise JoinFailed(f"--discover {s.discover}: found no other member ({found or 'no records'})")
