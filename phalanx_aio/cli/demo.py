@@ -23,7 +23,7 @@ from typing import TextIO
 from phalanx_aio._net import free_loopback_ports
 from phalanx_aio.errors import NotApplied, PhalanxError
 
-__all__ = ["DemoResult", "run_demo"]
+__all__ = ["DemoResult", "LocalCluster", "run_demo"]
 
 
 @dataclass(slots=True)
