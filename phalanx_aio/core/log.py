@@ -1,7 +1,8 @@
 """The Raft log as the core holds it: a snapshot point, then every live entry, in memory.
 
-Storage keeps a durable copy; the core never reads storage. The tail from ``unstable`` on has
-not been handed to storage yet (it goes out in the next ``Ready``).
+Storage keeps a durable copy; the core never reads storage. The tail from ``unstable`` on is
+not durable yet; from ``in_progress`` on it has not even been handed to storage (it goes out in
+the next ``Ready``). The two differ only while a driver writes entries asynchronously.
 """
 
 from __future__ import annotations
@@ -22,11 +23,20 @@ class RaftLog:
     * ``entries[i].index == snap_index + 1 + i`` (no gaps);
     * ``snap_index <= applied <= committed <= last_index()``, except that ``applied`` may lag
       behind ``snap_index`` while a received snapshot waits to be installed;
-    * ``snap_index < unstable <= last_index() + 1``: entries from ``unstable`` on are not
-      persisted yet.
+    * ``snap_index < unstable <= in_progress <= last_index() + 1``: entries from ``unstable``
+      on are not persisted yet; those from ``in_progress`` on have not been handed to storage.
     """
 
-    __slots__ = ("applied", "committed", "entries", "pending_snapshot", "snap_index", "snap_term", "unstable")
+    __slots__ = (
+        "applied",
+        "committed",
+        "entries",
+        "in_progress",
+        "pending_snapshot",
+        "snap_index",
+        "snap_term",
+        "unstable",
+    )
 
     def __init__(self, snap_index: int = 0, snap_term: int = 0, entries: Sequence[Entry] = ()) -> None:
         self.snap_index = snap_index
@@ -38,6 +48,7 @@ class RaftLog:
         self.committed = snap_index
         self.applied = snap_index
         self.unstable = self.last_index() + 1
+        self.in_progress = self.unstable
         self.pending_snapshot: Snapshot | None = None
 
     # -- queries -----------------------------------------------------------------------------
@@ -102,8 +113,12 @@ class RaftLog:
         return index
 
     def unstable_entries(self) -> list[Entry]:
-        """Entries not yet handed to storage."""
+        """Entries not yet persisted (handed to storage or not)."""
         return self.entries[self.unstable - self.snap_index - 1 :]
+
+    def entries_to_persist(self) -> list[Entry]:
+        """Entries not yet handed to storage (what the next ``Ready`` carries)."""
+        return self.entries[self.in_progress - self.snap_index - 1 :]
 
     def next_committed(self, max_bytes: int) -> list[Entry]:
         """Committed entries not yet applied (bounded by ``max_bytes``, at least one)."""
@@ -137,6 +152,8 @@ class RaftLog:
         self.entries.extend(entries)
         if first < self.unstable:
             self.unstable = first
+        if first < self.in_progress:
+            self.in_progress = first
 
     def commit_to(self, index: int) -> bool:
         """Raise the commit index; True if it moved."""
@@ -150,6 +167,14 @@ class RaftLog:
         """Storage persisted entries up to ``(term, index)``; ignored if since overwritten."""
         if index >= self.unstable and self.term(index) == term:
             self.unstable = index + 1
+            if self.in_progress < self.unstable:
+                self.in_progress = self.unstable
+
+    def accept_to(self, index: int, term: int) -> None:
+        """Entries up to ``(term, index)`` were handed to storage, which has not yet said they
+        are durable (:meth:`stable_to` follows); ignored if since overwritten."""
+        if index >= self.in_progress and self.term(index) == term:
+            self.in_progress = index + 1
 
     def restore(self, snapshot: Snapshot) -> None:
         """Replace the whole log with a received snapshot (to be persisted and installed)."""
@@ -158,6 +183,7 @@ class RaftLog:
         self.entries = []
         self.committed = snapshot.meta.index
         self.unstable = snapshot.meta.index + 1
+        self.in_progress = self.unstable
         self.pending_snapshot = snapshot
 
     def compact_to(self, index: int) -> None:

@@ -657,6 +657,8 @@ class Raft:
             raise LocalError(f"index {index} is already compacted (snapshot at {self.log.snap_index})")
         if index > self.log.applied:
             raise LocalError(f"cannot snapshot at {index}: only {self.log.applied} is applied")
+        if index >= self.log.unstable:
+            raise LocalError(f"cannot snapshot at {index}: entries up to it are not persisted here yet")
         term = self.log.term(index)
         assert term is not None
         snap = Snapshot(self._snapshot_meta(index, term), bytes(data))
@@ -1031,7 +1033,7 @@ class Raft:
             or self._bcast_entries
             or self._bcast_commit
             or self._bcast_read
-            or log.unstable <= log.last_index()
+            or log.in_progress <= log.last_index()
             or log.pending_snapshot is not None
             or log.committed > max(log.applied, log.snap_index)
             or self._read_states
@@ -1050,7 +1052,7 @@ class Raft:
         prev = self._prev_hs  # its term and vote are durable (saved before advance())
         rd = Ready(
             hard_state=hs if hs != prev else None,
-            entries=tuple(log.unstable_entries()),
+            entries=tuple(log.entries_to_persist()),
             snapshot=log.pending_snapshot,
             messages=tuple(self._msgs),
             committed_entries=tuple(log.next_committed(_MAX_APPLY_BYTES)),
@@ -1068,9 +1070,20 @@ class Raft:
         self._dropped_reads = []
         return rd
 
-    def advance(self, rd: Ready) -> None:
-        """The driver finished ``rd``: its writes are durable and its entries applied."""
+    def advance(self, rd: Ready, *, entries_durable: bool = True) -> None:
+        """The driver finished ``rd``: its writes are durable and its entries applied.
+
+        ``entries_durable=False`` lets a leader write ``rd.entries`` in the background (thesis
+        §10.2.1, etcd's asynchronous storage writes): everything else in ``rd`` is done, its
+        entries are handed to storage but not durable yet. They count for the leader only
+        once the driver reports them with :meth:`persisted`; meanwhile the core may be stepped
+        and ticked, and later ``Ready`` values carry only newer entries. Allowed only for a
+        ``Ready`` with :attr:`~phalanx_aio.core.ready.Ready.send_before_persist` (no term or
+        vote to save, no snapshot); storage must make writes durable in the order given.
+        """
         log = self.log
+        if not entries_durable and not rd.send_before_persist:
+            raise LocalError("only a Ready with send_before_persist may leave its entries in flight")
         if rd.hard_state is not None:
             self._prev_hs = rd.hard_state
         if rd.snapshot is not None:
@@ -1079,9 +1092,20 @@ class Raft:
             log.applied = max(log.applied, rd.snapshot.meta.index)
         if rd.entries:
             last = rd.entries[-1]
-            log.stable_to(last.index, last.term)
-            me = self.prs.get(self.id) if self.role is Role.LEADER else None
-            if me is not None and me.maybe_update(log.unstable - 1):
-                self._maybe_commit()  # our own durable copy may complete a quorum
+            if entries_durable:
+                self.persisted(last.index, last.term)
+            else:
+                log.accept_to(last.index, last.term)
         if rd.committed_entries:
             log.applied = max(log.applied, rd.committed_entries[-1].index)
+
+    def persisted(self, index: int, term: int) -> None:
+        """Storage made the entries up to ``(term, index)`` durable (after an :meth:`advance`
+        with ``entries_durable=False``). Ignored if the log no longer holds that entry
+        (overwritten since) or already counts it. A leader counts its own copy from now on,
+        which may commit entries: check :meth:`has_ready` afterwards."""
+        log = self.log
+        log.stable_to(index, term)
+        me = self.prs.get(self.id) if self.role is Role.LEADER else None
+        if me is not None and me.maybe_update(log.unstable - 1):
+            self._maybe_commit()  # our own durable copy may complete a quorum

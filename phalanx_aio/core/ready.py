@@ -49,7 +49,9 @@ class Ready:
     (or while) it is made durable. The core sets it for a leader whose term and vote are
     already durable: its messages carry its own log entries and a commit index that counts
     the leader's copy only once :meth:`~phalanx_aio.core.raft.Raft.advance` reported it
-    persisted (thesis §10.2.1). Entries must still be durable before ``advance``."""
+    persisted (thesis §10.2.1). Entries must still be durable before ``advance``, unless the
+    driver writes them in the background: ``advance(rd, entries_durable=False)``, then
+    :meth:`~phalanx_aio.core.raft.Raft.persisted` once they are."""
 
     @property
     def must_sync(self) -> bool:

@@ -5,8 +5,10 @@ else only enqueues: the ticker (one item per tick), the transport (peer messages
 peers, snapshot reports) and the public methods (reads, membership changes, transfers, each
 with its future; proposals wait in a list beside the queue, woken by one queue item). The
 loop drains what is queued, steps the core (in bounded turns) and handles each ``Ready`` in
-the documented order: persist, then send (a leader may send first, see
-``Ready.send_before_persist``), then apply, then resolve futures and serve reads. No locks.
+the documented order: persist, then send, then apply, then resolve futures and serve reads.
+A leader sends first and leaves its own entries to a writer task (``Ready.send_before_persist``,
+``Raft.advance(entries_durable=False)``): the writer reports each durable write back through
+the queue, and the core counts the leader's copy only then. No locks.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from typing import Any, Final, TypeVar
 from phalanx_aio.core.config import Config
 from phalanx_aio.core.membership import ConfChange, ConfChangeType, decode_conf
 from phalanx_aio.core.raft import Raft, Role, Status, bootstrap_state
-from phalanx_aio.core.ready import Ready
 from phalanx_aio.core.types import ConfState, Entry, EntryType, HardState, Message, Snapshot
 from phalanx_aio.errors import (
     ClosedError,
@@ -75,6 +76,8 @@ _TRANSFER: Final = 5
 _UNREACHABLE: Final = 6
 _SNAP_STATUS: Final = 7
 _STOP: Final = 8
+_PERSISTED: Final = 9  # (kind, index, term): the background write of the leader's entries is durable
+_WRITE_FAILED: Final = 10  # (kind, exception): the background write failed for good
 _WAKE_PROPOSE: Final = (_PROPOSE,)  # proposals wait in RaftNode._carry; this only wakes the loop
 _COMMAND_TYPES: Final = (bytes, bytearray, memoryview)
 
@@ -87,6 +90,11 @@ _COMMAND_TYPES: Final = (bytes, bytearray, memoryview)
 _TURN_MAX_PROPOSALS: Final = 4096
 _TURN_MIN_PROPOSALS: Final = 256
 _TURN_MAX_BYTES: Final = 512 << 10
+
+# A leader writes its own entries in the background while its loop goes on (RaftNode._write_behind).
+# Entries handed over while a write is in flight wait for the next one (one fsync for all of
+# them); past this many, the loop waits for the disk instead of taking more proposals.
+_WRITE_BEHIND_MAX_ENTRIES: Final = 4 * _TURN_MAX_PROPOSALS
 
 # Deadlines of operations are rounded up to this grain (seconds); see _Deadlines.
 _DEADLINE_GRAIN: Final = 0.005
@@ -260,6 +268,11 @@ class RaftNode:
         # index, not saved on its own (the commit index need not be durable).
         self._saved_tv: tuple[int, str | None] = (0, None)
         self._unsaved_hs: HardState | None = None
+        # The leader's own entries handed to the background writer and not yet written (with
+        # the hard state to write along), and the writer task while it runs.
+        self._behind: list[Entry] = []
+        self._behind_hs: HardState | None = None
+        self._writer: asyncio.Task[None] | None = None
         # index -> (term, request id) of proposals appended by this node as leader.
         self._by_index: dict[int, tuple[int, int]] = {}
         self._conf_waiters: dict[int, tuple[int, asyncio.Future[None]]] = {}
@@ -341,6 +354,9 @@ class RaftNode:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+            if self._writer is not None:  # only if the loop was cancelled mid-turn
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(asyncio.shield(self._writer), 30)
         finally:
             self._fail_all(ClosedError(f"node {self.id} is closed"))
             if self._transport is not None:
@@ -689,6 +705,7 @@ class RaftNode:
                 for ev in batch:
                     kind = ev[0]
                     if kind == _STOP:
+                        await self._drain_writes()  # never abandon the leader's own write
                         return
                     if kind != _PROPOSE:
                         self._handle(core, ev)
@@ -746,6 +763,10 @@ class RaftNode:
             core.report_unreachable(ev[1])
         elif kind == _SNAP_STATUS:
             core.report_snapshot(ev[1], ev[2])
+        elif kind == _PERSISTED:
+            core.persisted(ev[1], ev[2])
+        elif kind == _WRITE_FAILED:
+            raise ev[1]
 
     def _start_conf_change(self, core: Raft, change: ConfChange, fut: asyncio.Future[Any]) -> None:
         if fut.done():
@@ -831,12 +852,21 @@ class RaftNode:
                 # node with its store as it was, rather than saved and unreadable at restart.
                 self._restore(rd.snapshot)
             hs = rd.hard_state
-            if (
+            # A leader's own entries (its term and vote already durable, so only entries and
+            # the commit index to write) are written in the background: the loop goes on
+            # stepping, ticking and sending meanwhile, and the core counts them once the
+            # _PERSISTED event reports them durable.
+            behind = early and bool(rd.entries)
+            if behind:
+                self._write_behind(rd.entries, hs if hs is not None else self._unsaved_hs)
+                self._unsaved_hs = None
+            elif (
                 rd.entries
                 or rd.snapshot is not None
                 or (hs is not None and (hs.term, hs.vote) != self._saved_tv)
             ):
-                await self._persist(rd, hs if hs is not None else self._unsaved_hs)
+                await self._drain_writes()  # the store applies writes in order
+                await self._persist(rd.entries, hs if hs is not None else self._unsaved_hs, rd.snapshot)
                 if hs is not None:
                     self._saved_tv = (hs.term, hs.vote)
                 self._unsaved_hs = None
@@ -860,7 +890,7 @@ class RaftNode:
                 self._fail_read(
                     ctx, NotLeader(core.leader, "leadership changed before the read was confirmed")
                 )
-            core.advance(rd)
+            core.advance(rd, entries_durable=not behind)
             self._serve_reads(core.log.applied)
             if self._deferred_conf:
                 self._retry_deferred_conf(core)
@@ -870,20 +900,59 @@ class RaftNode:
                 self.log.info("leader is now %s", core.leader)
                 if core.leader is not None and self._reads:
                     self._reissue_reads(core)
-            if core.log.applied - core.log.snap_index >= self._snapshot_every:
+            log_ = core.log
+            # Snapshot only entries this node holds durably (the background write may lag).
+            if log_.applied - log_.snap_index >= self._snapshot_every and log_.applied < log_.unstable:
                 await self._take_snapshot(core)
+            if len(self._behind) >= _WRITE_BEHIND_MAX_ENTRIES:
+                await self._drain_writes()  # the disk is the bottleneck: stop taking more
 
-    async def _persist(self, rd: Ready, hard_state: HardState | None) -> None:
+    def _write_behind(self, entries: Sequence[Entry], hard_state: HardState | None) -> None:
+        """Queue the leader's own ``entries`` (and ``hard_state``) for the background writer."""
+        self._behind.extend(entries)
+        if hard_state is not None:
+            self._behind_hs = hard_state
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(
+                self._run_writer(), name=f"phalanx-writer-{self.id}"
+            )
+
+    async def _run_writer(self) -> None:
+        """Write what :meth:`_write_behind` queued, all of it per write (one fsync), until
+        nothing is left; report each write to the loop. A write that fails for good stops
+        the node (through the loop, which owns the core)."""
+        try:
+            while self._behind:
+                entries, hs = self._behind, self._behind_hs
+                self._behind, self._behind_hs = [], None
+                await self._persist(entries, hs, None)
+                last = entries[-1]
+                self._queue.put_nowait((_PERSISTED, last.index, last.term))
+        except Exception as exc:
+            self._behind.clear()
+            self._queue.put_nowait((_WRITE_FAILED, exc))
+        finally:
+            self._writer = None
+
+    async def _drain_writes(self) -> None:
+        """Wait until the background writer has written everything queued."""
+        while self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    async def _persist(
+        self, entries: Sequence[Entry], hard_state: HardState | None, snapshot: Snapshot | None
+    ) -> None:
         delay = 0.05
         while True:
             try:
-                await self._storage.save(hard_state=hard_state, entries=rd.entries, snapshot=rd.snapshot)
+                await self._storage.save(hard_state=hard_state, entries=entries, snapshot=snapshot)
             except StorageError as exc:
                 if self._storage.healthy or self._storage.failed or self._closed:
                     raise  # not a full disk: the store refuses writes for good
                 if self._healthy:
                     self.log.error(
-                        "storage refuses writes (%s); acknowledging nothing until it recovers", exc
+                        "storage refuses writes (%s); this node's copy counts for nothing until it recovers",
+                        exc,
                     )
                 self._healthy = False
                 await asyncio.sleep(delay)

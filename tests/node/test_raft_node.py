@@ -176,13 +176,21 @@ async def test_overwritten_entry_fails_with_not_applied(cluster: Harness) -> Non
 async def test_disk_full_stops_acknowledging_then_recovers(cluster: Harness) -> None:
     leader = await cluster.leader()
     await leader.propose(b"incr 1")
+    follower = next(nid for nid in cluster.ids if nid != leader.id)
+    # The leader's disk alone: its entries still commit on both followers' copies.
     cluster.stores[leader.id].simulate_disk_full(True)
-    pending = asyncio.create_task(leader.propose(b"incr 1", timeout=30))
+    assert await leader.propose(b"incr 1", timeout=30) == 2
     await cluster.until(lambda: not leader.healthy)
+    # A follower's disk too: no majority can store anything, so nothing is acknowledged.
+    cluster.stores[follower].simulate_disk_full(True)
+    pending = asyncio.create_task(leader.propose(b"incr 1", timeout=30))
+    await cluster.until(lambda: not cluster.nodes[follower].healthy)
     assert not pending.done()
+    cluster.stores[follower].simulate_disk_full(False)
     cluster.stores[leader.id].simulate_disk_full(False)
-    assert await pending == 2
-    assert leader.healthy
+    assert await pending == 3
+    await cluster.until(lambda: leader.healthy and cluster.nodes[follower].healthy)
+    await cluster.until(lambda: cluster.stores[leader.id].healthy)
 
 
 async def test_closed_node_refuses_and_fails_pending() -> None:

@@ -1,19 +1,21 @@
 """The durable write path of RaftNode: ``propose_many``, the shared deadlines, bounded loop
-turns, commit-only hard states left unwritten, and leaders sending before their own write."""
+turns, commit-only hard states left unwritten, and leaders writing their own entries in the
+background (sending before, committing on their followers' copies meanwhile)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
 
 from phalanx_aio.core.types import Entry, HardState, Snapshot
-from phalanx_aio.errors import LocalError, NotLeader, ProposalDropped, Timeout
+from phalanx_aio.errors import ClosedError, LocalError, NotLeader, ProposalDropped, StorageError, Timeout
 from phalanx_aio.node import raft_node as raft_node_module
 from phalanx_aio.node.raft_node import RaftNode
 from phalanx_aio.storage import MemoryStorage
-from tests.node.conftest import DEADLINE, Counter, Harness
+from tests.node.conftest import DEADLINE, FAST, Counter, Harness
 
 Save = tuple[HardState | None, tuple[Entry, ...], Snapshot | None]
 
@@ -148,28 +150,58 @@ async def test_commit_only_hard_states_are_not_written(cluster: Harness) -> None
     await cluster.until(lambda: cluster.sms[node.id].value == 5)
 
 
-async def test_leader_sends_before_its_own_write_and_acknowledges_after_it(cluster: Harness) -> None:
-    leader = await cluster.leader()
-    await leader.propose(b"incr 1", timeout=DEADLINE)
-    store = cluster.stores[leader.id]
+def gate_saves(store: MemoryStorage) -> tuple[asyncio.Event, list[Save]]:
+    """Hold every ``save`` on ``store`` until the returned event is set; record the calls."""
     gate = asyncio.Event()
+    calls: list[Save] = []
     real = store.save
 
-    async def slow_save(**kw: Any) -> None:
+    async def slow_save(
+        *, hard_state: HardState | None = None, entries: Any = (), snapshot: Snapshot | None = None
+    ) -> None:
+        calls.append((hard_state, tuple(entries), snapshot))
         await gate.wait()
-        await real(**kw)
+        await real(hard_state=hard_state, entries=entries, snapshot=snapshot)
 
     store.save = slow_save  # type: ignore[method-assign]
-    followers: list[RaftNode] = [n for n in cluster.nodes.values() if n is not leader]
-    before = [f.status().last_index for f in followers]
-    pending = asyncio.create_task(leader.propose(b"incr 1", timeout=DEADLINE))
-    # The followers receive and store the entry while the leader's own write waits.
-    await cluster.until(
-        lambda: all(f.status().last_index > b for f, b in zip(followers, before, strict=True))
-    )
-    assert not pending.done()
+    return gate, calls
+
+
+async def test_leader_commits_on_its_followers_while_its_own_write_waits(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    await leader.propose(b"incr 1", timeout=DEADLINE)
+    term = leader.status().term
+    gate, saves = gate_saves(cluster.stores[leader.id])
+    # Both followers store the entry: a majority without the leader's copy (thesis §10.2.1).
+    assert await leader.propose(b"incr 1", timeout=DEADLINE) == 2
+    me = leader.status().core.progress[leader.id]
+    assert me.match < leader.status().last_index  # its own copy does not count yet
+    # Its loop does not wait for the disk: heartbeats go on for several election timeouts
+    # (the old driver's loop waited here, so the followers elected another leader).
+    timeout_s = 2 * FAST.election_ticks * FAST.tick_interval  # the longest election timeout
+    await asyncio.sleep(3 * timeout_s)
+    assert await leader.propose_many([b"incr 1"] * 50, timeout=DEADLINE) == list(range(3, 53))
+    assert leader.is_leader and all(n.status().term == term for n in cluster.nodes.values())
+    assert len(saves) == 1  # the first write still waits; the rest queue behind it
     gate.set()
-    assert await pending == 2
+    await cluster.until(lambda: leader.status().core.progress[leader.id].match == leader.status().last_index)
+    # Everything that queued while the first write waited went in one more write (one fsync).
+    assert [len(entries) for _, entries, _ in saves] == [1, 50]
+
+
+async def test_a_failed_background_write_stops_the_leader(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    store = cluster.stores[leader.id]
+
+    async def broken_save(**kw: Any) -> None:
+        raise StorageError("I/O error (simulated)")
+
+    store.save = broken_save  # type: ignore[method-assign]
+    with contextlib.suppress(ClosedError):
+        await leader.propose(b"incr 1", timeout=DEADLINE)  # may commit on the followers first
+    await cluster.until(lambda: not leader.healthy)
+    with pytest.raises(ClosedError, match="I/O error"):
+        await leader.propose(b"incr 1", timeout=DEADLINE)
 
 
 def test_the_turn_bound_adapts_to_how_long_turns_take() -> None:
