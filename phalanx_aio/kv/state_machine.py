@@ -160,31 +160,66 @@ def _take(data: bytes, pos: int) -> tuple[bytes, int]:
 
 def decode_command(data: bytes) -> KVCommand:
     """Inverse of :func:`encode_command`; raises :class:`ProtocolError` on malformed bytes."""
-    if len(data) < _HEAD.size:
+    return KVCommand(*_decode(data))
+
+
+_Fields = tuple[KVOp, bytes, bytes, bytes | None, str, int, int]
+
+
+_HEAD_AND_LEN = struct.Struct(">BBQQI")  # the head, then the client id's length
+_MIN_COMMAND = _HEAD_AND_LEN.size + 4 + 4 + 1
+_client_ids: dict[bytes, str] = {}  # decoded client ids (a few sessions write most commands)
+
+
+def _decode(data: bytes) -> _Fields:
+    """The fields of the command in ``data``, in :class:`KVCommand`'s order (no object built).
+    Written out rather than with :func:`_take`: every member decodes every command it applies."""
+    end = len(data)
+    if end < _MIN_COMMAND:
         raise ProtocolError("truncated KV command")
-    version, op, seq, acked = _HEAD.unpack_from(data)
+    version, op, seq, acked, n = _HEAD_AND_LEN.unpack_from(data)
     if version != _VERSION:
         raise ProtocolError(f"unknown KV command version {version}")
     kop = _OPS.get(op)
     if kop is None:
         raise ProtocolError(f"unknown KV operation {op}")
-    client, pos = _take(data, _HEAD.size)
-    key, pos = _take(data, pos)
-    value, pos = _take(data, pos)
-    if pos >= len(data) or data[pos] > 1:
-        raise ProtocolError("malformed CAS flag in KV command")
+    a = _HEAD_AND_LEN.size
+    b = a + n
+    if n > _MAX_FIELD or b + 4 > end:
+        raise ProtocolError("KV command field length out of range")
+    client = data[a:b]
+    (n,) = _LEN.unpack_from(data, b)
+    a = b + 4
+    b = a + n
+    if n > _MAX_FIELD or b + 4 > end:
+        raise ProtocolError("KV command field length out of range")
+    key = data[a:b]
+    (n,) = _LEN.unpack_from(data, b)
+    a = b + 4
+    b = a + n
+    if n > _MAX_FIELD or b + 1 > end:
+        raise ProtocolError("KV command field length out of range")
+    value = data[a:b]
+    flag = data[b]
     expected: bytes | None = None
-    if data[pos] == 1:
-        expected, pos = _take(data, pos + 1)
+    if flag == 1:
+        expected, b = _take(data, b + 1)
+    elif flag == 0:
+        b += 1
     else:
-        pos += 1
-    if pos != len(data):
+        raise ProtocolError("malformed CAS flag in KV command")
+    if b != end:
         raise ProtocolError("trailing bytes after KV command")
-    try:
-        client_id = client.decode()
-    except UnicodeDecodeError:
-        raise ProtocolError("KV client id is not UTF-8") from None
-    return KVCommand(kop, key, value, expected, client_id, seq, acked)
+    client_id = _client_ids.get(client)
+    if client_id is None:
+        try:
+            client_id = client.decode()
+        except UnicodeDecodeError:
+            raise ProtocolError("KV client id is not UTF-8") from None
+        if len(_client_ids) >= 1024:
+            _client_ids.clear()
+        _client_ids[client] = client_id
+    return kop, key, value, expected, client_id, seq, acked
 
 
 @dataclass(slots=True)
@@ -192,6 +227,33 @@ class _Session:
     last_used: int
     results: dict[int, object]
     acked: int = 0
+    last_seq: int = 0
+    """The highest number with a result remembered so far."""
+    in_order: bool = True
+    """``results`` was filled in increasing order of number (so the lowest come first)."""
+
+    def forget_up_to(self, acked: int) -> None:
+        """Forget every result numbered ``acked`` or below."""
+        results = self.results
+        if self.in_order:  # the usual case: the lowest numbers come first
+            while results:
+                first = next(iter(results))
+                if first > acked:
+                    break
+                del results[first]
+        else:
+            for s in [s for s in results if s <= acked]:
+                del results[s]
+        if not results:
+            self.in_order = True
+
+    def remember(self, seq: int, result: object) -> None:
+        """Keep the result of request ``seq``."""
+        if seq < self.last_seq:
+            self.in_order = False
+        else:
+            self.last_seq = seq
+        self.results[seq] = result
 
 
 class KVStateMachine(StateMachine):
@@ -217,48 +279,49 @@ class KVStateMachine(StateMachine):
 
     def apply(self, command: bytes) -> object:
         """Apply one encoded :class:`KVCommand`."""
-        cmd = decode_command(command)
+        op, key, value, expected, client_id, seq, acked = _decode(command)
         self.applied += 1
         if self.applied % 1024 == 0:
             self._expire()
-        if not cmd.client_id:
-            return self._execute(cmd)
-        sess = self.sessions.get(cmd.client_id)
+        if not client_id:
+            return self._execute(op, key, value, expected)
+        sess = self.sessions.get(client_id)
         if sess is None:
-            if cmd.seq > 1 and cmd.acked > 0:
+            if seq > 1 and acked > 0:
                 # The client had a session that has since expired: its earlier requests may
                 # have applied; we cannot tell, so we refuse rather than risk a double apply.
-                raise SessionExpired(f"session {cmd.client_id!r} expired; open a new one")
-            sess = self.sessions[cmd.client_id] = _Session(self.applied, {})
+                raise SessionExpired(f"session {client_id!r} expired; open a new one")
+            sess = self.sessions[client_id] = _Session(self.applied, {})
         sess.last_used = self.applied
-        if cmd.acked > sess.acked:
-            sess.acked = cmd.acked
-            for s in [s for s in sess.results if s <= cmd.acked]:
-                del sess.results[s]
-        if cmd.seq in sess.results:
-            return sess.results[cmd.seq]
-        if cmd.seq <= sess.acked:
-            raise SessionExpired(f"request {cmd.seq} of {cmd.client_id!r} was already acknowledged")
-        result = self._execute(cmd)
-        sess.results[cmd.seq] = result
-        if len(sess.results) > self.max_results:
+        if acked > sess.acked:
+            sess.acked = acked
+            sess.forget_up_to(acked)
+        results = sess.results
+        if seq in results:
+            return results[seq]
+        if seq <= sess.acked:
+            raise SessionExpired(f"request {seq} of {client_id!r} was already acknowledged")
+        result = self._execute(op, key, value, expected)
+        sess.remember(seq, result)
+        if len(results) > self.max_results:
             # Forget the oldest result, and treat its number as acknowledged: a retry of it (or
             # of anything below) is then refused instead of being applied a second time.
-            oldest = min(sess.results)
-            del sess.results[oldest]
+            oldest = min(results)
+            del results[oldest]
             sess.acked = max(sess.acked, oldest)
         return result
 
-    def _execute(self, cmd: KVCommand) -> object:
-        if cmd.op is KVOp.PUT:
-            previous = self.data.get(cmd.key)
-            self.data[cmd.key] = cmd.value
+    def _execute(self, op: KVOp, key: bytes, value: bytes, expected: bytes | None) -> object:
+        data = self.data
+        if op is KVOp.PUT:
+            previous = data.get(key)
+            data[key] = value
             return previous
-        if cmd.op is KVOp.DELETE:
-            return self.data.pop(cmd.key, None) is not None
-        current = self.data.get(cmd.key)
-        if current == cmd.expected:
-            self.data[cmd.key] = cmd.value
+        if op is KVOp.DELETE:
+            return data.pop(key, None) is not None
+        current = data.get(key)
+        if current == expected:
+            data[key] = value
         return current
 
     def _expire(self) -> None:
@@ -313,5 +376,5 @@ class KVStateMachine(StateMachine):
                     results[seq] = value
                 else:
                     results[seq] = None if tag == 0 else (tag == 1)
-            sessions[cid.decode()] = _Session(last_used, results, acked)
+            sessions[cid.decode()] = _Session(last_used, results, acked, max(results, default=0))
         self.applied, self.data, self.sessions = applied, items, sessions

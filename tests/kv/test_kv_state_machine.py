@@ -128,6 +128,24 @@ def test_snapshot_with_a_key_twice_is_refused() -> None:
         KVStateMachine().restore(bytes(data))
 
 
+def test_results_are_forgotten_exactly_up_to_the_acknowledged_number() -> None:
+    # Results arrive out of order (concurrent requests of one session), and a copy restored
+    # from a snapshot holds them in another order: both forget exactly the same ones.
+    sm = KVStateMachine()
+    for seq in (1, 3, 2, 6, 4):
+        run(sm, op=KVOp.PUT, key=b"k%d" % seq, value=b"v", client_id="c", seq=seq)
+    copy = KVStateMachine()
+    copy.restore(sm.snapshot())
+    for m in (sm, copy):
+        run(m, op=KVOp.PUT, key=b"k5", value=b"v", client_id="c", seq=5, acked=3)
+        assert sorted(m.sessions["c"].results) == [4, 5, 6]
+        run(m, op=KVOp.PUT, key=b"k7", value=b"v", client_id="c", seq=7, acked=5)
+        assert sorted(m.sessions["c"].results) == [6, 7]
+    assert copy.snapshot() == sm.snapshot()
+    with pytest.raises(SessionExpired):  # an acknowledged number is refused, not re-applied
+        run(sm, op=KVOp.PUT, key=b"k2", value=b"w", client_id="c", seq=2, acked=5)
+
+
 def test_evicted_results_are_not_applied_again() -> None:
     sm = KVStateMachine(max_results_per_session=2)
     for seq in (1, 2, 3):  # nothing acknowledged: the result of 1 is evicted
