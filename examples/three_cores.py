@@ -55,5 +55,7 @@ while leader is None:  # 10 to 19 ticks with Config.lan()
 
 term, index = leader.propose(b"set x=1")
 run_until_quiet()
+leader.tick()  # followers learn the new commit index from the leader's next message
+run_until_quiet()
 print(f"{leader.id} leads term {term}; the command is entry {index}")
 print(applied)

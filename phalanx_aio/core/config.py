@@ -58,6 +58,12 @@ class Config:
     a proposal is always accepted when nothing is uncommitted, however large."""
     forward_proposals: bool = True
     """Followers forward proposals and read-index requests to the leader."""
+    eager_commit: bool = True
+    """When the commit index moves, the leader tells its followers at once (an append message
+    without entries to each, which each answers: etcd's behaviour). ``False``: they learn it
+    from the next append or heartbeat, as the Raft paper allows (§5.3), which halves the
+    messages per proposal when proposals come one at a time, at the price of followers applying
+    up to one heartbeat interval later when the cluster goes quiet. The presets use ``False``."""
     rtt_aware: bool = False
     """RTT-aware election timeout (opt-in): the leader measures round trips to its followers
     in ticks, derives an election timeout ``T`` from the quorum's round trip and advertises it
@@ -127,15 +133,32 @@ class Config:
     @classmethod
     def lan(cls, **overrides: Any) -> Config:
         """Fast timing for one data centre: 50 ms ticks, election timeout 0.5-1 s,
-        heartbeats every 50 ms, pre-vote and check quorum on."""
-        return cls(**{"tick_interval": 0.05, "election_ticks": 10, "heartbeat_ticks": 1, **overrides})
+        heartbeats every 50 ms, pre-vote and check quorum on, commit index sent lazily
+        (``eager_commit=False``)."""
+        return cls(
+            **{
+                "tick_interval": 0.05,
+                "election_ticks": 10,
+                "heartbeat_ticks": 1,
+                "eager_commit": False,
+                **overrides,
+            }
+        )
 
     @classmethod
     def global_mesh(cls, **overrides: Any) -> Config:
         """Timing for members on several continents (round trips above 200 ms):
         200 ms ticks, election timeout randomized over 20-40 ticks (4-8 s), heartbeats every
-        400 ms, pre-vote, check quorum and leader stickiness on."""
-        return cls(**{"tick_interval": 0.2, "election_ticks": 20, "heartbeat_ticks": 2, **overrides})
+        400 ms, pre-vote, check quorum and leader stickiness on, commit index sent lazily."""
+        return cls(
+            **{
+                "tick_interval": 0.2,
+                "election_ticks": 20,
+                "heartbeat_ticks": 2,
+                "eager_commit": False,
+                **overrides,
+            }
+        )
 
     @classmethod
     def global_mesh_adaptive(cls, **overrides: Any) -> Config:
@@ -143,7 +166,7 @@ class Config:
         and an election timeout ``T`` the leader derives from the measured quorum round trip
         (``3 x`` its 90th percentile plus two heartbeat intervals), clamped to 10-80 ticks
         (0.5-4 s); each node draws its timeout from ``[T, 2T)``. Pre-vote, check quorum and
-        leader stickiness on. A node without advice uses 80 ticks (4 s)."""
+        leader stickiness on, commit index sent lazily. A node without advice uses 80 ticks (4 s)."""
         return cls(
             **{
                 "tick_interval": 0.05,
@@ -151,6 +174,7 @@ class Config:
                 "heartbeat_ticks": 2,
                 "rtt_aware": True,
                 "rtt_min_election_ticks": 10,
+                "eager_commit": False,
                 **overrides,
             }
         )

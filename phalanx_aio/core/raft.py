@@ -983,7 +983,8 @@ class Raft:
             self._uncommitted_bytes -= self.log.entry(i).size()
         self._uncommitted_bytes = max(self._uncommitted_bytes, 0)
         self.log.commit_to(idx)
-        self._bcast_commit = True
+        if self.cfg.eager_commit:
+            self._bcast_commit = True
         if not self._committed_in_term:
             self._committed_in_term = True
             waiting, self._reads_before_commit = self._reads_before_commit, []
@@ -991,6 +992,7 @@ class Raft:
                 self._leader_read(ctx, req)
         if self.id not in voters and idx >= self.confs.last_index:
             # Our removal is committed: tell the others, then step down (thesis §4.2.2).
+            self._bcast_commit = True
             self._flush()
             self._become_follower(self.term, None)
         return True

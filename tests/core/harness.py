@@ -37,7 +37,7 @@ from phalanx_aio.core import (
 from phalanx_aio.core.membership import decode_conf
 
 # The paper's model: no pre-vote, no check quorum (scenario tests switch them on).
-PAPER = Config.lan(pre_vote=False, check_quorum=False)
+PAPER = Config.lan(pre_vote=False, check_quorum=False, eager_commit=True)
 
 
 def ids(n: int) -> list[str]:

@@ -42,7 +42,9 @@ VOTE = MessageType.VOTE
 PRE_VOTE = MessageType.PRE_VOTE
 TIMEOUT_NOW = MessageType.TIMEOUT_NOW
 
-LAN = Config.lan()  # pre-vote and check quorum on
+# Pre-vote and check quorum on; commit broadcast at once, as in etcd (the golden traces show it;
+# test_lazy_commit covers the presets' lazy mode).
+LAN = Config.lan(eager_commit=True)
 ET = LAN.election_ticks
 
 ADD_LEARNER = ConfChangeType.ADD_LEARNER

@@ -30,7 +30,13 @@ from phalanx_aio.core import ConfChange, ConfChangeType, Config
 from phalanx_aio.errors import PhalanxError
 
 SCRIPTS = Path(__file__).parent / "scripts"
-PRESETS = {"lan": Config.lan(), "paper": PAPER, "mesh": Config.global_mesh()}
+# The scripts show etcd's eager commit broadcast; lazy_commit.txt switches it off as the
+# presets do (bootstrap ... eager_commit=false).
+PRESETS = {
+    "lan": Config.lan(eager_commit=True),
+    "paper": PAPER,
+    "mesh": Config.global_mesh(eager_commit=True),
+}
 CONF_KINDS = {
     "add-learner": ConfChangeType.ADD_LEARNER,
     "add-voter": ConfChangeType.ADD_VOTER,

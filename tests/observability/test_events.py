@@ -155,7 +155,10 @@ async def test_membership_and_snapshot_events() -> None:
         await leader.add_member("n4", "mem://n4")
         await h.until(lambda: h.sms["n4"].value == 45)
         await leader.promote("n4")
-        await h.until(lambda: "n4" in n4.status().voters)
+        # n4 is a voter once it appends the change, and applies it once it learns the commit
+        # (from the next heartbeat: the presets send the commit index lazily).
+        promoted = leader.status().commit
+        await h.until(lambda: "n4" in n4.status().voters and n4.status().applied >= promoted)
         lead_metrics = metrics[leader.id]
         taken = sample(lead_metrics, "phalanx_snapshots_total", event="taken")
         sent_ok = sample(lead_metrics, "phalanx_snapshots_total", event="sent")
