@@ -46,6 +46,7 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
+from phalanx_aio._deadlines import Deadlines
 from phalanx_aio.errors import (
     ClosedError,
     LocalError,
@@ -164,6 +165,14 @@ class _Session:
         while self.acked + 1 in self.finished:
             self.acked += 1
             self.finished.discard(self.acked)
+
+
+class _NoAnswer(Exception):
+    """A stream request's deadline passed (set on its future by the shared deadlines)."""
+
+
+def _no_answer(what: str, limit: float) -> _NoAnswer:
+    return _NoAnswer(f"no answer within {limit} s")
 
 
 class _AttemptFailed(Exception):
@@ -370,6 +379,7 @@ class KVClient:
         self._use_stream = bool(stream)
         self._streams: dict[str, _StreamConn] = {}
         self._ids = itertools.count(1)
+        self._deadlines = Deadlines(_no_answer)
         """Stream request ids (unique per client, so per stream too)."""
         self._base_id = client_id or uuid.uuid4().hex
         self._renewals = 0
@@ -684,15 +694,19 @@ class KVClient:
                         address, self._channel(address), self._end_stream
                     )
                 item = conn.submit(rid, data)
+                fut = item.future
+                # One timer per 5 ms grain for all requests, not one asyncio.timeout each.
+                waiters = self._deadlines.add(asyncio.get_running_loop(), fut, budget + 0.5, "")
                 try:
-                    async with asyncio.timeout(budget + 0.5):
-                        return await item.future
-                except TimeoutError:
+                    return await fut
+                except _NoAnswer:
                     conn.forget(item)
                     raise _AttemptFailed(item.sent, "no answer in time") from None
                 except BaseException:
                     conn.forget(item)
                     raise
+                finally:
+                    waiters.pop(fut, None)
         return await self._unary(address, request, budget)
 
     def _too_large(self, size: int) -> _AttemptFailed:

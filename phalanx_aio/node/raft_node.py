@@ -18,7 +18,6 @@ import contextlib
 import heapq
 import itertools
 import logging
-import math
 import os
 import random
 from collections import deque
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
+from phalanx_aio._deadlines import Deadlines
 from phalanx_aio.core.config import Config
 from phalanx_aio.core.membership import ConfChange, ConfChangeType, decode_conf
 from phalanx_aio.core.raft import Raft, Role, Status, bootstrap_state
@@ -95,42 +95,6 @@ _TURN_MAX_BYTES: Final = 512 << 10
 # Entries handed over while a write is in flight wait for the next one (one fsync for all of
 # them); past this many, the loop waits for the disk instead of taking more proposals.
 _WRITE_BEHIND_MAX_ENTRIES: Final = 4 * _TURN_MAX_PROPOSALS
-
-# Deadlines of operations are rounded up to this grain (seconds); see _Deadlines.
-_DEADLINE_GRAIN: Final = 0.005
-
-
-class _Deadlines:
-    """The timeouts of a node's operations, with one timer per grain of time shared by every
-    operation whose deadline falls in it (not one ``asyncio.wait_for``, i.e. one wrapper and
-    one timer, per operation). An operation still pending when its grain ends fails with
-    :class:`Timeout`: at most one grain late, never early."""
-
-    __slots__ = ("_node_id", "_slots")
-
-    def __init__(self, node_id: str) -> None:
-        self._node_id = node_id
-        self._slots: dict[int, dict[asyncio.Future[Any], tuple[str, float]]] = {}
-
-    def add(
-        self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], limit: float, what: str
-    ) -> dict[asyncio.Future[Any], tuple[str, float]]:
-        """Fail ``fut`` with :class:`Timeout` if still pending ``limit`` seconds from now.
-        Returns the grain's table: the caller removes ``fut`` from it once it has its outcome."""
-        slot = math.ceil((loop.time() + limit) / _DEADLINE_GRAIN)
-        waiters = self._slots.get(slot)
-        if waiters is None:
-            waiters = self._slots[slot] = {}
-            loop.call_at(slot * _DEADLINE_GRAIN, self._expire, slot)
-        waiters[fut] = (what, limit)
-        return waiters
-
-    def _expire(self, slot: int) -> None:
-        for fut, (what, limit) in self._slots.pop(slot, {}).items():
-            if not fut.done():
-                fut.set_exception(
-                    Timeout(f"{self._node_id}: {what} not finished within {limit} s; its outcome is unknown")
-                )
 
 
 class _Batch:
@@ -263,7 +227,11 @@ class RaftNode:
         self._carry: deque[tuple[int, bytes]] = deque()
         self._wake_queued = False
         self._turn_cap = _TURN_MAX_PROPOSALS
-        self._deadlines = _Deadlines(node_id)
+        self._deadlines = Deadlines(
+            lambda what, limit: Timeout(
+                f"{node_id}: {what} not finished within {limit} s; its outcome is unknown"
+            )
+        )
         # The term and vote storage holds, and a newer hard state that only moved the commit
         # index, not saved on its own (the commit index need not be durable).
         self._saved_tv: tuple[int, str | None] = (0, None)

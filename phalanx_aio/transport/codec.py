@@ -1504,12 +1504,22 @@ def _w_opt(out: list[bytes], flag: int, number: int, value: object, what: str) -
         _w_bytes(out, number, value, what)
 
 
+# A client's requests share their cluster and session ids: remember the last pair's bytes.
+_req_header_ids: tuple[object, object, bytes] = (None, None, b"")
+
+
 def _enc_stream_req_header(h: object) -> bytes:
+    global _req_header_ids
     if not isinstance(h, KVRequestHeader):
         _cannot(f"header must be a RequestHeader, not {type(h).__name__}")
-    out: list[bytes] = []
-    _w_str(out, 1, h.cluster_id, "cluster_id")
-    _w_str(out, 2, h.client_id, "client_id")
+    cluster, client, ids = _req_header_ids
+    if h.cluster_id != cluster or h.client_id != client or type(h.client_id) is not str:
+        first: list[bytes] = []
+        _w_str(first, 1, h.cluster_id, "cluster_id")
+        _w_str(first, 2, h.client_id, "client_id")
+        ids = b"".join(first)
+        _req_header_ids = (h.cluster_id, h.client_id, ids)
+    out = [ids]
     _w_uint(out, 3, h.sequence, "sequence")
     _w_uint(out, 4, h.acked_sequence, "acked_sequence")
     return b"".join(out)
