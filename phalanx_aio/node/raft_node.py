@@ -212,7 +212,11 @@ class RaftNode:
         self._snapshot_every = snapshot_every
         self._max_pending = max_pending
         self._default_timeout = default_timeout
-        self._rng = random.Random(seed if seed is not None else int.from_bytes(os.urandom(8), "big"))
+        base_seed = seed if seed is not None else int.from_bytes(os.urandom(8), "big")
+        self._rng = random.Random(base_seed)
+        # Snapshot timing has its own generator, so it does not shift the core's draws.
+        self._snap_rng = random.Random(base_seed ^ 0x5EED)
+        self._snapshot_due = snapshot_every + self._snap_rng.randrange(snapshot_every // 4 + 1)
         self._core: Raft | None = None
         self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._loop_task: asyncio.Task[None] | None = None
@@ -240,6 +244,7 @@ class RaftNode:
         # the hard state to write along), and the writer task while it runs.
         self._behind: list[Entry] = []
         self._behind_hs: HardState | None = None
+        self._behind_snap: Snapshot | None = None  # a local snapshot to store, then compact
         self._writer: asyncio.Task[None] | None = None
         # index -> (term, request id) of proposals appended by this node as leader.
         self._by_index: dict[int, tuple[int, int]] = {}
@@ -870,8 +875,8 @@ class RaftNode:
                     self._reissue_reads(core)
             log_ = core.log
             # Snapshot only entries this node holds durably (the background write may lag).
-            if log_.applied - log_.snap_index >= self._snapshot_every and log_.applied < log_.unstable:
-                await self._take_snapshot(core)
+            if log_.applied - log_.snap_index >= self._snapshot_due and log_.applied < log_.unstable:
+                self._take_snapshot(core)
             if len(self._behind) >= _WRITE_BEHIND_MAX_ENTRIES:
                 await self._drain_writes()  # the disk is the bottleneck: stop taking more
 
@@ -880,6 +885,9 @@ class RaftNode:
         self._behind.extend(entries)
         if hard_state is not None:
             self._behind_hs = hard_state
+        self._start_writer()
+
+    def _start_writer(self) -> None:
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(
                 self._run_writer(), name=f"phalanx-writer-{self.id}"
@@ -890,7 +898,17 @@ class RaftNode:
         nothing is left; report each write to the loop. A write that fails for good stops
         the node (through the loop, which owns the core)."""
         try:
-            while self._behind:
+            while self._behind or self._behind_snap is not None:
+                snap, self._behind_snap = self._behind_snap, None
+                if snap is not None:
+                    # Entries up to the snapshot are durable already (the loop took it only
+                    # then); newer ones may be stored before or after it.
+                    await self._storage.save_snapshot(snap)
+                    if self._listeners:
+                        term = self._core.term if self._core is not None else snap.meta.term
+                        self._emit(SnapshotTaken(self.id, term, snap.meta.index, len(snap.data)))
+                if not self._behind:
+                    continue
                 entries, hs = self._behind, self._behind_hs
                 self._behind, self._behind_hs = [], None
                 await self._persist(entries, hs, None)
@@ -931,11 +949,15 @@ class RaftNode:
             self._healthy = True
             return
 
-    async def _take_snapshot(self, core: Raft) -> None:
-        snap = core.compact(core.log.applied, self._sm.snapshot())
-        await self._storage.save_snapshot(snap)
-        if self._listeners:
-            self._emit(SnapshotTaken(self.id, core.term, snap.meta.index, len(snap.data)))
+    def _take_snapshot(self, core: Raft) -> None:
+        """Snapshot the state machine and compact the core's log; the writer task stores the
+        snapshot and deletes the entries it covers, so the loop does not wait for that (a
+        large delete takes tens of milliseconds). The next one is due after another
+        ``snapshot_every`` entries plus a random quarter of that, so that members do not all
+        compact at the same moment."""
+        self._behind_snap = core.compact(core.log.applied, self._sm.snapshot())
+        self._snapshot_due = self._snapshot_every + self._snap_rng.randrange(self._snapshot_every // 4 + 1)
+        self._start_writer()
 
     def _apply(self, e: Entry) -> None:
         waiting = self._by_index.pop(e.index, None)

@@ -67,7 +67,8 @@ async def test_compaction_deletes_the_rows_a_snapshot_covers(tmp_path: Path) -> 
         for r in range(ROUNDS):
             await asyncio.gather(*(node.propose(b"c%d" % i, timeout=30) for i in range(PER_ROUND)))
             count, low, snap = stored_rows(path)
-            assert count < EVERY + PER_ROUND + 2, f"after round {r} the store holds {count} entries"
+            bound = EVERY + EVERY // 4 + PER_ROUND + 2  # snapshots every 20 to 25 applied entries
+            assert count < bound, f"after round {r} the store holds {count} entries"
         status = node.status()
     count, low, snap = stored_rows(path)
     assert snap >= COMMANDS - EVERY  # snapshots kept being taken
