@@ -166,40 +166,32 @@ def decode_command(data: bytes) -> KVCommand:
 _Fields = tuple[KVOp, bytes, bytes, bytes | None, str, int, int]
 
 
-_HEAD_AND_LEN = struct.Struct(">BBQQI")  # the head, then the client id's length
-_MIN_COMMAND = _HEAD_AND_LEN.size + 4 + 4 + 1
+_MIN_COMMAND = _HEAD.size + 4 + 4 + 4 + 1
 _client_ids: dict[bytes, str] = {}  # decoded client ids (a few sessions write most commands)
 
 
 def _decode(data: bytes) -> _Fields:
     """The fields of the command in ``data``, in :class:`KVCommand`'s order (no object built).
-    Written out rather than with :func:`_take`: every member decodes every command it applies."""
+    Parsed in place rather than with :func:`_take`: every member decodes every command it applies."""
     end = len(data)
     if end < _MIN_COMMAND:
         raise ProtocolError("truncated KV command")
-    version, op, seq, acked, n = _HEAD_AND_LEN.unpack_from(data)
+    version, op, seq, acked = _HEAD.unpack_from(data)
     if version != _VERSION:
         raise ProtocolError(f"unknown KV command version {version}")
     kop = _OPS.get(op)
     if kop is None:
         raise ProtocolError(f"unknown KV operation {op}")
-    a = _HEAD_AND_LEN.size
-    b = a + n
-    if n > _MAX_FIELD or b + 4 > end:
-        raise ProtocolError("KV command field length out of range")
-    client = data[a:b]
-    (n,) = _LEN.unpack_from(data, b)
-    a = b + 4
-    b = a + n
-    if n > _MAX_FIELD or b + 4 > end:
-        raise ProtocolError("KV command field length out of range")
-    key = data[a:b]
-    (n,) = _LEN.unpack_from(data, b)
-    a = b + 4
-    b = a + n
-    if n > _MAX_FIELD or b + 1 > end:
-        raise ProtocolError("KV command field length out of range")
-    value = data[a:b]
+    b = _HEAD.size
+    parts: list[bytes] = []
+    for after in (4, 4, 1):  # client id, key, value; then another length, the length, the CAS flag
+        (n,) = _LEN.unpack_from(data, b)
+        a = b + 4
+        b = a + n
+        if n > _MAX_FIELD or b + after > end:
+            raise ProtocolError("KV command field length out of range")
+        parts.append(data[a:b])
+    client, key, value = parts
     flag = data[b]
     expected: bytes | None = None
     if flag == 1:
