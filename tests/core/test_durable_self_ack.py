@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import random
 
-from phalanx_aio.core import Message, MessageType, Ready
+import pytest
+
+from phalanx_aio.core import Entry, Message, MessageType, Raft, Ready
 from phalanx_aio.core.membership import ConfChange, ConfChangeType
+from phalanx_aio.errors import LocalError
 from tests.core.harness import PAPER, Network, by_type, drain, elect, new_raft
 
 LAN = PAPER.replace(pre_vote=True, check_quorum=True)
@@ -178,3 +181,91 @@ def test_three_voters_crashing_between_send_and_persist_stay_safe() -> None:
         _run(net, ["1", "2", "3"], rng, 400)
         assert net.crashes > 3 and net.early > 20
         assert max(len(net.applied(n)) for n in net.nodes) > 10
+
+
+# ---------------------------------------------------------------- writes left in the background
+
+
+def leader_with_acked_noop() -> Raft:
+    r = new_raft("1", 3)
+    elect(r)
+    for peer in ("2", "3"):
+        r.step(Message(MessageType.APP_RESP, "1", peer, r.term, index=r.log.last_index()))
+    drain(r)
+    return r
+
+
+def test_background_write_counts_only_once_persisted_and_is_not_handed_out_again() -> None:
+    r = leader_with_acked_noop()
+    r.propose(b"x")
+    rd = r.ready()
+    (entry,) = rd.entries
+    r.advance(rd, entries_durable=False)  # the driver writes it in the background
+    assert r.prs["1"].match < entry.index and r.log.unstable == entry.index
+    r.propose(b"y")
+    rd2 = r.ready()
+    assert [e.data for e in rd2.entries] == [b"y"]  # only what was not handed out yet
+    r.advance(rd2, entries_durable=False)
+    assert not r.has_ready()
+    # One follower's ack: 2 durable copies of 3 are needed, the leader's does not count yet.
+    r.step(Message(MessageType.APP_RESP, "1", "2", r.term, index=entry.index + 1))
+    assert r.log.committed < entry.index
+    r.persisted(entry.index, entry.term)  # the first background write is durable
+    assert r.prs["1"].match == entry.index and r.log.committed == entry.index
+    r.persisted(entry.index, entry.term)  # a repeated report changes nothing
+    assert r.log.unstable == entry.index + 1
+    r.persisted(entry.index + 1, entry.term)
+    assert r.log.committed == entry.index + 1
+    assert [e.data for e in r.ready().committed_entries] == [b"x", b"y"]
+
+
+def test_a_follower_quorum_commits_while_the_leaders_write_is_in_flight() -> None:
+    r = leader_with_acked_noop()
+    r.propose(b"x")
+    rd = r.ready()
+    (entry,) = rd.entries
+    r.advance(rd, entries_durable=False)
+    for peer in ("2", "3"):
+        r.step(Message(MessageType.APP_RESP, "1", peer, r.term, index=entry.index))
+    assert r.log.committed == entry.index  # two durable copies, neither the leader's
+    applied = r.ready()
+    assert [e.data for e in applied.committed_entries] == [b"x"] and not applied.entries
+    r.advance(applied)
+    with pytest.raises(LocalError, match="not persisted"):
+        r.compact(entry.index, b"state")  # its own copy is not durable: no snapshot over it
+
+
+def test_a_stale_persisted_report_for_an_overwritten_entry_is_ignored() -> None:
+    r = leader_with_acked_noop()
+    r.propose(b"x")
+    rd = r.ready()
+    (entry,) = rd.entries
+    r.advance(rd, entries_durable=False)
+    # A new leader (term + 1) overwrites the entry before the old write reports.
+    new = Entry(r.term + 1, entry.index, data=b"z")
+    r.step(
+        Message(
+            MessageType.APP,
+            "1",
+            "2",
+            r.term + 1,
+            log_term=r.log.term(entry.index - 1) or 0,
+            index=entry.index - 1,
+            entries=(new,),
+            commit=entry.index - 1,
+        )
+    )
+    rd2 = r.ready()
+    assert not rd2.send_before_persist and rd2.entries == (new,)
+    r.advance(rd2)
+    r.persisted(entry.index, entry.term)  # the old write's late report
+    assert r.log.term(entry.index) == new.term and r.log.unstable == entry.index + 1
+
+
+def test_only_a_send_first_ready_may_leave_its_entries_in_flight() -> None:
+    r = new_raft("1", 3)
+    r.campaign()
+    rd = r.ready()  # a candidate's: its term and vote must be durable first
+    assert not rd.send_before_persist
+    with pytest.raises(LocalError, match="send_before_persist"):
+        r.advance(rd, entries_durable=False)
