@@ -195,12 +195,18 @@ def leader_with_acked_noop() -> Raft:
     return r
 
 
-def test_background_write_counts_only_once_persisted_and_is_not_handed_out_again() -> None:
+def leader_writing_x() -> tuple[Raft, Entry]:
+    """A leader that proposed ``x`` and left its entry to a background write."""
     r = leader_with_acked_noop()
     r.propose(b"x")
     rd = r.ready()
     (entry,) = rd.entries
     r.advance(rd, entries_durable=False)  # the driver writes it in the background
+    return r, entry
+
+
+def test_background_write_counts_only_once_persisted_and_is_not_handed_out_again() -> None:
+    r, entry = leader_writing_x()
     assert r.prs["1"].match < entry.index and r.log.unstable == entry.index
     r.propose(b"y")
     rd2 = r.ready()
@@ -220,11 +226,7 @@ def test_background_write_counts_only_once_persisted_and_is_not_handed_out_again
 
 
 def test_a_follower_quorum_commits_while_the_leaders_write_is_in_flight() -> None:
-    r = leader_with_acked_noop()
-    r.propose(b"x")
-    rd = r.ready()
-    (entry,) = rd.entries
-    r.advance(rd, entries_durable=False)
+    r, entry = leader_writing_x()
     for peer in ("2", "3"):
         r.step(Message(MessageType.APP_RESP, "1", peer, r.term, index=entry.index))
     assert r.log.committed == entry.index  # two durable copies, neither the leader's
@@ -236,11 +238,7 @@ def test_a_follower_quorum_commits_while_the_leaders_write_is_in_flight() -> Non
 
 
 def test_a_stale_persisted_report_for_an_overwritten_entry_is_ignored() -> None:
-    r = leader_with_acked_noop()
-    r.propose(b"x")
-    rd = r.ready()
-    (entry,) = rd.entries
-    r.advance(rd, entries_durable=False)
+    r, entry = leader_writing_x()
     # A new leader (term + 1) overwrites the entry before the old write reports.
     new = Entry(r.term + 1, entry.index, data=b"z")
     r.step(
