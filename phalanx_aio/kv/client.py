@@ -379,8 +379,8 @@ class KVClient:
         self._use_stream = bool(stream)
         self._streams: dict[str, _StreamConn] = {}
         self._ids = itertools.count(1)
-        self._deadlines = Deadlines(_no_answer)
         """Stream request ids (unique per client, so per stream too)."""
+        self._deadlines = Deadlines(_no_answer)
         self._base_id = client_id or uuid.uuid4().hex
         self._renewals = 0
         self._session = _Session(self._base_id)
