@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import struct
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
@@ -43,6 +42,7 @@ import grpclib.server
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
+from phalanx_aio._grpc_read import Malformed, TooLarge, recv_bounded
 from phalanx_aio.errors import (
     ClosedError,
     LocalError,
@@ -100,7 +100,6 @@ _R = TypeVar("_R")
 _WriteRequest = PutRequest | DeleteRequest | CompareAndSetRequest
 _Stream = grpclib.server.Stream[WireBytes, WireBytes]
 _MAX_ID_BYTES = 255
-_PREFIX = struct.Struct(">?I")  # a gRPC message's prefix: compressed flag, length
 MIN_REQUEST_BYTES = 64 << 10
 """The smallest ``max_request_bytes`` a :class:`KVService` accepts (a client's stream batches
 stay below it)."""
@@ -364,32 +363,12 @@ class KVService:
     async def _recv(self, stream: _Stream) -> bytes | None:
         """The next request message of ``stream`` (``None`` once the client ended it), refused
         with ``RESOURCE_EXHAUSTED`` before it is buffered if it is over ``max_request_bytes``."""
-        limit = self.max_request_bytes
-        raw = getattr(stream, "_stream", None)
-        if raw is None or not hasattr(raw, "recv_data"):  # pragma: no cover - another grpclib
-            message = await stream.recv_message()
-            if message is None:
-                return None
-            if len(message.data) > limit:
-                self._too_large(len(message.data))
-            return bytes(message.data)
         try:
-            prefix = await raw.recv_data(5)
-            if not prefix:
-                return None
-            if len(prefix) != 5:
-                self._malformed("truncated gRPC message prefix")
-            compressed, length = _PREFIX.unpack(prefix)
-            if compressed:
-                self._malformed("compressed messages are not supported")
-            if length > limit:
-                self._too_large(length)
-            data = await raw.recv_data(length) if length else b""
-        except AssertionError:  # grpclib's buffer: the stream ended inside a message
-            self._malformed("truncated gRPC message")
-        if len(data) != length:
-            self._malformed("truncated gRPC message")
-        return bytes(data)
+            return await recv_bounded(stream, self.max_request_bytes)
+        except TooLarge as exc:
+            self._too_large(exc.length)
+        except Malformed as exc:
+            self._malformed(str(exc))
 
     def _malformed(self, text: str) -> NoReturn:
         self.rejections["malformed"] += 1

@@ -31,7 +31,6 @@ import ipaddress
 import logging
 import random
 import ssl
-import struct
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +44,7 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
 
+from phalanx_aio._grpc_read import Malformed, TooLarge, recv_bounded
 from phalanx_aio.core.types import Message, MessageType
 from phalanx_aio.errors import ClosedError, ConfigError, LocalError, ProtocolError
 from phalanx_aio.transport.base import Transport, TransportHandler
@@ -142,7 +142,6 @@ told to campaign overflowed SQLite's 64-bit integers and stopped). The headroom 
 elections or entries is never reached by a correct cluster.
 """
 
-_PREFIX = struct.Struct(">BI")  # gRPC message prefix: compressed flag, length
 _MAX_STATUS_TEXT = 300
 
 
@@ -321,40 +320,18 @@ _ClientStream = ClientStream[WireBytes, WireBytes]
 
 
 async def _recv_bounded(stream: _ServerStream, limit: int) -> bytes | None:
-    """The next gRPC message of ``stream`` as bytes (``None`` once the client ended it).
-
-    grpclib reads a whole message into memory whatever its announced length; this reads the
-    5-byte prefix first and refuses a message over ``limit`` before buffering any of it.
-    """
-    raw = getattr(stream, "_stream", None)
-    if raw is None or not hasattr(raw, "recv_data"):  # pragma: no cover - another grpclib
-        message = await stream.recv_message()
-        if message is None:
-            return None
-        if len(message.data) > limit:
-            raise _Reject("too_large", Status.RESOURCE_EXHAUSTED, f"message over {limit} bytes")
-        return message.data
+    """The next gRPC message of ``stream`` (``None`` once the client ended it), refused before it
+    is buffered if it is over ``limit`` bytes (see :func:`phalanx_aio._grpc_read.recv_bounded`)."""
     try:
-        prefix = await raw.recv_data(5)
-        if not prefix:
-            return None
-        if len(prefix) != 5:
-            raise _Reject("malformed", Status.INVALID_ARGUMENT, "truncated gRPC message prefix")
-        compressed, length = _PREFIX.unpack(prefix)
-        if compressed:
-            raise _Reject("malformed", Status.INVALID_ARGUMENT, "compressed messages are not supported")
-        if length > limit:
-            raise _Reject(
-                "too_large",
-                Status.RESOURCE_EXHAUSTED,
-                f"message of {length} bytes, over the limit of {limit}",
-            )
-        data = await raw.recv_data(length) if length else b""
-    except AssertionError:  # grpclib's buffer: the stream ended inside a message
-        raise _Reject("malformed", Status.INVALID_ARGUMENT, "truncated gRPC message") from None
-    if len(data) != length:
-        raise _Reject("malformed", Status.INVALID_ARGUMENT, "truncated gRPC message")
-    return bytes(data)
+        return await recv_bounded(stream, limit)
+    except TooLarge as exc:
+        raise _Reject(
+            "too_large",
+            Status.RESOURCE_EXHAUSTED,
+            f"message of {exc.length} bytes, over the limit of {limit}",
+        ) from None
+    except Malformed as exc:
+        raise _Reject("malformed", Status.INVALID_ARGUMENT, str(exc)) from None
 
 
 def _peer_name(stream: _ServerStream) -> str:
