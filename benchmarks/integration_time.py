@@ -15,28 +15,14 @@ import asyncio
 import json
 import pathlib
 import statistics
-import struct
 import tempfile
 import time
 
+from _cluster_node import Counter  # the benchmarks' counting state machine (script's folder)
+
 import phalanx_aio
-from phalanx_aio import Config, RaftNode, SQLiteStorage, StateMachine
+from phalanx_aio import Config, RaftNode, SQLiteStorage
 from phalanx_aio._net import free_loopback_ports
-
-
-class Counter(StateMachine):
-    def __init__(self) -> None:
-        self.value = 0
-
-    def apply(self, command: bytes) -> int:
-        self.value += 1
-        return self.value
-
-    def snapshot(self) -> bytes:
-        return struct.pack(">q", self.value)
-
-    def restore(self, data: bytes) -> None:
-        (self.value,) = struct.unpack(">q", data)
 
 
 async def one_run(config: Config) -> dict[str, float]:

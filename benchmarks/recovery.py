@@ -36,7 +36,6 @@ import os
 import pathlib
 import platform
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -75,24 +74,10 @@ def peak_rss_mb() -> float:
 
 
 def _make_node(db: str, snapshot_every: int) -> tuple[Any, Any, Any]:
-    from phalanx_aio import Config, RaftNode, SQLiteStorage, StateMachine
+    from _cluster_node import Counter  # the benchmarks' counting state machine (8-byte snapshot)
+
+    from phalanx_aio import Config, RaftNode, SQLiteStorage
     from phalanx_aio.transport.memory import MemoryNetwork
-
-    class Counter(StateMachine):
-        """Counts applied commands (its snapshot is 8 bytes)."""
-
-        def __init__(self) -> None:
-            self.value = 0
-
-        def apply(self, command: bytes) -> int:
-            self.value += 1
-            return self.value
-
-        def snapshot(self) -> bytes:
-            return struct.pack(">q", self.value)
-
-        def restore(self, data: bytes) -> None:
-            (self.value,) = struct.unpack(">q", data)
 
     class TimedStorage(SQLiteStorage):
         """SQLiteStorage that records how long ``open`` took."""
