@@ -21,12 +21,18 @@ from tests.core.harness import PAPER, Network, by_type, drain, elect, new_raft
 LAN = PAPER.replace(pre_vote=True, check_quorum=True)
 
 
-def test_three_voters_a_follower_ack_alone_does_not_commit_an_unpersisted_entry() -> None:
+def leader_with_acked_noop() -> Raft:
+    """A leader of three whose followers both acknowledged its no-op (so they left probing)."""
     r = new_raft("1", 3)
     elect(r)
-    for peer in ("2", "3"):  # both acknowledge the no-op: they leave probing
+    for peer in ("2", "3"):
         r.step(Message(MessageType.APP_RESP, "1", peer, r.term, index=r.log.last_index()))
     drain(r)
+    return r
+
+
+def test_three_voters_a_follower_ack_alone_does_not_commit_an_unpersisted_entry() -> None:
+    r = leader_with_acked_noop()
     r.propose(b"x")
     rd = r.ready()
     (entry,) = rd.entries
@@ -153,13 +159,19 @@ def _run(net: SendFirstNetwork, voters: list[str], rng: random.Random, steps: in
                 assert holders >= len(voters) // 2 + 1, f"index {c} committed on {holders} disks"
 
 
+def send_first_network(voters: int, seed: int) -> SendFirstNetwork:
+    """A bootstrapped network of ``voters`` whose leaders send first; node 1 has won, and no
+    crashes yet."""
+    net = SendFirstNetwork(LAN, seed, crash_p=0.0, rng=random.Random(seed + 100))
+    net.nodes.update(Network.bootstrap(voters, LAN, seed).nodes)
+    net.campaign("1")
+    return net
+
+
 def test_single_voter_with_learner_crashing_between_send_and_persist_stays_safe() -> None:
     for seed in range(6):
         rng = random.Random(seed)
-        net = SendFirstNetwork(LAN, seed, crash_p=0.0, rng=random.Random(seed + 100))
-        boot = Network.bootstrap(1, LAN, seed)
-        net.nodes.update(boot.nodes)
-        net.campaign("1")
+        net = send_first_network(1, seed)
         net["1"].propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, "2", b"a2"))
         net.add("2")
         net.stabilize()
@@ -173,10 +185,7 @@ def test_single_voter_with_learner_crashing_between_send_and_persist_stays_safe(
 def test_three_voters_crashing_between_send_and_persist_stay_safe() -> None:
     for seed in range(6):
         rng = random.Random(seed)
-        net = SendFirstNetwork(LAN, seed, crash_p=0.0, rng=random.Random(seed + 100))
-        boot = Network.bootstrap(3, LAN, seed)
-        net.nodes.update(boot.nodes)
-        net.campaign("1")
+        net = send_first_network(3, seed)
         net.crash_p = 0.15
         _run(net, ["1", "2", "3"], rng, 400)
         assert net.crashes > 3 and net.early > 20
@@ -184,15 +193,6 @@ def test_three_voters_crashing_between_send_and_persist_stay_safe() -> None:
 
 
 # ---------------------------------------------------------------- writes left in the background
-
-
-def leader_with_acked_noop() -> Raft:
-    r = new_raft("1", 3)
-    elect(r)
-    for peer in ("2", "3"):
-        r.step(Message(MessageType.APP_RESP, "1", peer, r.term, index=r.log.last_index()))
-    drain(r)
-    return r
 
 
 def leader_writing_x() -> tuple[Raft, Entry]:
