@@ -216,7 +216,7 @@ class RaftNode:
         self._rng = random.Random(base_seed)
         # Snapshot timing has its own generator, so it does not shift the core's draws.
         self._snap_rng = random.Random(base_seed ^ 0x5EED)
-        self._snapshot_due = snapshot_every + self._snap_rng.randrange(snapshot_every // 4 + 1)
+        self._snapshot_due = self._next_snapshot_due()
         self._core: Raft | None = None
         self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._loop_task: asyncio.Task[None] | None = None
@@ -956,8 +956,12 @@ class RaftNode:
         ``snapshot_every`` entries plus a random quarter of that, so that members do not all
         compact at the same moment."""
         self._behind_snap = core.compact(core.log.applied, self._sm.snapshot())
-        self._snapshot_due = self._snapshot_every + self._snap_rng.randrange(self._snapshot_every // 4 + 1)
+        self._snapshot_due = self._next_snapshot_due()
         self._start_writer()
+
+    def _next_snapshot_due(self) -> int:
+        """Applied entries between two snapshots: ``snapshot_every`` plus a random quarter."""
+        return self._snapshot_every + self._snap_rng.randrange(self._snapshot_every // 4 + 1)
 
     def _apply(self, e: Entry) -> None:
         waiting = self._by_index.pop(e.index, None)
