@@ -8,11 +8,14 @@ the next ``Ready``). The two differ only while a driver writes entries asynchron
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 
 from phalanx_aio.core.types import Entry, Snapshot
 from phalanx_aio.errors import LocalError
 
 __all__ = ["RaftLog"]
+
+_data_of = attrgetter("data")
 
 
 class RaftLog:
@@ -92,6 +95,8 @@ class RaftLog:
         start = lo - self.snap_index - 1
         end = min(hi - self.snap_index - 1, start + max_count)
         out = self.entries[start:end]
+        if sum(map(len, map(_data_of, out))) + 16 * len(out) <= max_bytes:
+            return out
         size = 0
         for i, e in enumerate(out):
             size += len(e.data) + 16

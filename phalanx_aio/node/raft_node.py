@@ -23,6 +23,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -796,7 +797,7 @@ class RaftNode:
         # Proposals whose caller gave up (timed out, cancelled) go in too: their outcome was
         # unknown to the caller, and filtering them out costs more than applying them.
         try:
-            placed = core.propose_many([data for _, data in proposals])
+            placed = core.propose_many(list(map(itemgetter(1), proposals)))
         except NotApplied as exc:
             pending = self._pending
             for req, _ in proposals:
@@ -804,9 +805,10 @@ class RaftNode:
                 if w is not None:
                     _settle(w, req, None, exc)
             return
-        by_index = self._by_index
-        for (req, _), (term, index) in zip(proposals, placed, strict=False):
-            by_index[index] = (term, req)
+        if placed:  # placed in order at consecutive indexes (none when forwarded)
+            term, first = placed[0]
+            waiting = zip(itertools.repeat(term), map(itemgetter(0), proposals), strict=False)
+            self._by_index.update(zip(range(first, first + len(placed)), waiting, strict=True))
 
     async def _process_ready(self, core: Raft) -> None:
         while core.has_ready():

@@ -11,7 +11,6 @@ import json
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
-from operator import add as _concat
 from operator import attrgetter
 
 from phalanx_aio.core.types import ConfState, Entry, HardState
@@ -76,8 +75,9 @@ def entry_crcs(
     Raises ``TypeError``, ``struct.error`` or ``OverflowError`` if a value has the wrong type
     or range (a payload that is not bytes, an index that is not a 64-bit unsigned integer).
     """
-    # CRC-32 is a running checksum: crc32(head + data) == crc32(data, crc32(head)).
-    return list(map(_crc32, map(_concat, map(_pack_entry, indexes, terms, types), datas)))
+    # CRC-32 is a running checksum: crc32(head + data) == crc32(data, crc32(head)), and the
+    # second form copies no payload.
+    return list(map(_crc32, datas, map(_crc32, map(_pack_entry, indexes, terms, types))))
 
 
 def hard_state_crc(term: int, vote: str | None, commit: int) -> int:
