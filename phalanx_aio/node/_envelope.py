@@ -13,10 +13,22 @@ _REQ = struct.Struct(">Q")
 _VERSION = 1
 
 
+pack_request = _REQ.pack
+"""The request id's 8 bytes, as they follow :func:`prefix`."""
+unpack_request = _REQ.unpack_from
+"""``(request_id,)`` from the 8 bytes at an offset."""
+
+
+def prefix(origin: str) -> bytes:
+    """The bytes every envelope from ``origin`` starts with (version, id length, id): a node
+    computes them once, and recognises its own entries by them."""
+    oid = origin.encode()
+    return bytes((_VERSION, len(oid))) + oid
+
+
 def wrap(origin: str, request_id: int, command: bytes) -> bytes:
     """The entry data for ``command`` proposed by ``origin`` as ``request_id``."""
-    oid = origin.encode()
-    return bytes((_VERSION, len(oid))) + oid + _REQ.pack(request_id) + command
+    return prefix(origin) + _REQ.pack(request_id) + command
 
 
 def unwrap(data: bytes) -> tuple[str | None, int, bytes]:
@@ -32,3 +44,17 @@ def unwrap(data: bytes) -> tuple[str | None, int, bytes]:
     except UnicodeDecodeError:
         return None, 0, data
     return origin, _REQ.unpack_from(data, 2 + n)[0], data[end:]
+
+
+def command(data: bytes) -> bytes:
+    """The command alone: ``unwrap(data)[2]``, without building the rest."""
+    if len(data) < 10 or data[0] != _VERSION:
+        return data
+    end = 10 + data[1]
+    if len(data) < end:
+        return data
+    try:
+        data[2 : end - 8].decode()
+    except UnicodeDecodeError:
+        return data
+    return data[end:]

@@ -95,6 +95,8 @@ _TURN_MAX_BYTES: Final = 512 << 10
 # A leader writes its own entries in the background while its loop goes on (RaftNode._write_behind).
 # Entries handed over while a write is in flight wait for the next one (one fsync for all of
 # them); past this many, the loop waits for the disk instead of taking more proposals.
+_pack_request = _envelope.pack_request
+_unpack_request = _envelope.unpack_request
 _WRITE_BEHIND_MAX_ENTRIES: Final = 4 * _TURN_MAX_PROPOSALS
 
 
@@ -197,6 +199,8 @@ class RaftNode:
     ) -> None:
         if not node_id:
             raise LocalError("node_id must be a non-empty string")
+        if len(node_id.encode()) > 255:
+            raise LocalError(f"node_id must be at most 255 bytes in UTF-8, not {len(node_id.encode())}")
         if node_id in peers:
             raise LocalError(f"peers must not include this node ({node_id!r})")
         if snapshot_every < 1 or max_pending < 1 or default_timeout <= 0:
@@ -223,6 +227,9 @@ class RaftNode:
         self._loop_task: asyncio.Task[None] | None = None
         self._ticker_task: asyncio.Task[None] | None = None
         self._req_ids = itertools.count(1)
+        # Every command proposed here is wrapped after these bytes (see _envelope), which also
+        # tell this node's own entries apart when they are applied.
+        self._own = _envelope.prefix(node_id)
         # request id -> future of a proposal made on this node (matched by envelope), or the
         # _Batch of a propose_many call. An entry leaves once the request has its outcome.
         self._pending: dict[int, asyncio.Future[Any] | _Batch] = {}
@@ -247,8 +254,9 @@ class RaftNode:
         self._behind_hs: HardState | None = None
         self._behind_snap: Snapshot | None = None  # a local snapshot to store, then compact
         self._writer: asyncio.Task[None] | None = None
-        # index -> (term, request id) of proposals appended by this node as leader.
-        self._by_index: dict[int, tuple[int, int]] = {}
+        # Proposals this node appended as leader, one batch per turn, oldest first:
+        # (first index, term, [(request id, data), ...]) at consecutive indexes.
+        self._placed: deque[tuple[int, int, list[tuple[int, bytes]]]] = deque()
         self._conf_waiters: dict[int, tuple[int, asyncio.Future[None]]] = {}
         self._deferred_conf: list[tuple[ConfChange, asyncio.Future[Any]]] = []
         self._reads: dict[bytes, tuple[Callable[[Any], Any], asyncio.Future[Any]]] = {}
@@ -467,7 +475,7 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         pending[req] = fut
-        self._carry.append((req, _envelope.wrap(self.id, req, bytes(command))))
+        self._carry.append((req, self._own + _pack_request(req) + bytes(command)))
         if not self._wake_queued:
             self._wake_queued = True
             self._queue.put_nowait(_WAKE_PROPOSE)
@@ -522,8 +530,8 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         batch = _Batch(first, n, fut)
-        me, wrap = self.id, _envelope.wrap
-        items = [(first + i, wrap(me, first + i, bytes(c))) for i, c in enumerate(cmds)]
+        own = self._own
+        items = [(req, own + _pack_request(req) + bytes(c)) for req, c in enumerate(cmds, first)]
         for req, _ in items:
             pending[req] = batch
         self._carry.extend(items)
@@ -807,8 +815,35 @@ class RaftNode:
             return
         if placed:  # placed in order at consecutive indexes (none when forwarded)
             term, first = placed[0]
-            waiting = zip(itertools.repeat(term), map(itemgetter(0), proposals), strict=False)
-            self._by_index.update(zip(range(first, first + len(placed)), waiting, strict=True))
+            self._placed.append((first, term, proposals))
+
+    def _check_placed(self, committed: Sequence[Entry]) -> None:
+        """Fail this node's proposals whose entries a new leader overwrote, as ``committed``
+        (consecutive entries) reaches them; forget the batches it passes.
+
+        A proposal's entry survived if the committed entry at its index has the term it was
+        appended in (one leader per term, which never overwrites its own entries). Terms never
+        decrease along the log, so a batch whose first and last committed entries have its
+        term survived whole: the check costs two comparisons per batch, not one per entry.
+        """
+        lo, hi = committed[0].index, committed[-1].index
+        placed = self._placed
+        while placed and placed[0][0] <= hi:
+            first, term, proposals = placed[0]
+            last = first + len(proposals) - 1
+            a, b = max(first, lo), min(last, hi)
+            if a <= b and (committed[a - lo].term != term or committed[b - lo].term != term):
+                for index in range(a, b + 1):
+                    e = committed[index - lo]
+                    if e.term != term:
+                        req = proposals[index - first][0]
+                        waiter = self._pending.pop(req, None)
+                        if waiter is not None:
+                            exc = NotApplied(f"entry {index} was overwritten by a new leader; not applied")
+                            _settle(waiter, req, None, exc)
+            if last > hi:
+                break
+            placed.popleft()
 
     async def _process_ready(self, core: Raft) -> None:
         while core.has_ready():
@@ -857,8 +892,12 @@ class RaftNode:
                     self._transport.send(rd.messages)
             if rd.snapshot is not None and self._listeners:
                 self._emit(SnapshotRestored(self.id, core.term, rd.snapshot.meta.index, "leader"))
-            for e in rd.committed_entries:
-                self._apply(e)
+            committed = rd.committed_entries
+            if committed:
+                if self._placed:
+                    self._check_placed(committed)
+                for e in committed:
+                    self._apply(e)
             for rs in rd.read_states:
                 heapq.heappush(self._ready_reads, (rs.index, next(self._read_seq), rs.context))
             for ctx in rd.dropped_reads:
@@ -966,21 +1005,24 @@ class RaftNode:
         return self._snapshot_every + self._snap_rng.randrange(self._snapshot_every // 4 + 1)
 
     def _apply(self, e: Entry) -> None:
-        waiting = self._by_index.pop(e.index, None)
-        if waiting is not None and waiting[0] != e.term:
-            waiter = self._pending.pop(waiting[1], None)
-            if waiter is not None:
-                exc = NotApplied(f"entry {e.index} was overwritten by a new leader; not applied")
-                _settle(waiter, waiting[1], None, exc)
         if e.type is EntryType.NORMAL:
-            origin, req, command = _envelope.unwrap(e.data)
+            data = e.data
+            own = self._own
+            start = len(own) + 8
+            # This node's own entries first, by their prefix (as unwrap would find them).
+            mine = data.startswith(own) and len(data) >= start
+            if mine:
+                req = _unpack_request(data, start - 8)[0]
+                command = data[start:]
+            else:
+                command = _envelope.command(data)  # another origin's: no caller here
             try:
                 result: Any = self._sm.apply(command)
                 error: BaseException | None = None
             except Exception as exc:
                 result, error = None, exc
                 self.log.warning("state machine raised on entry %d: %r", e.index, exc)
-            if origin == self.id:
+            if mine:
                 waiter = self._pending.pop(req, None)
                 if waiter is not None:
                     if waiter.__class__ is _Batch:

@@ -11,6 +11,7 @@ import json
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from operator import attrgetter
 
 from phalanx_aio.core.types import ConfState, Entry, HardState
@@ -22,6 +23,7 @@ __all__ = [
     "entry_crcs",
     "entry_row",
     "entry_rows",
+    "entry_values",
     "hard_state_crc",
     "hard_state_row",
     "identity_crc",
@@ -65,6 +67,17 @@ def entry_rows(entries: Sequence[Entry]) -> list[tuple[int, int, int, bytes, int
     types = list(map(int, map(_type_of, entries)))
     datas = list(map(_data_of, entries))
     return list(zip(idx, terms, types, datas, entry_crcs(idx, terms, types, datas), strict=True))
+
+
+def entry_values(entries: Sequence[Entry]) -> list[int | bytes]:
+    """The values of :func:`entry_rows`, row after row, in one flat list (the parameters of
+    a multi-row ``INSERT``)."""
+    idx = list(map(_index_of, entries))
+    terms = list(map(_term_of, entries))
+    types = list(map(int, map(_type_of, entries)))
+    datas = list(map(_data_of, entries))
+    crcs = entry_crcs(idx, terms, types, datas)
+    return list(chain.from_iterable(zip(idx, terms, types, datas, crcs, strict=True)))
 
 
 def entry_crcs(

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import operator
 import random
 import ssl
 import weakref
@@ -968,6 +969,10 @@ class GrpcTransport(Transport):
             raise self._reject(rej, stream, sender) from None
 
 
+_term_of = operator.attrgetter("term")
+_index_of = operator.attrgetter("index")
+
+
 def _impossible(m: Message) -> str | None:
     """Why no correct peer sends ``m`` (``None`` if one could): a term or index above
     :data:`MAX_ACCEPTED_INT`, or an append whose entries do not follow ``index`` one by one with
@@ -984,6 +989,16 @@ def _impossible(m: Message) -> str | None:
     index, prev, term = m.index, m.log_term, m.term
     if index + len(entries) > top:
         return f"an entry index above {top}"
+    # The usual case checked in C: consecutive indexes, terms that never decrease, within
+    # [log_term, term]. The loop below finds the first culprit when that fails.
+    terms = list(map(_term_of, entries))
+    if (
+        list(map(_index_of, entries)) == list(range(index + 1, index + 1 + len(entries)))
+        and prev <= terms[0]
+        and terms[-1] <= term
+        and all(map(operator.le, terms, terms[1:]))
+    ):
+        return None
     for i, e in enumerate(entries, 1):
         if e.index != index + i:
             return f"entry {i - 1} has index {e.index}, not {index + i}"

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from phalanx_aio.core.types import Entry, EntryType
 from phalanx_aio.errors import ClosedError, NotApplied, NotLeader, ProposalDropped, Timeout
 from tests.node.conftest import DEADLINE, Counter, Harness
 
@@ -171,6 +172,51 @@ async def test_overwritten_entry_fails_with_not_applied(cluster: Harness) -> Non
     with pytest.raises(NotApplied, match="overwritten"):
         await doomed
     await cluster.until(lambda: cluster.sms[leader.id].value == 2)
+
+
+async def test_every_overwritten_proposal_of_a_turn_fails_with_not_applied(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    await leader.propose(b"incr 1")
+    cluster.net.isolate(leader.id)
+    singles = [asyncio.create_task(leader.propose(b"incr 100", timeout=30)) for _ in range(10)]
+    batch = asyncio.create_task(leader.propose_many([b"incr 100"] * 5, timeout=30, return_exceptions=True))
+    others = [n for n in cluster.nodes.values() if n is not leader]
+    await cluster.until(lambda: any(n.is_leader for n in others))
+    new = next(n for n in others if n.is_leader)
+    for _ in range(20):  # enough entries of the new term to cover every doomed index
+        await new.propose(b"incr 1")
+    cluster.net.heal()
+    for t in singles:
+        with pytest.raises(NotApplied, match="overwritten"):
+            await t
+    outcomes = await batch
+    assert len(outcomes) == 5 and all(isinstance(o, NotApplied) for o in outcomes)
+    await cluster.until(lambda: cluster.sms[leader.id].value == 21)
+
+
+def test_a_batch_overwritten_in_part_fails_only_the_overwritten_proposals() -> None:
+    """The check costs two comparisons per batch; a batch whose tail was overwritten (its
+    first entries committed in its own term) must fail exactly the overwritten ones, and a
+    batch committed across several turns must be checked in each and then forgotten."""
+    h = Harness(["a", "b", "c"])
+    node = h.make("a")
+    loop = asyncio.new_event_loop()
+    try:
+        futs = {req: loop.create_future() for req in range(1, 9)}
+        node._pending.update(futs)
+        node._placed.append((10, 3, [(req, b"") for req in range(1, 5)]))  # indexes 10-13, term 3
+        node._placed.append((14, 3, [(req, b"") for req in range(5, 9)]))  # indexes 14-17, term 3
+        # First turn: 10-12 committed in term 3 (survived), nothing fails, batch kept.
+        node._check_placed([Entry(3, i, EntryType.NORMAL) for i in range(9, 13)])
+        assert not any(f.done() for f in futs.values()) and len(node._placed) == 2
+        # Second turn: 13-15 of term 3, then 16-17 of term 4 (a new leader overwrote them).
+        node._check_placed([*(Entry(3, i) for i in range(13, 16)), *(Entry(4, i) for i in range(16, 19))])
+        assert [req for req, f in futs.items() if f.done()] == [7, 8]
+        assert all(isinstance(futs[r].exception(), NotApplied) for r in (7, 8))
+        assert 7 not in node._pending and 6 in node._pending
+        assert not node._placed
+    finally:
+        loop.close()
 
 
 async def test_disk_full_stops_acknowledging_then_recovers(cluster: Harness) -> None:

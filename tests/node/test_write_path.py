@@ -71,6 +71,13 @@ async def test_propose_many_refuses_bad_input_and_overload_at_once(cluster: Harn
     assert cluster.sms[leader.id].value == 0
 
 
+def test_a_node_id_too_long_for_the_envelope_is_refused_at_construction() -> None:
+    h = Harness(["a", "b", "c"])
+    with pytest.raises(LocalError, match="at most 255 bytes"):
+        h.make("é" * 128)  # 256 bytes in UTF-8
+    assert h.make("x" * 255).id == "x" * 255
+
+
 async def test_propose_many_without_a_leader_is_refused_whole() -> None:
     h = Harness(["a", "b", "c"])
     node = await h.start("a")  # alone: no leader

@@ -16,7 +16,7 @@ import pytest
 from phalanx_aio import Entry, EntryType, HardState, StorageError
 from phalanx_aio.storage import SQLiteStorage
 from phalanx_aio.storage import sqlite as sqlite_module
-from phalanx_aio.storage._codec import entry_crc, entry_crcs, entry_row, entry_rows
+from phalanx_aio.storage._codec import entry_crc, entry_crcs, entry_row, entry_rows, entry_values
 
 NODE, CLUSTER = "n1", "bulk"
 N = 100
@@ -48,6 +48,25 @@ def test_entry_rows_match_entry_row(seed: int) -> None:
 
 def test_entry_rows_of_nothing() -> None:
     assert entry_rows([]) == []
+    assert entry_values([]) == []
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_entry_values_are_the_rows_flattened(seed: int) -> None:
+    entries = random_entries(random.Random(seed), 150)
+    assert entry_values(entries) == [v for row in entry_rows(entries) for v in row]
+
+
+@pytest.mark.parametrize("count", [1, 99, 100, 101, 250, 300])
+async def test_one_save_of_any_size_stores_every_entry(tmp_path: Path, count: int) -> None:
+    # Entries go in a hundred rows per statement, the rest one row per statement.
+    entries = random_entries(random.Random(count), count)
+    entries = [Entry(e.term, i, e.type, e.data) for i, e in enumerate(entries, start=1)]
+    store = SQLiteStorage(tmp_path / "s.db")
+    await store.open(node_id=NODE, cluster_id=CLUSTER)
+    await store.save(entries=entries, hard_state=HardState(entries[-1].term, None, count))
+    await store.aclose()
+    assert await load(tmp_path / "s.db") == tuple(entries)
 
 
 def test_entry_crcs_refuses_bad_values() -> None:
