@@ -90,6 +90,11 @@ class RaftLog:
         """The entry at ``index`` (must be held)."""
         return self.entries[index - self.snap_index - 1]
 
+    def size_of(self, lo: int, hi: int) -> int:
+        """Flow-control bytes (:meth:`Entry.size` summed) of the held entries ``[lo, hi)``."""
+        part = self.entries[lo - self.snap_index - 1 : hi - self.snap_index - 1]
+        return sum(map(len, map(_data_of, part))) + 16 * len(part)
+
     def slice(self, lo: int, hi: int, max_bytes: int, max_count: int) -> list[Entry]:
         """Entries ``[lo, hi)``, stopping before ``max_bytes``/``max_count`` (at least one)."""
         start = lo - self.snap_index - 1

@@ -486,11 +486,21 @@ class Raft:
         Returns their ``(term, index)`` on the leader, ``[]`` when forwarded; raises like
         :meth:`propose`.
         """
+        placed = self.propose_batch(commands)
+        if placed is None:
+            return []
+        term, first = placed
+        return [(term, index) for index in range(first, first + len(commands))]
+
+    def propose_batch(self, commands: Sequence[bytes]) -> tuple[int, int] | None:
+        """:meth:`propose_many`, answered in one pair: on the leader, the commands are at
+        consecutive indexes from the returned ``(term, first index)``; ``None`` when forwarded.
+        Raises like :meth:`propose` (nothing is appended then)."""
         if self.role is not Role.LEADER:
             if self.leader is not None and self.cfg.forward_proposals and self.role is Role.FOLLOWER:
                 entries = tuple(Entry(0, 0, EntryType.NORMAL, bytes(d)) for d in commands)
                 self._send(Message(_PROP, self.leader, self.id, 0, entries=entries))
-                return []
+                return None
             raise NotLeader(self.leader)
         datas = list(map(bytes, commands))  # a copy of a bytearray; bytes as they are
         nbytes = sum(map(len, datas)) + 16 * len(datas)
@@ -502,7 +512,7 @@ class Raft:
         self.log.append(list(map(Entry, repeat(term), indexes, repeat(EntryType.NORMAL), datas)))
         self._uncommitted_bytes += nbytes
         self._bcast_entries = True  # the leader's own copy counts once durable (see _append)
-        return list(zip(repeat(term), indexes))
+        return term, first
 
     def _check_can_propose(self, nbytes: int) -> None:
         if self.lead_transferee is not None:
@@ -989,8 +999,7 @@ class Raft:
         # §5.4.2: only entries of the current term are committed by counting replicas.
         if idx <= self.log.committed or self.log.term(idx) != self.term:
             return False
-        for i in range(self.log.committed + 1, idx + 1):
-            self._uncommitted_bytes -= self.log.entry(i).size()
+        self._uncommitted_bytes -= self.log.size_of(self.log.committed + 1, idx + 1)
         self._uncommitted_bytes = max(self._uncommitted_bytes, 0)
         self.log.commit_to(idx)
         if self.cfg.eager_commit:

@@ -805,7 +805,7 @@ class RaftNode:
         # Proposals whose caller gave up (timed out, cancelled) go in too: their outcome was
         # unknown to the caller, and filtering them out costs more than applying them.
         try:
-            placed = core.propose_many(list(map(itemgetter(1), proposals)))
+            placed = core.propose_batch(list(map(itemgetter(1), proposals)))
         except NotApplied as exc:
             pending = self._pending
             for req, _ in proposals:
@@ -813,8 +813,8 @@ class RaftNode:
                 if w is not None:
                     _settle(w, req, None, exc)
             return
-        if placed:  # placed in order at consecutive indexes (none when forwarded)
-            term, first = placed[0]
+        if placed is not None:  # on the leader: at consecutive indexes, in order
+            term, first = placed
             self._placed.append((first, term, proposals))
 
     def _check_placed(self, committed: Sequence[Entry]) -> None:
@@ -896,8 +896,7 @@ class RaftNode:
             if committed:
                 if self._placed:
                     self._check_placed(committed)
-                for e in committed:
-                    self._apply(e)
+                self._apply(committed)
             for rs in rd.read_states:
                 heapq.heappush(self._ready_reads, (rs.index, next(self._read_seq), rs.context))
             for ctx in rd.dropped_reads:
@@ -1004,34 +1003,40 @@ class RaftNode:
         """Applied entries between two snapshots: ``snapshot_every`` plus a random quarter."""
         return self._snapshot_every + self._snap_rng.randrange(self._snapshot_every // 4 + 1)
 
-    def _apply(self, e: Entry) -> None:
-        if e.type is EntryType.NORMAL:
+    def _apply(self, committed: Sequence[Entry]) -> None:
+        """Apply committed entries in order; give this node's proposers their outcomes."""
+        sm_apply, pending, own = self._sm.apply, self._pending, self._own
+        start = len(own) + 8
+        for e in committed:
+            if e.type is not EntryType.NORMAL:
+                self._apply_other(e)
+                continue
             data = e.data
-            own = self._own
-            start = len(own) + 8
             # This node's own entries first, by their prefix (as unwrap would find them).
             mine = data.startswith(own) and len(data) >= start
-            if mine:
-                req = _unpack_request(data, start - 8)[0]
-                command = data[start:]
-            else:
-                command = _envelope.command(data)  # another origin's: no caller here
+            command = data[start:] if mine else _envelope.command(data)
             try:
-                result: Any = self._sm.apply(command)
+                result: Any = sm_apply(command)
                 error: BaseException | None = None
             except Exception as exc:
                 result, error = None, exc
                 self.log.warning("state machine raised on entry %d: %r", e.index, exc)
             if mine:
-                waiter = self._pending.pop(req, None)
-                if waiter is not None:
-                    if waiter.__class__ is _Batch:
-                        waiter.settle(req, result, error)
-                    elif error is not None:
-                        _set_exc(waiter, error)  # type: ignore[arg-type]
+                req = _unpack_request(data, start - 8)[0]
+                waiter = pending.pop(req, None)
+                if waiter is None:
+                    continue
+                if isinstance(waiter, _Batch):
+                    waiter.settle(req, result, error)
+                elif not waiter.done():
+                    if error is None:
+                        waiter.set_result(result)
                     else:
-                        _set_result(waiter, result)  # type: ignore[arg-type]
-        elif e.type is EntryType.CONF:
+                        waiter.set_exception(error)
+
+    def _apply_other(self, e: Entry) -> None:
+        """Apply a membership change (a new leader's empty entry needs nothing)."""
+        if e.type is EntryType.CONF:
             if self._listeners:
                 change, conf = decode_conf(e.data)
                 term = self._core.term if self._core is not None else e.term

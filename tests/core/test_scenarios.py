@@ -713,6 +713,19 @@ def test_follower_forwards_proposals_unless_told_not_to() -> None:
     assert err.value.leader_id == "1"
 
 
+def test_propose_batch_answers_with_the_first_index_of_consecutive_entries() -> None:
+    net = cluster()
+    last = net["1"].log.last_index()
+    term = net["1"].term
+    assert net["1"].propose_batch([b"a", bytearray(b"b"), b"c"]) == (term, last + 1)
+    assert net["1"].propose_many([b"d", b"e"]) == [(term, last + 4), (term, last + 5)]
+    assert [e.data for e in net["1"].log.entries[-5:]] == [b"a", b"b", b"c", b"d", b"e"]
+    assert type(net["1"].log.entries[-4].data) is bytes  # a bytearray is copied
+    assert net["2"].propose_batch([b"f"]) is None  # forwarded to the leader
+    net.stabilize()
+    assert net.applied("3")[-6:] == [b"a", b"b", b"c", b"d", b"e", b"f"]
+
+
 def test_max_uncommitted_bytes_refuses_proposals_until_entries_commit() -> None:
     net = cluster(config=LAN.replace(max_uncommitted_bytes=200))
     net.isolate("2")
