@@ -4,7 +4,8 @@ Runs a RaftNode with a counting state machine on SQLite (synchronous=FULL), then
 lines on stdin and answers with JSON lines on stdout:
 
     {"cmd": "leader"}   -> {"leader": id, "is_leader": bool}
-    {"cmd": "usage"}    -> {"user": s, "system": s, "applied": n}   (getrusage of this process)
+    {"cmd": "usage"}    -> {"user": s, "system": s, "applied": n,   (getrusage of this process,
+                            "gc_seconds": [s, s, s], "gc_runs": [n, n, n]}   the collector's per generation)
     {"cmd": "run", "mode": "closed"|"batch"|"open", "param": N|rate, "size": bytes, "seconds": s, "warmup": s}
                         -> {"ops": n, "window": s, "dropped": n, "errors": n, "lat_ms": [sorted sample],
                             "p50": ms, "p99": ms, "p999": ms, "max": ms}
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import json
 import logging
 import pathlib
@@ -198,12 +200,35 @@ async def _run_workload(node: RaftNode, req: dict[str, Any]) -> dict[str, Any]:
     return rec.result()
 
 
+class _GcClock:
+    """Wall time this process spends in the cyclic garbage collector, per generation."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.runs = [0, 0, 0]
+        self._t0 = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            gen = info["generation"]
+            self.seconds[gen] += time.perf_counter() - self._t0
+            self.runs[gen] += 1
+
+
+_GC = _GcClock()
+
+
 def _usage(node: RaftNode, sm: Counter) -> dict[str, Any]:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     st = node.status()
     return {
         "user": ru.ru_utime,
         "system": ru.ru_stime,
+        "gc_seconds": list(_GC.seconds),
+        "gc_runs": list(_GC.runs),
         "applied": sm.value,
         "term": st.term,
         "leader": st.leader,

@@ -10,10 +10,12 @@ leader's process, over a JSON-lines pipe, to run each workload with ``await node
 * ``open:R``    R proposals per second on a fixed schedule, latency counted from the schedule.
 
 Each workload runs for ``--warmup`` seconds unmeasured, then ``--seconds`` measured, once per
-command size. Reports committed ops/s, p50/p99/p99.9 latency and CPU seconds per process
-(getrusage in each child, all threads). Prints a table, writes benchmarks/results/cluster.json
-and, with ``--png``, a latency histogram. ``--py-spy DIR`` samples every member with py-spy
-during each workload (collapsed stacks, one file per member and workload). Not a test.
+command size. Reports committed ops/s, p50/p99/p99.9 latency, CPU seconds per process
+(getrusage in each child, all threads) and the leader's seconds per second in the cyclic
+garbage collector (timed by gc.callbacks in each child). Prints a table, writes
+benchmarks/results/cluster.json and, with ``--png``, a latency histogram. ``--py-spy DIR``
+samples every member with py-spy during each workload (collapsed stacks, one file per member
+and workload). Not a test.
 
 Side-by-side comparisons: ``--impl NAME=DIR`` (repeatable) runs the members with ``DIR`` first
 on ``PYTHONPATH`` (a directory holding a ``phalanx_aio`` package, e.g. an export of an older
@@ -171,6 +173,9 @@ def run_one(
             "system": after[m.id]["system"] - before[m.id]["system"],
             "applied": after[m.id]["applied"],
             "term": [before[m.id]["term"], after[m.id]["term"]],
+            # time in the cyclic garbage collector, and its runs, per generation
+            "gc_s": _minus(after[m.id]["gc_seconds"], before[m.id]["gc_seconds"]),
+            "gc_runs": _minus(after[m.id]["gc_runs"], before[m.id]["gc_runs"]),
         }
         for m in members
     }
@@ -187,8 +192,13 @@ def run_one(
         "cpu": cpu,
         "cpu_leader": sum(c["user"] + c["system"] for c in cpu.values() if c["role"] == "leader") / span,
         "cpu_followers": [(c["user"] + c["system"]) / span for c in cpu.values() if c["role"] == "follower"],
+        "gc_leader": sum(sum(c["gc_s"]) for c in cpu.values() if c["role"] == "leader") / span,
         "_lat": lat,
     }
+
+
+def _minus(after: list[float], before: list[float]) -> list[float]:
+    return [a - b for a, b in zip(after, before, strict=True)]
 
 
 def label(r: dict[str, Any]) -> str:
@@ -206,14 +216,14 @@ def _fmt_ops(x: float) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     head = f"{'impl':<10}{'workload':<22}{'size':>6}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
-    head += f"{'failed':>8}  {'CPU s/s leader':>14}  {'followers':>11}"
+    head += f"{'failed':>8}  {'CPU s/s leader':>14}  {'followers':>11}  {'GC s/s leader':>13}"
     lines = [head, "-" * len(head)]
     for r in results:
         fol = r["cpu_followers"]
         lines.append(
             f"{r['impl']:<10}{label(r):<22}{r['size']:>6}{_fmt_ops(r['ops_per_s']):>10}{r['p50']:>9.1f}"
             f"{r['p99']:>9.1f}{r['p999']:>10.1f}{r['dropped'] + r['errors']:>8}  {r['cpu_leader']:>14.2f}"
-            f"  {' / '.join(f'{x:.2f}' for x in fol):>11}"
+            f"  {' / '.join(f'{x:.2f}' for x in fol):>11}  {r['gc_leader']:>13.3f}"
         )
     return "\n".join(lines)
 
@@ -245,6 +255,7 @@ def medians(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "dropped": sum(r["dropped"] for r in rs),
                 "errors": sum(r["errors"] for r in rs),
                 "cpu_leader": med("cpu_leader"),
+                "gc_leader": med("gc_leader"),
                 "cpu_followers": [
                     float(statistics.median(r["cpu_followers"][i] for r in rs)) for i in range(nfol)
                 ],

@@ -21,7 +21,9 @@ member drives its own ``doTick`` loop in one thread (``autoTick=False``); a comm
 runs from the replicated call to its callback.
 
 phalanx_aio runs as in ``benchmarks/cluster.py`` (its functions are reused): SQLite with
-``synchronous=FULL``, so every acknowledged command was fsynced on a majority.
+``synchronous=FULL``, so every acknowledged command was fsynced on a majority. Its members
+run under ``phalanx_aio.run``, which raises the garbage collector's thresholds
+(``phalanx_aio.tune_gc``); the PySyncObj members get the same thresholds.
 
 Prints one row per workload and configuration, with phalanx_aio's figures beside it and the
 ratio of throughputs (phalanx_aio / PySyncObj) and of p99 latencies (PySyncObj / phalanx_aio;
@@ -54,6 +56,7 @@ sys.path.insert(0, str(HERE))
 import cluster  # noqa: E402  (benchmarks/cluster.py, reused rather than duplicated)
 
 from phalanx_aio._net import free_loopback_ports  # noqa: E402
+from phalanx_aio.node.runner import GC_THRESHOLDS  # noqa: E402
 
 DEFAULT_MODES = "closed:1,closed:100,closed:10000,open:5000"
 PSO_JOURNALS = ("memory", "file", "flushed")
@@ -79,6 +82,7 @@ def rss_mb_of(pid: int) -> float:
 def _pso_child(args: argparse.Namespace) -> None:
     """One PySyncObj member: ticks its node and obeys JSON lines on stdin (the protocol of
     benchmarks/_cluster_node.py: leader, usage, run, stop)."""
+    import gc
     import resource
 
     from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated  # type: ignore[import-untyped]
@@ -126,6 +130,8 @@ def _pso_child(args: argparse.Namespace) -> None:
             self.value += 1
             return self.value
 
+    # The collector setting phalanx_aio.run gives the members on the other side: same terms.
+    gc.set_threshold(*GC_THRESHOLDS)
     others = [a for a in args.peer]
     conf = SyncObjConf(
         autoTick=False,

@@ -56,6 +56,7 @@ from phalanx_aio.node import (
     StateMachine,
     TermChanged,
     run,
+    tune_gc,
 )
 from phalanx_aio.storage import MemoryStorage, SQLiteStorage, Storage, StoredState
 
@@ -110,4 +111,5 @@ __all__ = [
     "Timeout",
     "__version__",
     "run",
+    "tune_gc",
 ]

@@ -14,10 +14,11 @@ from phalanx_aio.node.events import (
     TermChanged,
 )
 from phalanx_aio.node.raft_node import NodeStatus, RaftNode
-from phalanx_aio.node.runner import run, uvloop_available
+from phalanx_aio.node.runner import GC_THRESHOLDS, run, tune_gc, uvloop_available
 from phalanx_aio.node.state_machine import StateMachine
 
 __all__ = [
+    "GC_THRESHOLDS",
     "ElectionStarted",
     "ElectionWon",
     "EventListener",
@@ -33,5 +34,6 @@ __all__ = [
     "StateMachine",
     "TermChanged",
     "run",
+    "tune_gc",
     "uvloop_available",
 ]
