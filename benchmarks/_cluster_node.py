@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import gc
 import json
 import logging
 import pathlib
@@ -28,6 +27,8 @@ import struct
 import sys
 import time
 from typing import Any
+
+from _gc_clock import GcClock
 
 import phalanx_aio
 from phalanx_aio import Config, RaftNode, SQLiteStorage, StateMachine
@@ -200,25 +201,7 @@ async def _run_workload(node: RaftNode, req: dict[str, Any]) -> dict[str, Any]:
     return rec.result()
 
 
-class _GcClock:
-    """Wall time this process spends in the cyclic garbage collector, per generation."""
-
-    def __init__(self) -> None:
-        self.seconds = [0.0, 0.0, 0.0]
-        self.runs = [0, 0, 0]
-        self._t0 = 0.0
-        gc.callbacks.append(self._on_gc)
-
-    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._t0 = time.perf_counter()
-        else:
-            gen = info["generation"]
-            self.seconds[gen] += time.perf_counter() - self._t0
-            self.runs[gen] += 1
-
-
-_GC = _GcClock()
+_GC = GcClock()
 
 
 def _usage(node: RaftNode, sm: Counter) -> dict[str, Any]:
@@ -227,8 +210,7 @@ def _usage(node: RaftNode, sm: Counter) -> dict[str, Any]:
     return {
         "user": ru.ru_utime,
         "system": ru.ru_stime,
-        "gc_seconds": list(_GC.seconds),
-        "gc_runs": list(_GC.runs),
+        **_GC.usage(),
         "applied": sm.value,
         "term": st.term,
         "leader": st.leader,

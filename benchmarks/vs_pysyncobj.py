@@ -54,6 +54,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import cluster  # noqa: E402  (benchmarks/cluster.py, reused rather than duplicated)
+from _gc_clock import GcClock  # noqa: E402
 
 from phalanx_aio._net import free_loopback_ports  # noqa: E402
 from phalanx_aio.node.runner import GC_THRESHOLDS  # noqa: E402
@@ -130,8 +131,10 @@ def _pso_child(args: argparse.Namespace) -> None:
             self.value += 1
             return self.value
 
-    # The collector setting phalanx_aio.run gives the members on the other side: same terms.
-    gc.set_threshold(*GC_THRESHOLDS)
+    # The collector setting phalanx_aio.run gives the members on the other side: same terms
+    # (passed by the parent, so that this process imports nothing of phalanx_aio).
+    gc.set_threshold(*(int(t) for t in args.gc_thresholds.split(",")))
+    gc_clock = GcClock()
     others = [a for a in args.peer]
     conf = SyncObjConf(
         autoTick=False,
@@ -242,6 +245,7 @@ def _pso_child(args: argparse.Namespace) -> None:
                         "applied": node.value,
                         "term": node.raftCurrentTerm,
                         "flushes": node.flushes,
+                        **gc_clock.usage(),
                     }
                 )
             elif kind == "run":
@@ -266,6 +270,7 @@ class PsoMember(cluster.Member):
         self.id = nid
         cmd = [sys.executable, __file__, "--child", "--id", nid, "--listen", addr[nid]]
         cmd += ["--pso-journal", journal, "--pso-use-batch", use_batch]
+        cmd += ["--gc-thresholds", ",".join(map(str, GC_THRESHOLDS))]
         cmd += ["--journal", str(workdir / f"{nid}.journal")]
         for p, a in addr.items():
             if p != nid:
@@ -417,6 +422,7 @@ def main() -> None:
     ap.add_argument("--journal", help=argparse.SUPPRESS)
     ap.add_argument("--pso-journal", choices=PSO_JOURNALS, default="memory", help=argparse.SUPPRESS)
     ap.add_argument("--pso-use-batch", choices=("on", "off"), default="on", help=argparse.SUPPRESS)
+    ap.add_argument("--gc-thresholds", default="700,10,10", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         _pso_child(args)
