@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from itertools import accumulate
-from operator import attrgetter
+from operator import attrgetter, is_
 from typing import Any, NamedTuple, NoReturn, TypeVar
 
 from phalanx_aio.core.types import (
@@ -118,6 +118,7 @@ _ENTRY_TYPES: tuple[EntryType, ...] = tuple(sorted(EntryType))  # indexed by val
 _ENTRY_TYPE_SET = frozenset(EntryType)
 _INT_TYPE = frozenset((int,))
 _BYTES_TYPES = frozenset((bytes, bytearray))
+_EXACT_BYTES = frozenset((bytes,))
 _term_of = attrgetter("term")
 _index_of = attrgetter("index")
 _type_of = attrgetter("type")
@@ -378,6 +379,14 @@ def encode_entries(entries: Sequence[Entry], *, limits: Limits = DEFAULT_LIMITS)
         raise EncodeError(f"entries cannot be encoded: {type(exc).__name__}: {exc}") from exc
 
 
+_last_batch: tuple[Sequence[Entry], list[bytes], int] | None = None
+
+
+def _remember_batch(entries: Sequence[Entry], parts: list[bytes], size: int) -> None:
+    global _last_batch
+    _last_batch = (entries, parts, size)
+
+
 def _entry_parts(entries: Sequence[Entry], limits: Limits) -> tuple[list[bytes], int]:
     """The pieces of the entry blob and their total length (joined once, by the caller)."""
     count = len(entries)
@@ -385,6 +394,12 @@ def _entry_parts(entries: Sequence[Entry], limits: Limits) -> tuple[list[bytes],
         return [], 0
     if count > limits.max_entries:
         _cannot(f"{count} entries, over the limit of {limits.max_entries}")
+    # A leader sends the same entries to every follower in step: the last batch encoded is
+    # kept, and found again if it holds the very same objects (entries are frozen and their
+    # data immutable bytes, so the same objects encode the same).
+    last = _last_batch
+    if last is not None and len(last[0]) == count and all(map(is_, entries, last[0])):
+        return last[1], last[2]
     table: list[bytes] = [_BATCH_HEADER.pack(_ENTRY_BATCH_VERSION, count)]
     pack = _ENTRY_RECORD.pack
     size = _BATCH_HEADER.size + count * _ENTRY_RECORD.size
@@ -409,7 +424,10 @@ def _entry_parts(entries: Sequence[Entry], limits: Limits) -> tuple[list[bytes],
     ):
         table.extend(map(pack, terms, indexes, etypes, lens))
         table.extend(datas)
-        return table, size + sum(lens)
+        size += sum(lens)
+        if _EXACT_BYTES.issuperset(map(type, datas)):  # not a bytearray, which may change
+            _remember_batch(entries, table, size)
+        return table, size
     datas = []
     for i, entry in enumerate(entries):
         term, index, etype, data = entry.term, entry.index, entry.type, entry.data

@@ -183,3 +183,23 @@ def test_limits_are_validated() -> None:
         Limits(max_members=0)
     with pytest.raises(ConfigError, match="max_frame_bytes"):
         Limits(max_frame_bytes=1.5)  # type: ignore[arg-type]
+
+
+def test_the_same_entries_encode_the_same_whether_or_not_the_last_batch_is_reused() -> None:
+    # The encoder keeps the last batch it encoded and reuses it for the very same objects
+    # (a leader sends the same slice to every follower); equal values in other objects, or
+    # a bytearray payload (mutable), are encoded afresh.
+    batch = [Entry(3, i, EntryType.NORMAL, b"cmd%d" % i) for i in range(1, 6)]
+    first = encode_entries(batch)
+    assert encode_entries(list(batch)) == first  # another list, the same objects: reused
+    assert decode_entries(first) == tuple(batch)
+    copies = [Entry(e.term, e.index, e.type, e.data + b"") for e in batch]
+    assert encode_entries(copies) == first
+    other = [*batch[:4], Entry(4, 5, EntryType.NORMAL, b"new")]  # the same but the last
+    assert decode_entries(encode_entries(other)) == tuple(other)
+    assert decode_entries(encode_entries(batch[1:])) == tuple(batch[1:])  # a shorter slice
+    payload = bytearray(b"mutable")
+    mutable = [Entry(1, 1, EntryType.NORMAL, payload)]  # type: ignore[arg-type]
+    encode_entries(mutable)
+    payload[:] = b"changed"
+    assert decode_entries(encode_entries(mutable))[0].data == b"changed"
