@@ -44,17 +44,3 @@ def unwrap(data: bytes) -> tuple[str | None, int, bytes]:
     except UnicodeDecodeError:
         return None, 0, data
     return origin, _REQ.unpack_from(data, 2 + n)[0], data[end:]
-
-
-def command(data: bytes) -> bytes:
-    """The command alone: ``unwrap(data)[2]``, without building the rest."""
-    if len(data) < 10 or data[0] != _VERSION:
-        return data
-    end = 10 + data[1]
-    if len(data) < end:
-        return data
-    try:
-        data[2 : end - 8].decode()
-    except UnicodeDecodeError:
-        return data
-    return data[end:]

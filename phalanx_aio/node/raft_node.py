@@ -230,6 +230,7 @@ class RaftNode:
         # Every command proposed here is wrapped after these bytes (see _envelope), which also
         # tell this node's own entries apart when they are applied.
         self._own = _envelope.prefix(node_id)
+        self._other = self._own  # the prefix of the last other proposer's entries applied
         # request id -> future of a proposal made on this node (matched by envelope), or the
         # _Batch of a propose_many call. An entry leaves once the request has its outcome.
         self._pending: dict[int, asyncio.Future[Any] | _Batch] = {}
@@ -1005,16 +1006,25 @@ class RaftNode:
 
     def _apply(self, committed: Sequence[Entry]) -> None:
         """Apply committed entries in order; give this node's proposers their outcomes."""
-        sm_apply, pending, own = self._sm.apply, self._pending, self._own
-        start = len(own) + 8
+        sm_apply, pending, own, other = self._sm.apply, self._pending, self._own, self._other
+        start, other_start = len(own) + 8, len(other) + 8
         for e in committed:
             if e.type is not EntryType.NORMAL:
                 self._apply_other(e)
                 continue
             data = e.data
-            # This node's own entries first, by their prefix (as unwrap would find them).
+            # Envelopes recognised by their prefix, as unwrap would find them: this node's
+            # own, then those of the last other proposer seen (a follower's leader).
             mine = data.startswith(own) and len(data) >= start
-            command = data[start:] if mine else _envelope.command(data)
+            if mine:
+                command = data[start:]
+            elif data.startswith(other) and len(data) >= other_start:
+                command = data[other_start:]
+            else:
+                origin, _, command = _envelope.unwrap(data)
+                if origin is not None:
+                    other = self._other = _envelope.prefix(origin)
+                    other_start = len(other) + 8
             try:
                 result: Any = sm_apply(command)
                 error: BaseException | None = None
