@@ -790,7 +790,7 @@ class RaftNode:
         """The oldest queued proposals, within one turn's bounds (at least one)."""
         carry = self._carry
         cap = min(self._turn_cap, _TURN_MAX_PROPOSALS)
-        if len(carry) <= cap and sum(len(d) for _, d in carry) <= _TURN_MAX_BYTES:
+        if len(carry) <= cap and sum(map(len, map(itemgetter(1), carry))) <= _TURN_MAX_BYTES:
             out = list(carry)
             carry.clear()
             return out
