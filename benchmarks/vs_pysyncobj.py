@@ -28,11 +28,13 @@ run under ``phalanx_aio.run``, which raises the garbage collector's thresholds
 Prints one row per workload and configuration, with phalanx_aio's figures beside it and the
 ratio of throughputs (phalanx_aio / PySyncObj) and of p99 latencies (PySyncObj / phalanx_aio;
 above 1 means phalanx_aio is faster). Also reports the resident memory of every member after
-the run. Writes ``benchmarks/results/vs_pysyncobj.json``. Needs ``pip install
+the run. ``--repeat R`` runs the whole sequence R times, takes each ratio within its round
+(the two sides minutes apart at most) and then prints the medians and the range of the
+ratios. Writes ``benchmarks/results/vs_pysyncobj.json``. Needs ``pip install
 pysyncobj==0.3.17``. Not a test.
 
 Usage: python benchmarks/vs_pysyncobj.py [--seconds 5] [--modes closed:1,closed:100,closed:10000,open:5000]
-                                         [--pso memory,file,flushed] [--pso-batch on,off]
+                                         [--pso memory,file,flushed] [--pso-batch on,off] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import pathlib
 import platform
 import select
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -382,6 +385,28 @@ def comparison(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> list
     return rows
 
 
+_MEDIAN_KEYS = ("phalanx_ops", "pso_ops", "ops_ratio", "phalanx_p50", "pso_p50", "phalanx_p99", "pso_p99")
+
+
+def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (workload, PySyncObj configuration): the median of each figure over the
+    rounds, each ratio having been taken within its own round; ``ops_ratio_range`` is the
+    lowest and highest of those ratios."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["workload"], r["pysyncobj"]), []).append(r)
+    out = []
+    for (workload, pso), rs in groups.items():
+        row: dict[str, Any] = {"workload": workload, "pysyncobj": pso, "rounds": len(rs)}
+        for key in _MEDIAN_KEYS:
+            row[key] = statistics.median(r[key] for r in rs)
+        row["p99_ratio"] = row["pso_p99"] / row["phalanx_p99"] if row["phalanx_p99"] else float("nan")
+        ratios = [r["ops_ratio"] for r in rs]
+        row["ops_ratio_range"] = [min(ratios), max(ratios)]
+        out.append(row)
+    return out
+
+
 def _ms(x: float, width: int) -> str:
     """A latency, or "-" where no command both started and ended inside the window."""
     return f"{x:>{width}.1f}" if x == x else f"{'-':>{width}}"
@@ -414,6 +439,9 @@ def main() -> None:
     ap.add_argument("--pso", default=",".join(PSO_JOURNALS), help="PySyncObj journals: memory,file,flushed")
     ap.add_argument("--pso-batch", default="on,off", help="appendEntriesUseBatch settings to run: on,off")
     ap.add_argument("--json", default=str(HERE / "results" / "vs_pysyncobj.json"))
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="rounds of the whole sequence; ratios per round, then medians"
+    )
     # child side (a PySyncObj member)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--id", help=argparse.SUPPRESS)
@@ -443,19 +471,39 @@ def main() -> None:
         raise SystemExit(f"--pso takes {','.join(PSO_JOURNALS)}; --pso-batch takes on,off")
     args.py_spy = args.cprofile = None  # what cluster.run_one looks for
 
-    print(f"phalanx_aio (SQLite FULL, gRPC), {args.size}-byte commands")
-    ours = run_cluster("phalanx_aio", cluster.Member, modes, args)
+    ours: list[dict[str, Any]] = []
     theirs: list[dict[str, Any]] = []
-    for journal in journals:
-        for batch in batches:
-            name = f"{journal}, batch {batch}"
-            print(f"PySyncObj {pysyncobj.version.VERSION} ({name})")
-            theirs += run_cluster(
-                name, lambda nid, addr, wd, j=journal, b=batch: PsoMember(nid, addr, wd, j, b), modes, args
-            )
-    rows = comparison(ours, theirs)
-    print()
-    print(table(rows))
+    rows: list[dict[str, Any]] = []
+    for rnd in range(args.repeat):
+        tag = f" [round {rnd + 1} of {args.repeat}]" if args.repeat > 1 else ""
+        print(f"phalanx_aio (SQLite FULL, gRPC), {args.size}-byte commands{tag}")
+        ours_r = run_cluster("phalanx_aio", cluster.Member, modes, args)
+        theirs_r: list[dict[str, Any]] = []
+        for journal in journals:
+            for batch in batches:
+                name = f"{journal}, batch {batch}"
+                print(f"PySyncObj {pysyncobj.version.VERSION} ({name}){tag}")
+                theirs_r += run_cluster(
+                    name,
+                    lambda nid, addr, wd, j=journal, b=batch: PsoMember(nid, addr, wd, j, b),
+                    modes,
+                    args,
+                )
+        rows_r = comparison(ours_r, theirs_r)
+        for r in ours_r + theirs_r + rows_r:
+            r["round"] = rnd + 1
+        ours += ours_r
+        theirs += theirs_r
+        rows += rows_r
+        print()
+        print(table(rows_r))
+    summary = medians(rows)
+    if args.repeat > 1:
+        print(f"\nmedians of {args.repeat} rounds (each ratio taken within its round)")
+        print(table(summary))
+        for r in summary:
+            lo, hi = r["ops_ratio_range"]
+            print(f"  x over the rounds, {r['workload']}, {r['pysyncobj']}: {lo:.2f} to {hi:.2f}")
     for r in ours + theirs:
         if "failure" in r:
             print(f"{r['system']}: a member failed during {cluster.label(r)}: {r['failure']}")
@@ -474,7 +522,9 @@ def main() -> None:
             "phalanx_aio": "SQLite synchronous=FULL, gRPC loopback, Config.lan()",
             "pysyncobj": f"{pysyncobj.version.VERSION}, TCP loopback, autoTick=False, doTick loop per member",
         },
+        "rounds": args.repeat,
         "comparison": rows,
+        "summary": summary,
         "results": [{k: v for k, v in r.items() if k != "_lat"} for r in ours + theirs],
     }
     out.write_text(json.dumps(doc, indent=2))
