@@ -95,9 +95,11 @@ _TURN_MAX_BYTES: Final = 512 << 10
 # A leader writes its own entries in the background while its loop goes on (RaftNode._write_behind).
 # Entries handed over while a write is in flight wait for the next one (one fsync for all of
 # them); past this many, the loop waits for the disk instead of taking more proposals.
+_WRITE_BEHIND_MAX_ENTRIES: Final = 4 * _TURN_MAX_PROPOSALS
+
+# The request id of an envelope, packed after the proposer's prefix and read back (_envelope).
 _pack_request = _envelope.pack_request
 _unpack_request = _envelope.unpack_request
-_WRITE_BEHIND_MAX_ENTRIES: Final = 4 * _TURN_MAX_PROPOSALS
 
 
 class _Batch:
@@ -255,9 +257,10 @@ class RaftNode:
         self._behind_hs: HardState | None = None
         self._behind_snap: Snapshot | None = None  # a local snapshot to store, then compact
         self._writer: asyncio.Task[None] | None = None
-        # Proposals this node appended as leader, one batch per turn, oldest first:
-        # (first index, term, [(request id, data), ...]) at consecutive indexes.
-        self._placed: deque[tuple[int, int, list[tuple[int, bytes]]]] = deque()
+        # Proposals this node appended as leader and not yet committed (or found overwritten),
+        # one batch per turn: (first index, term, [(request id, data), ...]) at consecutive
+        # indexes. A few batches at most: each leaves once committed entries pass its end.
+        self._placed: list[tuple[int, int, list[tuple[int, bytes]]]] = []
         self._conf_waiters: dict[int, tuple[int, asyncio.Future[None]]] = {}
         self._deferred_conf: list[tuple[ConfChange, asyncio.Future[Any]]] = []
         self._reads: dict[bytes, tuple[Callable[[Any], Any], asyncio.Future[Any]]] = {}
@@ -828,9 +831,11 @@ class RaftNode:
         term survived whole: the check costs two comparisons per batch, not one per entry.
         """
         lo, hi = committed[0].index, committed[-1].index
-        placed = self._placed
-        while placed and placed[0][0] <= hi:
-            first, term, proposals = placed[0]
+        kept = []
+        # Every batch, not only the oldest: after losing and regaining leadership this node
+        # may have placed a batch below an older one (its log was truncated in between).
+        for batch in self._placed:
+            first, term, proposals = batch
             last = first + len(proposals) - 1
             a, b = max(first, lo), min(last, hi)
             if a <= b and (committed[a - lo].term != term or committed[b - lo].term != term):
@@ -843,8 +848,8 @@ class RaftNode:
                             exc = NotApplied(f"entry {index} was overwritten by a new leader; not applied")
                             _settle(waiter, req, None, exc)
             if last > hi:
-                break
-            placed.popleft()
+                kept.append(batch)
+        self._placed = kept
 
     async def _process_ready(self, core: Raft) -> None:
         while core.has_ready():

@@ -379,12 +379,12 @@ def encode_entries(entries: Sequence[Entry], *, limits: Limits = DEFAULT_LIMITS)
         raise EncodeError(f"entries cannot be encoded: {type(exc).__name__}: {exc}") from exc
 
 
-_last_batch: tuple[Sequence[Entry], list[bytes], int] | None = None
+_last_batch: tuple[tuple[Entry, ...], list[bytes], int] | None = None
 
 
 def _remember_batch(entries: Sequence[Entry], parts: list[bytes], size: int) -> None:
     global _last_batch
-    _last_batch = (entries, parts, size)
+    _last_batch = (tuple(entries), parts, size)  # a copy: the caller's list may change later
 
 
 def _entry_parts(entries: Sequence[Entry], limits: Limits) -> tuple[list[bytes], int]:

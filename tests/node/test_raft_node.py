@@ -219,6 +219,31 @@ def test_a_batch_overwritten_in_part_fails_only_the_overwritten_proposals() -> N
         loop.close()
 
 
+def test_batches_placed_below_an_older_one_are_checked_too() -> None:
+    """A leader that lost its leadership, had its log cut back and leads again places its
+    next batch below the older one: each is checked when committed entries reach it, and
+    neither fails before the entries at its indexes are known."""
+    h = Harness(["a", "b", "c"])
+    node = h.make("a")
+    loop = asyncio.new_event_loop()
+    try:
+        futs = {req: loop.create_future() for req in range(1, 9)}
+        node._pending.update(futs)
+        node._placed.append((20, 3, [(req, b"") for req in range(1, 5)]))  # term 3: 20-23
+        node._placed.append((15, 5, [(req, b"") for req in range(5, 9)]))  # term 5: 15-18
+        # 15-16 committed in term 5, 17-18 in term 6: requests 7 and 8 were overwritten.
+        node._check_placed([Entry(5, 15), Entry(5, 16), Entry(6, 17), Entry(6, 18)])
+        assert [req for req, f in futs.items() if f.done()] == [7, 8]
+        assert [first for first, _, _ in node._placed] == [20]  # not reached yet: kept, unjudged
+        # 19-23 committed in term 6: the term-3 batch was overwritten whole.
+        node._check_placed([Entry(6, i) for i in range(19, 24)])
+        assert all(futs[r].done() and isinstance(futs[r].exception(), NotApplied) for r in (1, 2, 3, 4))
+        assert not futs[5].done() and not futs[6].done()  # survived: applied later
+        assert not node._placed
+    finally:
+        loop.close()
+
+
 async def test_disk_full_stops_acknowledging_then_recovers(cluster: Harness) -> None:
     leader = await cluster.leader()
     await leader.propose(b"incr 1")

@@ -203,3 +203,10 @@ def test_the_same_entries_encode_the_same_whether_or_not_the_last_batch_is_reuse
     encode_entries(mutable)
     payload[:] = b"changed"
     assert decode_entries(encode_entries(mutable))[0].data == b"changed"
+
+
+def test_a_list_changed_after_it_was_encoded_is_encoded_afresh() -> None:
+    batch = [Entry(7, i, EntryType.NORMAL, b"v%d" % i) for i in range(1, 4)]
+    encode_entries(batch)
+    batch[1] = Entry(7, 2, EntryType.NORMAL, b"replaced")  # the same list, one entry replaced
+    assert decode_entries(encode_entries(batch))[1].data == b"replaced"
