@@ -144,6 +144,7 @@ def run_one(
                         "--output",
                         str(f),
                         "--nonblocking",
+                        *(["--gil"] if args.py_spy_gil else []),
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -375,6 +376,7 @@ def main() -> None:
     ap.add_argument("--png", help="write a latency histogram here (needs matplotlib)")
     ap.add_argument("--json", default=str(HERE / "results" / "cluster.json"))
     ap.add_argument("--py-spy", metavar="DIR", help="sample every member with py-spy (raw stacks)")
+    ap.add_argument("--py-spy-gil", action="store_true", help="with --py-spy: sample the GIL holder only")
     ap.add_argument("--cprofile", metavar="DIR", help="cProfile the leader during each workload")
     ap.add_argument("--keep", action="store_true", help="keep the data directory and member logs")
     ap.add_argument(
