@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from phalanx_aio.core.types import Entry, EntryType
 from phalanx_aio.errors import ClosedError, NotApplied, NotLeader, ProposalDropped, Timeout
+from phalanx_aio.node import RaftNode
 from tests.node.conftest import DEADLINE, Counter, Harness
 
 
@@ -194,18 +198,29 @@ async def test_every_overwritten_proposal_of_a_turn_fails_with_not_applied(clust
     await cluster.until(lambda: cluster.sms[leader.id].value == 21)
 
 
-def test_a_batch_overwritten_in_part_fails_only_the_overwritten_proposals() -> None:
-    """The check costs two comparisons per batch; a batch whose tail was overwritten (its
-    first entries committed in its own term) must fail exactly the overwritten ones, and a
-    batch committed across several turns must be checked in each and then forgotten."""
-    h = Harness(["a", "b", "c"])
-    node = h.make("a")
+@contextlib.contextmanager
+def two_placed_batches(
+    first: tuple[int, int], second: tuple[int, int]
+) -> Iterator[tuple[RaftNode, dict[int, asyncio.Future[Any]]]]:
+    """A node (not started) that placed two batches of four proposals as leader: requests
+    1-4 at ``first`` = (first index, term), requests 5-8 at ``second``; and their futures."""
+    node = Harness(["a", "b", "c"]).make("a")
     loop = asyncio.new_event_loop()
     try:
         futs = {req: loop.create_future() for req in range(1, 9)}
         node._pending.update(futs)
-        node._placed.append((10, 3, [(req, b"") for req in range(1, 5)]))  # indexes 10-13, term 3
-        node._placed.append((14, 3, [(req, b"") for req in range(5, 9)]))  # indexes 14-17, term 3
+        for (index, term), reqs in ((first, range(1, 5)), (second, range(5, 9))):
+            node._placed.append((index, term, [(req, b"") for req in reqs]))
+        yield node, futs
+    finally:
+        loop.close()
+
+
+def test_a_batch_overwritten_in_part_fails_only_the_overwritten_proposals() -> None:
+    """The check costs two comparisons per batch; a batch whose tail was overwritten (its
+    first entries committed in its own term) must fail exactly the overwritten ones, and a
+    batch committed across several turns must be checked in each and then forgotten."""
+    with two_placed_batches((10, 3), (14, 3)) as (node, futs):  # indexes 10-13 and 14-17
         # First turn: 10-12 committed in term 3 (survived), nothing fails, batch kept.
         node._check_placed([Entry(3, i, EntryType.NORMAL) for i in range(9, 13)])
         assert not any(f.done() for f in futs.values()) and len(node._placed) == 2
@@ -215,22 +230,13 @@ def test_a_batch_overwritten_in_part_fails_only_the_overwritten_proposals() -> N
         assert all(isinstance(futs[r].exception(), NotApplied) for r in (7, 8))
         assert 7 not in node._pending and 6 in node._pending
         assert not node._placed
-    finally:
-        loop.close()
 
 
 def test_batches_placed_below_an_older_one_are_checked_too() -> None:
     """A leader that lost its leadership, had its log cut back and leads again places its
     next batch below the older one: each is checked when committed entries reach it, and
     neither fails before the entries at its indexes are known."""
-    h = Harness(["a", "b", "c"])
-    node = h.make("a")
-    loop = asyncio.new_event_loop()
-    try:
-        futs = {req: loop.create_future() for req in range(1, 9)}
-        node._pending.update(futs)
-        node._placed.append((20, 3, [(req, b"") for req in range(1, 5)]))  # term 3: 20-23
-        node._placed.append((15, 5, [(req, b"") for req in range(5, 9)]))  # term 5: 15-18
+    with two_placed_batches((20, 3), (15, 5)) as (node, futs):  # term 3: 20-23, then term 5: 15-18
         # 15-16 committed in term 5, 17-18 in term 6: requests 7 and 8 were overwritten.
         node._check_placed([Entry(5, 15), Entry(5, 16), Entry(6, 17), Entry(6, 18)])
         assert [req for req, f in futs.items() if f.done()] == [7, 8]
@@ -240,8 +246,6 @@ def test_batches_placed_below_an_older_one_are_checked_too() -> None:
         assert all(futs[r].done() and isinstance(futs[r].exception(), NotApplied) for r in (1, 2, 3, 4))
         assert not futs[5].done() and not futs[6].done()  # survived: applied later
         assert not node._placed
-    finally:
-        loop.close()
 
 
 async def test_disk_full_stops_acknowledging_then_recovers(cluster: Harness) -> None:
