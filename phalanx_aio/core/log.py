@@ -18,6 +18,11 @@ __all__ = ["RaftLog"]
 _data_of = attrgetter("data")
 
 
+def _size(entries: Sequence[Entry]) -> int:
+    """:meth:`Entry.size` summed, in C."""
+    return sum(map(len, map(_data_of, entries))) + 16 * len(entries)
+
+
 class RaftLog:
     """Entries after a snapshot point, with the commit, apply and persistence marks.
 
@@ -92,15 +97,14 @@ class RaftLog:
 
     def size_of(self, lo: int, hi: int) -> int:
         """Flow-control bytes (:meth:`Entry.size` summed) of the held entries ``[lo, hi)``."""
-        part = self.entries[lo - self.snap_index - 1 : hi - self.snap_index - 1]
-        return sum(map(len, map(_data_of, part))) + 16 * len(part)
+        return _size(self.entries[lo - self.snap_index - 1 : hi - self.snap_index - 1])
 
     def slice(self, lo: int, hi: int, max_bytes: int, max_count: int) -> list[Entry]:
         """Entries ``[lo, hi)``, stopping before ``max_bytes``/``max_count`` (at least one)."""
         start = lo - self.snap_index - 1
         end = min(hi - self.snap_index - 1, start + max_count)
         out = self.entries[start:end]
-        if sum(map(len, map(_data_of, out))) + 16 * len(out) <= max_bytes:
+        if _size(out) <= max_bytes:
             return out
         size = 0
         for i, e in enumerate(out):

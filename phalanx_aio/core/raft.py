@@ -326,10 +326,9 @@ class Raft:
             self.prs[self.id].match = self.log.unstable - 1
             self.prs[self.id].become_replicate()
         # Uncommitted entries of earlier terms count towards the limit too (conservative).
-        for i in range(self.log.committed + 1, last + 1):
-            self._uncommitted_bytes += self.log.entry(i).size()
+        self._uncommitted_bytes += self.log.size_of(self.log.committed + 1, last + 1)
         # §8: a no-op entry of this term lets earlier entries commit and starts ReadIndex.
-        self._append([(EntryType.NOOP, b"")])
+        self._append(EntryType.NOOP, [b""])
 
     def campaign(self, transfer: bool = False) -> None:
         """Start an election now (pre-vote first, unless ``transfer`` or pre-vote is off).
@@ -503,16 +502,8 @@ class Raft:
                 return None
             raise NotLeader(self.leader)
         datas = list(map(bytes, commands))  # a copy of a bytearray; bytes as they are
-        nbytes = sum(map(len, datas)) + 16 * len(datas)
-        self._check_can_propose(nbytes)
-        # Built without a Python loop per command: a leader makes one Entry per command.
-        term = self.term
-        first = self.log.last_index() + 1
-        indexes = range(first, first + len(datas))
-        self.log.append(list(map(Entry, repeat(term), indexes, repeat(EntryType.NORMAL), datas)))
-        self._uncommitted_bytes += nbytes
-        self._bcast_entries = True  # the leader's own copy counts once durable (see _append)
-        return term, first
+        self._check_can_propose(sum(map(len, datas)) + 16 * len(datas))
+        return self.term, self._append(EntryType.NORMAL, datas)
 
     def _check_can_propose(self, nbytes: int) -> None:
         if self.lead_transferee is not None:
@@ -539,27 +530,24 @@ class Raft:
         if self.confs.last_index > self.log.committed:
             raise ProposalDropped("another membership change is still pending")
         new = apply_change(self.confs.current, change)
-        return self._append([(EntryType.CONF, encode_conf(change, new))])[0]
+        return self.term, self._append(EntryType.CONF, [encode_conf(change, new)])
 
-    def _append(self, items: Sequence[tuple[EntryType, bytes]]) -> list[tuple[int, int]]:
+    def _append(self, etype: EntryType, datas: Sequence[bytes]) -> int:
+        """Append entries of one type, in this term, after the last; returns the first's index.
+        Built without a Python loop per entry: a leader makes one ``Entry`` per command."""
         term = self.term
-        index = self.log.last_index()
-        entries = []
-        out = []
-        for etype, data in items:
-            index += 1
-            e = Entry(term, index, etype, data)
-            entries.append(e)
-            out.append((term, index))
-            self._uncommitted_bytes += len(data) + 16
+        first = self.log.last_index() + 1
+        indexes = range(first, first + len(datas))
+        entries = list(map(Entry, repeat(term), indexes, repeat(etype), datas))
         self.log.append(entries)
-        for e in entries:
-            if e.type is EntryType.CONF:
+        self._uncommitted_bytes += self.log.size_of(first, first + len(datas))
+        if etype is EntryType.CONF:
+            for e in entries:
                 self._apply_conf(e.index, decode_conf(e.data)[1])
         # The leader's own copy counts towards a commit only once it is durable: advance()
         # moves our match when the driver reports these entries persisted (thesis §10.2.1).
         self._bcast_entries = True
-        return out
+        return first
 
     def read_index(self, context: bytes) -> None:
         """Ask for a linearizable read point (ReadIndex, thesis §6.4).
@@ -750,7 +738,7 @@ class Raft:
                 self._check_can_propose(sum(e.size() for e in m.entries))
             except ProposalDropped:
                 return  # the follower's caller times out: outcome unknown to it, but never applied
-            self._append([(EntryType.NORMAL, e.data) for e in m.entries])
+            self._append(EntryType.NORMAL, [e.data for e in m.entries])
             return
         if t is _READ_INDEX:
             self._leader_read(m.context, m.frm)

@@ -129,13 +129,15 @@ class _Batch:
 
 
 def _settle(w: asyncio.Future[Any] | _Batch, req: int, value: Any, exc: BaseException | None) -> None:
-    """Give request ``req`` its outcome, whether it waits alone or in a batch."""
-    if w.__class__ is _Batch:
+    """Give request ``req`` its outcome, whether it waits alone or in a batch (once: a
+    future already done, e.g. timed out, keeps its outcome)."""
+    if isinstance(w, _Batch):
         w.settle(req, value, exc)
-    elif exc is None:
-        _set_result(w, value)  # type: ignore[arg-type]
-    else:
-        _set_exc(w, exc)  # type: ignore[arg-type]
+    elif not w.done():
+        if exc is None:
+            w.set_result(value)
+        else:
+            w.set_exception(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1039,15 +1041,8 @@ class RaftNode:
             if mine:
                 req = _unpack_request(data, start - 8)[0]
                 waiter = pending.pop(req, None)
-                if waiter is None:
-                    continue
-                if isinstance(waiter, _Batch):
-                    waiter.settle(req, result, error)
-                elif not waiter.done():
-                    if error is None:
-                        waiter.set_result(result)
-                    else:
-                        waiter.set_exception(error)
+                if waiter is not None:
+                    _settle(waiter, req, result, error)
 
     def _apply_other(self, e: Entry) -> None:
         """Apply a membership change (a new leader's empty entry needs nothing)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from operator import attrgetter
 
@@ -62,22 +62,21 @@ def entry_rows(entries: Sequence[Entry]) -> list[tuple[int, int, int, bytes, int
     Built column by column (``map`` over C functions) rather than with one Python call per
     entry; the type is stored as a plain integer.
     """
-    idx = list(map(_index_of, entries))
-    terms = list(map(_term_of, entries))
-    types = list(map(int, map(_type_of, entries)))
-    datas = list(map(_data_of, entries))
-    return list(zip(idx, terms, types, datas, entry_crcs(idx, terms, types, datas), strict=True))
+    return list(_rows(entries))
 
 
 def entry_values(entries: Sequence[Entry]) -> list[int | bytes]:
     """The values of :func:`entry_rows`, row after row, in one flat list (the parameters of
     a multi-row ``INSERT``)."""
+    return list(chain.from_iterable(_rows(entries)))
+
+
+def _rows(entries: Sequence[Entry]) -> Iterator[tuple[int, int, int, bytes, int]]:
     idx = list(map(_index_of, entries))
     terms = list(map(_term_of, entries))
     types = list(map(int, map(_type_of, entries)))
     datas = list(map(_data_of, entries))
-    crcs = entry_crcs(idx, terms, types, datas)
-    return list(chain.from_iterable(zip(idx, terms, types, datas, crcs, strict=True)))
+    return zip(idx, terms, types, datas, entry_crcs(idx, terms, types, datas), strict=True)
 
 
 def entry_crcs(
