@@ -181,6 +181,8 @@ class RaftNode:
     ``await node.aclose()``). ``peers`` (id to address) and ``address`` make up the first
     configuration of a brand-new cluster; on a restart the configuration comes from storage.
     With ``join=True`` a brand-new node starts empty and waits to be added by the cluster.
+    ``node_id`` is a non-empty string of at most 255 bytes in UTF-8 (every command this node
+    proposes carries it); anything else raises :class:`~phalanx_aio.errors.LocalError`.
     """
 
     def __init__(
