@@ -3,9 +3,10 @@
 For each batch size, one "commit" is one durable transaction holding ``batch`` 64-byte entries:
 ``SQLiteStorage.save(entries=...)`` on one side, and on the other the same statements run
 directly with :mod:`sqlite3` on the calling thread (same schema, same pragmas: WAL journal and
-the same ``synchronous`` mode, same CRC-32 per row, ``BEGIN IMMEDIATE`` / ``executemany`` /
-``COMMIT``). Both run in the same process on the same disk, in alternating blocks of commits
-(so drifts in fsync latency hit both alike); the ratio is storage / plain throughput
+the same ``synchronous`` mode, the same rows of packed entries with their CRC-32,
+``BEGIN IMMEDIATE`` / ``executemany`` / ``COMMIT``). Both run in the same process on the same
+disk, in alternating blocks of commits (so drifts in fsync latency hit both alike); the ratio
+is storage / plain throughput
 (1.0 = no overhead from asyncio and the aiosqlite thread hop).
 
 Usage::
@@ -36,8 +37,8 @@ from typing import Any, TypeVar
 
 from phalanx_aio.core.types import Entry
 from phalanx_aio.storage import SQLiteStorage
-from phalanx_aio.storage._codec import entry_rows
-from phalanx_aio.storage.sqlite import INSERT_ENTRY, SCHEMA, _pragmas
+from phalanx_aio.storage._codec import batch_rows
+from phalanx_aio.storage.sqlite import INSERT_BATCH, ROW_ENTRIES, SCHEMA, _pragmas
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 BATCHES = (1, 10, 100, 1000)
@@ -75,10 +76,10 @@ class Plain:
         self.conn.execute("COMMIT")
 
     def save(self, entries: list[Entry]) -> None:
-        """One durable transaction inserting ``entries`` (with their checksums)."""
+        """One durable transaction inserting ``entries`` (packed in rows, with their checksums)."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(INSERT_ENTRY, entry_rows(entries))
+        conn.executemany(INSERT_BATCH, batch_rows(entries, ROW_ENTRIES))
         conn.execute("COMMIT")
 
 

@@ -10,20 +10,20 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
-from itertools import chain
+from collections.abc import Iterable, Sequence
 from operator import attrgetter
 
+from phalanx_aio._entry_batch import decode_entries_at, entry_parts
 from phalanx_aio.core.types import ConfState, Entry, HardState
 
 __all__ = [
+    "batch_crc",
+    "batch_rows",
+    "decode_batch",
     "decode_conf_state",
     "encode_conf_state",
     "entry_crc",
     "entry_crcs",
-    "entry_row",
-    "entry_rows",
-    "entry_values",
     "hard_state_crc",
     "hard_state_row",
     "identity_crc",
@@ -34,49 +34,17 @@ _ENTRY_HEAD = struct.Struct(">QQB")  # index, term, type
 _HARD_HEAD = struct.Struct(">QQ")  # term, commit
 _SNAP_HEAD = struct.Struct(">QQQ")  # index, term, len(conf)
 _IDENT_HEAD = struct.Struct(">II")  # schema version, len(node id)
+_BATCH_HEAD = struct.Struct(">QQ")  # first index, last index
 
 _crc32 = zlib.crc32
 _pack_entry = _ENTRY_HEAD.pack
+_index_of = attrgetter("index")
 
 
 def entry_crc(index: int, term: int, type_: int, data: bytes) -> int:
-    """Checksum of one log entry: its index, term, type and payload."""
+    """Checksum of one log entry of a schema 1 store (a row per entry): its index, term, type
+    and payload."""
     return _crc32(data, _crc32(_pack_entry(index, term, type_)))
-
-
-def entry_row(e: Entry) -> tuple[int, int, int, bytes, int]:
-    """The ``entries`` table row of ``e``: ``(idx, term, type, data, crc)``."""
-    i, t, ty, d = e.index, e.term, int(e.type), e.data
-    return (i, t, ty, d, _crc32(d, _crc32(_pack_entry(i, t, ty))))
-
-
-_index_of = attrgetter("index")
-_term_of = attrgetter("term")
-_type_of = attrgetter("type")
-_data_of = attrgetter("data")
-
-
-def entry_rows(entries: Sequence[Entry]) -> list[tuple[int, int, int, bytes, int]]:
-    """The ``entries`` table rows of a batch, as :func:`entry_row` gives them one by one.
-
-    Built column by column (``map`` over C functions) rather than with one Python call per
-    entry; the type is stored as a plain integer.
-    """
-    return list(_rows(entries))
-
-
-def entry_values(entries: Sequence[Entry]) -> list[int | bytes]:
-    """The values of :func:`entry_rows`, row after row, in one flat list (the parameters of
-    a multi-row ``INSERT``)."""
-    return list(chain.from_iterable(_rows(entries)))
-
-
-def _rows(entries: Sequence[Entry]) -> Iterator[tuple[int, int, int, bytes, int]]:
-    idx = list(map(_index_of, entries))
-    terms = list(map(_term_of, entries))
-    types = list(map(int, map(_type_of, entries)))
-    datas = list(map(_data_of, entries))
-    return zip(idx, terms, types, datas, entry_crcs(idx, terms, types, datas), strict=True)
 
 
 def entry_crcs(
@@ -90,6 +58,47 @@ def entry_crcs(
     # CRC-32 is a running checksum: crc32(head + data) == crc32(data, crc32(head)), and the
     # second form copies no payload.
     return list(map(_crc32, datas, map(_crc32, map(_pack_entry, indexes, terms, types))))
+
+
+def batch_crc(first: int, last: int, blob: bytes) -> int:
+    """Checksum of one ``entry_batches`` row: the indexes it claims and its blob."""
+    return _crc32(blob, _crc32(_BATCH_HEAD.pack(first, last)))
+
+
+def batch_rows(entries: Sequence[Entry], per_row: int) -> list[tuple[int, int, bytes, int]]:
+    """The ``entry_batches`` rows of contiguous ``entries``: ``(first, last, blob, crc)``, at
+    most ``per_row`` entries each.
+
+    The blob is the packed batch layout that the transport also sends (``_entry_batch``); if
+    the same entry objects were just encoded for a follower, that encoding is reused. Raises
+    :class:`~phalanx_aio._entry_batch.EncodeError` naming an entry that cannot be encoded.
+    """
+    rows = []
+    for start in range(0, len(entries), per_row):
+        chunk = entries if len(entries) <= per_row else entries[start : start + per_row]
+        parts, _ = entry_parts(chunk, per_row, remember=False)
+        blob = b"".join(parts)
+        first, last = chunk[0].index, chunk[-1].index
+        rows.append((first, last, blob, _crc32(blob, _crc32(_BATCH_HEAD.pack(first, last)))))
+    return rows
+
+
+def decode_batch(
+    blob: bytes, first: int, last: int, terms_seen: dict[int, int] | None = None
+) -> tuple[Entry, ...]:
+    """The entries of an ``entry_batches`` row whose checksum matched.
+
+    Raises :class:`~phalanx_aio.errors.ProtocolError` if the blob is malformed, and
+    ``ValueError`` unless it holds exactly the entries ``first .. last``, in order.
+    """
+    count = last - first + 1
+    if count < 1:
+        raise ValueError(f"the row claims entries {first}..{last}")
+    entries = decode_entries_at(blob, 0, len(blob), count, terms_seen)
+    if list(map(_index_of, entries)) != list(range(first, last + 1)):
+        held = f"{entries[0].index}..{entries[-1].index}" if entries else "none"
+        raise ValueError(f"the row claims entries {first}..{last} but holds {len(entries)} ({held})")
+    return entries
 
 
 def hard_state_crc(term: int, vote: str | None, commit: int) -> int:

@@ -1,12 +1,16 @@
 """A durable store in one SQLite database (WAL journal), driven through aiosqlite.
 
-Layout (schema version 1). Each table but ``entries`` holds exactly one row (``k = 1``); every
-row carries a CRC-32 of its canonical encoding (see ``_codec``)::
+Layout (schema version 2). Each table but ``entry_batches`` holds exactly one row (``k = 1``);
+every row carries a CRC-32 of its canonical encoding (see ``_codec``)::
 
     identity(k, schema_version, node_id, cluster_id, crc)
     hard_state(k, term, vote, commit_index, crc)
     snapshot(k, idx, term, conf, data, crc)       -- idx 0: no snapshot yet
-    entries(idx PRIMARY KEY, term, type, data, crc)
+    entry_batches(first PRIMARY KEY, last, data, crc)
+
+A row of ``entry_batches`` holds the log entries ``first .. last`` (at most 1,024) packed in
+the layout the transport sends (``_entry_batch``): one row per write rather than one per
+entry. Schema version 1 (one row per entry in a table ``entries``) is converted when opened.
 
 The database header carries ``application_id`` 0x50484C58 ("PHLX") and ``user_version`` (the
 schema version), so a foreign or future file is recognised before anything is read.
@@ -29,15 +33,18 @@ from typing import Literal, TypeVar, cast
 
 import aiosqlite
 
+from phalanx_aio._entry_batch import EncodeError
 from phalanx_aio.core.raft import InitialState
 from phalanx_aio.core.types import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
-from phalanx_aio.errors import ConfigError, LocalError, StorageError
+from phalanx_aio.errors import ConfigError, LocalError, ProtocolError, StorageError
 from phalanx_aio.storage._codec import (
+    batch_crc,
+    batch_rows,
+    decode_batch,
     decode_conf_state,
     encode_conf_state,
     entry_crc,
     entry_crcs,
-    entry_values,
     hard_state_crc,
     hard_state_row,
     identity_crc,
@@ -57,11 +64,15 @@ if sys.platform != "win32":
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStorage"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The on-disk layout this code reads and writes (kept in the header's ``user_version``)."""
 APPLICATION_ID = 0x50484C58
 """SQLite ``application_id`` of a phalanx_aio store ("PHLX")."""
 
+_CREATE_BATCHES = (
+    "CREATE TABLE entry_batches (first INTEGER PRIMARY KEY, last INTEGER NOT NULL,"
+    " data BLOB NOT NULL, crc INTEGER NOT NULL)"
+)
 SCHEMA = (
     "CREATE TABLE identity (k INTEGER PRIMARY KEY CHECK (k = 1), schema_version INTEGER NOT NULL,"
     " node_id TEXT NOT NULL, cluster_id TEXT NOT NULL, crc INTEGER NOT NULL)",
@@ -69,14 +80,13 @@ SCHEMA = (
     " commit_index INTEGER NOT NULL, crc INTEGER NOT NULL)",
     "CREATE TABLE snapshot (k INTEGER PRIMARY KEY CHECK (k = 1), idx INTEGER NOT NULL,"
     " term INTEGER NOT NULL, conf BLOB NOT NULL, data BLOB NOT NULL, crc INTEGER NOT NULL)",
-    "CREATE TABLE entries (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, type INTEGER NOT NULL,"
-    " data BLOB NOT NULL, crc INTEGER NOT NULL)",
+    _CREATE_BATCHES,
 )
 """The statements that create an empty store (shared with the benchmark's baseline)."""
 
-INSERT_ENTRY = "INSERT INTO entries (idx, term, type, data, crc) VALUES (?, ?, ?, ?, ?)"
-_ROWS_PER_INSERT = 100  # 500 parameters: under SQLite's oldest limit (999)
-_INSERT_ENTRIES = INSERT_ENTRY + ", (?, ?, ?, ?, ?)" * (_ROWS_PER_INSERT - 1)
+INSERT_BATCH = "INSERT INTO entry_batches (first, last, data, crc) VALUES (?, ?, ?, ?)"
+ROW_ENTRIES = 1024
+"""The most log entries one row of ``entry_batches`` holds."""
 _PUT_HARD_STATE = (
     "INSERT OR REPLACE INTO hard_state (k, term, vote, commit_index, crc) VALUES (1, ?, ?, ?, ?)"
 )
@@ -87,7 +97,9 @@ _SQLITE_TOOBIG = 18
 _MAX_PAGES = 0xFFFFFFFE  # SQLite's own ceiling; asking for more is clamped
 _HEADER_MAGIC = b"SQLite format 3\x00"
 _ENTRY_TYPES = {int(t): t for t in EntryType}
-_LOAD_CHUNK = 65_536  # rows read and checked at a time when loading the log
+_LOAD_CHUNK = 65_536  # schema 1 rows (one entry each) read and checked at a time
+_LOAD_BATCHES = 64  # entry_batches rows read at a time
+_READABLE_VERSIONS = (1, SCHEMA_VERSION)
 _T = TypeVar("_T")
 
 
@@ -242,9 +254,11 @@ class SQLiteStorage(Storage):
             raise StorageError(f"{path}: cannot open the store: {exc.strerror or exc}") from exc
         try:
             self._lock(fd)
-            _check_header(path, fd)
-            state, shape = self._verify_sync(node_id, cluster_id)
+            version = _check_header(path, fd)
+            state, shape = self._verify_sync(node_id, cluster_id, version)
             conn = self._connect_rw()
+            if version != SCHEMA_VERSION:
+                self._upgrade_sync(conn, node_id, cluster_id, state.entries)
         except BaseException:
             os.close(fd)
             self._lock_fd = None
@@ -310,8 +324,12 @@ class SQLiteStorage(Storage):
         except OSError as exc:
             raise StorageError(f"{path}: cannot create the store: {exc.strerror or exc}") from exc
 
-    def _verify_sync(self, node_id: str, cluster_id: str) -> tuple[InitialState, LogShape]:
-        """Read and check everything on a read-only connection (it never writes the file)."""
+    def _verify_sync(self, node_id: str, cluster_id: str, version: int) -> tuple[InitialState, LogShape]:
+        """Read and check everything on a read-only connection (it never writes the file).
+
+        ``version`` is the schema version in the header: the identity row must say the same,
+        and the log is read in that version's layout.
+        """
         path = self._path
         uri = pathlib.Path(path).resolve().as_uri() + "?mode=ro"
         try:
@@ -326,10 +344,13 @@ class SQLiteStorage(Storage):
                         raise StorageError(
                             f"{path}: the database is corrupt (SQLite quick_check: {'; '.join(problems)})"
                         )
-                _check_identity(path, conn, node_id, cluster_id)
+                _check_identity(path, conn, node_id, cluster_id, version)
                 hard_state = _load_hard_state(path, conn)
                 snapshot = _load_snapshot(path, conn)
-                entries = _load_entries(path, conn)
+                if version == 1:
+                    entries = _load_entry_rows(path, conn)
+                else:
+                    entries = _load_batches(path, conn, snapshot.meta.index)
                 conn.execute("COMMIT")
             finally:
                 conn.close()
@@ -339,6 +360,37 @@ class SQLiteStorage(Storage):
             raise StorageError(f"{path}: the database is corrupt ({exc})") from exc
         shape = check_loaded_log(path, hard_state, snapshot, entries)
         return InitialState(hard_state, snapshot, tuple(entries)), shape
+
+    def _upgrade_sync(
+        self, conn: sqlite3.Connection, node_id: str, cluster_id: str, entries: Sequence[Entry]
+    ) -> None:
+        """Convert a verified schema 1 store to the current layout in one transaction: either
+        all of it is converted or, if anything fails (a full disk), the file is unchanged."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(_CREATE_BATCHES)
+                conn.executemany(INSERT_BATCH, batch_rows(entries, ROW_ENTRIES))
+                conn.execute("DROP TABLE entries")
+                conn.execute(
+                    "UPDATE identity SET schema_version = ?, crc = ? WHERE k = 1",
+                    (SCHEMA_VERSION, identity_crc(SCHEMA_VERSION, node_id, cluster_id)),
+                )
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StorageError(
+                f"{self._path}: converting the store from schema version 1 to {SCHEMA_VERSION} failed "
+                f"({_describe(exc)}); the file is unchanged"
+            ) from exc
+        except BaseException:
+            conn.close()
+            raise
 
     def _connect_rw(self) -> sqlite3.Connection:
         path = self._path
@@ -395,12 +447,12 @@ class SQLiteStorage(Storage):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if snapshot is not None:
-                    conn.execute("DELETE FROM entries")
+                    conn.execute("DELETE FROM entry_batches")
                     conn.execute(_PUT_SNAPSHOT, _snapshot_row(snapshot))
                 if entries:
                     if delete_from is not None:
-                        conn.execute("DELETE FROM entries WHERE idx >= ?", (delete_from,))
-                    _insert_entries(conn, entries)
+                        self._truncate(conn, delete_from)
+                    conn.executemany(INSERT_BATCH, batch_rows(entries, ROW_ENTRIES))
                 if hard_state is not None:
                     conn.execute(_PUT_HARD_STATE, hard_state_row(hard_state))
                 conn.execute("COMMIT")
@@ -409,6 +461,8 @@ class SQLiteStorage(Storage):
                 raise
         except sqlite3.Error as exc:
             raise self._write_failed("saving", exc) from exc
+        except EncodeError as exc:
+            raise LocalError(f"{self._path}: cannot store the entries: {exc}") from exc
         self._shape = shape
         self._last_error = None
 
@@ -423,7 +477,9 @@ class SQLiteStorage(Storage):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute(_PUT_SNAPSHOT, _snapshot_row(snapshot))
-                conn.execute("DELETE FROM entries WHERE idx <= ?", (snapshot.meta.index,))
+                # A row that straddles the snapshot's index stays whole; loading skips the entries
+                # it holds up to the snapshot, and the next compaction deletes it.
+                conn.execute("DELETE FROM entry_batches WHERE last <= ?", (snapshot.meta.index,))
                 conn.execute("COMMIT")
             except BaseException:
                 self._rollback(conn)
@@ -481,12 +537,35 @@ class SQLiteStorage(Storage):
         return conn
 
     def _term_at(self, index: int) -> int:
-        row = self._connection().execute("SELECT term FROM entries WHERE idx = ?", (index,)).fetchone()
-        if row is None:
-            err = StorageError(f"{self._path}: log entry {index} has disappeared from the database")
+        first, row = self._row_holding(self._connection(), index)
+        return row[index - first].term
+
+    def _row_holding(self, conn: sqlite3.Connection, index: int) -> tuple[int, tuple[Entry, ...]]:
+        """The first index and the entries of the row that holds ``index`` (checked)."""
+        row = conn.execute(
+            "SELECT first, last, data, crc FROM entry_batches WHERE first <= ? ORDER BY first DESC LIMIT 1",
+            (index,),
+        ).fetchone()
+        try:
+            if row is None or not isinstance(row[1], int) or row[1] < index:
+                raise StorageError(f"{self._path}: log entry {index} has disappeared from the database")
+            return row[0], _batch_entries(self._path, *row)
+        except StorageError as err:
             self._failed = err
-            raise err
-        return int(row[0])
+            raise
+
+    def _truncate(self, conn: sqlite3.Connection, index: int) -> None:
+        """Delete the stored entries from ``index`` on (in the open transaction); a row that
+        holds entries on both sides is rewritten with the ones before ``index``."""
+        straddling = conn.execute(
+            "SELECT first FROM entry_batches WHERE first < ? AND last >= ?", (index, index)
+        ).fetchone()
+        if straddling is not None:
+            first, kept = self._row_holding(conn, index - 1)
+            conn.execute("DELETE FROM entry_batches WHERE first >= ?", (first,))
+            conn.executemany(INSERT_BATCH, batch_rows(kept[: index - first], ROW_ENTRIES))
+        else:
+            conn.execute("DELETE FROM entry_batches WHERE first >= ?", (index,))
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         if not conn.in_transaction:
@@ -541,8 +620,9 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _check_header(path: str, fd: int) -> None:
-    """Check the 100-byte SQLite header before SQLite itself reads the file."""
+def _check_header(path: str, fd: int) -> int:
+    """Check the 100-byte SQLite header before SQLite itself reads the file; return the schema
+    version it names."""
     size = os.fstat(fd).st_size
     if size == 0:
         raise StorageError(f"{path}: the file is empty (truncated to zero bytes?)")
@@ -562,13 +642,13 @@ def _check_header(path: str, fd: int) -> None:
             f"expected 0x{APPLICATION_ID:08x})"
         )
     version = int.from_bytes(head[60:64], "big")
-    if version != SCHEMA_VERSION:
+    if version not in _READABLE_VERSIONS:
         raise StorageError(_unknown_version(path, version))
     if head[18] != 2 or head[19] != 2:
         raise StorageError(f"{path}: the database is not in WAL mode (damaged header?)")
     wal = path + "-wal"
     if os.path.exists(wal) and os.path.getsize(wal) > 0:
-        return  # pages may live in the WAL: SQLite and the checks below judge the whole
+        return version  # pages may live in the WAL: SQLite and the checks below judge the whole
     if size % page_size:
         raise StorageError(
             f"{path}: the file is truncated or damaged: {size} bytes is not a whole number of "
@@ -580,10 +660,14 @@ def _check_header(path: str, fd: int) -> None:
             f"{path}: the file is truncated: its header says {pages} pages of {page_size} bytes "
             f"({pages * page_size} bytes) but it has {size}"
         )
+    return version
 
 
 def _unknown_version(path: str, version: object) -> str:
-    return f"{path}: unknown schema version {version!r} (this phalanx_aio reads version {SCHEMA_VERSION})"
+    return (
+        f"{path}: unknown schema version {version!r} (this phalanx_aio reads versions "
+        f"{', '.join(map(str, _READABLE_VERSIONS))})"
+    )
 
 
 def _one_row(path: str, conn: sqlite3.Connection, table: str, columns: str) -> tuple[object, ...]:
@@ -603,7 +687,9 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _check_identity(path: str, conn: sqlite3.Connection, node_id: str, cluster_id: str) -> None:
+def _check_identity(
+    path: str, conn: sqlite3.Connection, node_id: str, cluster_id: str, header_version: int
+) -> None:
     version, raw_node, raw_cluster, crc = _one_row(
         path, conn, "identity", "schema_version, node_id, cluster_id, crc"
     )
@@ -615,8 +701,11 @@ def _check_identity(path: str, conn: sqlite3.Connection, node_id: str, cluster_i
         or crc != identity_crc(version, node, cluster)
     ):
         raise StorageError(f"{path}: the identity row fails its checksum (corrupt)")
-    if version != SCHEMA_VERSION:
-        raise StorageError(_unknown_version(path, version))
+    if version != header_version:
+        raise StorageError(
+            f"{path}: the identity row says schema version {version} but the header says "
+            f"{header_version} (damaged store)"
+        )
     if (node, cluster) != (node_id, cluster_id):
         raise StorageError(
             f"{path}: the store belongs to node {node!r} of cluster {cluster!r}, not to node {node_id!r} "
@@ -661,8 +750,55 @@ def _load_snapshot(path: str, conn: sqlite3.Connection) -> Snapshot:
     return Snapshot(SnapshotMeta(index, term, conf_state), data)
 
 
-def _load_entries(path: str, conn: sqlite3.Connection) -> list[Entry]:
-    """Every stored entry, each checked against its checksum before it is returned.
+def _load_batches(path: str, conn: sqlite3.Connection, snap_index: int) -> list[Entry]:
+    """Every stored entry after the snapshot (``snap_index``), each row checked against its
+    checksum and its claimed indexes before its entries are returned.
+
+    The first row may hold entries up to the snapshot's index as well (compaction deletes
+    whole rows only): those are skipped. The cyclic garbage collector is paused meanwhile, as
+    in :func:`_load_entry_rows`; entries of one term share one ``int`` for it.
+    """
+    entries: list[Entry] = []
+    terms: dict[int, int] = {}
+    cursor = conn.execute("SELECT first, last, data, crc FROM entry_batches ORDER BY first")
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        while rows := cursor.fetchmany(_LOAD_BATCHES):
+            for first, last, data, crc in rows:
+                batch = _batch_entries(path, first, last, data, crc, terms)
+                if not entries and first <= snap_index < last:
+                    batch = batch[snap_index - first + 1 :]
+                entries += batch
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return entries
+
+
+def _batch_entries(
+    path: str, first: object, last: object, data: object, crc: object, terms: dict[int, int] | None = None
+) -> tuple[Entry, ...]:
+    """The entries of one ``entry_batches`` row, or :class:`StorageError` if it fails a check."""
+    if not (type(first) is int and type(last) is int and type(data) is bytes):
+        raise StorageError(
+            f"{path}: the row of log entries {first!r}..{last!r} has damaged columns (corrupt row)"
+        )
+    try:
+        ok = crc == batch_crc(first, last, data)
+    except (struct.error, OverflowError):
+        ok = False
+    if not ok:
+        raise StorageError(f"{path}: log entries {first}..{last} fail their checksum (corrupt row)")
+    try:
+        return decode_batch(data, first, last, terms)
+    except (ProtocolError, ValueError) as exc:
+        raise StorageError(f"{path}: log entries {first}..{last} are malformed: {exc}") from exc
+
+
+def _load_entry_rows(path: str, conn: sqlite3.Connection) -> list[Entry]:
+    """Every entry of a schema 1 store (one row per entry), each checked against its checksum
+    before it is returned.
 
     Rows are read and checked in chunks, column by column (``map`` over C functions rather than
     Python code per row); the cyclic garbage collector is paused meanwhile (a million new
@@ -715,17 +851,3 @@ def _check_rows_one_by_one(path: str, rows: list[tuple[object, ...]]) -> None:
             raise StorageError(f"{path}: log entry {index} fails its checksum (corrupt row)")
         if types.get(type_) is None:  # type: ignore[call-overload]
             raise StorageError(f"{path}: log entry {index} has an unknown type {type_!r}")
-
-
-def _insert_entries(conn: sqlite3.Connection, entries: Sequence[Entry]) -> None:
-    """Insert ``entries`` (in one open transaction), a hundred rows per statement: SQLite's
-    per-statement cost, and Python's per-row one, shrink by a third against one row each."""
-    values = entry_values(entries)
-    width = 5 * _ROWS_PER_INSERT
-    full = len(values) // width * width
-    if full:
-        chunks = map(slice, range(0, full, width), range(width, full + 1, width))
-        conn.executemany(_INSERT_ENTRIES, map(values.__getitem__, chunks))
-    if full < len(values):
-        rest = iter(values[full:])
-        conn.executemany(INSERT_ENTRY, zip(rest, rest, rest, rest, rest, strict=True))

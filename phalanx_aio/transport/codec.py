@@ -29,14 +29,12 @@ import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from itertools import accumulate
-from operator import attrgetter, is_
 from typing import Any, NamedTuple, NoReturn, TypeVar
 
+from phalanx_aio._entry_batch import MAX_INT, EncodeError, decode_entries_at, entry_parts
 from phalanx_aio.core.types import (
     ConfState,
     Entry,
-    EntryType,
     Message,
     MessageType,
     Snapshot,
@@ -108,21 +106,6 @@ STREAM_METHOD = "/phalanx.v1.RaftPeer/Stream"
 INSTALL_SNAPSHOT_METHOD = "/phalanx.v1.RaftPeer/InstallSnapshot"
 """The gRPC path of snapshot transfer (client streaming: SnapshotChunk in, SnapshotAck out)."""
 
-MAX_INT = (1 << 63) - 1
-"""The largest term, index or counter on the wire: they live in SQLite's signed 64-bit integers."""
-
-_ENTRY_BATCH_VERSION = 1
-_BATCH_HEADER = struct.Struct("<BI")  # version, count
-_ENTRY_RECORD = struct.Struct("<QQBI")  # term, index, type, data length
-_ENTRY_TYPES: tuple[EntryType, ...] = tuple(sorted(EntryType))  # indexed by value
-_ENTRY_TYPE_SET = frozenset(EntryType)
-_INT_TYPE = frozenset((int,))
-_BYTES_TYPES = frozenset((bytes, bytearray))
-_EXACT_BYTES = frozenset((bytes,))
-_term_of = attrgetter("term")
-_index_of = attrgetter("index")
-_type_of = attrgetter("type")
-_data_of = attrgetter("data")
 _MESSAGE_TYPES: dict[int, MessageType] = {t.value: t for t in MessageType}
 _MAX_FIELDS = 256  # fields in one message, beyond the repeated fields that Limits bound
 _SMALL_VARINTS = tuple(bytes((i,)) for i in range(128))
@@ -142,11 +125,6 @@ _MSG_FIELD_NAMES = {
     9: "reject_hint", 10: "context", 11: "seq", 12: "transfer", 13: "entries", 14: "snapshot",
     15: "election_timeout",
 }  # fmt: skip
-
-
-class EncodeError(LocalError, ValueError):
-    """A core message cannot be put on the wire: a value out of range, an id that is empty or not
-    encodable as UTF-8, or a size over the :class:`Limits`. The text names the field."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,73 +357,9 @@ def encode_entries(entries: Sequence[Entry], *, limits: Limits = DEFAULT_LIMITS)
         raise EncodeError(f"entries cannot be encoded: {type(exc).__name__}: {exc}") from exc
 
 
-_last_batch: tuple[tuple[Entry, ...], list[bytes], int] | None = None
-
-
-def _remember_batch(entries: Sequence[Entry], parts: list[bytes], size: int) -> None:
-    global _last_batch
-    _last_batch = (tuple(entries), parts, size)  # a copy: the caller's list may change later
-
-
 def _entry_parts(entries: Sequence[Entry], limits: Limits) -> tuple[list[bytes], int]:
     """The pieces of the entry blob and their total length (joined once, by the caller)."""
-    count = len(entries)
-    if count == 0:
-        return [], 0
-    if count > limits.max_entries:
-        _cannot(f"{count} entries, over the limit of {limits.max_entries}")
-    # A leader sends the same entries to every follower in step: the last batch encoded is
-    # kept, and found again if it holds the very same objects (entries are frozen and their
-    # data immutable bytes, so the same objects encode the same).
-    last = _last_batch
-    if last is not None and len(last[0]) == count and all(map(is_, entries, last[0])):
-        return last[1], last[2]
-    table: list[bytes] = [_BATCH_HEADER.pack(_ENTRY_BATCH_VERSION, count)]
-    pack = _ENTRY_RECORD.pack
-    size = _BATCH_HEADER.size + count * _ENTRY_RECORD.size
-    # Column by column, checked in C (min/max, sets of types): the common case, a leader's
-    # batch of valid entries, costs no Python loop per entry. Anything unusual goes through
-    # the loop below, which checks each entry and names the first bad one.
-    terms = list(map(_term_of, entries))
-    indexes = list(map(_index_of, entries))
-    etypes = list(map(_type_of, entries))
-    datas = list(map(_data_of, entries))
-    lens = list(map(len, datas)) if _BYTES_TYPES.issuperset(map(type, datas)) else None
-    if (
-        lens is not None
-        and _INT_TYPE.issuperset(map(type, terms))
-        and _INT_TYPE.issuperset(map(type, indexes))
-        and _ENTRY_TYPE_SET.issuperset(etypes)
-        and min(terms) >= 0
-        and min(indexes) >= 0
-        and max(terms) <= MAX_INT
-        and max(indexes) <= MAX_INT
-        and max(lens) <= 0xFFFFFFFF
-    ):
-        table.extend(map(pack, terms, indexes, etypes, lens))
-        table.extend(datas)
-        size += sum(lens)
-        if _EXACT_BYTES.issuperset(map(type, datas)):  # not a bytearray, which may change
-            _remember_batch(entries, table, size)
-        return table, size
-    datas = []
-    for i, entry in enumerate(entries):
-        term, index, etype, data = entry.term, entry.index, entry.type, entry.data
-        if (
-            type(term) is not int
-            or type(index) is not int
-            or not 0 <= term <= MAX_INT
-            or not 0 <= index <= MAX_INT
-            or etype not in _ENTRY_TYPE_SET
-            or not isinstance(data, bytes | bytearray)
-            or len(data) > 0xFFFFFFFF
-        ):
-            _cannot(f"entry {i} cannot be encoded: {entry!r:.200}")
-        table.append(pack(term, index, etype, len(data)))
-        datas.append(data)
-        size += len(data)
-    table.extend(datas)
-    return table, size
+    return entry_parts(entries, limits.max_entries)
 
 
 def decode_entries(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> tuple[Entry, ...]:
@@ -453,7 +367,7 @@ def decode_entries(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> tuple[Ent
     if not isinstance(data, bytes):
         data = bytes(data)
     try:
-        return _decode_entries(data, 0, len(data), limits)
+        return decode_entries_at(data, 0, len(data), limits.max_entries)
     except ProtocolError:
         raise
     except Exception as exc:
@@ -461,52 +375,7 @@ def decode_entries(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> tuple[Ent
 
 
 def _decode_entries(data: bytes, pos: int, end: int, limits: Limits) -> tuple[Entry, ...]:
-    if pos == end:
-        return ()
-    if end - pos < _BATCH_HEADER.size:
-        _bad("entries: truncated batch header")
-    version, count = _BATCH_HEADER.unpack_from(data, pos)
-    if version != _ENTRY_BATCH_VERSION:
-        _bad(f"entries: unsupported batch version {version}")
-    if count > limits.max_entries:
-        _bad(f"entries: {count} entries, over the limit of {limits.max_entries}")
-    table = pos + _BATCH_HEADER.size
-    offset = table + count * _ENTRY_RECORD.size
-    if offset > end:
-        _bad(f"entries: batch of {count} entries is truncated")
-    if count:
-        # Column by column in C (a follower decodes every command the leader sends); a
-        # batch that fails a check is decoded again below, entry by entry, to name the culprit.
-        records = _ENTRY_RECORD.iter_unpack(memoryview(data)[table:offset])
-        terms, indexes, etypes, lens = zip(*records, strict=True)
-        if (
-            max(terms) <= MAX_INT
-            and max(indexes) <= MAX_INT
-            and max(etypes) < len(_ENTRY_TYPES)
-            and offset + sum(lens) == end
-        ):
-            bounds = list(accumulate(lens, initial=offset))
-            datas = map(data.__getitem__, map(slice, bounds, bounds[1:]))
-            return tuple(map(Entry, terms, indexes, map(_ENTRY_TYPES.__getitem__, etypes), datas))
-    out: list[Entry] = []
-    append = out.append
-    types = _ENTRY_TYPES
-    ntypes = len(types)
-    for i, (term, index, etype, length) in enumerate(
-        _ENTRY_RECORD.iter_unpack(memoryview(data)[table:offset])
-    ):
-        if term > MAX_INT or index > MAX_INT:
-            _bad(f"entries: entry {i} has term or index above 2**63")
-        if etype >= ntypes:
-            _bad(f"entries: entry {i} has unknown type {etype}")
-        stop = offset + length
-        if stop > end:
-            _bad(f"entries: entry {i} data runs past the end of the batch")
-        append(Entry(term, index, types[etype], data[offset:stop]))
-        offset = stop
-    if offset != end:
-        _bad(f"entries: {end - offset} stray bytes after the last entry")
-    return tuple(out)
+    return decode_entries_at(data, pos, end, limits.max_entries)
 
 
 # ---------------------------------------------------------------------------------------------

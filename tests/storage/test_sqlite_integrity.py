@@ -24,7 +24,8 @@ from phalanx_aio import (
     StorageError,
 )
 from phalanx_aio.storage import SQLiteStorage
-from phalanx_aio.storage._codec import entry_crc
+from phalanx_aio.storage._codec import identity_crc
+from tests.storage.sqlite_rows import Record, batch_row, blob, put_log, read_log, records
 
 NODE, CLUSTER = "n1", "cluster-a"
 VOTE = "voter-ZQXJ"
@@ -100,10 +101,12 @@ def tamper(path: Path, *statements: tuple[str, tuple[Any, ...]]) -> None:
     assert not os.path.exists(f"{path}-wal")
 
 
-def entry_values(i: int, term: int, type_: int = 0) -> tuple[int, int, int, bytes, int]:
-    """A row with a valid checksum."""
-    data = payload(i)
-    return (i, term, type_, data, entry_crc(i, term, type_, data))
+INSERT = "INSERT INTO entry_batches VALUES (?, ?, ?, ?)"
+
+
+def stored(state: InitialState, low: int, high: int) -> list[Record]:
+    """The entries ``low .. high`` of the fixture's log, as records."""
+    return records(e for e in state.entries if low <= e.index <= high)
 
 
 # ---------------------------------------------------------------------- flipped bytes
@@ -112,7 +115,7 @@ def entry_values(i: int, term: int, type_: int = 0) -> tuple[int, int, int, byte
 async def test_flipped_entry_byte(db: tuple[Path, InitialState]) -> None:
     path, _ = db
     flip(path, find(path, payload(57)) + 3)
-    await refuses(path, "log entry 57 fails its checksum")
+    await refuses(path, r"log entries 1\.\.100 fail their checksum")
 
 
 async def test_flipped_hard_state_byte(db: tuple[Path, InitialState]) -> None:
@@ -202,16 +205,14 @@ async def test_another_nodes_file(tmp_path: Path) -> None:
 
 async def test_unknown_schema_version_in_header(db: tuple[Path, InitialState]) -> None:
     path, _ = db
-    tamper(path, ("PRAGMA user_version=2", ()))
-    await refuses(path, "unknown schema version 2")
+    tamper(path, ("PRAGMA user_version=3", ()))
+    await refuses(path, r"unknown schema version 3 \(this phalanx_aio reads versions 1, 2\)")
 
 
 async def test_unknown_schema_version_in_identity(db: tuple[Path, InitialState]) -> None:
     path, _ = db
-    from phalanx_aio.storage._codec import identity_crc
-
     tamper(path, ("UPDATE identity SET schema_version = 7, crc = ?", (identity_crc(7, NODE, CLUSTER),)))
-    await refuses(path, "unknown schema version 7")
+    await refuses(path, "the identity row says schema version 7 but the header says 2")
 
 
 async def test_foreign_sqlite_database(tmp_path: Path) -> None:
@@ -241,39 +242,78 @@ async def test_missing_hard_state_row(db: tuple[Path, InitialState]) -> None:
 # ---------------------------------------------------------------------- logs that do not fit
 
 
+async def test_a_row_may_straddle_the_snapshot(db: tuple[Path, InitialState]) -> None:
+    """Compaction deletes whole rows: the one row holding 1..100 stays after the snapshot at
+    3, and loading skips the entries it covers."""
+    path, state = db
+    assert read_log(path) == [(1, 100)]
+    assert [e.index for e in state.entries] == list(range(4, 101))
+
+
 async def test_gap_in_the_log(db: tuple[Path, InitialState]) -> None:
-    path, _ = db
-    tamper(path, ("DELETE FROM entries WHERE idx = 50", ()))
+    path, state = db
+    put_log(path, stored(state, 4, 49), stored(state, 51, 100))
     await refuses(path, r"entries 50\.\.50 are missing \(gap in the log\)")
 
 
 async def test_log_does_not_start_after_snapshot(db: tuple[Path, InitialState]) -> None:
-    path, _ = db
-    tamper(path, ("DELETE FROM entries WHERE idx < 6", ()))
+    path, state = db
+    put_log(path, stored(state, 6, 100))
     await refuses(path, "does not fit its snapshot: the snapshot ends at index 3 but the first entry is 6")
 
 
 async def test_entry_inside_the_snapshot(db: tuple[Path, InitialState]) -> None:
-    path, _ = db
-    tamper(path, ("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", entry_values(2, 1)))
+    path, state = db
+    put_log(path, [(1, 2, 0, payload(2))], stored(state, 4, 100))  # a row wholly covered
     await refuses(path, "entry 2 is covered by the snapshot, which ends at index 3")
 
 
 async def test_terms_going_down(db: tuple[Path, InitialState]) -> None:
-    path, _ = db
-    tamper(path, ("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)", entry_values(100, 0)))
+    path, state = db
+    put_log(path, stored(state, 4, 99), [(0, 100, 0, payload(100))])
     await refuses(path, "entry 100 has term 0, lower than the term 1 before it")
 
 
 async def test_unknown_entry_type(db: tuple[Path, InitialState]) -> None:
+    path, state = db
+    put_log(path, [*stored(state, 4, 99), (1, 100, 9, payload(100))])
+    await refuses(path, r"log entries 4\.\.100 are malformed: .*unknown type 9 \(index 100\)")
+
+
+async def test_a_row_holding_other_entries_than_it_claims(db: tuple[Path, InitialState]) -> None:
+    path, state = db
+    tamper(path, ("DELETE FROM entry_batches", ()), (INSERT, batch_row(4, 101, blob(stored(state, 4, 100)))))
+    await refuses(
+        path, r"log entries 4\.\.101 are malformed: the row claims entries 4\.\.101 but holds 97 \(4\.\.100\)"
+    )
+
+
+async def test_an_unknown_batch_version(db: tuple[Path, InitialState]) -> None:
+    path, state = db
+    tamper(
+        path, ("DELETE FROM entry_batches", ()), (INSERT, batch_row(4, 100, blob(stored(state, 4, 100), 2)))
+    )
+    await refuses(path, "log entries 4..100 are malformed: entries: unsupported batch version 2")
+
+
+@pytest.mark.parametrize(
+    ("sql", "match"),
+    [
+        ("UPDATE entry_batches SET data = 'text'", r"log entries 1\.\.100 fail their checksum"),
+        ("UPDATE entry_batches SET last = 'abc'", "the row of log entries 1..b'abc' has damaged columns"),
+        ("UPDATE entry_batches SET data = 12345", "the row of log entries 1..100 has damaged columns"),
+        ("UPDATE entry_batches SET last = -1", r"log entries 1\.\.-1 fail their checksum"),
+    ],
+)
+async def test_a_row_with_damaged_columns(db: tuple[Path, InitialState], sql: str, match: str) -> None:
     path, _ = db
-    tamper(path, ("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)", entry_values(100, 1, 9)))
-    await refuses(path, "log entry 100 has an unknown type 9")
+    tamper(path, (sql, ()))
+    await refuses(path, match)
 
 
 async def test_commit_beyond_the_log(db: tuple[Path, InitialState]) -> None:
-    path, _ = db
-    tamper(path, ("DELETE FROM entries WHERE idx > 80", ()))
+    path, state = db
+    put_log(path, stored(state, 4, 80))
     await refuses(path, "commit index 90 is beyond the last stored index 80")
 
 
@@ -282,7 +322,7 @@ async def test_a_refused_file_opens_once_repaired(db: tuple[Path, InitialState])
     path, state = db
     at = find(path, payload(57)) + 3
     flip(path, at)
-    await refuses(path, "log entry 57")
+    await refuses(path, r"log entries 1\.\.100")
     flip(path, at)
     s = SQLiteStorage(path)
     assert (await s.open(node_id=NODE, cluster_id=CLUSTER)).state == state
