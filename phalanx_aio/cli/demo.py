@@ -174,7 +174,10 @@ async def run_demo(
             out.write(f"leader {leader} elected in term {first_term}; writing with {clients} clients\n")
             acked: dict[bytes, bytes] = {}
             stop = asyncio.Event()
-            last_ok = [0.0]
+            killed_at: float | None = None
+            # When the first write sent after the kill succeeded. (Replies the old leader sent
+            # just before it died still arrive after the kill: they say nothing about failover.)
+            first_after_kill: list[float] = []
             progress = _Progress(out, seconds)
 
             async def writer(w: int) -> None:
@@ -196,11 +199,11 @@ async def run_demo(
                         res.latencies_ms.append((now - t0) * 1000)
                         acked[key] = value
                         res.ops += 1
-                        last_ok[0] = now
+                        if killed_at is not None and t0 >= killed_at and not first_after_kill:
+                            first_after_kill.append(now)
 
             start = time.perf_counter()
             tasks = [asyncio.create_task(writer(w)) for w in range(clients)]
-            killed_at: float | None = None
             current = leader
             while (elapsed := time.perf_counter() - start) < seconds:
                 note = ""
@@ -211,8 +214,8 @@ async def run_demo(
                     res.killed = current_leader
                     note = f"<- killed leader {current_leader}"
                     current = "?"
-                elif killed_at is not None and res.failover_s is None and last_ok[0] > killed_at:
-                    res.failover_s = last_ok[0] - killed_at
+                elif killed_at is not None and res.failover_s is None and first_after_kill:
+                    res.failover_s = first_after_kill[0] - killed_at
                     note = f"<- writes flow again after {res.failover_s:.2f} s"
                     with contextlib.suppress(TimeoutError):
                         current, _ = await _find_leader(admin, 5.0)
@@ -221,8 +224,8 @@ async def run_demo(
             stop.set()
             await asyncio.gather(*tasks)
             res.seconds = time.perf_counter() - start
-            if killed_at is not None and res.failover_s is None and last_ok[0] > killed_at:
-                res.failover_s = last_ok[0] - killed_at
+            if killed_at is not None and res.failover_s is None and first_after_kill:
+                res.failover_s = first_after_kill[0] - killed_at
             progress.show(res.seconds, res.ops, current)
             progress.done()
             _, last_term = await _find_leader(admin, 30.0)
