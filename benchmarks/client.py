@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from phalanx_aio.cli.demo import LocalCluster
@@ -84,45 +85,46 @@ def _pct(lat: list[float], p: float) -> float:
     return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
 
 
-async def run_workload(
-    endpoints: list[str], transport: str, callers: int, op: str, size: int, warmup: float, seconds: float
+async def drive(
+    callers: int,
+    call: Callable[[int, int], Awaitable[object]],
+    failures: tuple[type[BaseException], ...],
+    warmup: float,
+    seconds: float,
 ) -> dict[str, Any]:
-    """``callers`` tasks sharing one client, each running ``op`` in a loop."""
-    value = b"v" * size
+    """``callers`` tasks, each awaiting ``call(caller, i)`` for i = 0, 1, ... until the window
+    closes: ``warmup`` seconds unmeasured, then ``seconds`` measured. Counts the calls that
+    complete inside the window (latency only of those that also started in it) and, by type,
+    the exceptions in ``failures``."""
     clock = time.perf_counter
     lat: list[float] = []
     errors: dict[str, int] = {}
     ops = 0
-    async with KVClient(endpoints, timeout=10.0, stream=transport == "stream") as kv:
-        await kv.put(b"bench-warmup", b"x")  # find the leader before the clock starts
-        t_start = clock()
-        t_from, t_to = t_start + warmup, t_start + warmup + seconds
+    t_start = clock()
+    t_from, t_to = t_start + warmup, t_start + warmup + seconds
 
-        async def caller(c: int) -> None:
-            nonlocal ops
-            i = 0
-            while True:
-                t0 = clock()
-                if t0 >= t_to:
-                    return
-                key = b"c%d-%d" % (c, i % 1000)
+    async def caller(c: int) -> None:
+        nonlocal ops
+        i = 0
+        while True:
+            t0 = clock()
+            if t0 >= t_to:
+                return
+            try:
+                await call(c, i)
+            except failures as exc:
+                name = type(exc).__name__
+                errors[name] = errors.get(name, 0) + 1
+                continue
+            finally:
                 i += 1
-                try:
-                    if op == "put":
-                        await kv.put(key, value)
-                    else:
-                        await kv.get(key)
-                except PhalanxError as exc:
-                    name = type(exc).__name__
-                    errors[name] = errors.get(name, 0) + 1
-                    continue
-                t1 = clock()
-                if t_from <= t1 <= t_to:
-                    ops += 1
-                    if t0 >= t_from:
-                        lat.append((t1 - t0) * 1000.0)
+            t1 = clock()
+            if t_from <= t1 <= t_to:
+                ops += 1
+                if t0 >= t_from:
+                    lat.append((t1 - t0) * 1000.0)
 
-        await asyncio.gather(*(caller(c) for c in range(callers)))
+    await asyncio.gather(*(caller(c) for c in range(callers)))
     lat.sort()
     return {
         "ops": ops,
@@ -133,6 +135,21 @@ async def run_workload(
         "max": lat[-1] if lat else float("nan"),
         "errors": errors,
     }
+
+
+async def run_workload(
+    endpoints: list[str], transport: str, callers: int, op: str, size: int, warmup: float, seconds: float
+) -> dict[str, Any]:
+    """``callers`` tasks sharing one client, each running ``op`` in a loop."""
+    value = b"v" * size
+    async with KVClient(endpoints, timeout=10.0, stream=transport == "stream") as kv:
+        await kv.put(b"bench-warmup", b"x")  # find the leader before the clock starts
+
+        async def call(c: int, i: int) -> object:
+            key = b"c%d-%d" % (c, i % 1000)
+            return await (kv.put(key, value) if op == "put" else kv.get(key))
+
+        return await drive(callers, call, (PhalanxError,), warmup, seconds)
 
 
 def _spy(args: argparse.Namespace, leader_pid: int, name: str) -> list[subprocess.Popen[bytes]]:

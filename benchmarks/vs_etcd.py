@@ -50,12 +50,13 @@ from phalanx_aio.node.runner import run, uvloop_available
 from phalanx_aio.transport.codec import WireBytes
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from client import _TICKS, Cluster, run_workload, wait_for_leader
+from client import _TICKS, Cluster, drive, run_workload, wait_for_leader
 
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "vs_etcd.json"
 PUT = "/etcdserverpb.KV/Put"
 STATUS = "/etcdserverpb.Maintenance/Status"
+_FAILURES = (TimeoutError, GRPCError, OSError, StreamTerminatedError)
 
 
 # ---------------------------------------------------------------------- protobuf, by hand
@@ -203,7 +204,7 @@ async def find_etcd_leader(cluster: EtcdCluster, timeout: float = 30.0) -> str:
                 leaders.add(leader)
             if len(leaders) == 1 and (leader := leaders.pop()) in ids:
                 return ids[leader]
-        except (TimeoutError, GRPCError, OSError, StreamTerminatedError):
+        except _FAILURES:
             pass
         if time.monotonic() > deadline:
             raise TimeoutError("etcd elected no leader")
@@ -212,53 +213,18 @@ async def find_etcd_leader(cluster: EtcdCluster, timeout: float = 30.0) -> str:
 
 async def etcd_workload(port: int, callers: int, size: int, warmup: float, seconds: float) -> dict[str, Any]:
     """``callers`` tasks sharing one gRPC connection to the etcd member at ``port``, each
-    sending unary puts in a loop (the same shape as :func:`client.run_workload`)."""
+    sending unary puts in a loop (measured as :func:`client.run_workload` measures)."""
     value = b"v" * size
-    clock = time.perf_counter
-    lat: list[float] = []
-    errors: dict[str, int] = {}
-    ops = 0
     channel = Channel("127.0.0.1", port)
     try:
         await _unary(channel, PUT, put_request(b"bench-warmup", b"x"), 10.0)
-        t_start = clock()
-        t_from, t_to = t_start + warmup, t_start + warmup + seconds
 
-        async def caller(c: int) -> None:
-            nonlocal ops
-            i = 0
-            while True:
-                t0 = clock()
-                if t0 >= t_to:
-                    return
-                key = b"c%d-%d" % (c, i % 1000)
-                i += 1
-                try:
-                    await _unary(channel, PUT, put_request(key, value), 10.0)
-                except (TimeoutError, GRPCError, OSError, StreamTerminatedError) as exc:
-                    name = type(exc).__name__
-                    errors[name] = errors.get(name, 0) + 1
-                    continue
-                t1 = clock()
-                if t_from <= t1 <= t_to:
-                    ops += 1
-                    if t0 >= t_from:
-                        lat.append((t1 - t0) * 1000.0)
+        async def call(c: int, i: int) -> bytes:
+            return await _unary(channel, PUT, put_request(b"c%d-%d" % (c, i % 1000), value), 10.0)
 
-        await asyncio.gather(*(caller(c) for c in range(callers)))
+        return await drive(callers, call, _FAILURES, warmup, seconds)
     finally:
         channel.close()
-    lat.sort()
-    pct = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")  # noqa: E731
-    return {
-        "ops": ops,
-        "ops_per_s": round(ops / seconds, 1),
-        "p50": pct(0.50),
-        "p99": pct(0.99),
-        "p999": pct(0.999),
-        "max": lat[-1] if lat else float("nan"),
-        "errors": errors,
-    }
 
 
 # ---------------------------------------------------------------------- the run
