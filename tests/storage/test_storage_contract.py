@@ -22,6 +22,7 @@ from phalanx_aio import (
     StorageError,
 )
 from phalanx_aio.storage import MemoryStorage, SQLiteStorage, Storage, StoredState
+from phalanx_aio.storage import sqlite as sqlite_module
 
 NODE, CLUSTER = "n1", "cluster-a"
 CONF = ConfState(
@@ -51,9 +52,14 @@ class Backend:
     free_disk: Callable[[Storage], Awaitable[None]]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Backend:
-    """One backend per parametrization; ``make()`` always reaches the same data."""
+@pytest.fixture(params=["memory", "sqlite", "sqlite, rows of 3"])
+def backend(
+    request: pytest.FixtureRequest, tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> Backend:
+    """One backend per parametrization; ``make()`` always reaches the same data.
+
+    "sqlite, rows of 3" stores at most 3 entries per row, so that overwrites and compactions
+    cut through rows all the time (with the default of 1,024, most saves here are one row)."""
     if request.param == "memory":
         mem = MemoryStorage("mem-n1")
 
@@ -66,6 +72,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Backe
             s.simulate_disk_full(False)
 
         return Backend("memory", lambda: mem, fill_mem, free_mem)
+    if request.param == "sqlite, rows of 3":
+        monkeypatch.setattr(sqlite_module, "ROW_ENTRIES", 3)
     path = os.path.join(os.fspath(tmp_path), "n1.db")
 
     async def fill_sqlite(s: Storage) -> None:
