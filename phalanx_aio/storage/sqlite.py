@@ -65,7 +65,8 @@ if sys.platform != "win32":
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStorage"]
 
 SCHEMA_VERSION = 2
-"""The on-disk layout this code reads and writes (kept in the header's ``user_version``)."""
+"""The on-disk layout this code writes (kept in the header's ``user_version``); stores of
+version 1 are read too, and converted when opened."""
 APPLICATION_ID = 0x50484C58
 """SQLite ``application_id`` of a phalanx_aio store ("PHLX")."""
 
@@ -196,6 +197,8 @@ class SQLiteStorage(Storage):
         (SQLite magic, WAL mode, application id, schema version, truncation), SQLite's quick
         check, the identity, every checksum and the shape of the log. A file that fails
         raises :class:`StorageError` naming the file and the problem and is left unchanged.
+        A verified store of schema version 1 is then converted to the current layout in one
+        transaction (if that fails, it raises and the file is unchanged).
         """
         check_ids(node_id, cluster_id)
         if self._db is not None:
