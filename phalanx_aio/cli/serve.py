@@ -59,6 +59,8 @@ class ServeSettings:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
+    tls_bind_ids: bool = False
+    """Accept a peer's messages only if its client certificate names its node id (mutual TLS)."""
     http: str | None = None
     """HOST:PORT of the observability endpoint (``/healthz``, ``/status``, ``/metrics``), if any."""
     join: str | None = None
@@ -93,6 +95,7 @@ _ENV = {
     "tls_cert": "PHALANX_TLS_CERT",
     "tls_key": "PHALANX_TLS_KEY",
     "tls_ca": "PHALANX_TLS_CA",
+    "tls_bind_ids": "PHALANX_TLS_BIND_IDS",
     "http": "PHALANX_HTTP",
     "join": "PHALANX_JOIN",
     "discover": "PHALANX_DISCOVER",
@@ -135,6 +138,14 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", help="this node's certificate (PEM); enables TLS")
     p.add_argument("--tls-key", help="the certificate's private key (PEM)")
     p.add_argument("--tls-ca", help="CA bundle peers' and clients' certificates must chain to (mutual TLS)")
+    p.add_argument(
+        "--tls-bind-ids",
+        action="store_const",
+        const="true",
+        help="with --tls-ca: accept a peer only if its certificate names its node id (common name, or a "
+        "DNS or URI subject alternative name); without it any certificate of the CA may claim any "
+        "id (env PHALANX_TLS_BIND_IDS=true)",
+    )
     p.add_argument(
         "--http",
         metavar="HOST:PORT",
@@ -313,6 +324,7 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
         tls_cert=merged.get("tls_cert"),
         tls_key=merged.get("tls_key"),
         tls_ca=merged.get("tls_ca"),
+        tls_bind_ids=_check_bool(merged.get("tls_bind_ids"), "--tls-bind-ids"),
         http=_check_address(str(merged["http"]), "--http") if merged.get("http") else None,
         join=_check_address(str(merged["join"]), "--join") if merged.get("join") else None,
         discover=_check_discover(str(merged["discover"])) if merged.get("discover") else None,
@@ -343,6 +355,8 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
         raise ConfigError(f"--peer lists this node's own id {settings.id!r}")
     if (settings.tls_key or settings.tls_ca) and not settings.tls_cert:
         raise ConfigError("--tls-key and --tls-ca need --tls-cert")
+    if settings.tls_bind_ids and not settings.tls_ca:
+        raise ConfigError("--tls-bind-ids needs mutual TLS: give --tls-cert and --tls-ca")
     return settings
 
 
@@ -387,6 +401,7 @@ async def serve(
         listen=s.listen,
         server_ssl=server_ssl,
         client_ssl=client_ssl,
+        bind_node_ids=s.tls_bind_ids,
         extra_handlers=[service],
     )
     config = PRESETS[s.preset]()

@@ -71,6 +71,7 @@ __all__ = [
     "STAT_KEYS",
     "GrpcTransport",
     "Servable",
+    "certificate_names",
     "client_ssl_context",
     "server_ssl_context",
 ]
@@ -104,6 +105,7 @@ STAT_KEYS: tuple[str, ...] = (
     "rejected_too_large",
     "rejected_cluster",
     "rejected_sender",
+    "rejected_identity",
     "rejected_destination",
     "rejected_origin",
     "rejected_invalid",
@@ -126,7 +128,8 @@ counts whole snapshots); ``inbound_streams`` / ``inbound_streams_ended`` the cal
 ``rejected_*`` count calls ended because of bad input, by reason: ``malformed`` (the codec
 refused the bytes, including an empty sender or cluster id), ``too_large`` (a gRPC message over
 ``Limits.max_frame_bytes``), ``cluster`` (a foreign cluster id), ``sender`` (a sender that is not
-a current peer, or that changed within a call), ``destination`` (a message addressed to
+a current peer, or that changed within a call), ``identity`` (with ``bind_node_ids``, a sender
+that the client certificate does not name), ``destination`` (a message addressed to
 another node), ``origin`` (a message whose ``frm`` is not the frame's sender), ``invalid`` (a
 well-formed message that no correct peer sends: a term or index above :data:`MAX_ACCEPTED_INT`,
 or the entries of an append that do not follow its index and terms in order),
@@ -187,6 +190,17 @@ def client_ssl_context(
         ctx.load_cert_chain(certfile, keyfile)
     ctx.set_alpn_protocols(["h2"])
     return ctx
+
+
+def certificate_names(cert: Mapping[str, Any] | None) -> frozenset[str]:
+    """The names a peer certificate gives its holder, as ``ssl.SSLSocket.getpeercert()``
+    returns it: the subject's common names and the DNS and URI subject alternative names.
+    Empty for ``None`` (no certificate). ``bind_node_ids`` checks node ids against these."""
+    if not cert:
+        return frozenset()
+    names = {value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"}
+    names.update(value for kind, value in cert.get("subjectAltName", ()) if kind in ("DNS", "URI"))
+    return frozenset(names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,6 +389,11 @@ class GrpcTransport(Transport):
     * ``server_ssl`` / ``client_ssl``: TLS for the listening and the connecting side; a server
       context that requires client certificates gives mutual TLS (see :func:`server_ssl_context`
       and :func:`client_ssl_context`). ``None`` means plaintext.
+    * ``bind_node_ids``: with mutual TLS, accept a peer call only if the client certificate
+      names the sender's node id, as its subject's common name or as a DNS or URI subject
+      alternative name (see :func:`certificate_names`). Without it, any holder of a
+      certificate from the cluster's CA can speak for any node id. Needs a ``server_ssl``
+      that requires client certificates.
     * ``limits``: the codec's size limits, for both sending and receiving.
     * ``backoff_initial``, ``backoff_max`` (seconds), ``backoff_jitter`` (0 to 1) and ``rng``:
       the reconnect delay after ``n`` consecutive failures is
@@ -398,6 +417,7 @@ class GrpcTransport(Transport):
         peers: Mapping[str, str] | None = None,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
+        bind_node_ids: bool = False,
         limits: Limits = DEFAULT_LIMITS,
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
@@ -433,6 +453,10 @@ class GrpcTransport(Transport):
             raise ConfigError(f"backoff_jitter must be between 0 and 1, not {backoff_jitter!r}")
         if type(max_queue) is not int or max_queue < 1:
             raise ConfigError(f"max_queue must be a positive int, not {max_queue!r}")
+        if bind_node_ids and (server_ssl is None or server_ssl.verify_mode != ssl.CERT_REQUIRED):
+            raise ConfigError(
+                "bind_node_ids needs mutual TLS: a server_ssl context that requires client certificates"
+            )
         if snapshot_chunk_bytes is None:
             snapshot_chunk_bytes = min(1 << 20, limits.max_frame_bytes // 2)
         if (
@@ -457,6 +481,7 @@ class GrpcTransport(Transport):
         self._listen = (host, port)
         self._server_ssl = server_ssl
         self._client_ssl = client_ssl
+        self._bind_node_ids = bool(bind_node_ids)
         self._limits = limits
         self._backoff = (float(backoff_initial), float(backoff_max), float(backoff_jitter))
         self._rng = rng if rng is not None else random.Random()
@@ -872,6 +897,19 @@ class GrpcTransport(Transport):
                 "sender", Status.PERMISSION_DENIED, f"{sender!r:.100} is not a peer of {self.node_id!r}"
             )
 
+    def _check_identity(self, sender: str, stream: _ServerStream) -> None:
+        """With ``bind_node_ids``, the client certificate must name ``sender``."""
+        if not self._bind_node_ids:
+            return
+        names = certificate_names(stream.peer.cert())
+        if sender not in names:
+            shown = ", ".join(repr(n) for n in sorted(names)[:8]) or "no names"
+            raise _Reject(
+                "identity",
+                Status.PERMISSION_DENIED,
+                f"the client certificate names {shown}, not the sender {sender!r:.100}",
+            )
+
     def _check_message(self, m: Message, sender: str) -> None:
         if m.to != self.node_id:
             raise _Reject(
@@ -917,6 +955,7 @@ class GrpcTransport(Transport):
                     raise _Reject("malformed", Status.INVALID_ARGUMENT, str(exc)) from None
                 self._check_frame(frame, sender)
                 if sender is None:
+                    self._check_identity(frame.sender, stream)
                     sender = frame.sender
                     await stream.send_initial_metadata()  # accepted: the peer's connect completes
                 frames += 1
@@ -949,6 +988,7 @@ class GrpcTransport(Transport):
                     raise _Reject("malformed", Status.INVALID_ARGUMENT, str(exc)) from None
                 if sender is None:
                     self._check_sender(assembler.cluster_id, assembler.sender, None)
+                    self._check_identity(assembler.sender, stream)
                     header = assembler.header
                     assert header is not None
                     self._check_message(header, assembler.sender)

@@ -28,9 +28,10 @@ CLUSTER = "tls-e2e"
 
 
 class TLSCluster:
-    def __init__(self, pki: pathlib.Path, work: pathlib.Path) -> None:
+    def __init__(self, pki: pathlib.Path, work: pathlib.Path, *, bind_ids: bool = False) -> None:
         self.pki = pki
         self.work = work
+        self.bind_ids = bind_ids  # each node gets a certificate naming it, and --tls-bind-ids
         self.addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(IDS, free_loopback_ports(3), strict=True)}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -49,7 +50,14 @@ class TLSCluster:
             cmd = [sys.executable, "-m", "phalanx_aio.cli.main", "serve", "--id", nid]
             cmd += ["--listen", self.addr[nid], "--data-dir", str(self.work / nid), "--cluster-id", CLUSTER]
             cmd += [f"--peer={p}={a}" for p, a in self.addr.items() if p != nid] + ["--bootstrap"]
-            cmd += [*self.tls(), "--log-format", "json", "--log-level", "info"]
+            cmd += [
+                *self.tls(nid if self.bind_ids else "node"),
+                "--log-format",
+                "json",
+                "--log-level",
+                "info",
+            ]
+            cmd += ["--tls-bind-ids"] if self.bind_ids else []
             with open(self.work / f"{nid}.log", "wb") as log:
                 self.procs[nid] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
@@ -146,3 +154,30 @@ def test_client_tls_arguments_are_checked(
     assert main(["get", "k", "--endpoints", "127.0.0.1:1", *tls]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_node_ids_bound_to_certificates(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With --tls-bind-ids and a certificate per node naming it, the cluster forms and serves."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    _make_ca(pki, "ca")
+    for name in ("node", *IDS):  # "node" is the client's
+        _make_leaf(pki, name, "ca")
+    c = TLSCluster(pki, tmp_path, bind_ids=True)
+    c.start()
+    try:
+        assert cli(c, "put", "greeting", "hello", tls=c.tls()) == 0
+        assert cli(c, "get", "greeting", tls=c.tls()) == 0
+        assert capsys.readouterr().out == "OK\nhello\n"
+    finally:
+        c.stop()
+    for nid in IDS:
+        assert c.procs[nid].returncode == 0, c.log_lines(nid)[-5:]
+        assert not any("rejected a call" in line for line in c.log_lines(nid)), nid
+
+
+def test_tls_bind_ids_needs_mutual_tls(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["serve", "--id", "n1", "--listen", "127.0.0.1:1", "--data-dir", "/nonexistent"]
+    assert main([*argv, "--tls-cert", "c.pem", "--tls-bind-ids"]) == 2
+    err = capsys.readouterr().err
+    assert "--tls-bind-ids needs mutual TLS" in err and "Traceback" not in err

@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 
 from phalanx_aio.core.types import Message, MessageType
-from phalanx_aio.transport.grpc import GrpcTransport, client_ssl_context, server_ssl_context
+from phalanx_aio.errors import ConfigError
+from phalanx_aio.transport.grpc import (
+    GrpcTransport,
+    certificate_names,
+    client_ssl_context,
+    server_ssl_context,
+)
 
 DEADLINE = 10.0
 OPENSSL = shutil.which("openssl")
@@ -87,17 +93,20 @@ def _make_leaf(d: pathlib.Path, name: str, ca: str) -> None:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """A cluster CA with a node certificate, and a rogue CA with its own certificate."""
+    """A cluster CA with a node certificate and one per node id ("a", "b": their common
+    names), and a rogue CA with its own certificate."""
     d = tmp_path_factory.mktemp("pki")
     _make_ca(d, "ca")
     _make_leaf(d, "node", "ca")
+    _make_leaf(d, "a", "ca")
+    _make_leaf(d, "b", "ca")
     _make_ca(d, "rogue-ca")
     _make_leaf(d, "rogue", "rogue-ca")
     return d
 
 
-def mtls_server(d: pathlib.Path) -> ssl.SSLContext:
-    return server_ssl_context(str(d / "node.pem"), str(d / "node.key"), cafile=str(d / "ca.pem"))
+def mtls_server(d: pathlib.Path, cert: str = "node") -> ssl.SSLContext:
+    return server_ssl_context(str(d / f"{cert}.pem"), str(d / f"{cert}.key"), cafile=str(d / "ca.pem"))
 
 
 def mtls_client(d: pathlib.Path, cert: str | None = "node") -> ssl.SSLContext:
@@ -187,3 +196,62 @@ async def test_client_refuses_a_server_it_cannot_verify(node: Callable[..., Any]
     a.send([hb("a", "b", 1)])
     await ra.wait(lambda: ra.unreachable == ["b"])
     assert rb.received == [] and a.stats["frames_sent"] == 0
+
+
+# ---------------------------------------------------------------------- node ids bound to certificates
+
+
+async def test_bound_node_ids_deliver_when_each_certificate_names_its_node(
+    node: Callable[..., Any], pki: pathlib.Path
+) -> None:
+    a, ra = await node(
+        "a", server_ssl=mtls_server(pki, "a"), client_ssl=mtls_client(pki, "a"), bind_node_ids=True
+    )
+    b, rb = await node(
+        "b", server_ssl=mtls_server(pki, "b"), client_ssl=mtls_client(pki, "b"), bind_node_ids=True
+    )
+    link(a, b)
+    a.send([hb("a", "b", 1)])
+    b.send([hb("b", "a", 2)])
+    await rb.wait(lambda: len(rb.received) == 1)
+    await ra.wait(lambda: len(ra.received) == 1)
+    assert rb.received == [("a", hb("a", "b", 1))] and ra.received == [("b", hb("b", "a", 2))]
+    assert a.stats["rejected_identity"] == b.stats["rejected_identity"] == 0
+
+
+@pytest.mark.parametrize("bind", [True, False])
+async def test_a_certificate_of_another_node_cannot_speak_for_it(
+    node: Callable[..., Any], pki: pathlib.Path, bind: bool
+) -> None:
+    # "a" holds a valid certificate of the cluster's CA, but one that names "b".
+    b, rb = await node(
+        "b", server_ssl=mtls_server(pki, "b"), client_ssl=mtls_client(pki, "b"), bind_node_ids=bind
+    )
+    a, ra = await node("a", client_ssl=mtls_client(pki, "b"))
+    link(a, b)
+    a.send([hb("a", "b", 1)])
+    if bind:
+        await ra.wait(lambda: ra.unreachable == ["b"])
+        assert rb.received == [] and b.stats["rejected_identity"] >= 1
+        assert b.stats["frames_received"] == 0
+    else:  # without the binding, any certificate of the CA may claim any id
+        await rb.wait(lambda: len(rb.received) == 1)
+        assert rb.received == [("a", hb("a", "b", 1))]
+
+
+def test_bind_node_ids_needs_mutual_tls(pki: pathlib.Path) -> None:
+    one_way = server_ssl_context(str(pki / "b.pem"), str(pki / "b.key"))  # no client certificates asked
+    for server_ssl in (None, one_way):
+        with pytest.raises(ConfigError, match="bind_node_ids needs mutual TLS"):
+            GrpcTransport(
+                node_id="b", cluster_id="c1", listen="127.0.0.1:0", server_ssl=server_ssl, bind_node_ids=True
+            )
+
+
+def test_certificate_names() -> None:
+    cert = {
+        "subject": ((("countryName", "EU"),), (("commonName", "n1"),)),
+        "subjectAltName": (("DNS", "n1.internal"), ("IP Address", "10.0.0.1"), ("URI", "spiffe://c/n1")),
+    }
+    assert certificate_names(cert) == {"n1", "n1.internal", "spiffe://c/n1"}
+    assert certificate_names(None) == certificate_names({}) == frozenset()
