@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from phalanx_aio.core.types import Message, MessageType
+from phalanx_aio.core.types import ConfState, Message, MessageType, Snapshot, SnapshotMeta
 from phalanx_aio.errors import ConfigError
 from phalanx_aio.transport.grpc import (
     GrpcTransport,
@@ -33,6 +33,7 @@ class Recorder:
     def __init__(self) -> None:
         self.received: list[tuple[str, Message]] = []
         self.unreachable: list[str] = []
+        self.snapshots: list[tuple[str, bool]] = []
         self._changed = asyncio.Event()
 
     def on_messages(self, sender: str, messages: Sequence[Message]) -> None:
@@ -44,6 +45,7 @@ class Recorder:
         self._changed.set()
 
     def on_snapshot_status(self, peer: str, ok: bool) -> None:
+        self.snapshots.append((peer, ok))
         self._changed.set()
 
     async def wait(self, predicate: Callable[[], bool]) -> None:
@@ -237,6 +239,26 @@ async def test_a_certificate_of_another_node_cannot_speak_for_it(
     else:  # without the binding, any certificate of the CA may claim any id
         await rb.wait(lambda: len(rb.received) == 1)
         assert rb.received == [("a", hb("a", "b", 1))]
+
+
+@pytest.mark.parametrize("cert", ["a", "b"], ids=["own-certificate", "another-nodes-certificate"])
+async def test_a_snapshot_is_accepted_only_from_the_node_its_certificate_names(
+    node: Callable[..., Any], pki: pathlib.Path, cert: str
+) -> None:
+    b, rb = await node(
+        "b", server_ssl=mtls_server(pki, "b"), client_ssl=mtls_client(pki, "b"), bind_node_ids=True
+    )
+    a, ra = await node("a", client_ssl=mtls_client(pki, cert))
+    link(a, b)
+    conf = ConfState(voters=frozenset({"a", "b"}))
+    a.send([Message(MessageType.SNAP, "b", "a", 3, snapshot=Snapshot(SnapshotMeta(9, 3, conf), b"state"))])
+    await ra.wait(lambda: len(ra.snapshots) == 1)
+    if cert == "a":
+        assert ra.snapshots == [("b", True)] and b.stats["snapshots_received"] == 1
+    else:
+        assert ra.snapshots == [("b", False)] and b.stats["snapshots_received"] == 0
+        assert b.stats["rejected_identity"] >= 1
+        assert not any(m.type is MessageType.SNAP for _, m in rb.received)
 
 
 def test_bind_node_ids_needs_mutual_tls(pki: pathlib.Path) -> None:
