@@ -207,7 +207,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from phalanx_aio.cli.serve import JoinFailed, resolve_settings, serve
+    from phalanx_aio.cli.serve import JoinFailed, MemberRemoved, resolve_settings, serve
     from phalanx_aio.errors import StorageError
     from phalanx_aio.node import run
     from phalanx_aio.observability.logs import configure_logging
@@ -222,6 +222,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except JoinFailed as exc:
         print(f"phalanx-aio: {exc}", file=sys.stderr)
         return 1
+    except MemberRemoved as exc:
+        print(f"phalanx-aio: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"phalanx-aio: cannot serve on {settings.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -207,6 +207,11 @@ class JoinFailed(PhalanxError):
     problem, not a bad argument (``serve`` exits with status 1)."""
 
 
+class MemberRemoved(PhalanxError):
+    """A member said that a committed membership change removed this node: ``serve`` stops
+    (exit status 2, like a configuration error: this node is not part of the cluster)."""
+
+
 def _check_bool(value: object, flag: str) -> bool:
     text = str(value).strip().lower() if value is not None else "false"
     if text in ("1", "true", "yes", "on"):
@@ -380,7 +385,7 @@ async def serve(
     replaces DNS for ``--discover`` (tests)."""
     from phalanx_aio.kv.service import KVService
     from phalanx_aio.kv.state_machine import KVStateMachine
-    from phalanx_aio.node import RaftNode
+    from phalanx_aio.node import NodeEvent, RaftNode, RemovedFromCluster
     from phalanx_aio.observability import MeteredKVService, NodeMetrics, ObservabilityServer, bind_node
     from phalanx_aio.storage import SQLiteStorage
     from phalanx_aio.transport.grpc import GrpcTransport
@@ -451,6 +456,14 @@ async def serve(
         host, _, port = s.http.rpartition(":")
         http = ObservabilityServer(node, service.metrics, host=host.strip("[]"), port=int(port))
     stop = asyncio.Event()
+    removed: list[RemovedFromCluster] = []
+
+    def on_event(event: NodeEvent) -> None:
+        if isinstance(event, RemovedFromCluster):
+            removed.append(event)
+            stop.set()
+
+    node.add_listener(on_event)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -478,6 +491,13 @@ async def serve(
             await http.aclose()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    if removed:
+        ev = removed[0]
+        raise MemberRemoved(
+            f"{s.id} was removed from cluster {s.cluster_id!r} (the change at index {ev.index}, as "
+            f"{ev.reported_by} reports): it stopped. To bring it back, add it again: start it "
+            "with an empty --data-dir and --join"
+        )
 
 
 def _report_join_failure(task: asyncio.Task[None]) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "LeaderChanged",
     "MembershipChanged",
     "NodeEvent",
+    "RemovedFromCluster",
     "RoleChanged",
     "SnapshotRestored",
     "SnapshotSent",
@@ -121,6 +122,17 @@ class SnapshotSent(NodeEvent):
 
     peer: str
     ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedFromCluster(NodeEvent):
+    """Member ``reported_by`` refused this node's messages: it applied a committed membership
+    change, at log index ``index``, that removed this node, and this node knows no later
+    configuration that includes it. Reported once; the node keeps running (it cannot disturb
+    the cluster, see the membership page), and whoever runs it should stop it."""
+
+    index: int
+    reported_by: str
 
 
 EventListener: TypeAlias = Callable[[NodeEvent], None]

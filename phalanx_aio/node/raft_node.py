@@ -51,6 +51,7 @@ from phalanx_aio.node.events import (
     LeaderChanged,
     MembershipChanged,
     NodeEvent,
+    RemovedFromCluster,
     RoleChanged,
     SnapshotRestored,
     SnapshotSent,
@@ -79,6 +80,7 @@ _SNAP_STATUS: Final = 7
 _STOP: Final = 8
 _PERSISTED: Final = 9  # (kind, index, term): the background write of the leader's entries is durable
 _WRITE_FAILED: Final = 10  # (kind, exception): the background write failed for good
+_REMOVED: Final = 11  # (kind, peer, index): a peer says a committed change removed this node
 _WAKE_PROPOSE: Final = (_PROPOSE,)  # proposals wait in RaftNode._carry; this only wakes the loop
 _COMMAND_TYPES: Final = (bytes, bytearray, memoryview)
 
@@ -159,6 +161,9 @@ class NodeStatus:
     pending_proposals: int
     core: Status
     """The core's own status (per-follower progress on a leader)."""
+    removed_at: int | None = None
+    """The log index of the committed change that removed this node, once a member said so
+    (see :class:`~phalanx_aio.node.events.RemovedFromCluster`); None otherwise."""
 
 
 class _NodeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -276,6 +281,8 @@ class RaftNode:
         self._failure: BaseException | None = None
         self._healthy = True
         self._peers_conf: ConfState | None = None
+        self._removed_members: dict[str, int] = {}  # former members -> index of their removal
+        self._removed_at: int | None = None  # set once a member says this node was removed
         self.log = _NodeLogger(log, {"node": self})
         # Event listeners (see events.py); events are built only while this list is non-empty.
         self._listeners: list[EventListener] = [on_event] if on_event is not None else []
@@ -394,6 +401,7 @@ class RaftNode:
             healthy=self.healthy,
             pending_proposals=len(self._pending),
             core=st,
+            removed_at=self._removed_at,
         )
 
     async def wait_for_leader(
@@ -643,6 +651,11 @@ class RaftNode:
         """Transport callback: ``peer`` could not be reached."""
         self._queue.put_nowait((_UNREACHABLE, peer))
 
+    def on_removed(self, peer: str, index: int) -> None:
+        """Transport callback: ``peer`` refused our messages, saying that the committed change
+        at ``index`` removed this node."""
+        self._queue.put_nowait((_REMOVED, peer, index))
+
     def on_snapshot_status(self, peer: str, ok: bool) -> None:
         """Transport callback: a snapshot to ``peer`` was delivered or failed."""
         self._queue.put_nowait((_SNAP_STATUS, peer, ok))
@@ -757,6 +770,26 @@ class RaftNode:
             core.persisted(ev[1], ev[2])
         elif kind == _WRITE_FAILED:
             raise ev[1]
+        elif kind == _REMOVED:
+            self._on_removed(core, ev[1], ev[2])
+
+    def _on_removed(self, core: Raft, peer: str, index: int) -> None:
+        """Believe ``peer`` unless this node knows a configuration, from ``index`` on, that
+        includes it (it was added again), or knows none at all (it is joining)."""
+        conf = core.conf
+        if self._removed_at is not None or not conf.members():
+            return
+        if core.confs.last_index >= index and conf.is_member(self.id):
+            return
+        self._removed_at = index
+        self.log.error(
+            "%s says this node was removed from the cluster by the change at index %d; it takes no "
+            "further part (stop it, or add it again)",
+            peer,
+            index,
+        )
+        if self._listeners:
+            self._emit(RemovedFromCluster(self.id, core.term, index, peer))
 
     def _start_conf_change(self, core: Raft, change: ConfChange, fut: asyncio.Future[Any]) -> None:
         if fut.done():
@@ -1049,8 +1082,10 @@ class RaftNode:
     def _apply_other(self, e: Entry) -> None:
         """Apply a membership change (a new leader's empty entry needs nothing)."""
         if e.type is EntryType.CONF:
+            change, conf = decode_conf(e.data)
+            if change is not None:
+                self._note_removal(e.index, change)
             if self._listeners:
-                change, conf = decode_conf(e.data)
                 term = self._core.term if self._core is not None else e.term
                 voters, learners = tuple(sorted(conf.voters)), tuple(sorted(conf.learners))
                 self._emit(MembershipChanged(self.id, term, e.index, change, voters, learners))
@@ -1060,6 +1095,17 @@ class RaftNode:
                     _set_result(w[1], None)
                 else:
                     _set_exc(w[1], NotApplied("membership change overwritten by a new leader"))
+
+    def _note_removal(self, index: int, change: ConfChange) -> None:
+        """Keep the transport's list of removed members (committed removals only: a change
+        that is merely appended may still be overwritten)."""
+        removed = self._removed_members
+        if change.type is ConfChangeType.REMOVE:
+            removed[change.node_id] = index
+        elif removed.pop(change.node_id, None) is None:
+            return
+        if self._transport is not None:
+            self._transport.set_removed(removed)
 
     def _serve_reads(self, applied: int) -> None:
         heap = self._ready_reads

@@ -30,6 +30,11 @@ class TransportHandler(Protocol):
     def on_snapshot_status(self, peer: str, ok: bool) -> None:
         """A snapshot sent to ``peer`` was fully delivered (``ok``) or failed."""
 
+    def on_removed(self, peer: str, index: int) -> None:
+        """``peer`` refused this node's messages: it applied a committed membership change, at
+        log index ``index``, that removed this node. (Transports call it only if the handler
+        defines it.)"""
+
 
 class Transport(abc.ABC):
     """Carries core messages between the members of one cluster."""
@@ -46,6 +51,12 @@ class Transport(abc.ABC):
     def set_peers(self, peers: Mapping[str, str]) -> None:
         """The current members other than this node, id -> address. Streams to members no
         longer listed are closed; messages to unknown ids are dropped and counted."""
+
+    @abc.abstractmethod
+    def set_removed(self, removed: Mapping[str, int]) -> None:
+        """Former members this node knows were removed (id -> the index of the committed change
+        that removed them): their messages are refused, and their transport calls their
+        node's ``on_removed`` (see :class:`TransportHandler`)."""
 
     @abc.abstractmethod
     async def aclose(self) -> None:

@@ -31,6 +31,7 @@ import ipaddress
 import logging
 import operator
 import random
+import re
 import ssl
 import weakref
 from collections import Counter, deque
@@ -105,6 +106,7 @@ STAT_KEYS: tuple[str, ...] = (
     "rejected_too_large",
     "rejected_cluster",
     "rejected_sender",
+    "rejected_removed",
     "rejected_identity",
     "rejected_destination",
     "rejected_origin",
@@ -128,7 +130,8 @@ counts whole snapshots); ``inbound_streams`` / ``inbound_streams_ended`` the cal
 ``rejected_*`` count calls ended because of bad input, by reason: ``malformed`` (the codec
 refused the bytes, including an empty sender or cluster id), ``too_large`` (a gRPC message over
 ``Limits.max_frame_bytes``), ``cluster`` (a foreign cluster id), ``sender`` (a sender that is not
-a current peer, or that changed within a call), ``identity`` (with ``bind_node_ids``, a sender
+a current peer, or that changed within a call), ``removed`` (a sender this node knows was removed
+from the cluster, see :meth:`~GrpcTransport.set_removed`), ``identity`` (with ``bind_node_ids``, a sender
 that the client certificate does not name), ``destination`` (a message addressed to
 another node), ``origin`` (a message whose ``frm`` is not the frame's sender), ``invalid`` (a
 well-formed message that no correct peer sends: a term or index above :data:`MAX_ACCEPTED_INT`,
@@ -359,6 +362,20 @@ def _peer_name(stream: _ServerStream) -> str:
     return "?"
 
 
+_REMOVED = re.compile(r"removed at index (\d+): ")
+
+
+def _removal_index(exc: BaseException) -> int | None:
+    """The index in a peer's "you were removed" refusal (``NOT_FOUND``), or None."""
+    if isinstance(exc, GRPCError) and exc.status is Status.NOT_FOUND:
+        found = _REMOVED.match(exc.message or "")
+    elif isinstance(exc, _StreamEnded):
+        found = _REMOVED.search(str(exc)) if "NOT_FOUND" in str(exc) else None
+    else:
+        found = None
+    return int(found.group(1)) if found else None
+
+
 def _end_status(call: _ClientStream) -> str:
     """What the server's trailers say about a call it ended (for logs)."""
     trailers = getattr(getattr(call, "_stream", None), "trailers", None)
@@ -495,6 +512,7 @@ class GrpcTransport(Transport):
         self._server: _Server | None = None
         self._address: str | None = None
         self._peers: dict[str, _Peer] = {}
+        self._removed: dict[str, int] = {}
         self._retired: set[asyncio.Task[None]] = set()
         self._stats: Counter[str] = Counter(dict.fromkeys(STAT_KEYS, 0))
         self._started = False
@@ -575,6 +593,13 @@ class GrpcTransport(Transport):
                 stats["dropped_queue_full"] += 1
             queue.append(m)
             peer.wake.set()
+
+    def set_removed(self, removed: Mapping[str, int]) -> None:
+        """The former members this node knows were removed, id -> the log index of the
+        committed change that removed them. A call from one of them (unless it is a peer again)
+        is refused with ``NOT_FOUND`` and a text naming that index, and its transport reports
+        it to its node (:meth:`TransportHandler.on_removed`)."""
+        self._removed = dict(removed)
 
     def set_peers(self, peers: Mapping[str, str]) -> None:
         """Make ``peers`` (id -> ``host:port``) the current peers.
@@ -675,6 +700,11 @@ class GrpcTransport(Transport):
 
     def _unreachable(self, peer: _Peer, exc: BaseException) -> None:
         self._stats["stream_failures"] += 1
+        removed_at = _removal_index(exc)
+        if removed_at is not None and self._handler is not None and not self._closed:
+            on_removed = getattr(self._handler, "on_removed", None)  # optional for handlers
+            if on_removed is not None:
+                self._notify("on_removed", on_removed, peer.id, removed_at)
         if peer.unreachable:
             log.debug("%s: peer %s at %s still unreachable: %r", self.node_id, peer.id, peer.address, exc)
             return
@@ -893,6 +923,13 @@ class GrpcTransport(Transport):
         if bound is not None and sender != bound:
             raise _Reject("sender", Status.PERMISSION_DENIED, f"sender changed from {bound!r} within a call")
         if sender not in self._peers:
+            index = self._removed.get(sender)
+            if index is not None:
+                raise _Reject(
+                    "removed",
+                    Status.NOT_FOUND,
+                    f"removed at index {index}: {sender!r} is no longer a member of {self.cluster_id!r}",
+                )
             raise _Reject(
                 "sender", Status.PERMISSION_DENIED, f"{sender!r:.100} is not a peer of {self.node_id!r}"
             )

@@ -23,6 +23,7 @@ class MemoryNetwork:
 
     def __init__(self) -> None:
         self._handlers: dict[str, TransportHandler] = {}
+        self._transports: dict[str, MemoryTransport] = {}
         self.blocked: set[tuple[str, str]] = set()
         """Directed links ``(src, dst)`` that drop everything."""
 
@@ -44,6 +45,14 @@ class MemoryNetwork:
         handler = self._handlers.get(dst)
         if handler is None or (src, dst) in self.blocked:
             return False
+        receiver = self._transports.get(dst)
+        if receiver is not None and src not in receiver._peers and src in receiver._removed:
+            # As the gRPC transport does: a removed member's messages are refused, and it is told.
+            sender = self._handlers.get(src)
+            on_removed = getattr(sender, "on_removed", None)
+            if on_removed is not None:
+                on_removed(dst, receiver._removed[src])
+            return True
         handler.on_messages(src, messages)
         return True
 
@@ -56,6 +65,7 @@ class MemoryTransport(Transport):
         self.network = network
         self._handler: TransportHandler | None = None
         self._peers: dict[str, str] = {}
+        self._removed: dict[str, int] = {}
         self._stats: Counter[str] = Counter()
         self._closed = False
 
@@ -65,6 +75,7 @@ class MemoryTransport(Transport):
             raise ClosedError("transport is closed")
         self._handler = handler
         self.network._handlers[self.node_id] = handler
+        self.network._transports[self.node_id] = self
 
     def send(self, messages: Sequence[Message]) -> None:
         """Deliver on the next loop iteration, grouped per destination, order kept."""
@@ -97,11 +108,19 @@ class MemoryTransport(Transport):
         """Replace the peer list."""
         self._peers = dict(peers)
 
+    def set_removed(self, removed: Mapping[str, int]) -> None:
+        """Refuse messages from these former members (unless they are peers again) and tell
+        them, as :meth:`GrpcTransport.set_removed
+        <phalanx_aio.transport.grpc.GrpcTransport.set_removed>` does."""
+        self._removed = dict(removed)
+
     async def aclose(self) -> None:
         """Detach from the network."""
         self._closed = True
         if self.network._handlers.get(self.node_id) is self._handler:
             del self.network._handlers[self.node_id]
+        if self.network._transports.get(self.node_id) is self:
+            del self.network._transports[self.node_id]
 
     @property
     def stats(self) -> Mapping[str, int]:

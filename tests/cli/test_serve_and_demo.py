@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import pathlib
+import time
 
 import pytest
 
-from phalanx_aio.cli.demo import run_demo
+from phalanx_aio.cli.demo import LocalCluster, run_demo
 from phalanx_aio.cli.main import build_parser, main
 from phalanx_aio.cli.serve import resolve_settings
 from phalanx_aio.errors import ConfigError
+from phalanx_aio.kv import KVClient
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -70,3 +73,27 @@ async def test_demo_kills_the_leader_and_loses_nothing() -> None:
     # demo once counted replies the dying leader had already sent, and showed 0.00 s.
     assert res.failover_s is not None and res.failover_s >= 0.45
     assert "acknowledged writes lost" in text
+
+
+async def test_a_removed_member_stops_with_status_2(tmp_path: pathlib.Path) -> None:
+    """``serve`` stops once a member says this node was removed, and says how to come back."""
+    cluster = LocalCluster(3, tmp_path)
+    cluster.start_all()
+    try:
+        async with KVClient(list(cluster.addr.values()), timeout=20.0) as kv:
+            await kv.put(b"k", b"v")  # waits for the processes to start and elect a leader
+            leader = (await kv.status()).leader_id
+            victim = next(nid for nid in cluster.ids if nid != leader)
+            await kv.remove_member(victim)
+            proc = cluster.procs[victim]
+            deadline = time.monotonic() + 30.0
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert proc.returncode == 2, (cluster.workdir / f"{victim}.log").read_text()[-2000:]
+            log = (cluster.workdir / f"{victim}.log").read_text()
+            assert f"{victim} was removed from cluster" in log and "--join" in log
+            await kv.put(b"k", b"w")  # the others go on
+            assert await kv.get(b"k") == b"w"
+            assert all(cluster.procs[n].poll() is None for n in cluster.ids if n != victim)
+    finally:
+        cluster.stop_all()

@@ -11,7 +11,7 @@ import pytest
 
 from phalanx_aio.core.types import Entry, EntryType
 from phalanx_aio.errors import ClosedError, NotApplied, NotLeader, ProposalDropped, Timeout
-from phalanx_aio.node import RaftNode
+from phalanx_aio.node import RaftNode, RemovedFromCluster
 from tests.node.conftest import DEADLINE, Counter, Harness
 
 
@@ -105,6 +105,37 @@ async def test_remove_member_and_transfer_leadership(cluster: Harness) -> None:
     await new.remove_member(victim)
     assert victim not in new.status().voters
     assert await new.propose(b"incr 1") == 2
+
+
+async def test_a_removed_member_is_told(cluster: Harness) -> None:
+    """The members that applied a removal refuse the removed node's messages and say so; it
+    reports it once (status, event) and the others go on without it."""
+    leader = await cluster.leader()
+    victim = cluster.nodes[next(nid for nid in cluster.ids if nid != leader.id)]
+    events: list[RemovedFromCluster] = []
+    victim.add_listener(lambda ev: events.append(ev) if isinstance(ev, RemovedFromCluster) else None)
+    await leader.remove_member(victim.id)
+    removal = leader.status().commit  # the removal is the last committed entry
+    # The victim never hears of its removal from the log; its next (pre-)vote request is refused.
+    await cluster.until(lambda: victim.status().removed_at is not None)
+    assert victim.status().removed_at == removal
+    assert len(events) == 1 and events[0].index == removal and events[0].reported_by != victim.id
+    assert victim.id in victim.status().voters  # its own, stale, configuration
+    assert await leader.propose(b"incr 1") == 1
+    assert all(cluster.nodes[n].status().removed_at is None for n in cluster.ids if n != victim.id)
+
+
+async def test_a_removal_claim_older_than_a_known_configuration_is_ignored(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    await leader.propose(b"incr 1")
+    node = cluster.nodes[next(nid for nid in cluster.ids if nid != leader.id)]
+    node.on_removed(leader.id, 1)  # the founding configuration, which includes it
+    node.on_removed("", 0)
+    await leader.propose(b"incr 1")  # a loop turn of every node has passed
+    await cluster.until(lambda: node.status().applied >= 3)
+    assert node.status().removed_at is None
+    node.on_removed(leader.id, 10**6)  # a removal after anything it knows: believed
+    await cluster.until(lambda: node.status().removed_at == 10**6)
 
 
 async def test_no_leader_refuses_at_once() -> None:

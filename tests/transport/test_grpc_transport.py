@@ -42,6 +42,7 @@ class Recorder:
         self.received: list[tuple[str, Message]] = []
         self.unreachable: list[str] = []
         self.snapshot_status: list[tuple[str, bool]] = []
+        self.removed: list[tuple[str, int]] = []
         self._changed = asyncio.Event()
 
     def on_messages(self, sender: str, messages: Sequence[Message]) -> None:
@@ -54,6 +55,10 @@ class Recorder:
 
     def on_snapshot_status(self, peer: str, ok: bool) -> None:
         self.snapshot_status.append((peer, ok))
+        self._changed.set()
+
+    def on_removed(self, peer: str, index: int) -> None:
+        self.removed.append((peer, index))
         self._changed.set()
 
     def from_(self, sender: str) -> list[Message]:
@@ -659,3 +664,34 @@ def test_backoff_grows_to_the_maximum_with_seeded_jitter() -> None:
     bases = [min(1.0, 0.1 * 2**n) for n in range(8)]
     assert all(b / 2 <= x <= b for x, b in zip(d, bases, strict=True))
     assert d[-1] >= 0.5
+
+
+async def test_a_removed_member_is_refused_and_told(node: Factory) -> None:
+    a, ra = await node("a")
+    b, rb = await node("b")
+    connect(a, b)
+    a.send([heartbeat("a", "b", 1)])
+    await rb.wait(lambda: len(rb.received) == 1)
+    # b applies a committed change at index 7 that removes a: a is no peer of b's any more.
+    b.set_peers({})
+    b.set_removed({"a": 7})
+    a.send([heartbeat("a", "b", 2)])
+    await ra.wait(lambda: ("b", 7) in ra.removed)
+    assert rb.received == [("a", heartbeat("a", "b", 1))]
+    await eventually(lambda: b.stats["rejected_removed"] >= 1)
+    assert b.stats["rejected_sender"] == 0
+    # Added again: a's messages flow once more (a peer is never refused as removed).
+    b.set_peers({"a": a.address})
+    a.send([heartbeat("a", "b", 3)])
+    await rb.wait(lambda: ("a", heartbeat("a", "b", 3)) in rb.received)
+
+
+async def test_a_sender_that_is_not_a_peer_is_not_told_it_was_removed(node: Factory) -> None:
+    a, ra = await node("a")
+    b, rb = await node("b")
+    a.set_peers({"b": b.address})  # b does not know a, and never removed it
+    b.set_removed({"c": 3})
+    a.send([heartbeat("a", "b", 1)])
+    await ra.wait(lambda: ra.unreachable == ["b"])
+    assert ra.removed == [] and rb.received == []
+    await eventually(lambda: b.stats["rejected_sender"] >= 1)
