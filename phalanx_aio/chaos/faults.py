@@ -405,12 +405,15 @@ class Nemesis:
             with contextlib.suppress(PhalanxError, OSError, TimeoutError):
                 members = await self._admin_call(lambda kv: kv.members(), timeout=2.0)
                 me = next((m for m in members if m.node_id == nid), None)
-                st = await c.status(nid)
                 log = (c.workdir / f"{nid}.log").read_text(errors="replace")
                 promoted = log.rpartition("==== ")[2].count("promoted to voter") > 0  # since its last start
-                if promoted and me is not None and not me.learner and st is not None:
+                if promoted and me is not None and not me.learner:
+                    # The leader's commit index first, then the member's applied index: under
+                    # load the leader always commits a little more meanwhile, so the other order
+                    # (the member sampled before the leader) was almost never satisfied.
                     lead = await self._admin_call(lambda kv: kv.status(), timeout=2.0)
-                    if st.applied_index >= lead.commit_index:
+                    st = await c.status(nid)
+                    if st is not None and st.applied_index >= lead.commit_index:
                         return True
             await asyncio.sleep(0.3)
         return False
