@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from phalanx_aio.cli.demo import LocalCluster
@@ -52,18 +52,23 @@ class Cluster(LocalCluster):
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds (user + system) of each member so far."""
-        out = {}
-        for nid, proc in self.procs.items():
-            try:
-                fields = pathlib.Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                out[nid] = (int(fields[11]) + int(fields[12])) / _TICKS
-            except (OSError, IndexError, ValueError):
-                out[nid] = float("nan")
-        return out
+        return cpu_seconds(self.procs)
 
     def dead(self) -> list[str]:
         """The members that have exited (a crash, or a port taken by another process)."""
         return [nid for nid, proc in self.procs.items() if proc.poll() is not None]
+
+
+def cpu_seconds(procs: Mapping[str, subprocess.Popen[bytes]]) -> dict[str, float]:
+    """CPU seconds (user + system, from /proc) of each process so far; NaN if unreadable."""
+    out = {}
+    for nid, proc in procs.items():
+        try:
+            fields = pathlib.Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[nid] = (int(fields[11]) + int(fields[12])) / _TICKS
+        except (OSError, IndexError, ValueError):
+            out[nid] = float("nan")
+    return out
 
 
 async def wait_for_leader(endpoints: list[str], timeout: float = 30.0) -> str:

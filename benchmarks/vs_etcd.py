@@ -50,7 +50,7 @@ from phalanx_aio.node.runner import run, uvloop_available
 from phalanx_aio.transport.codec import WireBytes
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from client import _TICKS, Cluster, drive, run_workload, wait_for_leader
+from client import Cluster, cpu_seconds, drive, run_workload, wait_for_leader
 
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "vs_etcd.json"
@@ -152,14 +152,7 @@ class EtcdCluster:
             log.close()
 
     def cpu(self) -> dict[str, float]:
-        out = {}
-        for nid, proc in self.procs.items():
-            try:
-                fields = pathlib.Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                out[nid] = (int(fields[11]) + int(fields[12])) / _TICKS
-            except (OSError, IndexError, ValueError):
-                out[nid] = float("nan")
-        return out
+        return cpu_seconds(self.procs)
 
     def dead(self) -> list[str]:
         return [nid for nid, proc in self.procs.items() if proc.poll() is not None]
