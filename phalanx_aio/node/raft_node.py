@@ -783,8 +783,8 @@ class RaftNode:
             return
         self._removed_at = index
         self.log.error(
-            "%s says this node was removed from the cluster by the change at index %d; it takes no "
-            "further part (stop it, or add it again)",
+            "%s says this node was removed from the cluster by the change at index %d; it should be "
+            "stopped (or added again)",
             peer,
             index,
         )
