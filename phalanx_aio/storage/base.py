@@ -5,8 +5,6 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
-from operator import attrgetter, le
 from types import TracebackType
 from typing import Self
 
@@ -17,9 +15,6 @@ from phalanx_aio.errors import ClosedError, LocalError, StorageError
 __all__ = ["LogShape", "Storage", "StoredState"]
 
 _ENTRY_TYPES = frozenset(EntryType)
-_index_of = attrgetter("index")
-_term_of = attrgetter("term")
-_type_of = attrgetter("type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,8 +199,13 @@ class LogShape:
                 prev_term = snap_term if first - 1 == snap_index else term_at(first - 1)
             else:
                 prev_term = last_term
-            _check_batch(where, entries, prev_term)
-            last_index, last_term = entries[-1].index, entries[-1].term
+            expect, term = first, prev_term
+            for e in entries:
+                if e.index != expect or e.term < term or e.type not in _ENTRY_TYPES:
+                    raise LocalError(_bad_entry(where, e, expect, term))
+                expect += 1
+                term = e.term
+            last_index, last_term = expect - 1, term
         hs = self.hard_state
         if hard_state is not None:
             if hard_state.term < hs.term:
@@ -256,27 +256,6 @@ class LogShape:
         if meta.index >= self.last_index:
             return LogShape(meta.index, meta.term, meta.index, meta.term, self.hard_state)
         return LogShape(meta.index, meta.term, self.last_index, self.last_term, self.hard_state)
-
-
-def _check_batch(where: str, entries: Sequence[Entry], prev_term: int) -> None:
-    """Raise :class:`LocalError` unless ``entries`` are contiguous, of known types, and their
-    terms never go down (starting from ``prev_term``)."""
-    # Column by column in C: every write of every member goes through here.
-    first = entries[0].index
-    terms = list(map(_term_of, entries))
-    if (
-        list(map(_index_of, entries)) == list(range(first, first + len(entries)))
-        and prev_term <= terms[0]
-        and all(map(le, terms, islice(terms, 1, None)))
-        and _ENTRY_TYPES.issuperset(map(_type_of, entries))
-    ):
-        return
-    expect, term = first, prev_term
-    for e in entries:
-        if e.index != expect or e.term < term or e.type not in _ENTRY_TYPES:
-            raise LocalError(_bad_entry(where, e, expect, term))
-        expect += 1
-        term = e.term
 
 
 def _bad_entry(where: str, e: Entry, expect: int, prev_term: int) -> str:
