@@ -79,7 +79,7 @@ def batch_rows(entries: Sequence[Entry], per_row: int) -> list[tuple[int, int, b
         parts, _ = entry_parts(chunk, per_row, remember=False)
         blob = b"".join(parts)
         first, last = chunk[0].index, chunk[-1].index
-        rows.append((first, last, blob, _crc32(blob, _crc32(_BATCH_HEAD.pack(first, last)))))
+        rows.append((first, last, blob, batch_crc(first, last, blob)))
     return rows
 
 

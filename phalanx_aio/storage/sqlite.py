@@ -21,6 +21,7 @@ call on aiosqlite's worker thread: one thread hop per ``Ready``, whatever it hol
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import pathlib
@@ -28,7 +29,7 @@ import sqlite3
 import struct
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Literal, TypeVar, cast
 
 import aiosqlite
@@ -350,10 +351,11 @@ class SQLiteStorage(Storage):
                 _check_identity(path, conn, node_id, cluster_id, version)
                 hard_state = _load_hard_state(path, conn)
                 snapshot = _load_snapshot(path, conn)
-                if version == 1:
-                    entries = _load_entry_rows(path, conn)
-                else:
-                    entries = _load_batches(path, conn, snapshot.meta.index)
+                with _gc_paused():
+                    if version == 1:
+                        entries = _load_entry_rows(path, conn)
+                    else:
+                        entries = _load_batches(path, conn, snapshot.meta.index)
                 conn.execute("COMMIT")
             finally:
                 conn.close()
@@ -549,10 +551,17 @@ class SQLiteStorage(Storage):
             "SELECT first, last, data, crc FROM entry_batches WHERE first <= ? ORDER BY first DESC LIMIT 1",
             (index,),
         ).fetchone()
+        if row is None or not isinstance(row[1], int) or row[1] < index:
+            err = StorageError(f"{self._path}: log entry {index} has disappeared from the database")
+            self._failed = err
+            raise err
+        return row[0], self._checked_row(row)
+
+    def _checked_row(self, row: tuple[object, ...]) -> tuple[Entry, ...]:
+        """The entries of a row read while running; damage found makes the store fail."""
+        first, last, data, crc = row
         try:
-            if row is None or not isinstance(row[1], int) or row[1] < index:
-                raise StorageError(f"{self._path}: log entry {index} has disappeared from the database")
-            return row[0], _batch_entries(self._path, *row)
+            return _batch_entries(self._path, first, last, data, crc)
         except StorageError as err:
             self._failed = err
             raise
@@ -561,12 +570,13 @@ class SQLiteStorage(Storage):
         """Delete the stored entries from ``index`` on (in the open transaction); a row that
         holds entries on both sides is rewritten with the ones before ``index``."""
         straddling = conn.execute(
-            "SELECT first FROM entry_batches WHERE first < ? AND last >= ?", (index, index)
+            "SELECT first, last, data, crc FROM entry_batches WHERE first < ? AND last >= ?", (index, index)
         ).fetchone()
         if straddling is not None:
-            first, kept = self._row_holding(conn, index - 1)
+            first = straddling[0]
+            kept = self._checked_row(straddling)[: index - first]
             conn.execute("DELETE FROM entry_batches WHERE first >= ?", (first,))
-            conn.executemany(INSERT_BATCH, batch_rows(kept[: index - first], ROW_ENTRIES))
+            conn.executemany(INSERT_BATCH, batch_rows(kept, ROW_ENTRIES))
         else:
             conn.execute("DELETE FROM entry_batches WHERE first >= ?", (index,))
 
@@ -753,29 +763,35 @@ def _load_snapshot(path: str, conn: sqlite3.Connection) -> Snapshot:
     return Snapshot(SnapshotMeta(index, term, conf_state), data)
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while the log is loaded (a million new objects
+    would otherwise trigger many collections that find nothing); restore it as it was."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _load_batches(path: str, conn: sqlite3.Connection, snap_index: int) -> list[Entry]:
     """Every stored entry after the snapshot (``snap_index``), each row checked against its
     checksum and its claimed indexes before its entries are returned.
 
     The first row may hold entries up to the snapshot's index as well (compaction deletes
-    whole rows only): those are skipped. The cyclic garbage collector is paused meanwhile, as
-    in :func:`_load_entry_rows`; entries of one term share one ``int`` for it.
+    whole rows only): those are skipped. Entries of one term share one ``int`` for it.
     """
     entries: list[Entry] = []
     terms: dict[int, int] = {}
     cursor = conn.execute("SELECT first, last, data, crc FROM entry_batches ORDER BY first")
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        while rows := cursor.fetchmany(_LOAD_BATCHES):
-            for first, last, data, crc in rows:
-                batch = _batch_entries(path, first, last, data, crc, terms)
-                if not entries and first <= snap_index < last:
-                    batch = batch[snap_index - first + 1 :]
-                entries += batch
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    while rows := cursor.fetchmany(_LOAD_BATCHES):
+        for first, last, data, crc in rows:
+            batch = _batch_entries(path, first, last, data, crc, terms)
+            if not entries and first <= snap_index < last:
+                batch = batch[snap_index - first + 1 :]
+            entries += batch
     return entries
 
 
@@ -804,22 +820,14 @@ def _load_entry_rows(path: str, conn: sqlite3.Connection) -> list[Entry]:
     before it is returned.
 
     Rows are read and checked in chunks, column by column (``map`` over C functions rather than
-    Python code per row); the cyclic garbage collector is paused meanwhile (a million new
-    objects would otherwise trigger many collections that find nothing) and restored to its
-    previous state. A chunk that fails the bulk check is checked again row by row, so that the
+    Python code per row). A chunk that fails the bulk check is checked again row by row, so that the
     error names the first bad entry; no entry of a failing chunk is returned.
     """
     entries: list[Entry] = []
     terms: dict[int, int] = {}
     cursor = conn.execute("SELECT idx, term, type, data, crc FROM entries ORDER BY idx")
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        while rows := cursor.fetchmany(_LOAD_CHUNK):
-            entries += _checked_entries(path, rows, terms)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    while rows := cursor.fetchmany(_LOAD_CHUNK):
+        entries += _checked_entries(path, rows, terms)
     return entries
 
 
