@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -26,6 +26,8 @@ from phalanx_aio.core.types import (
     HardState,
     Message,
     MessageType,
+    Placement,
+    PlacementOutcome,
     ReadState,
     Snapshot,
     SnapshotMeta,
@@ -49,10 +51,22 @@ _PROP = MessageType.PROP
 _READ_INDEX = MessageType.READ_INDEX
 _READ_INDEX_RESP = MessageType.READ_INDEX_RESP
 _TIMEOUT_NOW = MessageType.TIMEOUT_NOW
+_PROP_RESP = MessageType.PROP_RESP
+_PLACED = PlacementOutcome.PLACED
+_NOT_LEADER = PlacementOutcome.NOT_LEADER
+_DROPPED = PlacementOutcome.DROPPED
+_UNKNOWN = PlacementOutcome.UNKNOWN
 
 # Messages that are not term-checked: forwarded requests and their answers. Their safety does
-# not depend on the sender's term (see _step_leader and _step_follower).
-_UNCHECKED = frozenset({_PROP, _READ_INDEX, _READ_INDEX_RESP})
+# not depend on the receiver's term: a forward names the term of the leader it is meant for,
+# and an answer is taken only from the node asked, for the term asked (see _on_forwarded,
+# _on_placement and _follower_read_resp).
+_UNCHECKED = frozenset({_PROP, _PROP_RESP, _READ_INDEX, _READ_INDEX_RESP})
+
+# Forwarded proposals and reads waiting for their answer, remembered per context as the
+# (leader, term) asked; past this many (answers lost with a broken connection) the oldest
+# are forgotten: their answers will be ignored, and the driver times them out.
+_MAX_ASKED = 1 << 16
 
 # RTT-aware mode: heartbeat answers older than this many rounds are not timed, and a
 # follower's RTT counts once it has this many samples (or rtt_window, if smaller).
@@ -139,6 +153,8 @@ class Raft:
         config: Config,
         rng: random.Random,
         state: InitialState | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if not node_id:
             raise LocalError("node id must be a non-empty string")
@@ -146,6 +162,10 @@ class Raft:
         self.id = node_id
         self.cfg = config
         self._rng = rng
+        # Lease reads are timed on this clock (in ticks, monotonic); the tick count without one.
+        # A driver passes its monotonic clock, so that a loop that stalls (and misses ticks)
+        # does not stretch its lease by the stall.
+        self._clock = clock
         snap = state.snapshot
         hs = state.hard_state
         self.log = RaftLog(snap.meta.index, snap.meta.term, state.entries)
@@ -180,6 +200,10 @@ class Raft:
         # advised one or, without advice, election_ticks. It survives term changes (advice
         # is kept until a new leader advises otherwise) but not restarts.
         self._election_timeout = config.election_ticks
+        # A node that may have acknowledged a leader before it stopped (any term past the
+        # founding one: the first leader is elected in term 2) refuses votes and pre-votes
+        # for this many ticks after it starts, as if it had just heard that leader.
+        self._quiet_ticks = config.election_ticks if hs.term > 1 else 0
         self._hb_sent: dict[int, int] = {}
         self.lead_transferee: str | None = None
         self._votes: dict[str, bool] = {}
@@ -190,10 +214,22 @@ class Raft:
         # ReadIndex: heartbeat rounds (thesis §6.4). A read registered at round r is confirmed
         # once a quorum acknowledged a heartbeat of round >= r.
         self._round = 0
-        self._round_ticks: dict[int, int] = {}
+        self._round_ticks: dict[int, float] = {}  # round -> time sent (see _now)
         self._read_acks: dict[str, int] = {}
         self._pending_reads: list[tuple[int, int, bytes, str]] = []
         self._reads_before_commit: list[tuple[bytes, str]] = []
+        # Follower side: forwarded proposals and reads (context -> (leader, term) asked). An
+        # answer counts only from that node for that term.
+        self._forwards: dict[bytes, tuple[str, int]] = {}
+        self._asked_reads: dict[bytes, tuple[str, int]] = {}
+        self._placements: list[Placement] = []
+        # Leader side: retried proposals waiting for the first commit of this term (data,
+        # context, first index to search, requester), and the entries of earlier terms in
+        # this leader's log, by data, from index _copies_from on (built at the first retry).
+        self._retries_before_commit: list[tuple[bytes, bytes, int, str]] = []
+        self._copies: dict[bytes, Entry] | None = None
+        self._copies_from = 0
+        self._term_start = 0  # the index of this leader's first entry of its term (its no-op)
         self._bcast_entries = False
         self._bcast_commit = False
         self._bcast_read = False
@@ -206,6 +242,8 @@ class Raft:
         config: Config,
         rng: random.Random,
         voters: Mapping[str, bytes] | Iterable[str],
+        *,
+        clock: Callable[[], float] | None = None,
     ) -> Raft:
         """A brand-new node of a brand-new cluster whose first configuration is ``voters``.
 
@@ -214,7 +252,7 @@ class Raft:
         ``voters`` may map ids to contexts (addresses). The first ``Ready`` persists it.
         """
         state = bootstrap_state(voters)
-        node = cls(node_id, config, rng)
+        node = cls(node_id, config, rng, clock=clock)
         node.log.append(state.entries)
         node.confs.append(1, decode_conf(state.entries[0].data)[1])
         node.log.commit_to(1)
@@ -270,9 +308,16 @@ class Raft:
     # ------------------------------------------------------------------ role changes
 
     def _reset(self, term: int) -> None:
+        # Retries this leader had not checked yet: refused for the term they were sent in.
+        for _, ctx, _, requester in self._retries_before_commit:
+            self._answer_forward(requester, ctx, self.term, _NOT_LEADER)
+        self._retries_before_commit = []
         if term != self.term:
             self.term = term
             self.vote = None
+            # Answers are taken for the term asked only (a new leader is asked again).
+            self._forwards.clear()
+            self._asked_reads.clear()
         self.leader = None
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
@@ -285,6 +330,7 @@ class Raft:
         self._lease_void = False
         self._uncommitted_bytes = 0
         self._drop_reads()
+        self._copies = None
         self._bcast_entries = self._bcast_commit = self._bcast_read = False
 
     def _drop_reads(self) -> None:
@@ -327,6 +373,7 @@ class Raft:
             self.prs[self.id].become_replicate()
         # Uncommitted entries of earlier terms count towards the limit too (conservative).
         self._uncommitted_bytes += self.log.size_of(self.log.committed + 1, last + 1)
+        self._term_start = last + 1
         # §8: a no-op entry of this term lets earlier entries commit and starts ReadIndex.
         self._append(EntryType.NOOP, [b""])
 
@@ -491,19 +538,175 @@ class Raft:
         term, first = placed
         return [(term, index) for index in range(first, first + len(commands))]
 
-    def propose_batch(self, commands: Sequence[bytes]) -> tuple[int, int] | None:
+    def propose_batch(self, commands: Sequence[bytes], *, context: bytes = b"") -> tuple[int, int] | None:
         """:meth:`propose_many`, answered in one pair: on the leader, the commands are at
         consecutive indexes from the returned ``(term, first index)``; ``None`` when forwarded.
-        Raises like :meth:`propose` (nothing is appended then)."""
+        Raises like :meth:`propose` (nothing is appended then).
+
+        A forward with a ``context`` is answered: a later ``Ready`` carries a
+        :class:`~phalanx_aio.core.types.Placement` for it (where the leader placed the
+        commands, or why it refused them). A forward that stays unanswered (the leader died,
+        the message was lost) has an unknown outcome: see :meth:`repropose`."""
         if self.role is not Role.LEADER:
             if self.leader is not None and self.cfg.forward_proposals and self.role is Role.FOLLOWER:
                 entries = tuple(Entry(0, 0, EntryType.NORMAL, bytes(d)) for d in commands)
-                self._send(Message(_PROP, self.leader, self.id, 0, entries=entries))
+                self._forward(entries, bytes(context), 0)
                 return None
             raise NotLeader(self.leader)
         datas = list(map(bytes, commands))  # a copy of a bytearray; bytes as they are
         self._check_can_propose(sum(map(len, datas)) + 16 * len(datas))
         return self.term, self._append(EntryType.NORMAL, datas)
+
+    def repropose(self, data: bytes, context: bytes, since: int) -> None:
+        """Propose again a command forwarded earlier whose outcome is unknown (its forward was
+        never answered, and the leader has changed since), without ever applying it twice.
+
+        ``since`` is the first log index where an earlier copy may sit: one more than this
+        node's commit index when it first forwarded the command (the leader it was sent to
+        appended it, if at all, after every entry committed then). The leader of the current
+        term, once it has committed an entry of its term, looks for a copy from ``since`` on:
+        entries of earlier terms that it does not hold then can never commit (§5.4), and those
+        it holds are committed. It answers with where the copy sits, or appends the command
+        if there is none. The answer arrives as a :class:`~phalanx_aio.core.types.Placement`
+        for ``context``, in a later ``Ready``, on the leader itself too.
+
+        Raises :class:`~phalanx_aio.errors.NotLeader` when no leader is known (try again once
+        one is), :class:`~phalanx_aio.errors.LocalError` if ``since`` is not positive.
+        """
+        if since < 1:
+            raise LocalError(f"since must be a log index (>= 1), not {since}")
+        if self.role is Role.LEADER:
+            self._retry(bytes(data), bytes(context), since, self.id)
+        elif self.role is Role.FOLLOWER and self.leader is not None and self.cfg.forward_proposals:
+            self._forward((Entry(0, 0, EntryType.NORMAL, bytes(data)),), bytes(context), since)
+        else:
+            raise NotLeader(self.leader)
+
+    def _forward(self, entries: tuple[Entry, ...], context: bytes, since: int) -> None:
+        leader = self.leader
+        assert leader is not None
+        self._send(Message(_PROP, leader, self.id, self.term, index=since, entries=entries, context=context))
+        if context:
+            _remember(self._forwards, context, (leader, self.term))
+
+    def _on_forwarded(self, m: Message) -> None:
+        """A leader's handling of a forwarded proposal (see :attr:`MessageType.PROP`)."""
+        datas = [e.data for e in m.entries]
+        if m.term == 0:  # from an earlier release: appended, never answered
+            try:
+                self._check_can_propose(sum(e.size() for e in m.entries))
+            except ProposalDropped:
+                return  # the follower's caller times out: outcome unknown to it, but never applied
+            self._append(EntryType.NORMAL, datas)
+            return
+        if m.term != self.term:
+            # Meant for the leader of another term: not appended, by this node or any other.
+            self._answer_forward(m.frm, m.context, m.term, _NOT_LEADER)
+            return
+        if not datas:  # a probe: is this leader one that answers?
+            self._answer_forward(m.frm, m.context, m.term, _DROPPED)
+            return
+        if m.index:
+            if len(datas) != 1:
+                self._answer_forward(m.frm, m.context, m.term, _DROPPED)
+                return
+            self._retry(datas[0], m.context, m.index, m.frm)
+            return
+        try:
+            self._check_can_propose(sum(e.size() for e in m.entries))
+        except ProposalDropped:
+            self._answer_forward(m.frm, m.context, m.term, _DROPPED)
+            return
+        first = self._append(EntryType.NORMAL, datas)
+        self._answer_forward(m.frm, m.context, m.term, _PLACED, self.term, first)
+
+    def _retry(self, data: bytes, context: bytes, since: int, requester: str) -> None:
+        """Place a retried command once: where a copy already sits, else at the end."""
+        if not self._committed_in_term:
+            # Until an entry of this term commits, an entry of an earlier term that this leader
+            # does not hold may still commit under a later leader, and those it holds are not
+            # yet known to commit: look once this term's first entry has committed.
+            self._retries_before_commit.append((data, context, since, requester))
+            return
+        log = self.log
+        if since <= log.snap_index:
+            self._answer_forward(requester, context, self.term, _UNKNOWN)
+            return
+        copy = self._find_copy(data, since)
+        if copy is not None:
+            self._answer_forward(requester, context, self.term, _PLACED, copy.term, copy.index)
+            return
+        try:
+            self._check_can_propose(len(data) + 16)
+        except ProposalDropped:
+            self._answer_forward(requester, context, self.term, _DROPPED)
+            return
+        first = self._append(EntryType.NORMAL, [data])
+        self._answer_forward(requester, context, self.term, _PLACED, self.term, first)
+
+    def _find_copy(self, data: bytes, since: int) -> Entry | None:
+        """The entry of an earlier term holding ``data`` at ``since`` or later, if this leader
+        holds one. Entries of earlier terms sit below ``_term_start`` and never change while
+        this node leads, so they are indexed once, by data, from the lowest ``since`` asked."""
+        log = self.log
+        lo = max(since, log.first_index())
+        copies = self._copies
+        if copies is None:
+            copies = self._copies = {}
+            self._copies_from = self._term_start
+        if lo < self._copies_from:
+            for i in range(lo, self._copies_from):
+                e = log.entry(i)
+                copies.setdefault(e.data, e)
+            self._copies_from = lo
+        return copies.get(data)
+
+    def _answer_forward(
+        self,
+        requester: str,
+        context: bytes,
+        term: int,
+        outcome: PlacementOutcome,
+        placed_term: int = 0,
+        index: int = 0,
+    ) -> None:
+        """Tell ``requester`` (this node itself, or a follower) what became of its forward
+        ``context``, asked of the leader of ``term``."""
+        if not context:
+            return
+        if requester == self.id:
+            self._placements.append(Placement(context, outcome, placed_term, index))
+            return
+        self._send(
+            Message(
+                _PROP_RESP,
+                requester,
+                self.id,
+                term,
+                log_term=placed_term,
+                index=index,
+                reject=outcome is not _PLACED,
+                reject_hint=int(outcome),
+                context=context,
+            )
+        )
+
+    def _on_placement(self, m: Message) -> None:
+        """A PROP_RESP: taken only from the node asked, for the term asked."""
+        ctx = m.context
+        if self._forwards.get(ctx) != (m.frm, m.term):
+            return
+        del self._forwards[ctx]
+        if not m.reject:
+            if m.index < 1 or m.log_term < 1:
+                return  # malformed: the driver times the proposal out
+            self._placements.append(Placement(ctx, _PLACED, m.log_term, m.index))
+            return
+        try:
+            outcome = PlacementOutcome(m.reject_hint)
+        except ValueError:
+            outcome = _UNKNOWN
+        self._placements.append(Placement(ctx, _UNKNOWN if outcome is _PLACED else outcome))
 
     def _check_can_propose(self, nbytes: int) -> None:
         if self.lead_transferee is not None:
@@ -561,7 +764,9 @@ class Raft:
         if self.role is Role.LEADER:
             self._leader_read(bytes(context), self.id)
         elif self.role is Role.FOLLOWER and self.leader is not None and self.cfg.forward_proposals:
-            self._send(Message(_READ_INDEX, self.leader, self.id, 0, context=bytes(context)))
+            ctx = bytes(context)
+            self._send(Message(_READ_INDEX, self.leader, self.id, 0, context=ctx))
+            _remember(self._asked_reads, ctx, (self.leader, self.term))
         else:
             raise NotLeader(self.leader)
 
@@ -606,7 +811,11 @@ class Raft:
         # RTT-aware mode: followers may adopt any timeout down to rtt_min_election_ticks, so
         # the lease is based on that floor, never on the advised timeout.
         timeout = cfg.rtt_min_election_ticks if cfg.rtt_aware else cfg.election_ticks
-        return self._ticks - sent < timeout - cfg.lease_margin_ticks
+        return self._now() - sent < timeout - cfg.lease_margin_ticks
+
+    def _now(self) -> float:
+        """The time lease reads are measured on, in ticks."""
+        return self._clock() if self._clock is not None else self._ticks
 
     def _release_reads(self) -> None:
         acked = self._acked_round()
@@ -685,9 +894,12 @@ class Raft:
         if m.type not in _UNCHECKED:
             if m.term > self.term:
                 if m.type is _VOTE or m.type is _PRE_VOTE:
+                    # A node restarted less than an election timeout ago counts as having
+                    # heard a leader: it may have acknowledged one just before it stopped,
+                    # and that leader's lease relies on it (thesis §6.4.1).
                     in_lease = (
                         self.cfg.check_quorum
-                        and self.leader is not None
+                        and (self.leader is not None or self._ticks < self._quiet_ticks)
                         and self._election_elapsed < self._election_timeout
                     )
                     if in_lease and not m.transfer:
@@ -707,6 +919,8 @@ class Raft:
                 return
         if m.type is _VOTE or m.type is _PRE_VOTE:
             self._handle_vote(m)
+        elif m.type is _PROP_RESP:
+            self._on_placement(m)
         elif self.role is Role.LEADER:
             self._step_leader(m)
         elif self.role is Role.FOLLOWER:
@@ -734,11 +948,7 @@ class Raft:
     def _step_leader(self, m: Message) -> None:
         t = m.type
         if t is _PROP:
-            try:
-                self._check_can_propose(sum(e.size() for e in m.entries))
-            except ProposalDropped:
-                return  # the follower's caller times out: outcome unknown to it, but never applied
-            self._append(EntryType.NORMAL, [e.data for e in m.entries])
+            self._on_forwarded(m)
             return
         if t is _READ_INDEX:
             self._leader_read(m.context, m.frm)
@@ -818,6 +1028,8 @@ class Raft:
             self._refuse_read(m.context, m.frm)
         elif t is _READ_INDEX_RESP:
             self._follower_read_resp(m)
+        elif t is _PROP and m.term:
+            self._answer_forward(m.frm, m.context, m.term, _NOT_LEADER)
 
     def _step_follower(self, m: Message) -> None:
         t = m.type
@@ -836,7 +1048,10 @@ class Raft:
         elif t is _TIMEOUT_NOW:
             self.campaign(transfer=True)
         elif t is _PROP:
-            if self.leader is not None and self.cfg.forward_proposals:
+            if m.term:
+                self._answer_forward(m.frm, m.context, m.term, _NOT_LEADER)
+            elif self.leader is not None and self.cfg.forward_proposals:
+                # From an earlier release (unanswered forwards): passed on, as it did.
                 self._send(Message(_PROP, self.leader, self.id, 0, entries=m.entries))
         elif t is _READ_INDEX:
             self._refuse_read(m.context, m.frm)
@@ -844,10 +1059,17 @@ class Raft:
             self._follower_read_resp(m)
 
     def _follower_read_resp(self, m: Message) -> None:
+        # Only the leader asked may answer, for the term asked: an answer meant for a read of
+        # another term (or of this node's previous run) must not serve a read asked now.
+        ctx = m.context
+        asked = self._asked_reads.get(ctx)
+        if asked is None or asked[0] != m.frm or (asked[1] != m.term and not m.reject):
+            return
+        del self._asked_reads[ctx]
         if m.reject:
-            self._dropped_reads.append(m.context)
+            self._dropped_reads.append(ctx)
         else:
-            self._read_states.append(ReadState(m.index, m.context))
+            self._read_states.append(ReadState(m.index, ctx))
 
     def _handle_append(self, m: Message) -> None:
         log = self.log
@@ -954,7 +1176,7 @@ class Raft:
     def _bcast_heartbeat(self) -> None:
         self._round += 1
         if self.cfg.read_mode == "lease":
-            self._round_ticks[self._round] = self._ticks
+            self._round_ticks[self._round] = self._now()
         self._bcast_read = False
         committed = self.log.committed
         advice = 0
@@ -997,6 +1219,9 @@ class Raft:
             waiting, self._reads_before_commit = self._reads_before_commit, []
             for ctx, req in waiting:
                 self._leader_read(ctx, req)
+            retries, self._retries_before_commit = self._retries_before_commit, []
+            for data, ctx, since, req in retries:
+                self._retry(data, ctx, since, req)
         if self.id not in voters and idx >= self.confs.last_index:
             # Our removal is committed: tell the others, then step down (thesis §4.2.2).
             self._bcast_commit = True
@@ -1047,6 +1272,7 @@ class Raft:
             or log.committed > max(log.applied, log.snap_index)
             or self._read_states
             or self._dropped_reads
+            or self._placements
             or self._hard_state() != self._prev_hs
         )
 
@@ -1067,6 +1293,7 @@ class Raft:
             committed_entries=tuple(log.next_committed(_MAX_APPLY_BYTES)),
             read_states=tuple(self._read_states),
             dropped_reads=tuple(self._dropped_reads),
+            placements=tuple(self._placements),
             # A leader in a durable term (and vote) only sends its own log and commit index:
             # nothing it sends depends on this Ready's writes (see Ready.send_before_persist).
             send_before_persist=self.role is Role.LEADER
@@ -1077,6 +1304,7 @@ class Raft:
         self._msgs = []
         self._read_states = []
         self._dropped_reads = []
+        self._placements = []
         return rd
 
     def advance(self, rd: Ready, *, entries_durable: bool = True) -> None:
@@ -1118,3 +1346,11 @@ class Raft:
         me = self.prs.get(self.id) if self.role is Role.LEADER else None
         if me is not None and me.maybe_update(log.unstable - 1):
             self._maybe_commit()  # our own durable copy may complete a quorum
+
+
+def _remember(asked: dict[bytes, tuple[str, int]], context: bytes, value: tuple[str, int]) -> None:
+    """Record what was asked of whom for ``context``, forgetting the oldest past _MAX_ASKED."""
+    asked.pop(context, None)
+    if len(asked) >= _MAX_ASKED:
+        del asked[next(iter(asked))]
+    asked[context] = value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from phalanx_aio.core.types import Entry, HardState, Message, ReadState, Snapshot
+from phalanx_aio.core.types import Entry, HardState, Message, Placement, ReadState, Snapshot
 
 __all__ = ["Ready"]
 
@@ -24,7 +24,8 @@ class Ready:
     3. **Install** ``snapshot`` into the state machine, then **apply** ``committed_entries`` in
        order (skipping NOOP entries; CONF entries carry membership changes).
     4. **Serve** ``read_states``: a read with that context may run once the state machine has
-       applied ``index``. Fail the reads named in ``dropped_reads``.
+       applied ``index``. Fail the reads named in ``dropped_reads``. Record ``placements``:
+       where forwarded proposals were placed, or why they were refused.
 
     The driver does not step or tick the core between ``ready()`` and ``advance()``.
     """
@@ -44,6 +45,10 @@ class Ready:
     """Reads that may be served once their index is applied."""
     dropped_reads: tuple[bytes, ...] = ()
     """Contexts of reads that cannot be served here (leadership lost): fail them at once."""
+    placements: tuple[Placement, ...] = ()
+    """Answers to this node's forwarded (or retried) proposals, by the ``context`` given to
+    :meth:`~phalanx_aio.core.raft.Raft.propose_batch` or
+    :meth:`~phalanx_aio.core.raft.Raft.repropose`."""
     send_before_persist: bool = False
     """True if ``messages`` promise nothing that step 1 saves, so they may be sent before
     (or while) it is made durable. The core sets it for a leader whose term and vote are
@@ -68,4 +73,5 @@ class Ready:
             or self.committed_entries
             or self.read_states
             or self.dropped_reads
+            or self.placements
         )

@@ -16,6 +16,8 @@ __all__ = [
     "HardState",
     "Message",
     "MessageType",
+    "Placement",
+    "PlacementOutcome",
     "ReadState",
     "Snapshot",
     "SnapshotMeta",
@@ -117,6 +119,37 @@ class Snapshot:
     data: bytes = b""
 
 
+class PlacementOutcome(enum.IntEnum):
+    """What became of a forwarded proposal (see :class:`Placement`)."""
+
+    PLACED = 0
+    """Appended by the leader at ``(term, index)``: applied if and only if the entry committed
+    at ``index`` has that ``term``."""
+    NOT_LEADER = 1
+    """The node asked was not the leader of the term asked: not appended by this attempt."""
+    DROPPED = 2
+    """The leader refused it (leadership transfer, too much uncommitted data, being removed):
+    never applied."""
+    UNKNOWN = 3
+    """A retry the leader could not check (the log where an earlier copy may sit is compacted):
+    the outcome is unknown."""
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a forwarded proposal (or a retried one) ended up: the answer for ``context``.
+
+    On ``PLACED``, the commands of the forward sit at consecutive indexes from ``index``, all of
+    ``term``. A driver then knows its proposal's fate from the committed log alone: applied if
+    the entry committed at ``index`` has ``term``, certainly not applied otherwise.
+    """
+
+    context: bytes
+    outcome: PlacementOutcome
+    term: int = 0
+    index: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class ReadState:
     """A linearizable read may be served once this node has applied ``index``.
@@ -147,13 +180,22 @@ class MessageType(enum.IntEnum):
     SNAP = 9
     """Install ``snapshot``: the follower is behind the leader's first log index."""
     PROP = 10
-    """A proposal forwarded by a follower to its leader (``term`` is 0: not term-checked)."""
+    """A proposal forwarded by a follower to its leader. ``term`` is the term in which the
+    follower knows the receiver as leader: only the leader of that term appends it, so one
+    forward is appended at most once. ``context`` names the forward; the leader answers with
+    PROP_RESP when it is set. ``index`` is 0 on a first attempt; on a retry (the earlier
+    attempt's outcome unknown) it is the first log index where an earlier copy may sit, and the
+    message carries one entry. ``term`` 0 (earlier releases): appended unanswered."""
     READ_INDEX = 11
     """A follower asks the leader for a read index (``term`` 0), identified by ``context``."""
     READ_INDEX_RESP = 12
     """The leader's answer: ``index`` is the read index for ``context`` (``reject`` if none)."""
     TIMEOUT_NOW = 13
     """Leadership transfer: the target campaigns at once, bypassing pre-vote and leases."""
+    PROP_RESP = 14
+    """The answer to a PROP with a ``context`` (echoed), for the PROP's ``term`` (echoed).
+    Placed: ``index`` and ``log_term`` say where the first entry sits (the others follow it).
+    Refused (``reject``): ``reject_hint`` is a :class:`PlacementOutcome` saying why."""
 
 
 @dataclass(frozen=True, slots=True)

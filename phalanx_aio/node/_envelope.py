@@ -1,8 +1,17 @@
 """How the driver wraps a command in a log entry so the proposer can recognise its own.
 
-Layout: version byte 1, origin id length (1 byte), origin id (UTF-8), request id (8 bytes,
+Layout: version byte 1, origin length (1 byte), origin (UTF-8), request id (8 bytes,
 big-endian), then the application's command. Entries written by other tools (or malformed)
 decode as ``(None, 0, data)``: applied as plain commands, matched to no caller.
+
+The origin names the proposing node *and its run*: the node id, ``#``, then the 16 hex digits
+of a random nonce the node draws each time it starts (:func:`run_origin`). Request ids count
+from 1 again in every run, so the nonce is what tells this run's request 7 from the previous
+run's request 7, whose entry may still commit after a restart: a node recognises its own
+entries by the whole origin, never by the request id alone. Entries of earlier releases name
+the bare node id; they match no running node, and their commands unwrap as before. The layout
+itself is unchanged, so nodes of earlier releases apply these entries' commands correctly
+during a rolling upgrade.
 """
 
 from __future__ import annotations
@@ -11,7 +20,10 @@ import struct
 
 _REQ = struct.Struct(">Q")
 _VERSION = 1
-
+NONCE_BYTES = 8
+"""Length of a run nonce."""
+MAX_NODE_ID_BYTES = 255 - 1 - 2 * NONCE_BYTES
+"""The longest node id (UTF-8 bytes) that fits the envelope's origin with its run nonce."""
 
 pack_request = _REQ.pack
 """The request id's 8 bytes, as they follow :func:`prefix`."""
@@ -19,9 +31,16 @@ unpack_request = _REQ.unpack_from
 """``(request_id,)`` from the 8 bytes at an offset."""
 
 
+def run_origin(node_id: str, nonce: bytes) -> str:
+    """The origin naming ``node_id`` in the run whose nonce is ``nonce``."""
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError(f"a run nonce is {NONCE_BYTES} bytes, not {len(nonce)}")
+    return f"{node_id}#{nonce.hex()}"
+
+
 def prefix(origin: str) -> bytes:
-    """The bytes every envelope from ``origin`` starts with (version, id length, id): a node
-    computes them once, and recognises its own entries by them."""
+    """The bytes every envelope from ``origin`` starts with (version, length, origin): a node
+    computes them once per run, and recognises its own entries by them."""
     oid = origin.encode()
     return bytes((_VERSION, len(oid))) + oid
 

@@ -31,12 +31,22 @@ from phalanx_aio._deadlines import Deadlines
 from phalanx_aio.core.config import Config
 from phalanx_aio.core.membership import ConfChange, ConfChangeType, decode_conf
 from phalanx_aio.core.raft import Raft, Role, Status, bootstrap_state
-from phalanx_aio.core.types import ConfState, Entry, EntryType, HardState, Message, Snapshot
+from phalanx_aio.core.types import (
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    Placement,
+    PlacementOutcome,
+    Snapshot,
+)
 from phalanx_aio.errors import (
     ClosedError,
     LocalError,
     NotApplied,
     NotLeader,
+    OutcomeUnknown,
     PhalanxError,
     ProposalDropped,
     ProtocolError,
@@ -44,6 +54,7 @@ from phalanx_aio.errors import (
     Timeout,
 )
 from phalanx_aio.node import _envelope
+from phalanx_aio.node._forwards import Forward, Forwards
 from phalanx_aio.node.events import (
     ElectionStarted,
     ElectionWon,
@@ -186,7 +197,7 @@ class RaftNode:
     ``await node.aclose()``). ``peers`` (id to address) and ``address`` make up the first
     configuration of a brand-new cluster; on a restart the configuration comes from storage.
     With ``join=True`` a brand-new node starts empty and waits to be added by the cluster.
-    ``node_id`` is a non-empty string of at most 255 bytes in UTF-8 (every command this node
+    ``node_id`` is a non-empty string of at most 238 bytes in UTF-8 (every command this node
     proposes carries it); anything else raises :class:`~phalanx_aio.errors.LocalError`.
     """
 
@@ -210,8 +221,9 @@ class RaftNode:
     ) -> None:
         if not node_id:
             raise LocalError("node_id must be a non-empty string")
-        if len(node_id.encode()) > 255:
-            raise LocalError(f"node_id must be at most 255 bytes in UTF-8, not {len(node_id.encode())}")
+        if len(node_id.encode()) > _envelope.MAX_NODE_ID_BYTES:
+            size, limit = len(node_id.encode()), _envelope.MAX_NODE_ID_BYTES
+            raise LocalError(f"node_id must be at most {limit} bytes in UTF-8, not {size}")
         if node_id in peers:
             raise LocalError(f"peers must not include this node ({node_id!r})")
         if snapshot_every < 1 or max_pending < 1 or default_timeout <= 0:
@@ -238,10 +250,21 @@ class RaftNode:
         self._loop_task: asyncio.Task[None] | None = None
         self._ticker_task: asyncio.Task[None] | None = None
         self._req_ids = itertools.count(1)
+        # Request ids (and read ids) count from 1 in every run; the run's random nonce tells
+        # them apart from those of this node's earlier runs, whose entries may still commit.
+        self._nonce = os.urandom(_envelope.NONCE_BYTES)
         # Every command proposed here is wrapped after these bytes (see _envelope), which also
-        # tell this node's own entries apart when they are applied.
-        self._own = _envelope.prefix(node_id)
+        # tell this run's own entries apart when they are applied.
+        self._own = _envelope.prefix(_envelope.run_origin(node_id, self._nonce))
         self._other = self._own  # the prefix of the last other proposer's entries applied
+        # This node's proposals forwarded to a leader and not answered yet (see _forwards).
+        self._forwards = Forwards()
+        self._sweep_in = 0  # ticks until forwards nobody waits for are forgotten
+        # Nodes that answered a forward in this run: they check retries for earlier copies (a
+        # leader of an earlier release would append a retry again), and (leader, term) last
+        # probed to find out.
+        self._answering: set[str] = {node_id}
+        self._probed: tuple[str, int] | None = None
         # request id -> future of a proposal made on this node (matched by envelope), or the
         # _Batch of a propose_many call. An entry leaves once the request has its outcome.
         self._pending: dict[int, asyncio.Future[Any] | _Batch] = {}
@@ -266,9 +289,10 @@ class RaftNode:
         self._behind_hs: HardState | None = None
         self._behind_snap: Snapshot | None = None  # a local snapshot to store, then compact
         self._writer: asyncio.Task[None] | None = None
-        # Proposals this node appended as leader and not yet committed (or found overwritten),
-        # one batch per turn: (first index, term, [(request id, data), ...]) at consecutive
-        # indexes. A few batches at most: each leaves once committed entries pass its end.
+        # Proposals of this node placed in the log (appended here as leader, or placed by the
+        # leader they were forwarded to) and not yet committed (or found overwritten), one
+        # batch per turn or forward: (first index, term, [(request id, data), ...]) at
+        # consecutive indexes. Each leaves once committed entries pass its end.
         self._placed: list[tuple[int, int, list[tuple[int, bytes]]]] = []
         self._conf_waiters: dict[int, tuple[int, asyncio.Future[None]]] = {}
         self._deferred_conf: list[tuple[ConfChange, asyncio.Future[Any]]] = []
@@ -315,7 +339,10 @@ class RaftNode:
             }
             state = bootstrap_state(voters)
             await self._storage.save(hard_state=state.hard_state, entries=state.entries)
-        self._core = Raft(self.id, self.config, self._rng, state)
+        # Leases are timed on the loop's monotonic clock, in ticks: a stalled loop misses ticks,
+        # and its lease must not last longer for it.
+        loop_time, interval = asyncio.get_running_loop().time, self.config.tick_interval
+        self._core = Raft(self.id, self.config, self._rng, state, clock=lambda: loop_time() / interval)
         self._saved_tv = (state.hard_state.term, state.hard_state.vote)
         self._seen = (self._core.term, self._core.role, self._core.leader)
         snap = state.snapshot
@@ -582,7 +609,7 @@ class RaftNode:
         """Run ``fn(state_machine)`` at a linearizable point (ReadIndex, or a lease read when
         configured) and return its result. Served on followers too."""
         self._check_open()
-        ctx = b"%s/%d" % (self.id.encode(), next(self._read_seq))
+        ctx = self._nonce + _pack_request(next(self._read_seq))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._reads[ctx] = (fn, fut)
         fut.add_done_callback(lambda _f, c=ctx: self._reads.pop(c, None))  # type: ignore[misc]
@@ -734,6 +761,11 @@ class RaftNode:
         kind = ev[0]
         if kind == _TICK:
             core.tick()
+            if len(self._forwards):
+                self._sweep_in -= 1
+                if self._sweep_in <= 0:
+                    self._sweep_in = self.config.election_ticks
+                    self._forwards.sweep(self._pending)
         elif kind == _MSGS:
             for m in ev[2]:
                 try:
@@ -845,18 +877,120 @@ class RaftNode:
     def _propose_batch(self, core: Raft, proposals: list[tuple[int, bytes]]) -> None:
         # Proposals whose caller gave up (timed out, cancelled) go in too: their outcome was
         # unknown to the caller, and filtering them out costs more than applying them.
+        ctx = self._forwards.new_context()
         try:
-            placed = core.propose_batch(list(map(itemgetter(1), proposals)))
+            placed = core.propose_batch(list(map(itemgetter(1), proposals)), context=ctx)
         except NotApplied as exc:
-            pending = self._pending
-            for req, _ in proposals:
-                w = pending.pop(req, None)
-                if w is not None:
-                    _settle(w, req, None, exc)
+            self._settle_all(proposals, exc)
             return
         if placed is not None:  # on the leader: at consecutive indexes, in order
             term, first = placed
             self._placed.append((first, term, proposals))
+        else:  # forwarded: the leader answers with a Placement for ctx
+            leader = core.leader or ""
+            self._forwards.sent(ctx, Forward(proposals, core.log.committed + 1, core.term, leader, False))
+
+    def _settle_all(self, proposals: Iterable[tuple[int, bytes]], exc: BaseException) -> None:
+        """Fail every proposal in ``proposals`` whose caller still waits with ``exc``."""
+        pending = self._pending
+        for req, _ in proposals:
+            w = pending.pop(req, None)
+            if w is not None:
+                _settle(w, req, None, exc)
+
+    def _on_placement(self, core: Raft, p: Placement) -> None:
+        """The leader's answer to one of this node's forwards (or to a retry)."""
+        fwd = self._forwards.answered(p.context)
+        if fwd is None:
+            return
+        self._answering.add(fwd.leader)
+        outcome = p.outcome
+        if outcome is PlacementOutcome.PLACED:
+            self._place(core, p.index, p.term, fwd.proposals)
+        elif outcome is PlacementOutcome.NOT_LEADER:
+            self._forwards.refused(fwd)  # appended nowhere by this attempt: again, next term
+        elif outcome is PlacementOutcome.DROPPED:
+            self._settle_all(fwd.proposals, ProposalDropped("the leader refused the forwarded proposal"))
+        else:
+            self._settle_all(
+                fwd.proposals,
+                OutcomeUnknown(
+                    "the leader could not tell whether an earlier copy of the forwarded proposal "
+                    "commits (its log is compacted past it); outcome unknown"
+                ),
+            )
+
+    def _place(self, core: Raft, first: int, term: int, proposals: list[tuple[int, bytes]]) -> None:
+        """Proposals sit at consecutive indexes from ``first``, in ``term``: wait for that
+        entry to commit, or settle them at once if this node applied past it already."""
+        applied = core.log.applied
+        if first > applied:
+            self._placed.append((first, term, proposals))
+            return
+        # Applied already: an entry of ours would have settled its caller (by its envelope).
+        # Those still waiting found another entry there (overwritten: not applied), or this
+        # node got that index in a snapshot (outcome unknown).
+        split = min(len(proposals), applied - first + 1)
+        for index, (req, _) in enumerate(proposals[:split], first):
+            w = self._pending.pop(req, None)
+            if w is None:
+                continue
+            held = core.log.term(index)
+            exc: PhalanxError
+            if held is not None and held != term and index > core.log.snap_index:
+                exc = NotApplied(f"entry {index} was overwritten by a new leader; not applied")
+            else:
+                exc = OutcomeUnknown(f"entry {index} reached this node in a snapshot; outcome unknown")
+            _settle(w, req, None, exc)
+        if split < len(proposals):
+            self._placed.append((first + split, term, proposals[split:]))
+
+    def _renew_forwards(self, core: Raft) -> None:
+        """Once a leader of a newer term is known: send again the forwards it must see."""
+        forwards, leader, term = self._forwards, core.leader, core.term
+        assert leader is not None
+        may_retry = leader in self._answering
+        if not may_retry and self._probed != (leader, term) and forwards.retries_waiting(term):
+            # Retries go only to a leader known to check them for earlier copies: ask it an
+            # empty forward first (a leader of an earlier release would not answer it).
+            self._probed = (leader, term)
+            ctx = forwards.new_context()
+            with contextlib.suppress(NotApplied):
+                core.propose_batch((), context=ctx)
+                forwards.sent(ctx, Forward([], core.log.committed + 1, term, leader, False))
+        due = forwards.due(term, may_retry)
+        pending = self._pending
+        for fwd in due:
+            live = [(req, data) for req, data in fwd.proposals if req in pending]
+            if not live:
+                continue
+            if not fwd.retry:  # refused, appended nowhere: forward it as it was
+                self._propose_batch(core, live)
+                continue
+            for item in live:
+                ctx = self._forwards.new_context()
+                try:
+                    core.repropose(item[1], ctx, fwd.since)
+                except NotApplied:
+                    # No leader after all (it changed within this turn): next term.
+                    self._forwards.refused(Forward([item], fwd.since, term, leader, True))
+                else:
+                    self._forwards.sent(ctx, Forward([item], fwd.since, term, leader, True))
+
+    def _covered_by_snapshot(self, index: int) -> None:
+        """A snapshot from the leader replaced this node's log up to ``index``: proposals
+        placed there have an unknown outcome (their entries are not applied one by one)."""
+        kept = []
+        for first, term, proposals in self._placed:
+            n = min(len(proposals), index - first + 1)
+            if n > 0:
+                self._settle_all(
+                    proposals[:n],
+                    OutcomeUnknown(f"the entries up to {index} arrived in a snapshot; outcome unknown"),
+                )
+            if n < len(proposals):
+                kept.append((first + max(n, 0), term, proposals[max(n, 0) :]))
+        self._placed = kept
 
     def _check_placed(self, committed: Sequence[Entry]) -> None:
         """Fail this node's proposals whose entries a new leader overwrote, as ``committed``
@@ -933,8 +1067,13 @@ class RaftNode:
                 if rd.messages:
                     assert self._transport is not None
                     self._transport.send(rd.messages)
-            if rd.snapshot is not None and self._listeners:
-                self._emit(SnapshotRestored(self.id, core.term, rd.snapshot.meta.index, "leader"))
+            if rd.snapshot is not None:
+                if self._placed:
+                    self._covered_by_snapshot(rd.snapshot.meta.index)
+                if self._listeners:
+                    self._emit(SnapshotRestored(self.id, core.term, rd.snapshot.meta.index, "leader"))
+            for placement in rd.placements:  # before applying: the entries may be in this Ready
+                self._on_placement(core, placement)
             committed = rd.committed_entries
             if committed:
                 if self._placed:
@@ -948,6 +1087,8 @@ class RaftNode:
                 )
             core.advance(rd, entries_durable=not behind)
             self._serve_reads(core.log.applied)
+            if core.leader is not None and len(self._forwards):
+                self._renew_forwards(core)
             if self._deferred_conf:
                 self._retry_deferred_conf(core)
             if core.leader != self._last_leader:
@@ -1165,6 +1306,7 @@ class RaftNode:
         for req, w in waiting:
             _settle(w, req, None, exc)
         self._carry.clear()
+        self._forwards.clear()
         for _, fut2 in list(self._reads.values()):
             _set_exc(fut2, exc)
         for _, fut3 in list(self._conf_waiters.values()):

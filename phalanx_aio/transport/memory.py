@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from phalanx_aio.core.types import Message
 from phalanx_aio.errors import ClosedError
@@ -26,6 +26,9 @@ class MemoryNetwork:
         self._transports: dict[str, MemoryTransport] = {}
         self.blocked: set[tuple[str, str]] = set()
         """Directed links ``(src, dst)`` that drop everything."""
+        self.drop: Callable[[Message], bool] | None = None
+        """If set, every message for which it returns True is lost on the way (tests use it
+        to lose one kind of message, or to capture messages and deliver them later)."""
 
     def transport(self, node_id: str) -> MemoryTransport:
         """A transport for ``node_id`` on this network."""
@@ -45,6 +48,11 @@ class MemoryNetwork:
         handler = self._handlers.get(dst)
         if handler is None or (src, dst) in self.blocked:
             return False
+        drop = self.drop
+        if drop is not None:
+            messages = [m for m in messages if not drop(m)]
+            if not messages:
+                return True
         receiver = self._transports.get(dst)
         if receiver is not None and src not in receiver._peers and src in receiver._removed:
             # As the gRPC transport does: a removed member's messages are refused, and it is told.

@@ -27,6 +27,7 @@ from phalanx_aio.core import (
     InitialState,
     Message,
     MessageType,
+    Placement,
     Raft,
     ReadState,
     Ready,
@@ -90,6 +91,11 @@ def fmt(m: Message) -> str:
         s += f" snap={m.snapshot.meta.term}/{m.snapshot.meta.index}"
     elif m.type is t.PROP:
         s += f" n={len(m.entries)}"
+        if m.index:
+            s += f" retry since={m.index}"
+    elif m.type is t.PROP_RESP:
+        s += f" ctx={m.context.decode()}"
+        s += f" REFUSED {m.reject_hint}" if m.reject else f" placed={m.log_term}/{m.index}"
     elif m.type is t.READ_INDEX:
         s += f" ctx={m.context.decode()}"
     elif m.type is t.READ_INDEX_RESP:
@@ -139,6 +145,7 @@ class Node:
         self.confs_applied: list[ConfState] = []
         self.read_states: list[ReadState] = []
         self.dropped_reads: list[bytes] = []
+        self.placements: list[Placement] = []
         self.readies: list[Ready] = []
         if self.store.snapshot.meta.index:
             self._install(self.store.snapshot)
@@ -283,6 +290,7 @@ class Network:
             assert rs.index >= floor, f"stale read {rs} at {nid}: {floor} was applied before it began"
         node.read_states.extend(rd.read_states)
         node.dropped_reads.extend(rd.dropped_reads)
+        node.placements.extend(rd.placements)
         raft.advance(rd)
         return list(rd.messages)
 
@@ -360,9 +368,10 @@ class Network:
             if stabilize:
                 self.stabilize()
 
-    def campaign(self, nid: str) -> None:
-        """``nid`` starts an election; run it to completion."""
-        self.nodes[nid].raft.campaign()
+    def campaign(self, nid: str, transfer: bool = False) -> None:
+        """``nid`` starts an election (as a leadership transfer's target if ``transfer``: even
+        nodes that just restarted grant it); run it to completion."""
+        self.nodes[nid].raft.campaign(transfer=transfer)
         self._note_leader(nid)
         self.stabilize()
 

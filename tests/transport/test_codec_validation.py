@@ -81,7 +81,7 @@ BAD_FRAMES = {
     "varint above 2**64": frame() + b"\x08" + b"\xff" * 9 + b"\x7f",
     "runs past the end": frame() + b"\x1a\x05ab",
     "message type 0 is not a known MessageType": frame(ld(2, b"n2")),
-    "message type 14 is not a known MessageType": frame(vi(1, 14) + ld(2, b"n2")),
+    "message type 15 is not a known MessageType": frame(vi(1, 15) + ld(2, b"n2")),
     "message to is empty": frame(vi(1, 7)),
     "message to is not valid UTF-8": frame(vi(1, 7) + ld(2, b"\xc3")),
     "message frm is empty": frame(HB + ld(3, b"")),

@@ -108,6 +108,7 @@ class MessageType(betterproto.Enum):
     READ_INDEX = 11
     READ_INDEX_RESP = 12
     TIMEOUT_NOW = 13
+    PROP_RESP = 14
 
 
 @dataclass(eq=False, repr=False)
