@@ -110,6 +110,11 @@ _TURN_MAX_BYTES: Final = 512 << 10
 # them); past this many, the loop waits for the disk instead of taking more proposals.
 _WRITE_BEHIND_MAX_ENTRIES: Final = 4 * _TURN_MAX_PROPOSALS
 
+# A local snapshot that a full disk refused is written again after this delay, doubled after
+# each failure up to the maximum (seconds); meanwhile the store keeps the entries it covers.
+_SNAP_RETRY_MIN: Final = 0.5
+_SNAP_RETRY_MAX: Final = 30.0
+
 # The request id of an envelope, packed after the proposer's prefix and read back (_envelope).
 _pack_request = _envelope.pack_request
 _unpack_request = _envelope.unpack_request
@@ -288,6 +293,11 @@ class RaftNode:
         self._behind: list[Entry] = []
         self._behind_hs: HardState | None = None
         self._behind_snap: Snapshot | None = None  # a local snapshot to store, then compact
+        # A local snapshot the store could not take for lack of space, to try again at that
+        # loop time (the store still holds every entry it covers), and the next delay.
+        self._snap_retry: Snapshot | None = None
+        self._snap_retry_at = 0.0
+        self._snap_retry_delay = _SNAP_RETRY_MIN
         self._writer: asyncio.Task[None] | None = None
         # Proposals of this node placed in the log (appended here as leader, or placed by the
         # leader they were forwarded to) and not yet committed (or found overwritten), one
@@ -761,6 +771,8 @@ class RaftNode:
         kind = ev[0]
         if kind == _TICK:
             core.tick()
+            if self._snap_retry is not None:
+                self._retry_snapshot()
             if len(self._forwards):
                 self._sweep_in -= 1
                 if self._sweep_in <= 0:
@@ -1127,10 +1139,7 @@ class RaftNode:
                 if snap is not None:
                     # Entries up to the snapshot are durable already (the loop took it only
                     # then); newer ones may be stored before or after it.
-                    await self._storage.save_snapshot(snap)
-                    if self._listeners:
-                        term = self._core.term if self._core is not None else snap.meta.term
-                        self._emit(SnapshotTaken(self.id, term, snap.meta.index, len(snap.data)))
+                    await self._save_local_snapshot(snap)
                 if not self._behind:
                     continue
                 entries, hs = self._behind, self._behind_hs
@@ -1143,6 +1152,53 @@ class RaftNode:
             self._queue.put_nowait((_WRITE_FAILED, exc))
         finally:
             self._writer = None
+
+    async def _save_local_snapshot(self, snap: Snapshot) -> None:
+        """Store a snapshot this node took. A full disk, or a state too big for the store,
+        skips it rather than stopping the node: nothing was written, the store keeps every
+        entry the snapshot covers (a restart replays them), and only the log stays longer.
+        After a full disk the same snapshot is tried again later (unless a newer one is taken
+        first); a snapshot too big is not, the next one is taken when due. Any other storage
+        failure stops the node, as every failed write does."""
+        try:
+            await self._storage.save_snapshot(snap)
+        except StorageError as exc:
+            if self._storage.failed or self._closed:
+                raise
+            full = not self._storage.healthy
+            delay = self._snap_retry_delay
+            self.log.error(
+                "could not store the snapshot at index %d (%d bytes): %s; the log is not compacted%s",
+                snap.meta.index,
+                len(snap.data),
+                exc,
+                f", trying again in {delay:g} s" if full else "",
+            )
+            if full:
+                self._healthy = False
+                if self._behind_snap is None:  # else a newer snapshot supersedes it
+                    self._snap_retry = snap
+                    self._snap_retry_at = asyncio.get_running_loop().time() + delay
+                    self._snap_retry_delay = min(delay * 2, _SNAP_RETRY_MAX)
+            return
+        if self._snap_retry_delay > _SNAP_RETRY_MIN:
+            self.log.warning("stored the snapshot at index %d; the log is compacted again", snap.meta.index)
+        self._snap_retry_delay = _SNAP_RETRY_MIN
+        if self._storage.healthy:
+            self._healthy = True
+        if self._listeners:
+            term = self._core.term if self._core is not None else snap.meta.term
+            self._emit(SnapshotTaken(self.id, term, snap.meta.index, len(snap.data)))
+
+    def _retry_snapshot(self) -> None:
+        """Hand a snapshot a full disk refused to the writer again, once its delay passed."""
+        snap = self._snap_retry
+        if snap is None or asyncio.get_running_loop().time() < self._snap_retry_at:
+            return
+        self._snap_retry = None
+        if self._behind_snap is None:
+            self._behind_snap = snap
+            self._start_writer()
 
     async def _drain_writes(self) -> None:
         """Wait until the background writer has written everything queued."""
@@ -1180,6 +1236,7 @@ class RaftNode:
         ``snapshot_every`` entries plus a random quarter of that, so that members do not all
         compact at the same moment."""
         self._behind_snap = core.compact(core.log.applied, self._sm.snapshot())
+        self._snap_retry = None  # a snapshot a full disk refused is superseded
         self._snapshot_due = self._next_snapshot_due()
         self._start_writer()
 
