@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import logging
 import os
@@ -55,6 +54,7 @@ from phalanx_aio.errors import (
 )
 from phalanx_aio.node import _envelope
 from phalanx_aio.node._forwards import Forward, Forwards
+from phalanx_aio.node._reads import Reads
 from phalanx_aio.node.events import (
     ElectionStarted,
     ElectionWon,
@@ -220,6 +220,7 @@ class RaftNode:
         join: bool = False,
         snapshot_every: int = 10_000,
         max_pending: int = 10_000,
+        max_pending_reads: int = 10_000,
         default_timeout: float = 10.0,
         seed: int | None = None,
         on_event: EventListener | None = None,
@@ -231,8 +232,10 @@ class RaftNode:
             raise LocalError(f"node_id must be at most {limit} bytes in UTF-8, not {size}")
         if node_id in peers:
             raise LocalError(f"peers must not include this node ({node_id!r})")
-        if snapshot_every < 1 or max_pending < 1 or default_timeout <= 0:
-            raise LocalError("snapshot_every and max_pending must be >= 1, default_timeout > 0")
+        if snapshot_every < 1 or max_pending < 1 or max_pending_reads < 1 or default_timeout <= 0:
+            raise LocalError(
+                "snapshot_every, max_pending and max_pending_reads must be >= 1, default_timeout > 0"
+            )
         self.id = node_id
         self.address = address
         self.cluster_id = cluster_id
@@ -264,7 +267,7 @@ class RaftNode:
         self._other = self._own  # the prefix of the last other proposer's entries applied
         # This node's proposals forwarded to a leader and not answered yet (see _forwards).
         self._forwards = Forwards()
-        self._sweep_in = 0  # ticks until forwards nobody waits for are forgotten
+        self._sweep_in = 0  # ticks until forwards and reads nobody waits for are forgotten
         # Nodes that answered a forward in this run: they check retries for earlier copies (a
         # leader of an earlier release would append a retry again), and (leader, term) last
         # probed to find out.
@@ -306,9 +309,7 @@ class RaftNode:
         self._placed: list[tuple[int, int, list[tuple[int, bytes]]]] = []
         self._conf_waiters: dict[int, tuple[int, asyncio.Future[None]]] = {}
         self._deferred_conf: list[tuple[ConfChange, asyncio.Future[Any]]] = []
-        self._reads: dict[bytes, tuple[Callable[[Any], Any], asyncio.Future[Any]]] = {}
-        self._ready_reads: list[tuple[int, int, bytes]] = []
-        self._read_seq = itertools.count()
+        self._reads = Reads(self._nonce, max_pending_reads)
         self._leader_changed = asyncio.Event()
         self._last_leader: str | None = None
         self._closed = False
@@ -617,13 +618,16 @@ class RaftNode:
 
     async def read(self, fn: Callable[[S], T], *, timeout: float | None = None) -> T:
         """Run ``fn(state_machine)`` at a linearizable point (ReadIndex, or a lease read when
-        configured) and return its result. Served on followers too."""
+        configured) and return its result. Served on followers too.
+
+        Reads asked before the loop's next turn share one read index (one heartbeat round, or
+        one request to the leader). Raises :class:`ProposalDropped` at once when
+        ``max_pending_reads`` reads already wait."""
         self._check_open()
-        ctx = self._nonce + _pack_request(next(self._read_seq))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._reads[ctx] = (fn, fut)
-        fut.add_done_callback(lambda _f, c=ctx: self._reads.pop(c, None))  # type: ignore[misc]
-        self._queue.put_nowait((_READ, ctx))
+        ctx = self._reads.add(fn, fut, self.id)
+        if ctx is not None:  # a new group of reads, asked of the core at the loop's next turn
+            self._queue.put_nowait((_READ, ctx))
         result: T = await self._await(fut, timeout, "read")
         return result
 
@@ -773,11 +777,11 @@ class RaftNode:
             core.tick()
             if self._snap_retry is not None:
                 self._retry_snapshot()
-            if len(self._forwards):
-                self._sweep_in -= 1
-                if self._sweep_in <= 0:
-                    self._sweep_in = self.config.election_ticks
-                    self._forwards.sweep(self._pending)
+            self._sweep_in -= 1
+            if self._sweep_in <= 0:  # forget what nobody waits for any more (lost answers)
+                self._sweep_in = self.config.election_ticks
+                self._forwards.sweep(self._pending)
+                self._reads.sweep()
         elif kind == _MSGS:
             for m in ev[2]:
                 try:
@@ -786,11 +790,11 @@ class RaftNode:
                     self.log.warning("rejected a message from %s: %s", ev[1], exc)
         elif kind == _READ:
             ctx = ev[1]
-            if ctx in self._reads:
+            if self._reads.take(ctx):
                 try:
                     core.read_index(ctx)
                 except NotApplied as exc:
-                    self._fail_read(ctx, exc)
+                    self._reads.fail(ctx, exc)
         elif kind == _CONF:
             if core.is_leader and not core.ready_for_conf_change:
                 # Transient: a new leader's first commit, or the previous change, is on its way.
@@ -1091,14 +1095,13 @@ class RaftNode:
                 if self._placed:
                     self._check_placed(committed)
                 self._apply(committed)
+            reads = self._reads
             for rs in rd.read_states:
-                heapq.heappush(self._ready_reads, (rs.index, next(self._read_seq), rs.context))
+                reads.confirmed(rs.index, rs.context)
             for ctx in rd.dropped_reads:
-                self._fail_read(
-                    ctx, NotLeader(core.leader, "leadership changed before the read was confirmed")
-                )
+                reads.fail(ctx, NotLeader(core.leader, "leadership changed before the read was confirmed"))
             core.advance(rd, entries_durable=not behind)
-            self._serve_reads(core.log.applied)
+            reads.serve(core.log.applied, self._sm)
             if core.leader is not None and len(self._forwards):
                 self._renew_forwards(core)
             if self._deferred_conf:
@@ -1107,7 +1110,7 @@ class RaftNode:
                 self._last_leader = core.leader
                 self._leader_changed.set()
                 self.log.info("leader is now %s", core.leader)
-                if core.leader is not None and self._reads:
+                if core.leader is not None and len(self._reads):
                     self._reissue_reads(core)
             log_ = core.log
             # Snapshot only entries this node holds durably (the background write may lag).
@@ -1305,31 +1308,15 @@ class RaftNode:
         if self._transport is not None:
             self._transport.set_removed(removed)
 
-    def _serve_reads(self, applied: int) -> None:
-        heap = self._ready_reads
-        while heap and heap[0][0] <= applied:
-            _, _, ctx = heapq.heappop(heap)
-            entry = self._reads.get(ctx)
-            if entry is None:
-                continue
-            fn, fut = entry
-            try:
-                value = fn(self._sm)
-            except Exception as exc:
-                _set_exc(fut, exc)
-            else:
-                _set_result(fut, value)
-
     def _reissue_reads(self, core: Raft) -> None:
         """Ask the new leader again for every read not yet confirmed: one forwarded to a
         leader that died is never answered. Reads are side-effect free, so asking twice is
         harmless (the first confirmation serves it; a later one finds it gone)."""
-        confirmed = {ctx for _, _, ctx in self._ready_reads}
-        for ctx in [c for c in self._reads if c not in confirmed]:
+        for ctx in self._reads.unconfirmed():
             try:
                 core.read_index(ctx)
             except NotApplied as exc:
-                self._fail_read(ctx, exc)
+                self._reads.fail(ctx, exc)
 
     def _restore(self, snap: Snapshot) -> None:
         try:
@@ -1340,11 +1327,6 @@ class RaftNode:
                 f"(term {snap.meta.term}) sent by {self._core.leader if self._core else None}: {exc!r}; "
                 "the node stops without saving it"
             ) from exc
-
-    def _fail_read(self, ctx: bytes, exc: BaseException) -> None:
-        entry = self._reads.get(ctx)
-        if entry is not None:
-            _set_exc(entry[1], exc)
 
     def _update_peers(self, conf: ConfState) -> None:
         self._peers_conf = conf
@@ -1364,8 +1346,7 @@ class RaftNode:
             _settle(w, req, None, exc)
         self._carry.clear()
         self._forwards.clear()
-        for _, fut2 in list(self._reads.values()):
-            _set_exc(fut2, exc)
+        self._reads.fail_all(exc)
         for _, fut3 in list(self._conf_waiters.values()):
             _set_exc(fut3, exc)
         self._conf_waiters.clear()
