@@ -256,12 +256,20 @@ class MeteredKVService(KVService):
         max_value_bytes: int = 1 << 20,
         max_request_bytes: int = 4 << 20,
         max_stream_inflight: int = 10_000,
+        max_stream_buffer_bytes: int = 4 << 20,
+        max_connection_buffer_bytes: int = 64 << 20,
+        max_buffer_bytes: int = 256 << 20,
+        stall_timeout: float = 30.0,
     ) -> None:
         super().__init__(
             max_key_bytes=max_key_bytes,
             max_value_bytes=max_value_bytes,
             max_request_bytes=max_request_bytes,
             max_stream_inflight=max_stream_inflight,
+            max_stream_buffer_bytes=max_stream_buffer_bytes,
+            max_connection_buffer_bytes=max_connection_buffer_bytes,
+            max_buffer_bytes=max_buffer_bytes,
+            stall_timeout=stall_timeout,
         )
         self.metrics: NodeMetrics | None = None
         """Where writes are reported; set it once the node exists."""
