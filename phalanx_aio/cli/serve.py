@@ -572,7 +572,9 @@ async def serve(
     http: ObservabilityServer | None = None
     if s.http:
         assert isinstance(service, MeteredKVService)
-        service.metrics = NodeMetrics(node, transport_stats=lambda: transport.stats)
+        service.metrics = NodeMetrics(
+            node, transport_stats=lambda: transport.stats, kv_stats=service.buffer_stats
+        )
         host, _, port = s.http.rpartition(":")
         http = ObservabilityServer(node, service.metrics, host=host.strip("[]"), port=int(port))
     stop = asyncio.Event()
