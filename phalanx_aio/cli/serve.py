@@ -30,6 +30,7 @@ __all__ = [
     "LIMITS",
     "JoinFailed",
     "Limit",
+    "NodeFailed",
     "Resolver",
     "ServeSettings",
     "add_serve_arguments",
@@ -268,6 +269,12 @@ def _check_address(value: str, what: str) -> str:
 class JoinFailed(PhalanxError):
     """No member could be reached (or found) to join the cluster through: an environment
     problem, not a bad argument (``serve`` exits with status 1)."""
+
+
+class NodeFailed(PhalanxError):
+    """The node's loop failed and the node stopped: ``serve`` exits with status 1 at once, so
+    that a supervisor restarts it (a process that lives on with a stopped node serves
+    nothing)."""
 
 
 class MemberRemoved(PhalanxError):
@@ -589,8 +596,19 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    failed: list[BaseException] = []
+
+    def on_loop_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            failed.append(task.exception() or RuntimeError("unknown"))
+            stop.set()
+
     try:
         async with node:
+            # RaftNode has no public hook for its loop's end: watch the task it runs.
+            loop_task: asyncio.Task[None] | None = getattr(node, "_loop_task", None)
+            if loop_task is not None:
+                loop_task.add_done_callback(on_loop_done)
             log.info("%s serving on %s (cluster %s, preset %s)", s.id, s.listen, s.cluster_id, s.preset)
             if http is not None:
                 try:
@@ -613,6 +631,11 @@ async def serve(
             await http.aclose()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    if failed:
+        raise NodeFailed(
+            f"{s.id}: the node's loop failed ({type(failed[0]).__name__}: {failed[0]}); the node "
+            "stopped and serve exits so that a supervisor restarts it"
+        )
     if removed:
         ev = removed[0]
         raise MemberRemoved(

@@ -94,3 +94,29 @@ def test_plaintext_beyond_loopback_is_warned_about(listen: str, tls: bool, warns
     assert (warning is not None) is warns
     if warning is not None:
         assert "without TLS" in warning and "whatever the caller claims" in warning
+
+
+async def test_serve_stops_at_once_when_the_node_loop_fails(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node whose loop failed serves nothing: ``serve`` must end (exit status 1 from the CLI)
+    instead of living on, so that a supervisor restarts it."""
+    import asyncio
+
+    from phalanx_aio._net import free_loopback_ports
+    from phalanx_aio.cli.serve import NodeFailed, serve
+    from phalanx_aio.node import RaftNode
+
+    (port,) = free_loopback_ports(1)
+    argv = ["--id", "n1", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path), "--bootstrap"]
+    s = resolve_settings(build_parser().parse_args(["serve", *argv]), {})
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve(s, ready=ready))
+    await asyncio.wait_for(ready.wait(), 30)
+
+    def broken(self: RaftNode, core: object, ev: object) -> None:
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(RaftNode, "_handle", broken)  # the next tick fails the node's loop
+    with pytest.raises(NodeFailed, match="injected failure"):
+        await asyncio.wait_for(task, 30)
