@@ -3,13 +3,18 @@
 grpclib reads a whole message into memory whatever its announced length; :func:`recv_bounded`
 reads the 5-byte prefix first and refuses a message over the limit before buffering any of
 it. The peer transport and the KV service both read their requests through it; each turns
-:class:`TooLarge` and :class:`Malformed` into its own answer and counter.
+:class:`TooLarge` and :class:`Malformed` into its own answer and counter. With a
+:class:`~phalanx_aio._budget.Call`, the announced length is held against the service's
+buffer budget until the message has arrived in full.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from phalanx_aio._budget import Call
 
 _PREFIX = struct.Struct(">BI")  # a gRPC message's prefix: compressed flag, length
 
@@ -26,10 +31,10 @@ class TooLarge(Exception):
         self.length = length
 
 
-async def recv_bounded(stream: Any, limit: int) -> bytes | None:
+async def recv_bounded(stream: Any, limit: int, call: Call | None = None) -> bytes | None:
     """The next message of the grpclib server ``stream`` as bytes (``None`` once the client
     ended it); :class:`TooLarge` if it is over ``limit`` bytes, :class:`Malformed` if it is
-    truncated or compressed."""
+    truncated or compressed. ``call`` holds the message's length while its body arrives."""
     raw = getattr(stream, "_stream", None)
     if raw is None or not hasattr(raw, "recv_data"):  # pragma: no cover - another grpclib
         message = await stream.recv_message()
@@ -49,7 +54,14 @@ async def recv_bounded(stream: Any, limit: int) -> bytes | None:
             raise Malformed("compressed messages are not supported")
         if length > limit:
             raise TooLarge(length)
-        data = await raw.recv_data(length) if length else b""
+        if call is None:
+            data = await raw.recv_data(length) if length else b""
+        else:
+            call.take(length)
+            try:
+                data = await raw.recv_data(length) if length else b""
+            finally:
+                call.give(length)
     except AssertionError:  # grpclib's buffer: the stream ended inside a message
         raise Malformed("truncated gRPC message") from None
     if len(data) != length:

@@ -207,7 +207,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from phalanx_aio.cli.serve import JoinFailed, MemberRemoved, resolve_settings, serve
+    from phalanx_aio.cli.serve import JoinFailed, MemberRemoved, NodeFailed, resolve_settings, serve
     from phalanx_aio.errors import StorageError
     from phalanx_aio.node import run
     from phalanx_aio.observability.logs import configure_logging
@@ -219,7 +219,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except StorageError as exc:
         print(f"phalanx-aio: storage error: {exc}", file=sys.stderr)
         return 1
-    except JoinFailed as exc:
+    except (JoinFailed, NodeFailed) as exc:
         print(f"phalanx-aio: {exc}", file=sys.stderr)
         return 1
     except MemberRemoved as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import pathlib
@@ -26,11 +27,15 @@ if TYPE_CHECKING:
 from phalanx_aio.errors import ConfigError, PhalanxError
 
 __all__ = [
+    "LIMITS",
     "JoinFailed",
+    "Limit",
+    "NodeFailed",
     "Resolver",
     "ServeSettings",
     "add_serve_arguments",
     "join_contacts",
+    "plaintext_warning",
     "resolve_members",
     "resolve_settings",
     "serve",
@@ -44,6 +49,51 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "global-mesh-adaptive": Config.global_mesh_adaptive,
 }
 """The timing presets ``serve --preset`` accepts."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One numeric resource limit of ``serve``: its default, its least value, whether it is a
+    whole number, and the help text of its flag (``--NAME`` with ``-``, env ``PHALANX_NAME``)."""
+
+    default: float
+    minimum: float
+    whole: bool
+    help: str
+
+
+LIMITS: dict[str, Limit] = {
+    "max_connections": Limit(1000, 1, True, "inbound connections open at once; more are closed on arrival"),
+    "max_connection_rate": Limit(
+        100, 0.001, False, "new inbound connections set up per second; the others wait unread"
+    ),
+    "handshake_timeout": Limit(
+        10.0, 0.001, False, "seconds for a new connection to finish TLS and open its first call"
+    ),
+    "max_concurrent_streams": Limit(100, 1, True, "calls one connection may have open (HTTP/2)"),
+    "peer_keepalive": Limit(1.0, 0, False, "seconds between PINGs on peer connections (0: none)"),
+    "peer_keepalive_timeout": Limit(
+        4.0, 0.001, False, "seconds a PING may go unanswered before the peer counts as unreachable"
+    ),
+    "max_stream_buffer_bytes": Limit(4 << 20, 1, True, "answer bytes in one KV Stream message"),
+    "max_connection_buffer_bytes": Limit(
+        64 << 20, 1, True, "KV bytes buffered for one connection's calls (answers, partial requests)"
+    ),
+    "max_buffer_bytes": Limit(256 << 20, 1, True, "KV bytes buffered for all calls together"),
+    "stall_timeout": Limit(30.0, 0.001, False, "seconds a KV call may hold buffered bytes without progress"),
+    "max_sessions": Limit(50_000, 1, True, "client sessions kept (replicated: the same on every member)"),
+    "max_session_bytes": Limit(
+        64 << 20, 1, True, "bytes of all sessions' remembered results (replicated: the same on every member)"
+    ),
+    "session_ttl": Limit(
+        100_000,
+        1,
+        True,
+        "applied commands an unused session lives (replicated: the same on every member)",
+    ),
+}
+"""The resource limits ``serve`` takes as flags, environment variables and TOML keys
+(``docs/operations.md``, "Limits and their defaults")."""
 
 
 @dataclass(slots=True)
@@ -78,6 +128,12 @@ class ServeSettings:
     bootstrap: bool = False
     """Found a new cluster (with the ``peers`` as the other founders) if this node has no store
     yet. Without it a node with no store must join; see :func:`serve`."""
+    limits: dict[str, float] = field(default_factory=dict)
+    """Resource limits given (keys of :data:`LIMITS`); the others keep their defaults."""
+
+    def limit(self, name: str) -> float:
+        """The value of the limit ``name`` (a key of :data:`LIMITS`): given, or its default."""
+        return self.limits.get(name, LIMITS[name].default)
 
     @property
     def joining(self) -> bool:
@@ -104,6 +160,7 @@ _ENV = {
     "max_request_bytes": "PHALANX_MAX_REQUEST_BYTES",
     "bootstrap": "PHALANX_BOOTSTRAP",
 }
+_ENV.update({name: f"PHALANX_{name.upper()}" for name in LIMITS})
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -176,6 +233,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="refuse KV request messages larger than N bytes before reading them (default 4 MiB, "
         "at least 64 KiB; env PHALANX_MAX_REQUEST_BYTES)",
     )
+    for name, lim in LIMITS.items():
+        default = int(lim.default) if lim.whole else lim.default
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            metavar="N",
+            help=f"{lim.help} (default {default}; env PHALANX_{name.upper()})",
+        )
     p.add_argument(
         "--no-auto-promote",
         action="store_true",
@@ -207,6 +271,12 @@ class JoinFailed(PhalanxError):
     problem, not a bad argument (``serve`` exits with status 1)."""
 
 
+class NodeFailed(PhalanxError):
+    """The node's loop failed and the node stopped: ``serve`` exits with status 1 at once, so
+    that a supervisor restarts it (a process that lives on with a stopped node serves
+    nothing)."""
+
+
 class MemberRemoved(PhalanxError):
     """A member said that a committed membership change removed this node: ``serve`` stops
     (exit status 2, like a configuration error: this node is not part of the cluster)."""
@@ -230,6 +300,20 @@ def _check_request_bytes(value: object) -> int:
     if not text.isdigit() or int(text) < MIN_REQUEST_BYTES:
         raise ConfigError(f"--max-request-bytes must be a whole number >= {MIN_REQUEST_BYTES}, not {text!r}")
     return int(text)
+
+
+def _check_limit(name: str, value: object) -> float:
+    lim = LIMITS[name]
+    text = str(value).strip()
+    flag = "--" + name.replace("_", "-")
+    try:
+        number = int(text) if lim.whole else float(text)
+    except ValueError:
+        kind = "a whole number" if lim.whole else "a number"
+        raise ConfigError(f"{flag} must be {kind}, not {text!r}") from None
+    if not number >= lim.minimum:
+        raise ConfigError(f"{flag} must be at least {lim.minimum}, not {text!r}")
+    return number
 
 
 def _split_discover(value: str) -> tuple[str, str | None]:
@@ -338,6 +422,7 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
         log_level=str(merged.get("log_level", "info")).lower(),
         max_request_bytes=_check_request_bytes(merged.get("max_request_bytes")),
         bootstrap=_check_bool(merged.get("bootstrap"), "--bootstrap"),
+        limits={name: _check_limit(name, merged[name]) for name in LIMITS if merged.get(name) is not None},
     )
     if settings.bootstrap and settings.joining:
         raise ConfigError("--bootstrap founds a new cluster; --join/--discover join a running one: give one")
@@ -365,6 +450,30 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
     return settings
 
 
+def plaintext_warning(s: ServeSettings) -> str | None:
+    """What ``serve`` warns at start when it listens beyond loopback without TLS (else ``None``):
+    without TLS a peer's id is whatever the caller claims."""
+    if s.tls_cert or _loopback_only(s.listen):
+        return None
+    return (
+        f"{s.id}: listening on {s.listen} without TLS: anyone who reaches this port can send Raft "
+        "messages and snapshots as any member (a peer's id is whatever the caller claims) and act "
+        "as a client; beyond a trusted network use --tls-cert, --tls-ca and --tls-bind-ids "
+        "(docs/operations.md, Security)"
+    )
+
+
+def _loopback_only(listen: str) -> bool:
+    """Whether ``listen`` (``HOST:PORT``) binds loopback addresses only."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a wildcard (empty), or a name that may resolve anywhere
+        return False
+
+
 def _ssl_contexts(s: ServeSettings) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
     if not s.tls_cert:
         return None, None
@@ -384,7 +493,7 @@ async def serve(
     """Run the node until SIGTERM/SIGINT (or until ``ready`` owner cancels us). ``resolver``
     replaces DNS for ``--discover`` (tests)."""
     from phalanx_aio.kv.service import KVService
-    from phalanx_aio.kv.state_machine import KVStateMachine
+    from phalanx_aio.kv.state_machine import KVStateMachine, SessionLimits
     from phalanx_aio.node import NodeEvent, RaftNode, RemovedFromCluster
     from phalanx_aio.observability import MeteredKVService, NodeMetrics, ObservabilityServer, bind_node
     from phalanx_aio.storage import SQLiteStorage
@@ -395,10 +504,17 @@ async def serve(
     except OSError as exc:
         raise ConfigError(f"--data-dir {s.data_dir}: {exc.strerror or exc}") from exc
     server_ssl, client_ssl = _ssl_contexts(s)
-    service = (
-        MeteredKVService(max_request_bytes=s.max_request_bytes)
-        if s.http
-        else KVService(max_request_bytes=s.max_request_bytes)
+    warning = plaintext_warning(s)
+    if warning is not None:
+        log.warning("%s", warning)
+    lim = s.limit
+    service_type = MeteredKVService if s.http else KVService
+    service = service_type(
+        max_request_bytes=s.max_request_bytes,
+        max_stream_buffer_bytes=int(lim("max_stream_buffer_bytes")),
+        max_connection_buffer_bytes=int(lim("max_connection_buffer_bytes")),
+        max_buffer_bytes=int(lim("max_buffer_bytes")),
+        stall_timeout=lim("stall_timeout"),
     )
     transport = GrpcTransport(
         node_id=s.id,
@@ -408,6 +524,17 @@ async def serve(
         client_ssl=client_ssl,
         bind_node_ids=s.tls_bind_ids,
         extra_handlers=[service],
+        max_connections=int(lim("max_connections")),
+        max_connection_rate=lim("max_connection_rate"),
+        handshake_timeout=lim("handshake_timeout"),
+        max_concurrent_streams=int(lim("max_concurrent_streams")),
+        keepalive_interval=lim("peer_keepalive") or None,
+        keepalive_timeout=lim("peer_keepalive_timeout"),
+    )
+    session_limits = SessionLimits(
+        max_sessions=int(lim("max_sessions")),
+        max_session_bytes=int(lim("max_session_bytes")),
+        session_ttl=int(lim("session_ttl")),
     )
     config = PRESETS[s.preset]()
     store_exists = (s.data_dir / f"{s.id}.db").exists()
@@ -441,7 +568,7 @@ async def serve(
         address=s.listen,
         peers=peers,
         join=s.joining,
-        state_machine=KVStateMachine(),
+        state_machine=KVStateMachine(limits=session_limits),
         storage=SQLiteStorage(s.data_dir / f"{s.id}.db"),
         config=config,
         cluster_id=s.cluster_id,
@@ -452,7 +579,9 @@ async def serve(
     http: ObservabilityServer | None = None
     if s.http:
         assert isinstance(service, MeteredKVService)
-        service.metrics = NodeMetrics(node, transport_stats=lambda: transport.stats)
+        service.metrics = NodeMetrics(
+            node, transport_stats=lambda: transport.stats, kv_stats=service.buffer_stats
+        )
         host, _, port = s.http.rpartition(":")
         http = ObservabilityServer(node, service.metrics, host=host.strip("[]"), port=int(port))
     stop = asyncio.Event()
@@ -467,8 +596,19 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    failed: list[BaseException] = []
+
+    def on_loop_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            failed.append(task.exception() or RuntimeError("unknown"))
+            stop.set()
+
     try:
         async with node:
+            # RaftNode has no public hook for its loop's end: watch the task it runs.
+            loop_task: asyncio.Task[None] | None = getattr(node, "_loop_task", None)
+            if loop_task is not None:
+                loop_task.add_done_callback(on_loop_done)
             log.info("%s serving on %s (cluster %s, preset %s)", s.id, s.listen, s.cluster_id, s.preset)
             if http is not None:
                 try:
@@ -491,6 +631,11 @@ async def serve(
             await http.aclose()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    if failed:
+        raise NodeFailed(
+            f"{s.id}: the node's loop failed ({type(failed[0]).__name__}: {failed[0]}); the node "
+            "stopped and serve exits so that a supervisor restarts it"
+        )
     if removed:
         ev = removed[0]
         raise MemberRemoved(

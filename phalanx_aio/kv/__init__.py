@@ -15,6 +15,7 @@ from phalanx_aio.kv.state_machine import (
     KVOp,
     KVStateMachine,
     SessionExpired,
+    SessionLimits,
     decode_command,
     encode_command,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "ReadConsistency",
     "RequestRefused",
     "SessionExpired",
+    "SessionLimits",
     "StatusResponse",
     "Unavailable",
     "decode_command",

@@ -42,6 +42,7 @@ import grpclib.server
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
+from phalanx_aio._budget import SHED_REASONS, BufferBudget, Call
 from phalanx_aio._grpc_read import Malformed, TooLarge, recv_bounded
 from phalanx_aio.errors import (
     ClosedError,
@@ -124,8 +125,18 @@ class KVService:
     message (a unary request, or one batch on the ``Stream`` call) may hold at most
     ``max_request_bytes`` (at least :data:`MIN_REQUEST_BYTES`); a larger one ends its call with
     the gRPC status ``RESOURCE_EXHAUSTED`` before it is read, and nothing of it is applied.
-    One ``Stream`` call may have ``max_stream_inflight`` requests under way; the service reads
-    no more of it until some finish.
+    One ``Stream`` call may have ``max_stream_inflight`` requests under way (read, and not yet
+    answered to the client); the service reads no more of it until some are.
+
+    Buffered bytes are bounded (see ``docs/operations.md``, "Limits and their defaults"): one
+    answer message of a ``Stream`` call holds at most ``max_stream_buffer_bytes`` (or one
+    answer); the calls of one connection may hold ``max_connection_buffer_bytes`` and all calls
+    ``max_buffer_bytes`` of answers being written and of requests being received. Over a limit,
+    the call that made no progress for the longest time (usually a client that does not read
+    its answers) is ended with ``RESOURCE_EXHAUSTED``, as is a call whose buffered bytes do not
+    move for ``stall_timeout`` seconds (a request body that stops arriving, answers never read);
+    a unary call shed after its request was handled ends with ``UNAVAILABLE`` instead (it may
+    have been applied). The node and the other calls carry on; :meth:`buffer_stats` counts it.
 
     Error mapping: :class:`~phalanx_aio.errors.NotLeader` -> ``NOT_LEADER`` (with the leader's
     id and address), other :class:`~phalanx_aio.errors.NotApplied` -> ``NOT_APPLIED`` (or
@@ -143,6 +154,10 @@ class KVService:
         max_value_bytes: int = 1 << 20,
         max_request_bytes: int = 4 << 20,
         max_stream_inflight: int = 10_000,
+        max_stream_buffer_bytes: int = 4 << 20,
+        max_connection_buffer_bytes: int = 64 << 20,
+        max_buffer_bytes: int = 256 << 20,
+        stall_timeout: float = 30.0,
     ) -> None:
         if max_key_bytes < 1 or max_value_bytes < 0:
             raise LocalError("max_key_bytes must be >= 1 and max_value_bytes >= 0")
@@ -153,6 +168,23 @@ class KVService:
         self._node: RaftNode | None = None
         if type(max_stream_inflight) is not int or max_stream_inflight < 1:
             raise LocalError(f"max_stream_inflight must be a positive int, not {max_stream_inflight!r}")
+        for name, value in (
+            ("max_stream_buffer_bytes", max_stream_buffer_bytes),
+            ("max_connection_buffer_bytes", max_connection_buffer_bytes),
+            ("max_buffer_bytes", max_buffer_bytes),
+        ):
+            if type(value) is not int or value < 1:
+                raise LocalError(f"{name} must be a positive int, not {value!r}")
+        if not isinstance(stall_timeout, int | float) or not stall_timeout > 0:
+            raise LocalError(f"stall_timeout must be a positive number of seconds, not {stall_timeout!r}")
+        self.max_stream_buffer_bytes = max_stream_buffer_bytes
+        """The answers one ``Stream`` message carries at most, in bytes (at least one answer)."""
+        self._budget = BufferBudget(
+            per_connection=max_connection_buffer_bytes,
+            total=max_buffer_bytes,
+            stall_timeout=float(stall_timeout),
+            what="KV service",
+        )
         self.max_request_bytes = max_request_bytes
         """The largest gRPC request message accepted, in bytes."""
         self.max_stream_inflight = max_stream_inflight
@@ -182,6 +214,15 @@ class KVService:
         }
         if node is not None:
             self.attach(node)
+
+    def buffer_stats(self) -> dict[str, int]:
+        """``buffered_bytes`` (held now by every call) and ``shed_<reason>``: calls ended to
+        keep the buffers bounded, by reason (``connection_bytes``, ``total_bytes``,
+        ``stalled``)."""
+        budget = self._budget
+        out = {"buffered_bytes": budget.held}
+        out.update((f"shed_{reason}", budget.shed[reason]) for reason in SHED_REASONS)
+        return out
 
     @property
     def node(self) -> RaftNode | None:
@@ -249,55 +290,58 @@ class KVService:
 
     async def _serve(self, path: str, stream: _Stream) -> None:
         """One unary call: decode, answer, encode."""
-        request_type, response_type = KV_METHODS[path]
-        data = await self._recv(stream)
-        if data is None:
-            self._malformed("no request message")
-        timeout: float | None = None
-        if stream.deadline is not None:
-            timeout = _answer_within(stream.deadline.time_remaining())
-        response: KVResponse
-        try:
-            request = decode_kv_message(request_type, data, max_bytes=self.max_request_bytes)
-        except ProtocolError as exc:
-            self.rejections["malformed"] += 1
-            response = response_type(header=self._header(ErrorCode.INVALID_ARGUMENT, str(exc)[:300]))
-        else:
-            response = await self.handle(request, timeout=timeout)
-        await stream.send_message(WireBytes(encode_kv_message(response)))
+        with self._budget.call(stream) as call:
+            request_type, response_type = KV_METHODS[path]
+            data = await self._recv(stream, call)
+            if data is None:
+                self._malformed("no request message")
+            timeout: float | None = None
+            if stream.deadline is not None:
+                timeout = _answer_within(stream.deadline.time_remaining())
+            response: KVResponse
+            try:
+                request = decode_kv_message(request_type, data, max_bytes=self.max_request_bytes)
+            except ProtocolError as exc:
+                self.rejections["malformed"] += 1
+                response = response_type(header=self._header(ErrorCode.INVALID_ARGUMENT, str(exc)[:300]))
+            else:
+                response = await self.handle(request, timeout=timeout)
+            answer = encode_kv_message(response)
+            # Shed from here on, the request may have been applied: not RESOURCE_EXHAUSTED,
+            # which tells the client that the node did nothing.
+            call.status = Status.UNAVAILABLE
+            call.take(len(answer))
+            await stream.send_message(WireBytes(answer))
+            call.give(len(answer))
 
     async def _serve_stream(self, stream: _Stream) -> None:
         """The ``Stream`` call: answer every request of every batch concurrently, and send the
-        answers in batches (whatever completed since the last send, once per loop turn)."""
-        outbox: list[bytes] = []
+        answers in batches (whatever completed since the last send, once per loop turn).
+
+        Answers wait unencoded (they refer to values the state machine holds) until the sender
+        takes them; it encodes at most ``max_stream_buffer_bytes`` (or one answer) per message,
+        held against the buffer budget while it is written. Requests count as under way until
+        their answers are taken, so a client that does not read stops being read."""
+        with self._budget.call(stream) as call:
+            await self._stream_loop(stream, call)
+
+    async def _stream_loop(self, stream: _Stream, call: Call) -> None:
+        pending: list[tuple[int, KVResponse]] = []  # answers not yet encoded, in completion order
         wake = asyncio.Event()
-        tasks: dict[asyncio.Task[None], int] = {}  # -> the number of requests it answers
-        under_way = 0
+        room = asyncio.Event()  # set when fewer than max_stream_inflight requests are under way
+        tasks: set[asyncio.Task[None]] = set()
+        under_way = 0  # requests read whose answers the sender has not taken yet
         finished = False
+        batch_limit = self.max_stream_buffer_bytes
 
-        def spawn(work: Coroutine[Any, Any, None], requests: int) -> None:
-            nonlocal under_way
+        def spawn(work: Coroutine[Any, Any, None]) -> None:
             task = asyncio.create_task(work)
-            tasks[task] = requests
-            under_way += requests
-            task.add_done_callback(done)
-
-        def done(task: asyncio.Task[None]) -> None:
-            nonlocal under_way
-            under_way -= tasks.pop(task, 0)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
         async def answer(rid: int, timeout_ms: int, request: KVRequest) -> None:
             timeout = _answer_within(timeout_ms / 1000) if timeout_ms else None
-            response = await self.handle(request, timeout=timeout)
-            try:
-                item = encode_kv_stream_response(rid, response)
-            except Exception:
-                log.exception("KV service: cannot encode the answer to a %s", type(request).__name__)
-                failed = _RESPONSE_TYPES[type(request)](
-                    ResponseHeader(ErrorCode.INTERNAL, "internal server error")
-                )
-                item = encode_kv_stream_response(rid, failed)
-            outbox.append(item)
+            pending.append((rid, await self.handle(request, timeout=timeout)))
             wake.set()
 
         async def answer_writes(ids: list[int], writes: list[tuple[_WriteRequest, KVCommand, int]]) -> None:
@@ -307,24 +351,40 @@ class KVService:
                 log.exception("KV service: unexpected error answering a batch of writes")
                 internal = ResponseHeader(ErrorCode.INTERNAL, "internal server error")
                 responses = [_RESPONSE_TYPES[type(req)](internal) for req, _, _ in writes]
-            outbox.extend(map(encode_kv_stream_response, ids, responses))
+            pending.extend(zip(ids, responses, strict=True))
             wake.set()
 
         async def sender() -> None:
+            nonlocal under_way
             while True:
                 await wake.wait()
                 wake.clear()
-                while outbox:
-                    batch = b"".join(outbox)
-                    outbox.clear()
+                while pending:
+                    parts: list[bytes] = []
+                    size = taken = 0
+                    for rid, response in pending:
+                        item = _encode_answer(rid, response)
+                        parts.append(item)
+                        size += len(item)
+                        taken += 1
+                        if size >= batch_limit:
+                            break
+                    del pending[:taken]
+                    under_way -= taken
+                    if under_way < self.max_stream_inflight:
+                        room.set()
+                    batch = b"".join(parts)
+                    del parts
+                    call.take(len(batch))
                     await stream.send_message(WireBytes(batch))
-                if finished and not tasks:
+                    call.give(len(batch))
+                if finished and not tasks and not pending:
                     return
 
         send_task = asyncio.create_task(sender())
         try:
             while True:
-                data = await self._recv(stream)
+                data = await self._recv(stream, call)
                 if data is None:
                     break
                 if send_task.done():  # the answers cannot be sent: end the call
@@ -334,6 +394,8 @@ class KVService:
                 except ProtocolError as exc:
                     self.rejections["malformed"] += 1
                     raise GRPCError(Status.INVALID_ARGUMENT, f"malformed stream batch: {exc}"[:300]) from None
+                del data
+                under_way += len(items)
                 writes: list[tuple[_WriteRequest, KVCommand, int]] = []
                 write_ids: list[int] = []
                 for rid, timeout_ms, request in items:
@@ -343,14 +405,15 @@ class KVService:
                             writes.append((request, checked, timeout_ms))
                             write_ids.append(rid)
                         else:
-                            outbox.append(encode_kv_stream_response(rid, checked))
+                            pending.append((rid, checked))
                             wake.set()
                         continue
-                    spawn(answer(rid, timeout_ms, request), 1)
+                    spawn(answer(rid, timeout_ms, request))
                 if writes:
-                    spawn(answer_writes(write_ids, writes), len(writes))
-                while under_way >= self.max_stream_inflight:  # read no more until some finish
-                    await asyncio.wait(list(tasks), return_when=asyncio.FIRST_COMPLETED)
+                    spawn(answer_writes(write_ids, writes))
+                while under_way >= self.max_stream_inflight:  # read no more until some are sent
+                    room.clear()
+                    await room.wait()
             if tasks:
                 await asyncio.wait(list(tasks))
             finished = True
@@ -360,11 +423,12 @@ class KVService:
             for task in (*tasks, send_task):
                 task.cancel()
 
-    async def _recv(self, stream: _Stream) -> bytes | None:
+    async def _recv(self, stream: _Stream, call: Call) -> bytes | None:
         """The next request message of ``stream`` (``None`` once the client ended it), refused
-        with ``RESOURCE_EXHAUSTED`` before it is buffered if it is over ``max_request_bytes``."""
+        with ``RESOURCE_EXHAUSTED`` before it is buffered if it is over ``max_request_bytes``;
+        its length is held against the buffer budget while it arrives."""
         try:
-            return await recv_bounded(stream, self.max_request_bytes)
+            return await recv_bounded(stream, self.max_request_bytes, call)
         except TooLarge as exc:
             self._too_large(exc.length)
         except Malformed as exc:
@@ -641,6 +705,16 @@ def _refusal(exc: BaseException, membership: bool = False) -> _Refuse | None:
     if isinstance(exc, OutcomeUnknown | ClosedError):
         return _Refuse(ErrorCode.UNKNOWN, str(exc))
     return None
+
+
+def _encode_answer(rid: int, response: KVResponse) -> bytes:
+    """One ``StreamResponse`` item (an ``INTERNAL`` answer if ``response`` cannot be encoded)."""
+    try:
+        return encode_kv_stream_response(rid, response)
+    except Exception:
+        log.exception("KV service: cannot encode a %s", type(response).__name__)
+        failed = type(response)(ResponseHeader(ErrorCode.INTERNAL, "internal server error"))
+        return encode_kv_stream_response(rid, failed)
 
 
 def _answer_within(left: float) -> float:

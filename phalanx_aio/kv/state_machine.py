@@ -5,8 +5,15 @@ Commands are binary records (see :func:`encode_command`). Keys and values are by
 Sessions follow the Raft thesis §6.3: a client has an id and numbers its requests; the state
 machine remembers the result of each request it applied above the client's acknowledged
 number, so a retried request returns the remembered result instead of applying twice.
-Sessions expire by *log time*: a session not used for ``session_ttl`` applied commands is
-forgotten, identically on every member.
+
+Sessions are bounded, and every bound is applied by every member at the same command, since
+they are part of the replicated state (see :class:`SessionLimits`): a session expires after
+``session_ttl`` applied commands unused (*log time*, not wall-clock time); beyond
+``max_sessions`` sessions, or ``max_session_bytes`` of remembered results in all, the least
+recently used sessions are evicted; one session keeps at most ``max_results_per_session``
+results and ``max_result_bytes_per_session`` bytes of them. A forgotten session's id is kept
+(bounded too) so that a late request of it is refused with :class:`SessionExpired` instead of
+being applied as the first request of a new session.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import itertools
 import struct
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from phalanx_aio.errors import LocalError, OutcomeUnknown, ProtocolError
 from phalanx_aio.node.state_machine import StateMachine
@@ -27,14 +34,16 @@ __all__ = [
     "KVOp",
     "KVStateMachine",
     "SessionExpired",
+    "SessionLimits",
     "decode_command",
     "encode_command",
 ]
 
 
 class SessionExpired(OutcomeUnknown):
-    """The client's session was forgotten (unused too long): the request may or may not have
-    been applied before; open a new session."""
+    """The client's session was forgotten (unused too long, or evicted by a session limit), or
+    the result of this request was: the request may or may not have been applied before; open
+    a new session. The text names the limit that forgot it."""
 
 
 class KVOp(enum.IntEnum):
@@ -214,6 +223,57 @@ def _decode(data: bytes) -> _Fields:
     return kop, key, value, expected, client_id, seq, acked
 
 
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """The bounds on client sessions (:class:`KVStateMachine`).
+
+    They are rules of the replicated state machine: **every member must use the same values**,
+    or members would forget different sessions and answer a retried write differently. Costs are
+    counted in bytes of remembered results plus a fixed allowance per session
+    (:data:`SESSION_OVERHEAD` plus its id) and per result (:data:`RESULT_OVERHEAD`), so that
+    they depend only on the replicated state.
+    """
+
+    session_ttl: int = 100_000
+    """A session unused for this many applied commands expires (checked every 1,024)."""
+    max_sessions: int = 50_000
+    """Sessions kept; opening one more evicts the least recently used."""
+    max_session_bytes: int = 64 << 20
+    """The cost of every session together; above it the least recently used are evicted."""
+    max_results_per_session: int = 4096
+    """Unacknowledged results one session keeps; beyond it the oldest is forgotten."""
+    max_result_bytes_per_session: int = 4 << 20
+    """The cost of one session's results; beyond it the oldest are forgotten (the newest is
+    always kept)."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "session_ttl",
+            "max_sessions",
+            "max_session_bytes",
+            "max_results_per_session",
+            "max_result_bytes_per_session",
+        ):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise LocalError(f"SessionLimits.{name} must be a positive int, not {value!r}")
+
+
+SESSION_OVERHEAD = 256
+"""The cost counted for each session besides its id and results (its record and slots)."""
+RESULT_OVERHEAD = 64
+"""The cost counted for each remembered result besides the bytes of a bytes result."""
+
+# Why a session was forgotten (kept with its id, so that a late request can be told).
+_EXPIRED, _EVICTED_COUNT, _EVICTED_BYTES = 0, 1, 2
+_TOMBSTONES = b"PXKVTMB1"  # after the sessions: the ids of forgotten sessions (older readers stop before)
+_TOMB = struct.Struct(">QB")
+
+
+def _result_cost(result: object) -> int:
+    return RESULT_OVERHEAD + len(result) if isinstance(result, bytes) else RESULT_OVERHEAD
+
+
 @dataclass(slots=True)
 class _Session:
     last_used: int
@@ -223,6 +283,8 @@ class _Session:
     """The highest number with a result remembered so far."""
     in_order: bool = True
     """``results`` was filled in increasing order of number (so the lowest come first)."""
+    cost: int = 0
+    """What the results count against the limits (:func:`_result_cost` of each)."""
 
     def forget_up_to(self, acked: int) -> None:
         """Forget every result numbered ``acked`` or below."""
@@ -232,12 +294,21 @@ class _Session:
                 first = next(iter(results))
                 if first > acked:
                     break
-                del results[first]
+                r = results.pop(first)
+                self.cost -= RESULT_OVERHEAD + len(r) if r.__class__ is bytes else RESULT_OVERHEAD
         else:
             for s in [s for s in results if s <= acked]:
-                del results[s]
+                self.cost -= _result_cost(results.pop(s))
         if not results:
             self.in_order = True
+
+    def forget_oldest(self) -> None:
+        """Forget the lowest-numbered result, and treat its number as acknowledged: a retry of
+        it (or of anything below) is then refused instead of being applied a second time."""
+        results = self.results
+        oldest = next(iter(results)) if self.in_order else min(results)
+        self.cost -= _result_cost(results.pop(oldest))
+        self.acked = max(self.acked, oldest)
 
     def remember(self, seq: int, result: object) -> None:
         """Keep the result of request ``seq``."""
@@ -246,6 +317,11 @@ class _Session:
         else:
             self.last_seq = seq
         self.results[seq] = result
+        self.cost += RESULT_OVERHEAD + len(result) if result.__class__ is bytes else RESULT_OVERHEAD
+
+
+def _session_cost(cid: str, sess: _Session) -> int:
+    return SESSION_OVERHEAD + len(cid) + sess.cost
 
 
 class KVStateMachine(StateMachine):
@@ -255,15 +331,49 @@ class KVStateMachine(StateMachine):
     whether the key existed; CAS -> the value the key held before (``None`` if absent): the swap
     happened exactly when that equals ``expected``. A retried request (same client and number)
     returns the first result.
+
+    Sessions are bounded by ``limits`` (a :class:`SessionLimits`; the keyword arguments
+    ``session_ttl`` and ``max_results_per_session`` override its fields). A write of a
+    forgotten session, or whose result was forgotten, raises :class:`SessionExpired` naming the
+    limit. Up to ``max_sessions`` ids of forgotten sessions are kept, oldest dropped first.
     """
 
-    def __init__(self, *, session_ttl: int = 1_000_000, max_results_per_session: int = 4096) -> None:
+    def __init__(
+        self,
+        *,
+        limits: SessionLimits | None = None,
+        session_ttl: int | None = None,
+        max_results_per_session: int | None = None,
+    ) -> None:
+        limits = limits if limits is not None else SessionLimits()
+        given = {"session_ttl": session_ttl, "max_results_per_session": max_results_per_session}
+        overrides = {name: value for name, value in given.items() if value is not None}
+        if overrides:
+            limits = replace(limits, **overrides)
+        self.limits = limits
+        """The session limits (the same on every member)."""
         self.data: dict[bytes, bytes] = {}
         self.sessions: dict[str, _Session] = {}
+        """Client id -> session, least recently used first."""
+        self.forgotten: dict[str, tuple[int, int]] = {}
+        """Ids of forgotten sessions -> (the applied count then, why), oldest first."""
+        self.session_bytes = 0
+        """The cost of every session together (see :class:`SessionLimits`)."""
+        self.sessions_evicted = 0
+        """Sessions forgotten by a limit or by expiry since this object was created or restored
+        (local, not part of the replicated state)."""
         self.applied = 0
         """Commands applied (the state machine's clock for session expiry)."""
-        self.session_ttl = session_ttl
-        self.max_results = max_results_per_session
+
+    @property
+    def session_ttl(self) -> int:
+        """Applied commands after which an unused session expires."""
+        return self.limits.session_ttl
+
+    @property
+    def max_results(self) -> int:
+        """Unacknowledged results kept per session."""
+        return self.limits.max_results_per_session
 
     def get(self, key: bytes) -> bytes | None:
         """The value of ``key`` (run it through ``RaftNode.read`` for linearizability)."""
@@ -277,31 +387,80 @@ class KVStateMachine(StateMachine):
             self._expire()
         if not client_id:
             return self._execute(op, key, value, expected)
-        sess = self.sessions.get(client_id)
+        sessions = self.sessions
+        sess = sessions.get(client_id)
         if sess is None:
+            gone = self.forgotten.get(client_id)
+            if gone is not None:
+                raise SessionExpired(self._why_forgotten(client_id, *gone))
             if seq > 1 and acked > 0:
                 # The client had a session that has since expired: its earlier requests may
                 # have applied; we cannot tell, so we refuse rather than risk a double apply.
                 raise SessionExpired(f"session {client_id!r} expired; open a new one")
-            sess = self.sessions[client_id] = _Session(self.applied, {})
+            if len(sessions) >= self.limits.max_sessions:
+                self._evict(next(iter(sessions)), _EVICTED_COUNT)
+            sess = sessions[client_id] = _Session(self.applied, {})
+            self.session_bytes += SESSION_OVERHEAD + len(client_id)
+        elif next(reversed(sessions)) != client_id:
+            sessions[client_id] = sessions.pop(client_id)  # now the most recently used
         sess.last_used = self.applied
+        before = sess.cost
         if acked > sess.acked:
             sess.acked = acked
             sess.forget_up_to(acked)
         results = sess.results
         if seq in results:
+            self.session_bytes += sess.cost - before
             return results[seq]
         if seq <= sess.acked:
-            raise SessionExpired(f"request {seq} of {client_id!r} was already acknowledged")
+            self.session_bytes += sess.cost - before
+            raise SessionExpired(
+                f"request {seq} of {client_id!r} was already acknowledged, or its result forgotten "
+                f"(a session keeps {self.limits.max_results_per_session} results and "
+                f"{self.limits.max_result_bytes_per_session} bytes of them)"
+            )
         result = self._execute(op, key, value, expected)
         sess.remember(seq, result)
-        if len(results) > self.max_results:
-            # Forget the oldest result, and treat its number as acknowledged: a retry of it (or
-            # of anything below) is then refused instead of being applied a second time.
-            oldest = min(results)
-            del results[oldest]
-            sess.acked = max(sess.acked, oldest)
+        limits = self.limits
+        if len(results) > limits.max_results_per_session or sess.cost > limits.max_result_bytes_per_session:
+            while len(results) > 1 and (
+                len(results) > limits.max_results_per_session
+                or sess.cost > limits.max_result_bytes_per_session
+            ):
+                sess.forget_oldest()
+        self.session_bytes += sess.cost - before
+        if self.session_bytes > limits.max_session_bytes:
+            self._shrink(client_id)
         return result
+
+    def _why_forgotten(self, client_id: str, at: int, why: int) -> str:
+        limits = self.limits
+        reason = {
+            _EXPIRED: f"expired after {limits.session_ttl} applied commands unused",
+            _EVICTED_COUNT: f"evicted to stay within max_sessions ({limits.max_sessions})",
+            _EVICTED_BYTES: f"evicted to stay within max_session_bytes ({limits.max_session_bytes})",
+        }.get(why, "forgotten")
+        return f"session {client_id!r} was {reason} (at applied command {at}); open a new one"
+
+    def _evict(self, client_id: str, why: int) -> None:
+        """Forget session ``client_id``, remembering its id (bounded, oldest dropped first)."""
+        sess = self.sessions.pop(client_id)
+        self.session_bytes -= _session_cost(client_id, sess)
+        self.sessions_evicted += 1
+        forgotten = self.forgotten
+        forgotten[client_id] = (self.applied, why)
+        while len(forgotten) > self.limits.max_sessions:
+            del forgotten[next(iter(forgotten))]
+
+    def _shrink(self, keep: str) -> None:
+        """Evict the least recently used sessions (never ``keep``) until within the bytes limit."""
+        sessions = self.sessions
+        limit = self.limits.max_session_bytes
+        while self.session_bytes > limit and len(sessions) > 1:
+            oldest = next(iter(sessions))
+            if oldest == keep:  # pragma: no cover - keep is the most recently used
+                break
+            self._evict(oldest, _EVICTED_BYTES)
 
     def _execute(self, op: KVOp, key: bytes, value: bytes, expected: bytes | None) -> object:
         data = self.data
@@ -317,12 +476,27 @@ class KVStateMachine(StateMachine):
         return current
 
     def _expire(self) -> None:
-        horizon = self.applied - self.session_ttl
-        for cid in [c for c, s in self.sessions.items() if s.last_used < horizon]:
-            del self.sessions[cid]
+        horizon = self.applied - self.limits.session_ttl
+        sessions = self.sessions
+        while sessions:  # least recently used first: stop at the first one still in use
+            cid = next(iter(sessions))
+            if sessions[cid].last_used >= horizon:
+                break
+            self._evict(cid, _EXPIRED)
+
+    def session_stats(self) -> dict[str, int]:
+        """``sessions``, ``session_bytes``, ``forgotten_sessions`` (ids kept) and
+        ``sessions_evicted`` (forgotten by this object; local), for metrics."""
+        return {
+            "sessions": len(self.sessions),
+            "session_bytes": self.session_bytes,
+            "forgotten_sessions": len(self.forgotten),
+            "sessions_evicted": self.sessions_evicted,
+        }
 
     def snapshot(self) -> bytes:
-        """The data and the sessions, as bytes (format 2, see :func:`_encode_items`)."""
+        """The data and the sessions, as bytes (format 2, see :func:`_encode_items`), then the
+        ids of forgotten sessions (a section older versions stop before)."""
         out = [_SNAP_V2.pack(_SNAP_MAGIC, self.applied, len(self.data), len(self.sessions))]
         out.append(_encode_items(self.data))
         for cid in sorted(self.sessions):
@@ -336,6 +510,12 @@ class KVStateMachine(StateMachine):
                     _put_field(out, r)
                 else:
                     out.append(struct.pack(">QB", seq, 0 if r is None else (1 if r is True else 2)))
+        if self.forgotten:
+            out.append(_TOMBSTONES)
+            out.append(_LEN.pack(len(self.forgotten)))
+            for cid, (at, why) in self.forgotten.items():  # oldest first: the order is state
+                _put_field(out, cid.encode())
+                out.append(_TOMB.pack(at, why))
         return b"".join(out)
 
     def restore(self, data: bytes) -> None:
@@ -352,21 +532,35 @@ class KVStateMachine(StateMachine):
                 k, v = next(it), next(it)
                 items[k] = v
                 pos += 8 + len(k) + len(v)
-        sessions: dict[str, _Session] = {}
+        sessions: list[tuple[int, str, _Session]] = []
         for _ in range(nsess):
             cid = next(_fields(data, pos))
             pos += 4 + len(cid)
             last_used, acked, n = struct.unpack_from(">QQI", data, pos)
             pos += 20
-            results: dict[int, object] = {}
+            sess = _Session(last_used, {}, acked)
             for _ in range(n):
                 seq, tag = struct.unpack_from(">QB", data, pos)
                 pos += 9
                 if tag == 3:  # a bytes result (a previous value), length-prefixed
                     value = next(_fields(data, pos))
                     pos += 4 + len(value)
-                    results[seq] = value
+                    sess.remember(seq, value)
                 else:
-                    results[seq] = None if tag == 0 else (tag == 1)
-            sessions[cid.decode()] = _Session(last_used, results, acked, max(results, default=0))
-        self.applied, self.data, self.sessions = applied, items, sessions
+                    sess.remember(seq, None if tag == 0 else (tag == 1))
+            sessions.append((last_used, cid.decode(), sess))
+        forgotten: dict[str, tuple[int, int]] = {}
+        if data[pos : pos + len(_TOMBSTONES)] == _TOMBSTONES:
+            pos += len(_TOMBSTONES)
+            (count,) = _LEN.unpack_from(data, pos)
+            pos += 4
+            for _ in range(count):
+                cid = next(_fields(data, pos))
+                pos += 4 + len(cid)
+                forgotten[cid.decode()] = _TOMB.unpack_from(data, pos)
+                pos += _TOMB.size
+        sessions.sort(key=lambda item: (item[0], item[1]))  # least recently used first, as applied
+        self.applied, self.data = applied, items
+        self.sessions = {cid: sess for _, cid, sess in sessions}
+        self.forgotten = forgotten
+        self.session_bytes = sum(_session_cost(cid, sess) for cid, sess in self.sessions.items())

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from phalanx_aio.core.membership import ConfChangeType
@@ -86,14 +86,64 @@ class _TransportCollector(Collector):
         yield events
 
 
+class _KVCollector(Collector):
+    """The KV service's shed calls (``phalanx_kv_shed_total{reason}``) and buffered bytes, and
+    the sessions of the node's state machine, read at scrape time."""
+
+    def __init__(self, node: RaftNode, kv_stats: Callable[[], Mapping[str, int]] | None) -> None:
+        self._node = node
+        self._kv_stats = kv_stats
+
+    def collect(self) -> Iterator[Metric]:
+        if self._kv_stats is not None:
+            stats = self._kv_stats()
+            shed = CounterMetricFamily(
+                "phalanx_kv_shed",
+                "KV calls ended to keep buffered bytes bounded, by reason "
+                "(connection_bytes, total_bytes, stalled).",
+                labels=["reason"],
+            )
+            for key, value in sorted(stats.items()):
+                if key.startswith("shed_"):
+                    shed.add_metric([key.removeprefix("shed_")], value)
+            yield shed
+            yield GaugeMetricFamily(
+                "phalanx_kv_buffered_bytes",
+                "Bytes the KV calls hold now (answers being written, requests being received).",
+                value=stats.get("buffered_bytes", 0),
+            )
+        session_stats = getattr(self._node.state_machine, "session_stats", None)
+        if callable(session_stats):
+            sessions = session_stats()
+            yield GaugeMetricFamily(
+                "phalanx_kv_sessions", "Client sessions the state machine keeps.", value=sessions["sessions"]
+            )
+            yield GaugeMetricFamily(
+                "phalanx_kv_session_bytes",
+                "What the sessions count against max_session_bytes.",
+                value=sessions["session_bytes"],
+            )
+            yield CounterMetricFamily(
+                "phalanx_kv_sessions_evicted",
+                "Sessions forgotten (expired or evicted by a limit) since the state machine was "
+                "created or restored.",
+                value=sessions["sessions_evicted"],
+            )
+
+
 class NodeMetrics:
-    """The metrics of one node. Give it the node and (optionally) a callable returning the
-    transport's counters, such as ``lambda: transport.stats``. It registers itself as a
+    """The metrics of one node. Give it the node and (optionally) callables returning the
+    transport's counters, such as ``lambda: transport.stats``, and the KV service's buffer
+    counters (``kv_stats=service.buffer_stats``). It registers itself as a
     listener of the node's events at once, so create it before (or soon after) starting the
     node: events before that are not counted."""
 
     def __init__(
-        self, node: RaftNode, *, transport_stats: Callable[[], Mapping[str, int]] | None = None
+        self,
+        node: RaftNode,
+        *,
+        transport_stats: Callable[[], Mapping[str, int]] | None = None,
+        kv_stats: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self.node = node
         self.registry = CollectorRegistry(auto_describe=True)
@@ -174,6 +224,7 @@ class NodeMetrics:
             self.role.labels(role).set(0)
         if transport_stats is not None:
             r.register(_TransportCollector(transport_stats))
+        r.register(_KVCollector(node, kv_stats))
         self._last_known_leader: str | None = None
         node.add_listener(self.on_event)
 
@@ -256,12 +307,20 @@ class MeteredKVService(KVService):
         max_value_bytes: int = 1 << 20,
         max_request_bytes: int = 4 << 20,
         max_stream_inflight: int = 10_000,
+        max_stream_buffer_bytes: int = 4 << 20,
+        max_connection_buffer_bytes: int = 64 << 20,
+        max_buffer_bytes: int = 256 << 20,
+        stall_timeout: float = 30.0,
     ) -> None:
         super().__init__(
             max_key_bytes=max_key_bytes,
             max_value_bytes=max_value_bytes,
             max_request_bytes=max_request_bytes,
             max_stream_inflight=max_stream_inflight,
+            max_stream_buffer_bytes=max_stream_buffer_bytes,
+            max_connection_buffer_bytes=max_connection_buffer_bytes,
+            max_buffer_bytes=max_buffer_bytes,
+            stall_timeout=stall_timeout,
         )
         self.metrics: NodeMetrics | None = None
         """Where writes are reported; set it once the node exists."""

@@ -33,7 +33,7 @@ import operator
 import random
 import re
 import ssl
-import weakref
+from asyncio import BaseTransport
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -42,10 +42,13 @@ import grpclib.const
 import grpclib.server
 from grpclib.client import Channel
 from grpclib.client import Stream as ClientStream
+from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
+from h2.settings import SettingCodes
 
+from phalanx_aio._budget import BufferBudget, Call
 from phalanx_aio._grpc_read import Malformed, TooLarge, recv_bounded
 from phalanx_aio.core.types import Message, MessageType
 from phalanx_aio.errors import ClosedError, ConfigError, LocalError, ProtocolError
@@ -95,6 +98,11 @@ STAT_KEYS: tuple[str, ...] = (
     "dropped_closed",
     "dropped_peer_removed",
     "dropped_snapshot_superseded",
+    # connections
+    "connections_accepted",
+    "connections_refused",
+    "connections_delayed",
+    "connections_timed_out",
     # inbound
     "frames_received",
     "messages_received",
@@ -112,6 +120,8 @@ STAT_KEYS: tuple[str, ...] = (
     "rejected_origin",
     "rejected_invalid",
     "rejected_snapshot_incomplete",
+    "rejected_overloaded",
+    "rejected_stalled",
     "handler_errors",
 )
 """The counters :attr:`GrpcTransport.stats` always reports (all start at 0).
@@ -123,6 +133,11 @@ connection attempt or broken stream; ``reconnects`` the streams re-established a
 never sent: to an id that is not a peer, pushed out of a full queue (the oldest goes), that
 could not be encoded, sent after :meth:`~GrpcTransport.aclose`, still queued for a peer that
 :meth:`~GrpcTransport.set_peers` removed, or a pending snapshot replaced by a newer one.
+
+Connections (to the server, peers' and clients' alike): ``connections_accepted`` counts those
+admitted, ``connections_refused`` those closed on arrival because ``max_connections`` were open,
+``connections_delayed`` those that waited for ``max_connection_rate``, ``connections_timed_out``
+those closed for opening no call within ``handshake_timeout``.
 
 Inbound: ``frames_received``, ``messages_received`` and ``bytes_received`` count what was
 accepted and handed to the handler (snapshot chunks are not frames: ``snapshots_received``
@@ -136,7 +151,10 @@ that the client certificate does not name), ``destination`` (a message addressed
 another node), ``origin`` (a message whose ``frm`` is not the frame's sender), ``invalid`` (a
 well-formed message that no correct peer sends: a term or index above :data:`MAX_ACCEPTED_INT`,
 or the entries of an append that do not follow its index and terms in order),
-``snapshot_incomplete`` (an InstallSnapshot call that ended before its last chunk).
+``snapshot_incomplete`` (an InstallSnapshot call that ended before its last chunk),
+``overloaded`` (a call shed because the frames being received on its connection, or on all of
+them, were over the buffer limits), ``stalled`` (a frame that stopped arriving for
+``send_timeout``).
 ``handler_errors`` counts exceptions raised by the handler's callbacks (logged, then ignored).
 """
 
@@ -227,6 +245,15 @@ def _split_address(address: str) -> tuple[str, int]:
     return host, port
 
 
+def _host_of(address: str) -> str:
+    """The host of a peer's ``host:port`` (as a connection from it shows it), or ``""``."""
+    try:
+        host = _split_address(address)[0]
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return ""
+
+
 def _join_address(host: str, port: int) -> str:
     try:
         if isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address):
@@ -250,28 +277,203 @@ class _StreamEnded(Exception):
     """The peer ended our stream (normally only with an error status)."""
 
 
+_BACKLOG = 32
+"""The listen backlog, also the most connections asyncio accepts in one turn of the loop: a
+short queue makes a connection storm wait in the clients' kernels (SYN retries), not here."""
+
+
+class _Admission:
+    """The connection limits of a server: how many may be open, how fast new ones are set up,
+    and how soon each must open its first call."""
+
+    __slots__ = ("burst", "handshake_timeout", "max_connections", "max_streams", "rate")
+
+    def __init__(self, max_connections: int, rate: float, handshake_timeout: float, max_streams: int) -> None:
+        self.max_connections = max_connections
+        self.rate = rate
+        self.burst = max(1.0, rate / 20)
+        """New connections set up at once (a twentieth of a second's worth)."""
+        self.handshake_timeout = handshake_timeout
+        self.max_streams = max_streams
+
+
+class _ServerProtocol(H2Protocol):
+    """grpclib's HTTP/2 protocol, set up only once the server admits the connection."""
+
+    def __init__(self, server: _Server, *args: Any) -> None:
+        super().__init__(*args)
+        self._owner = server
+        self._transport: asyncio.BaseTransport | None = None
+        self._set_up = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: BaseTransport) -> None:
+        self._transport = transport
+        self._owner._arrived(self, transport)
+
+    def admit(self) -> None:
+        """Set the connection up (HTTP/2 preface, settings) and read it."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        super().connection_made(transport)
+        self._set_up = True
+        h2_conn = self.connection._connection
+        h2_conn.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: self._owner.admission.max_streams})
+        self.connection.flush()
+        if isinstance(transport, asyncio.ReadTransport):
+            transport.resume_reading()
+
+    def wait(self, timeout: float) -> None:
+        """Hold the connection (not read) until admitted; close it after ``timeout`` seconds if it
+        has not opened a call by then."""
+        transport = self._transport
+        if isinstance(transport, asyncio.ReadTransport):
+            transport.pause_reading()
+        self._timer = asyncio.get_running_loop().call_later(timeout, self._handshake_expired)
+
+    def _handshake_expired(self) -> None:
+        self._timer = None
+        if self._set_up and self.connection.streams_started:
+            return
+        self._owner._timed_out(self)
+        self.abort()
+
+    def abort(self) -> None:
+        """Close the connection now."""
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._set_up:
+            super().data_received(data)
+
+    def pause_writing(self) -> None:
+        if self._set_up:
+            super().pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._set_up:
+            super().resume_writing()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._owner._left(self)
+        if self._set_up:
+            super().connection_lost(exc)
+
+
 class _Server(grpclib.server.Server):
-    """A grpclib server that can also drop the connections it accepted.
+    """A grpclib server that bounds its connections and can drop the ones it accepted.
+
+    At most ``admission.max_connections`` are open at once (more are closed as they arrive);
+    new ones are set up at most ``admission.rate`` per second (the others wait, unread, so that
+    an accept storm cannot starve the loop that sends heartbeats); each must open a call within
+    ``admission.handshake_timeout`` seconds; each may have ``admission.max_streams`` calls at
+    once (the HTTP/2 setting). Connections from a peer's host skip the count and the pacing.
+    ``stats`` counts what was refused.
 
     ``Server.close()`` stops listening and cancels running calls but leaves the connections
     open; their clients would not notice, and since Python 3.12 ``asyncio.Server.wait_closed``
     waits for them. Closing them makes peers see the shutdown (and reconnect elsewhere) at once.
     """
 
-    def __init__(self, handlers: Sequence[Servable]) -> None:
+    def __init__(self, handlers: Sequence[Servable], admission: _Admission, stats: Counter[str]) -> None:
         super().__init__(handlers)
-        self.protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+        self.admission = admission
+        self.stats = stats
+        self.protocols: set[_ServerProtocol] = set()
+        self.peer_hosts: frozenset[str] = frozenset()
+        """The hosts of the current peers' addresses: connections from them skip the limits (a
+        peer reconnecting during a storm must not wait behind it)."""
+        self._waiting: deque[_ServerProtocol] = deque()
+        self._tokens = admission.burst
+        self._refilled = 0.0
+        self._drain: asyncio.TimerHandle | None = None
+
+    async def listen(self, host: str | None, port: int, ssl_context: ssl.SSLContext | None) -> None:
+        """Bind and serve (a TLS handshake, too, must end within the handshake timeout)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._protocol_factory,
+            host,
+            port,
+            ssl=ssl_context,
+            ssl_handshake_timeout=self.admission.handshake_timeout if ssl_context is not None else None,
+            backlog=_BACKLOG,
+        )
+        self._server_closed_fut = loop.create_future()
 
     def _protocol_factory(self) -> H2Protocol:
-        protocol = super()._protocol_factory()
+        plain = super()._protocol_factory()
+        return _ServerProtocol(self, plain.handler, plain.config, plain.h2_config)
+
+    def _arrived(self, protocol: _ServerProtocol, transport: BaseTransport) -> None:
+        adm = self.admission
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer and str(peer[0]) in self.peer_hosts:
+            self.protocols.add(protocol)
+            self.stats["connections_accepted"] += 1
+            protocol.wait(adm.handshake_timeout)
+            protocol.admit()
+            return
+        if len(self.protocols) >= adm.max_connections:
+            self.stats["connections_refused"] += 1
+            protocol.abort()
+            return
         self.protocols.add(protocol)
-        return protocol
+        self.stats["connections_accepted"] += 1
+        protocol.wait(adm.handshake_timeout)
+        if not self._waiting and self._take_token():
+            protocol.admit()
+            return
+        self.stats["connections_delayed"] += 1
+        self._waiting.append(protocol)
+        self._schedule_drain()
+
+    def _take_token(self) -> bool:
+        adm = self.admission
+        now = asyncio.get_running_loop().time()
+        self._tokens = min(adm.burst, self._tokens + (now - self._refilled) * adm.rate)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def _schedule_drain(self) -> None:
+        if self._drain is None and self._waiting:
+            delay = max(0.0, (1.0 - self._tokens) / self.admission.rate)
+            self._drain = asyncio.get_running_loop().call_later(delay, self._admit_waiting)
+
+    def _admit_waiting(self) -> None:
+        self._drain = None
+        waiting = self._waiting
+        while waiting and self._take_token():
+            waiting.popleft().admit()
+        self._schedule_drain()
+
+    def _timed_out(self, protocol: _ServerProtocol) -> None:
+        self.stats["connections_timed_out"] += 1
+
+    def _left(self, protocol: _ServerProtocol) -> None:
+        self.protocols.discard(protocol)
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(protocol)
 
     def drop_connections(self) -> None:
+        if self._drain is not None:
+            self._drain.cancel()
+            self._drain = None
         for protocol in list(self.protocols):
             processor = getattr(protocol, "processor", None)
             if processor is not None:
                 processor.close("server closed")
+            else:
+                protocol.abort()
 
     def bound_port(self) -> int:
         server = self._server
@@ -337,11 +539,11 @@ _ServerStream = grpclib.server.Stream[WireBytes, WireBytes]
 _ClientStream = ClientStream[WireBytes, WireBytes]
 
 
-async def _recv_bounded(stream: _ServerStream, limit: int) -> bytes | None:
+async def _recv_bounded(stream: _ServerStream, limit: int, call: Call) -> bytes | None:
     """The next gRPC message of ``stream`` (``None`` once the client ended it), refused before it
     is buffered if it is over ``limit`` bytes (see :func:`phalanx_aio._grpc_read.recv_bounded`)."""
     try:
-        return await recv_bounded(stream, limit)
+        return await recv_bounded(stream, limit, call)
     except TooLarge as exc:
         raise _Reject(
             "too_large",
@@ -423,6 +625,23 @@ class GrpcTransport(Transport):
     * ``snapshot_chunk_bytes``: the snapshot data carried by one InstallSnapshot chunk (by
       default 1 MiB, or half of ``limits.max_frame_bytes`` if that is less).
     * ``extra_handlers``: more grpclib service handlers to serve on the same server.
+    * ``max_connections``: inbound connections open at once (peers' and clients'); more are
+      closed as they arrive (``connections_refused``).
+    * ``max_connection_rate``: new inbound connections set up per second (bursts of a twentieth
+      of it); the others wait unread, so that an accept storm cannot starve the loop of the
+      node's heartbeats.
+    * ``handshake_timeout``: an inbound connection must finish its TLS handshake and open a call
+      within it, or it is closed (``connections_timed_out``).
+    * ``max_concurrent_streams``: calls one inbound connection may have open (HTTP/2 setting).
+    * ``keepalive_interval`` / ``keepalive_timeout``: the connections to peers send an HTTP/2
+      PING every ``keepalive_interval`` seconds; one unanswered for ``keepalive_timeout``
+      closes the connection and reports the peer unreachable (a stopped or frozen peer whose
+      kernel still acknowledges TCP is noticed within about their sum). ``None`` turns it off.
+
+    Frames being received are held against a buffer budget: ``2 * limits.max_frame_bytes`` per
+    connection and ``8 * limits.max_frame_bytes`` in all; over it the call that made no
+    progress for the longest time is ended (``rejected_overloaded``), as is one whose frame
+    stops arriving for ``send_timeout`` (``rejected_stalled``).
     """
 
     def __init__(
@@ -445,6 +664,12 @@ class GrpcTransport(Transport):
         send_timeout: float = 30.0,
         snapshot_chunk_bytes: int | None = None,
         extra_handlers: Sequence[Servable] = (),
+        max_connections: int = 1000,
+        max_connection_rate: float = 100.0,
+        handshake_timeout: float = 10.0,
+        max_concurrent_streams: int = 100,
+        keepalive_interval: float | None = 1.0,
+        keepalive_timeout: float = 4.0,
     ) -> None:
         if not isinstance(limits, Limits):
             raise ConfigError(f"limits must be a codec Limits, not {type(limits).__name__}")
@@ -461,6 +686,10 @@ class GrpcTransport(Transport):
             ("backoff_max", backoff_max),
             ("connect_timeout", connect_timeout),
             ("send_timeout", send_timeout),
+            ("max_connection_rate", max_connection_rate),
+            ("handshake_timeout", handshake_timeout),
+            ("keepalive_timeout", keepalive_timeout),
+            ("keepalive_interval", 1.0 if keepalive_interval is None else keepalive_interval),
         ):
             if not isinstance(value, int | float) or not value > 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
@@ -468,8 +697,13 @@ class GrpcTransport(Transport):
             raise ConfigError("backoff_max must be at least backoff_initial")
         if not isinstance(backoff_jitter, int | float) or not 0 <= backoff_jitter <= 1:
             raise ConfigError(f"backoff_jitter must be between 0 and 1, not {backoff_jitter!r}")
-        if type(max_queue) is not int or max_queue < 1:
-            raise ConfigError(f"max_queue must be a positive int, not {max_queue!r}")
+        for name, count in (
+            ("max_queue", max_queue),
+            ("max_connections", max_connections),
+            ("max_concurrent_streams", max_concurrent_streams),
+        ):
+            if type(count) is not int or count < 1:
+                raise ConfigError(f"{name} must be a positive int, not {count!r}")
         if bind_node_ids and (server_ssl is None or server_ssl.verify_mode != ssl.CERT_REQUIRED):
             raise ConfigError(
                 "bind_node_ids needs mutual TLS: a server_ssl context that requires client certificates"
@@ -507,9 +741,30 @@ class GrpcTransport(Transport):
         self._send_timeout = float(send_timeout)
         self._chunk_bytes = snapshot_chunk_bytes
         self._handlers: tuple[Servable, ...] = (service, *extras)
+        self._admission = _Admission(
+            max_connections, float(max_connection_rate), float(handshake_timeout), max_concurrent_streams
+        )
+        self._channel_config = (
+            Configuration()
+            if keepalive_interval is None
+            else Configuration(
+                _keepalive_time=float(keepalive_interval),
+                _keepalive_timeout=float(keepalive_timeout),
+                _keepalive_permit_without_calls=True,
+                _http2_max_pings_without_data=0,
+                _http2_min_sent_ping_interval_without_data=float(keepalive_interval),
+            )
+        )
+        self._budget = BufferBudget(
+            per_connection=2 * limits.max_frame_bytes,
+            total=8 * limits.max_frame_bytes,
+            stall_timeout=float(send_timeout),
+            what="peer transport",
+        )
 
         self._handler: TransportHandler | None = None
         self._server: _Server | None = None
+        self._peer_hosts: frozenset[str] = frozenset()
         self._address: str | None = None
         self._peers: dict[str, _Peer] = {}
         self._removed: dict[str, int] = {}
@@ -543,7 +798,11 @@ class GrpcTransport(Transport):
     @property
     def stats(self) -> Mapping[str, int]:
         """A snapshot of the counters described in :data:`STAT_KEYS`."""
-        return dict(self._stats)
+        out = dict(self._stats)
+        shed = self._budget.shed
+        out["rejected_overloaded"] = shed["connection_bytes"] + shed["total_bytes"]
+        out["rejected_stalled"] = shed["stalled"]
+        return out
 
     async def start(self, handler: TransportHandler) -> None:
         """Bind and serve, then open a stream to every peer. Raises :class:`OSError` if the
@@ -553,9 +812,10 @@ class GrpcTransport(Transport):
         if self._started:
             raise LocalError("transport already started")
         self._handler = handler
-        server = _Server(self._handlers)
+        server = _Server(self._handlers, self._admission, self._stats)
+        server.peer_hosts = self._peer_hosts
         host, port = self._listen
-        await server.start(host or None, port, ssl=self._server_ssl)
+        await server.listen(host or None, port, self._server_ssl)
         self._server = server
         self._address = _join_address(host or "0.0.0.0", server.bound_port())
         self._started = True
@@ -627,6 +887,9 @@ class GrpcTransport(Transport):
             self._retire(peer.snap_task)
             peer.task = peer.snap_task = None
             log.info("%s: peer %s removed", self.node_id, pid)
+        self._peer_hosts = frozenset(_host_of(addr) for addr in wanted.values())
+        if self._server is not None:
+            self._server.peer_hosts = self._peer_hosts
         for pid, addr in wanted.items():
             known = self._peers.get(pid)
             if known is None:
@@ -722,7 +985,7 @@ class GrpcTransport(Transport):
 
     def _channel(self, address: str) -> Channel:
         host, port = _split_address(address)
-        return Channel(host, port, ssl=self._client_ssl)
+        return Channel(host, port, ssl=self._client_ssl, config=self._channel_config)
 
     def _backoff_delay(self, failures: int) -> float:
         initial, maximum, jitter = self._backoff
@@ -976,6 +1239,10 @@ class GrpcTransport(Transport):
 
     async def _serve_stream(self, stream: _ServerStream) -> None:
         """RaftPeer.Stream: validate each frame, hand its messages over, ack at the end."""
+        with self._budget.call(stream) as call:
+            await self._serve_frames(stream, call)
+
+    async def _serve_frames(self, stream: _ServerStream, call: Call) -> None:
         stats = self._stats
         stats["inbound_streams"] += 1
         limits = self._limits
@@ -983,7 +1250,7 @@ class GrpcTransport(Transport):
         frames = messages = 0
         try:
             while True:
-                data = await _recv_bounded(stream, limits.max_frame_bytes)
+                data = await _recv_bounded(stream, limits.max_frame_bytes, call)
                 if data is None:
                     break
                 try:
@@ -1010,13 +1277,17 @@ class GrpcTransport(Transport):
 
     async def _serve_snapshot(self, stream: _ServerStream) -> None:
         """RaftPeer.InstallSnapshot: reassemble and check, hand the SNAP over, ack."""
+        with self._budget.call(stream) as call:
+            await self._serve_chunks(stream, call)
+
+    async def _serve_chunks(self, stream: _ServerStream, call: Call) -> None:
         limits = self._limits
         assembler = SnapshotAssembler(limits=limits)
         sender: str | None = None
         result: Message | None = None
         try:
             while True:
-                data = await _recv_bounded(stream, limits.max_frame_bytes)
+                data = await _recv_bounded(stream, limits.max_frame_bytes, call)
                 if data is None:
                     break
                 try:

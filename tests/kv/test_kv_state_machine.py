@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phalanx_aio.errors import ProtocolError
+from phalanx_aio.errors import LocalError, ProtocolError
 from phalanx_aio.kv import KVCommand, KVOp, KVStateMachine, SessionExpired, decode_command, encode_command
+from phalanx_aio.kv.state_machine import RESULT_OVERHEAD, SESSION_OVERHEAD, SessionLimits
 
 
 def run(sm: KVStateMachine, **kw: object) -> object:
@@ -184,3 +185,133 @@ def test_garbage_is_a_protocol_error(data: bytes) -> None:
     except ProtocolError:
         return
     assert encode_command(cmd) == data
+
+
+# ---------------------------------------------------------------- session limits (issue 23)
+
+
+def test_sessions_are_capped_by_count_least_recently_used_first() -> None:
+    sm = KVStateMachine(limits=SessionLimits(max_sessions=3))
+    for cid in ("a", "b", "c"):
+        run(sm, op=KVOp.PUT, key=b"k", value=b"v", client_id=cid, seq=1)
+    run(sm, op=KVOp.PUT, key=b"k", value=b"w", client_id="a", seq=2, acked=1)  # a is used again
+    run(sm, op=KVOp.PUT, key=b"k", value=b"x", client_id="d", seq=1)  # evicts b, the least recent
+    assert list(sm.sessions) == ["c", "a", "d"]
+    # A late retry of b's first write is refused, naming the limit, instead of applying again
+    # (b never acknowledged anything, so without the kept id it would look like a new session).
+    with pytest.raises(SessionExpired, match=r"max_sessions \(3\)"):
+        run(sm, op=KVOp.PUT, key=b"k", value=b"v", client_id="b", seq=1)
+    assert sm.get(b"k") == b"x"
+    assert sm.session_stats()["sessions"] == 3 and sm.session_stats()["forgotten_sessions"] == 1
+
+
+def test_forgotten_ids_are_bounded_too() -> None:
+    sm = KVStateMachine(limits=SessionLimits(max_sessions=2))
+    for i in range(10):
+        run(sm, op=KVOp.PUT, key=b"k", value=b"v", client_id=f"c{i}", seq=1)
+    assert list(sm.sessions) == ["c8", "c9"] and list(sm.forgotten) == ["c6", "c7"]
+
+
+def test_sessions_are_capped_by_bytes() -> None:
+    big = b"x" * 10_000
+    limits = SessionLimits(max_session_bytes=50_000, max_result_bytes_per_session=20_000)
+    sm = KVStateMachine(limits=limits)
+    run(sm, op=KVOp.PUT, key=b"k", value=big)
+    for i in range(8):  # each remembers a previous value of 10,000 bytes
+        run(sm, op=KVOp.PUT, key=b"k", value=big, client_id=f"c{i}", seq=1)
+        assert sm.session_bytes <= limits.max_session_bytes
+    assert list(sm.sessions) == ["c4", "c5", "c6", "c7"]  # the least recently used went first
+    assert sm.session_bytes == sum(
+        SESSION_OVERHEAD + len(cid) + RESULT_OVERHEAD + len(big) for cid in sm.sessions
+    )
+    with pytest.raises(SessionExpired, match=r"max_session_bytes \(50000\)"):
+        run(sm, op=KVOp.PUT, key=b"k", value=big, client_id="c0", seq=1)
+
+
+def test_one_session_cannot_pin_more_than_its_share() -> None:
+    """A client that never acknowledges keeps at most ``max_result_bytes_per_session``."""
+    sm = KVStateMachine(limits=SessionLimits(max_result_bytes_per_session=100_000))
+    value = b"v" * 30_000
+    run(sm, op=KVOp.PUT, key=b"k", value=value)
+    for seq in range(1, 11):
+        run(sm, op=KVOp.PUT, key=b"k", value=value, client_id="greedy", seq=seq)
+    sess = sm.sessions["greedy"]
+    assert sorted(sess.results) == [8, 9, 10] and sess.cost <= 100_000
+    with pytest.raises(SessionExpired, match="forgotten"):  # not applied a second time
+        run(sm, op=KVOp.PUT, key=b"k", value=b"again", client_id="greedy", seq=7)
+    assert sm.get(b"k") == value
+    # The newest result is kept even when it alone is over the limit.
+    run(sm, op=KVOp.PUT, key=b"k", value=b"w" * 200_000, client_id="greedy", seq=11)
+    run(sm, op=KVOp.PUT, key=b"k", value=b"z", client_id="greedy", seq=12)
+    assert list(sess.results) == [12] and len(sess.results[12]) == 200_000  # type: ignore[arg-type]
+
+
+def test_expiry_forgets_the_least_recently_used_and_remembers_why() -> None:
+    sm = KVStateMachine(limits=SessionLimits(session_ttl=1500))
+    run(sm, op=KVOp.PUT, key=b"k", value=b"v", client_id="idle", seq=1)
+    run(sm, op=KVOp.PUT, key=b"k", value=b"v", client_id="busy", seq=1)
+    for i in range(3000):
+        run(sm, op=KVOp.PUT, key=b"x", value=b"", client_id="busy", seq=i + 2, acked=i + 1)
+    assert list(sm.sessions) == ["busy"]
+    with pytest.raises(SessionExpired, match="expired after 1500 applied commands"):
+        run(sm, op=KVOp.PUT, key=b"k", value=b"w", client_id="idle", seq=1)
+
+
+@pytest.mark.parametrize("cut_at", [0, 137, 611, 1499])
+def test_session_limits_are_identical_on_every_member(cut_at: int) -> None:
+    """A member restored from a snapshot at any point evicts and answers exactly like one that
+    applied every command: the limits are part of the replicated state."""
+    import random
+
+    rng = random.Random(cut_at)
+    limits = SessionLimits(
+        max_sessions=12,
+        max_session_bytes=6000,
+        max_results_per_session=5,
+        max_result_bytes_per_session=1500,
+        session_ttl=400,
+    )
+    seqs: dict[str, int] = {}
+    commands = []
+    for _ in range(1500):
+        cid = f"c{rng.randrange(30)}"
+        seqs[cid] = seqs.get(cid, 0) + rng.choice((0, 1, 1, 1))  # sometimes a retry
+        seq = max(seqs[cid], 1)
+        acked = max(0, seq - rng.randrange(1, 8))
+        value = b"v" * rng.randrange(0, 400)
+        key = b"k%d" % rng.randrange(5)
+        commands.append(encode_command(KVCommand(KVOp.PUT, key, value, None, cid, seq, acked)))
+
+    def outcome(sm: KVStateMachine, cmd: bytes) -> object:
+        try:
+            return sm.apply(cmd)
+        except SessionExpired as exc:
+            return str(exc)
+
+    a = KVStateMachine(limits=limits)
+    b = KVStateMachine(limits=limits)
+    for i, cmd in enumerate(commands):
+        if i == cut_at:
+            b = KVStateMachine(limits=limits)
+            b.restore(a.snapshot())
+        want = outcome(a, cmd)
+        if i >= cut_at:
+            assert outcome(b, cmd) == want, i
+    assert a.snapshot() == b.snapshot()
+    assert list(a.sessions) == list(b.sessions) and a.session_bytes == b.session_bytes
+    assert a.session_stats()["sessions_evicted"] > 0 and a.forgotten
+
+
+def test_a_snapshot_without_forgotten_ids_restores() -> None:
+    """Snapshots written before forgotten ids were kept (nothing after the sessions)."""
+    sm = KVStateMachine()
+    run(sm, op=KVOp.PUT, key=b"k", value=b"v", client_id="c", seq=1)
+    copy = KVStateMachine()
+    copy.restore(sm.snapshot())
+    assert not sm.forgotten and copy.snapshot() == sm.snapshot()
+    assert copy.session_bytes == sm.session_bytes > 0
+
+
+def test_bad_session_limits_are_refused() -> None:
+    with pytest.raises(LocalError, match="max_sessions"):
+        SessionLimits(max_sessions=0)

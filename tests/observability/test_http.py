@@ -47,7 +47,9 @@ async def single(tmp_path: pathlib.Path) -> AsyncIterator[Single]:
         transport=transport,
     )
     service.attach(node)
-    service.metrics = NodeMetrics(node, transport_stats=lambda: transport.stats)
+    service.metrics = NodeMetrics(
+        node, transport_stats=lambda: transport.stats, kv_stats=service.buffer_stats
+    )
     http = ObservabilityServer(node, service.metrics)
     async with node, http:
         yield Single(node, address, http)
@@ -114,6 +116,11 @@ async def test_healthz_status_and_metrics(single: Single) -> None:
         "phalanx_transport_rejected",
         "phalanx_kv_rejected",
         "phalanx_transport_events",
+        "phalanx_kv_shed",
+        "phalanx_kv_buffered_bytes",
+        "phalanx_kv_sessions",
+        "phalanx_kv_session_bytes",
+        "phalanx_kv_sessions_evicted",
     }
     assert expected <= set(families)
 
@@ -140,6 +147,12 @@ async def test_healthz_status_and_metrics(single: Single) -> None:
     assert value("phalanx_term_changes_total") == st.term - 1
     assert value("phalanx_snapshots_total", event="taken") == 0
     assert value("phalanx_kv_rejected_total", reason="cluster") == 0
+    # The limits' gauges and counters (issue 23): one session (the client's), nothing shed.
+    assert value("phalanx_kv_sessions") == 1 and value("phalanx_kv_session_bytes") > 0
+    assert value("phalanx_kv_sessions_evicted_total") == 0
+    assert value("phalanx_kv_shed_total", reason="stalled") == 0
+    assert value("phalanx_kv_buffered_bytes") == 0
+    assert value("phalanx_transport_events_total", event="connections_refused") == 0
 
     # A client of another cluster is refused, and counted.
     async with KVClient([single.address], cluster_id="someone-else", timeout=DEADLINE) as foreign:
