@@ -17,6 +17,11 @@ __all__ = ["Config", "ReadMode"]
 
 ReadMode = Literal["safe", "lease"]
 
+PRESET_MAX_UNCOMMITTED_BYTES = 64 << 20
+"""The presets' ``max_uncommitted_bytes``: a leader refuses proposals (``ProposalDropped``) while
+this many bytes of its log wait to commit, so that large commands cannot grow its memory
+without bound when followers fall behind."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
@@ -134,13 +139,14 @@ class Config:
     def lan(cls, **overrides: Any) -> Config:
         """Fast timing for one data centre: 50 ms ticks, election timeout 0.5-1 s,
         heartbeats every 50 ms, pre-vote and check quorum on, commit index sent lazily
-        (``eager_commit=False``)."""
+        (``eager_commit=False``), at most 64 MiB uncommitted."""
         return cls(
             **{
                 "tick_interval": 0.05,
                 "election_ticks": 10,
                 "heartbeat_ticks": 1,
                 "eager_commit": False,
+                "max_uncommitted_bytes": PRESET_MAX_UNCOMMITTED_BYTES,
                 **overrides,
             }
         )
@@ -156,6 +162,7 @@ class Config:
                 "election_ticks": 20,
                 "heartbeat_ticks": 2,
                 "eager_commit": False,
+                "max_uncommitted_bytes": PRESET_MAX_UNCOMMITTED_BYTES,
                 **overrides,
             }
         )
@@ -175,6 +182,7 @@ class Config:
                 "rtt_aware": True,
                 "rtt_min_election_ticks": 10,
                 "eager_commit": False,
+                "max_uncommitted_bytes": PRESET_MAX_UNCOMMITTED_BYTES,
                 **overrides,
             }
         )

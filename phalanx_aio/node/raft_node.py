@@ -22,7 +22,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -109,6 +109,9 @@ _TURN_MAX_BYTES: Final = 512 << 10
 # Entries handed over while a write is in flight wait for the next one (one fsync for all of
 # them); past this many, the loop waits for the disk instead of taking more proposals.
 _WRITE_BEHIND_MAX_ENTRIES: Final = 4 * _TURN_MAX_PROPOSALS
+_WRITE_BEHIND_MAX_BYTES: Final = 64 << 20  # the same bound, for large commands
+
+_data_of = attrgetter("data")
 
 # A local snapshot that a full disk refused is written again after this delay, doubled after
 # each failure up to the maximum (seconds); meanwhile the store keeps the entries it covers.
@@ -219,6 +222,7 @@ class RaftNode:
         transport: Transport | None = None,
         join: bool = False,
         snapshot_every: int = 10_000,
+        snapshot_bytes: int = 64 << 20,
         max_pending: int = 10_000,
         max_pending_reads: int = 10_000,
         default_timeout: float = 10.0,
@@ -232,9 +236,10 @@ class RaftNode:
             raise LocalError(f"node_id must be at most {limit} bytes in UTF-8, not {size}")
         if node_id in peers:
             raise LocalError(f"peers must not include this node ({node_id!r})")
-        if snapshot_every < 1 or max_pending < 1 or max_pending_reads < 1 or default_timeout <= 0:
+        if min(snapshot_every, snapshot_bytes, max_pending, max_pending_reads) < 1 or default_timeout <= 0:
             raise LocalError(
-                "snapshot_every, max_pending and max_pending_reads must be >= 1, default_timeout > 0"
+                "snapshot_every, snapshot_bytes, max_pending and max_pending_reads must be >= 1, "
+                "default_timeout > 0"
             )
         self.id = node_id
         self.address = address
@@ -246,6 +251,12 @@ class RaftNode:
         self._transport = transport
         self._join = join
         self._snapshot_every = snapshot_every
+        # Bytes of commands applied since the last snapshot; one is due past the larger of
+        # snapshot_bytes and the last snapshot's size (so large values cannot grow the log for
+        # long, and snapshot work stays in proportion to the log it saves).
+        self._snapshot_bytes = snapshot_bytes
+        self._log_bytes = 0
+        self._log_bytes_due = snapshot_bytes
         self._max_pending = max_pending
         self._default_timeout = default_timeout
         base_seed = seed if seed is not None else int.from_bytes(os.urandom(8), "big")
@@ -294,6 +305,7 @@ class RaftNode:
         # The leader's own entries handed to the background writer and not yet written (with
         # the hard state to write along), and the writer task while it runs.
         self._behind: list[Entry] = []
+        self._behind_bytes = 0  # their command bytes (the wait for the disk is bounded in both)
         self._behind_hs: HardState | None = None
         self._behind_snap: Snapshot | None = None  # a local snapshot to store, then compact
         # A local snapshot the store could not take for lack of space, to try again at that
@@ -1113,15 +1125,25 @@ class RaftNode:
                 if core.leader is not None and len(self._reads):
                     self._reissue_reads(core)
             log_ = core.log
+            if committed:
+                self._log_bytes += sum(map(len, map(_data_of, committed)))
+            if rd.snapshot is not None:
+                self._log_bytes = 0
             # Snapshot only entries this node holds durably (the background write may lag).
-            if log_.applied - log_.snap_index >= self._snapshot_due and log_.applied < log_.unstable:
+            if (
+                log_.applied - log_.snap_index >= self._snapshot_due or self._log_bytes >= self._log_bytes_due
+            ) and log_.snap_index < log_.applied < log_.unstable:
                 self._take_snapshot(core)
-            if len(self._behind) >= _WRITE_BEHIND_MAX_ENTRIES:
+            if (
+                self._behind_bytes >= _WRITE_BEHIND_MAX_BYTES
+                or len(self._behind) >= _WRITE_BEHIND_MAX_ENTRIES
+            ):
                 await self._drain_writes()  # the disk is the bottleneck: stop taking more
 
     def _write_behind(self, entries: Sequence[Entry], hard_state: HardState | None) -> None:
         """Queue the leader's own ``entries`` (and ``hard_state``) for the background writer."""
         self._behind.extend(entries)
+        self._behind_bytes += sum(map(len, map(_data_of, entries)))
         if hard_state is not None:
             self._behind_hs = hard_state
         self._start_writer()
@@ -1146,12 +1168,13 @@ class RaftNode:
                 if not self._behind:
                     continue
                 entries, hs = self._behind, self._behind_hs
-                self._behind, self._behind_hs = [], None
+                self._behind, self._behind_hs, self._behind_bytes = [], None, 0
                 await self._persist(entries, hs, None)
                 last = entries[-1]
                 self._queue.put_nowait((_PERSISTED, last.index, last.term))
         except Exception as exc:
             self._behind.clear()
+            self._behind_bytes = 0
             self._queue.put_nowait((_WRITE_FAILED, exc))
         finally:
             self._writer = None
@@ -1238,7 +1261,9 @@ class RaftNode:
         large delete takes tens of milliseconds). The next one is due after another
         ``snapshot_every`` entries plus a random quarter of that, so that members do not all
         compact at the same moment."""
-        self._behind_snap = core.compact(core.log.applied, self._sm.snapshot())
+        self._behind_snap = snap = core.compact(core.log.applied, self._sm.snapshot())
+        self._log_bytes = 0
+        self._log_bytes_due = max(self._snapshot_bytes, len(snap.data))
         self._snap_retry = None  # a snapshot a full disk refused is superseded
         self._snapshot_due = self._next_snapshot_due()
         self._start_writer()
