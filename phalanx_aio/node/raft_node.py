@@ -291,6 +291,9 @@ class RaftNode:
         # the loop takes them in bounded turns (see _TURN_MAX_PROPOSALS). _wake_queued: a
         # _WAKE_PROPOSE item is in the queue (so one item wakes the loop for many proposals).
         self._carry: deque[tuple[int, bytes]] = deque()
+        # Proposals handed to the core while no leader was known (an election): request id ->
+        # wrapped command, proposed as soon as a leader is known, unless their caller gave up.
+        self._leaderless: dict[int, bytes] = {}
         self._wake_queued = False
         self._turn_cap = _TURN_MAX_PROPOSALS
         self._deadlines = Deadlines(
@@ -549,6 +552,10 @@ class RaftNode:
         waiters = self._deadlines.add(loop, fut, limit, "proposal")
         try:
             return await fut
+        except BaseException as exc:
+            if self._leaderless and self._not_proposed((req,)) and isinstance(exc, Timeout):
+                raise NotLeader(None, f"{self.id}: no leader known within {limit} s") from None
+            raise
         finally:  # an outcome, a timeout or a cancelled caller: forget the request
             del waiters[fut]
             pending.pop(req, None)
@@ -609,12 +616,18 @@ class RaftNode:
         try:
             try:
                 await fut
-            except Timeout as exc:
-                if not return_exceptions:
+            except BaseException as exc:
+                held = self._leaderless and self._not_proposed(range(first, first + n))
+                if not isinstance(exc, Timeout):
                     raise
+                failure: PhalanxError = exc
+                if held:  # no leader all along: certainly not applied
+                    failure = NotLeader(None, f"{self.id}: no leader known within {limit} s")
+                if not return_exceptions:
+                    raise failure from None
                 for req in range(first, first + n):
                     if pending.pop(req, None) is not None:
-                        batch.settle(req, None, exc)
+                        batch.settle(req, None, failure)
         finally:
             del waiters[fut]
             for req in range(first, first + n):
@@ -805,6 +818,10 @@ class RaftNode:
             if self._reads.take(ctx):
                 try:
                     core.read_index(ctx)
+                except NotLeader as exc:
+                    if not self.config.forward_proposals:
+                        self._reads.fail(ctx, exc)
+                    # else no leader known: asked again once one is (_reissue_reads)
                 except NotApplied as exc:
                     self._reads.fail(ctx, exc)
         elif kind == _CONF:
@@ -908,6 +925,13 @@ class RaftNode:
         ctx = self._forwards.new_context()
         try:
             placed = core.propose_batch(list(map(itemgetter(1), proposals)), context=ctx)
+        except NotLeader as exc:
+            if not self.config.forward_proposals:
+                self._settle_all(proposals, exc)
+                return
+            # No leader known (an election is on): they wait for one, within their deadline.
+            self._leaderless.update(proposals)
+            return
         except NotApplied as exc:
             self._settle_all(proposals, exc)
             return
@@ -917,6 +941,21 @@ class RaftNode:
         else:  # forwarded: the leader answers with a Placement for ctx
             leader = core.leader or ""
             self._forwards.sent(ctx, Forward(proposals, core.log.committed + 1, core.term, leader, False))
+
+    def _propose_leaderless(self, core: Raft) -> None:
+        """A leader is known again: propose what waited for one (callers still waiting only:
+        the others were told it was not proposed)."""
+        held, self._leaderless = self._leaderless, {}
+        pending = self._pending
+        live = [(req, data) for req, data in held.items() if req in pending]
+        if live:
+            self._propose_batch(core, live)
+
+    def _not_proposed(self, reqs: Iterable[int]) -> bool:
+        """Forget requests that still wait for a leader (their caller gave up); True if every
+        one of them did (none was ever proposed)."""
+        held = self._leaderless
+        return all([held.pop(req, None) is not None for req in reqs])
 
     def _settle_all(self, proposals: Iterable[tuple[int, bytes]], exc: BaseException) -> None:
         """Fail every proposal in ``proposals`` whose caller still waits with ``exc``."""
@@ -1124,6 +1163,8 @@ class RaftNode:
                 self.log.info("leader is now %s", core.leader)
                 if core.leader is not None and len(self._reads):
                     self._reissue_reads(core)
+                if core.leader is not None and self._leaderless:
+                    self._propose_leaderless(core)
             log_ = core.log
             if committed:
                 self._log_bytes += sum(map(len, map(_data_of, committed)))
@@ -1370,6 +1411,7 @@ class RaftNode:
         for req, w in waiting:
             _settle(w, req, None, exc)
         self._carry.clear()
+        self._leaderless.clear()
         self._forwards.clear()
         self._reads.fail_all(exc)
         for _, fut3 in list(self._conf_waiters.values()):

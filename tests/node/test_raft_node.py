@@ -12,7 +12,7 @@ import pytest
 from phalanx_aio.core.types import Entry, EntryType
 from phalanx_aio.errors import ClosedError, NotApplied, NotLeader, ProposalDropped, Timeout
 from phalanx_aio.node import RaftNode, RemovedFromCluster
-from tests.node.conftest import DEADLINE, Counter, Harness
+from tests.node.conftest import DEADLINE, FAST, Counter, Harness
 
 
 async def test_elects_replicates_and_applies_everywhere(cluster: Harness) -> None:
@@ -138,14 +138,49 @@ async def test_a_removal_claim_older_than_a_known_configuration_is_ignored(clust
     await cluster.until(lambda: node.status().removed_at == 10**6)
 
 
-async def test_no_leader_refuses_at_once() -> None:
+async def test_without_a_leader_calls_wait_then_say_not_proposed() -> None:
     h = Harness(["a", "b", "c"])
     node = await h.start("a")  # alone: no quorum, no leader
     try:
-        with pytest.raises(NotLeader):
-            await node.propose(b"incr 1", timeout=DEADLINE)
-        with pytest.raises(NotLeader):
-            await node.read(lambda sm: 0, timeout=DEADLINE)
+        with pytest.raises(NotLeader, match=r"no leader known within 0\.3 s"):
+            await node.propose(b"incr 1", timeout=0.3)  # waited, then certainly not applied
+        with pytest.raises(NotLeader, match="no leader known"):
+            await node.propose_many([b"incr 1", b"incr 2"], timeout=0.3)
+        with pytest.raises(Timeout):
+            await node.read(lambda sm: 0, timeout=0.3)
+        assert node.status().pending_proposals == 0 and not node._leaderless
+    finally:
+        await h.aclose()
+
+
+async def test_calls_made_before_the_first_election_wait_for_it() -> None:
+    # The README's pattern: start the nodes and propose at once, before any leader exists.
+    h = Harness(["a", "b", "c"])
+    try:
+        nodes = [await h.start(nid) for nid in h.ids]
+        assert all(n.leader_id is None for n in nodes)
+        results = await asyncio.gather(
+            nodes[0].propose(b"incr 5", timeout=DEADLINE),
+            nodes[1].propose_many([b"incr 1", b"incr 1"], timeout=DEADLINE),
+            nodes[2].read(lambda sm: sm.value, timeout=DEADLINE),
+        )
+        assert sorted([results[0], *results[1]]) in ([5, 6, 7], [1, 2, 7])
+        assert results[2] in (0, 1, 2, 5, 6, 7)
+    finally:
+        await h.aclose()
+
+
+async def test_with_forwarding_off_a_follower_refuses_at_once() -> None:
+    h = Harness(["a", "b", "c"], config=FAST.replace(forward_proposals=False))
+    try:
+        for nid in h.ids:
+            await h.start(nid)
+        leader = await h.leader()
+        follower = next(n for nid, n in h.nodes.items() if nid != leader.id)
+        await h.until(lambda: follower.leader_id == leader.id)
+        with pytest.raises(NotLeader) as info:
+            await follower.propose(b"incr 1", timeout=DEADLINE)
+        assert info.value.leader_id == leader.id
     finally:
         await h.aclose()
 
