@@ -84,7 +84,11 @@ def _run_all(
 ) -> None:
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), *argv], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            [sys.executable, str(script), *argv],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         for argv in argvs
     ]
@@ -98,5 +102,7 @@ def _run_all(
                 p.kill()
             pytest.fail(f"{where} {argv}: still running after {RUN_TIMEOUT} s")
         if proc.returncode != 0:
-            failures.append(f"{where} {argv} exited {proc.returncode}:\n{out.decode()}\n{err.decode()[-3000:]}")
+            failures.append(
+                f"{where} {argv} exited {proc.returncode}:\n{out.decode()}\n{err.decode()[-3000:]}"
+            )
     assert not failures, "\n".join(failures)
