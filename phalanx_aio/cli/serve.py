@@ -80,6 +80,12 @@ LIMITS: dict[str, Limit] = {
         64 << 20, 1, True, "KV bytes buffered for one connection's calls (answers, partial requests)"
     ),
     "max_buffer_bytes": Limit(256 << 20, 1, True, "KV bytes buffered for all calls together"),
+    "quota_bytes": Limit(
+        512 << 20,
+        0,
+        True,
+        "KV data plus the log since the last snapshot before writes that add data are refused (0: none)",
+    ),
     "stall_timeout": Limit(30.0, 0.001, False, "seconds a KV call may hold buffered bytes without progress"),
     "max_sessions": Limit(50_000, 1, True, "client sessions kept (replicated: the same on every member)"),
     "max_session_bytes": Limit(
@@ -515,6 +521,7 @@ async def serve(
         max_connection_buffer_bytes=int(lim("max_connection_buffer_bytes")),
         max_buffer_bytes=int(lim("max_buffer_bytes")),
         stall_timeout=lim("stall_timeout"),
+        quota_bytes=int(lim("quota_bytes")),
     )
     transport = GrpcTransport(
         node_id=s.id,

@@ -353,6 +353,8 @@ class KVStateMachine(StateMachine):
         self.limits = limits
         """The session limits (the same on every member)."""
         self.data: dict[bytes, bytes] = {}
+        self.data_bytes = 0
+        """The bytes of every key and value held (what the KV service's quota counts)."""
         self.sessions: dict[str, _Session] = {}
         """Client id -> session, least recently used first."""
         self.forgotten: dict[str, tuple[int, int]] = {}
@@ -467,12 +469,18 @@ class KVStateMachine(StateMachine):
         if op is KVOp.PUT:
             previous = data.get(key)
             data[key] = value
+            self.data_bytes += len(key) + len(value) if previous is None else len(value) - len(previous)
             return previous
         if op is KVOp.DELETE:
-            return data.pop(key, None) is not None
+            gone = data.pop(key, None)
+            if gone is None:
+                return False
+            self.data_bytes -= len(key) + len(gone)
+            return True
         current = data.get(key)
         if current == expected:
             data[key] = value
+            self.data_bytes += len(key) + len(value) if current is None else len(value) - len(current)
         return current
 
     def _expire(self) -> None:
@@ -561,6 +569,7 @@ class KVStateMachine(StateMachine):
                 pos += _TOMB.size
         sessions.sort(key=lambda item: (item[0], item[1]))  # least recently used first, as applied
         self.applied, self.data = applied, items
+        self.data_bytes = sum(map(len, items)) + sum(map(len, items.values()))
         self.sessions = {cid: sess for _, cid, sess in sessions}
         self.forgotten = forgotten
         self.session_bytes = sum(_session_cost(cid, sess) for cid, sess in self.sessions.items())

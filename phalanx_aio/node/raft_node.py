@@ -432,6 +432,12 @@ class RaftNode:
         return self._healthy and self._failure is None
 
     @property
+    def log_bytes(self) -> int:
+        """Bytes of commands applied since this node's last snapshot (the log a snapshot
+        would compact away; see ``snapshot_bytes``)."""
+        return self._log_bytes
+
+    @property
     def state_machine(self) -> StateMachine:
         """The application's state machine (read it through :meth:`read` for linearizability)."""
         return self._sm

@@ -1229,6 +1229,8 @@ def _enc_status_response(m: StatusResponse) -> _pb.StatusResponse:
         applied_index=_kv_u64(m.applied_index, "applied_index"),
         last_index=_kv_u64(m.last_index, "last_index"),
         members=_to_pb_members(m.members),
+        quota_alarm=bool(m.quota_alarm),
+        quota_used_bytes=_kv_u64(m.quota_used_bytes, "quota_used_bytes"),
     )
 
 
@@ -1328,6 +1330,8 @@ _KV_DECODERS: dict[type[Any], tuple[type[Any], Callable[[Any], Any]]] = {
             p.applied_index,
             p.last_index,
             _from_pb_members(p.members),
+            p.quota_alarm,
+            p.quota_used_bytes,
         ),
     ),
     MemberListRequest: (
