@@ -224,6 +224,7 @@ class RaftNode:
         snapshot_every: int = 10_000,
         snapshot_bytes: int = 64 << 20,
         max_pending: int = 10_000,
+        max_pending_bytes: int = 256 << 20,
         max_pending_reads: int = 10_000,
         default_timeout: float = 10.0,
         seed: int | None = None,
@@ -236,11 +237,13 @@ class RaftNode:
             raise LocalError(f"node_id must be at most {limit} bytes in UTF-8, not {size}")
         if node_id in peers:
             raise LocalError(f"peers must not include this node ({node_id!r})")
-        if min(snapshot_every, snapshot_bytes, max_pending, max_pending_reads) < 1 or default_timeout <= 0:
+        if min(snapshot_every, snapshot_bytes, max_pending, max_pending_bytes, max_pending_reads) < 1:
             raise LocalError(
-                "snapshot_every, snapshot_bytes, max_pending and max_pending_reads must be >= 1, "
-                "default_timeout > 0"
+                "snapshot_every, snapshot_bytes, max_pending, max_pending_bytes and max_pending_reads "
+                "must be >= 1"
             )
+        if not default_timeout > 0:
+            raise LocalError(f"default_timeout must be positive, not {default_timeout!r}")
         self.id = node_id
         self.address = address
         self.cluster_id = cluster_id
@@ -258,6 +261,10 @@ class RaftNode:
         self._log_bytes = 0
         self._log_bytes_due = snapshot_bytes
         self._max_pending = max_pending
+        # Bytes of the commands whose proposers wait (propose, propose_many): past
+        # max_pending_bytes a new proposal is refused, unless nothing waits (one always goes).
+        self._max_pending_bytes = max_pending_bytes
+        self._pending_bytes = 0
         self._default_timeout = default_timeout
         base_seed = seed if seed is not None else int.from_bytes(os.urandom(8), "big")
         self._rng = random.Random(base_seed)
@@ -546,6 +553,10 @@ class RaftNode:
         pending = self._pending
         if len(pending) >= self._max_pending:
             raise ProposalDropped(f"{self.id}: overloaded ({len(pending)} proposals pending)")
+        size = len(command)
+        if self._pending_bytes + size > self._max_pending_bytes and pending:
+            raise ProposalDropped(f"{self.id}: overloaded ({self._pending_bytes} bytes of proposals pending)")
+        self._pending_bytes += size
         req = next(self._req_ids)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
@@ -565,6 +576,7 @@ class RaftNode:
         finally:  # an outcome, a timeout or a cancelled caller: forget the request
             del waiters[fut]
             pending.pop(req, None)
+            self._pending_bytes -= size
 
     async def propose_many(
         self,
@@ -602,6 +614,12 @@ class RaftNode:
         pending = self._pending
         if len(pending) + n > self._max_pending:
             raise ProposalDropped(f"{self.id}: overloaded ({len(pending)} proposals pending, {n} more asked)")
+        size = sum(map(len, cmds))
+        if self._pending_bytes + size > self._max_pending_bytes and pending:
+            raise ProposalDropped(
+                f"{self.id}: overloaded ({self._pending_bytes} bytes of proposals pending, {size} more asked)"
+            )
+        self._pending_bytes += size
         # Consecutive ids: nothing else runs between these calls.
         first = next(self._req_ids)
         for _ in range(n - 1):
@@ -638,6 +656,7 @@ class RaftNode:
             del waiters[fut]
             for req in range(first, first + n):
                 pending.pop(req, None)
+            self._pending_bytes -= size
         if batch.errors:
             if not return_exceptions:
                 raise batch.errors[min(batch.errors)]
