@@ -439,6 +439,11 @@ class RaftNode:
         return self._healthy and self._failure is None
 
     @property
+    def running(self) -> bool:
+        """True from :meth:`start` until :meth:`aclose`, unless the node's loop failed."""
+        return self._core is not None and not self._closed and self._failure is None
+
+    @property
     def log_bytes(self) -> int:
         """Bytes of commands applied since this node's last snapshot (the log a snapshot
         would compact away; see ``snapshot_bytes``)."""
