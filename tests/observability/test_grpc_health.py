@@ -33,7 +33,9 @@ def _status(reply: bytes) -> int:
 async def served(tmp_path: pathlib.Path) -> AsyncIterator[tuple[RaftNode, Channel, HealthService]]:
     (port,) = free_loopback_ports(1)
     health = HealthService(watch_interval=0.05)
-    transport = GrpcTransport(node_id="h1", cluster_id="c", listen=f"127.0.0.1:{port}", extra_handlers=[health])
+    transport = GrpcTransport(
+        node_id="h1", cluster_id="c", listen=f"127.0.0.1:{port}", extra_handlers=[health]
+    )
     node = RaftNode(
         "h1",
         address=f"127.0.0.1:{port}",
