@@ -229,6 +229,7 @@ class RaftNode:
         default_timeout: float = 10.0,
         seed: int | None = None,
         on_event: EventListener | None = None,
+        hand_over_on_close: bool = True,
     ) -> None:
         if not node_id:
             raise LocalError("node_id must be a non-empty string")
@@ -335,6 +336,8 @@ class RaftNode:
         self._leader_changed = asyncio.Event()
         self._last_leader: str | None = None
         self._closed = False
+        self._closing = False
+        self._hand_over_on_close = hand_over_on_close
         self._failure: BaseException | None = None
         self._healthy = True
         self._peers_conf: ConfState | None = None
@@ -393,10 +396,43 @@ class RaftNode:
         self._ticker_task = asyncio.create_task(self._ticker(), name=f"phalanx-ticker-{self.id}")
         self.log.info("started (%d entries, snapshot at %d)", len(state.entries), snap.meta.index)
 
-    async def aclose(self) -> None:
-        """Stop the node: pending operations fail with :class:`ClosedError`. Idempotent."""
-        if self._closed:
+    async def aclose(self, *, hand_over: bool | None = None) -> None:
+        """Stop the node: pending operations fail with :class:`ClosedError`. Idempotent.
+
+        A leader first hands leadership to the most caught-up other voter, waiting at most the
+        upper end of the election timeout for it to lead, so that the cluster does not wait out
+        an election to go on (proposals are refused meanwhile, with ``ProposalDropped``).
+        ``hand_over=False``, or ``RaftNode(hand_over_on_close=False)``, stops at once."""
+        if self._closed or self._closing:
             return
+        self._closing = True
+        try:
+            if self._hand_over_on_close if hand_over is None else hand_over:
+                await self._hand_over()
+        finally:
+            await self._close()
+
+    async def _hand_over(self) -> None:
+        """Transfer leadership before closing, if this node leads and another voter exists."""
+        if not (self.running and self.is_leader):
+            return
+        core = self._require_core()
+        live = [
+            (pr.match, nid)
+            for nid, pr in core.status().progress.items()
+            if nid != self.id and nid in core.conf.voters and pr.recent_active
+        ]
+        if not live:
+            return  # no other voter heard from lately: nobody to hand over to
+        limit = self.config.election_seconds()[1]
+        try:
+            new = await self.transfer_leadership(max(live)[1], timeout=limit)
+        except PhalanxError as exc:
+            self.log.info("closing without handing leadership over: %s", exc)
+        else:
+            self.log.info("handed leadership over to %s before closing", new)
+
+    async def _close(self) -> None:
         self._closed = True
         tasks = [t for t in (self._ticker_task, self._loop_task) if t is not None]
         if self._loop_task is not None:

@@ -426,3 +426,21 @@ async def test_a_member_back_with_an_empty_store_does_not_vote(cluster: Harness)
         assert not cluster.nodes[survivor].is_leader, "the empty node voted"
     await cluster.start(old.id)
     await cluster.leader()
+
+
+async def test_closing_a_leader_hands_leadership_over_first(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    others = [n for nid, n in cluster.nodes.items() if nid != leader.id]
+    await leader.propose(b"incr 1", timeout=DEADLINE)
+    await cluster.stop(leader.id)
+    # No election timeout was waited out: when aclose returns, another member already leads.
+    assert any(n.is_leader for n in others)
+    assert all(n.leader_id not in (None, leader.id) for n in others)
+
+
+async def test_closing_a_leader_without_hand_over_leaves_no_leader_at_once(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    others = [n for nid, n in cluster.nodes.items() if nid != leader.id]
+    await leader.aclose(hand_over=False)
+    assert not any(n.is_leader for n in others)
+    await cluster.until(lambda: any(n.is_leader for n in others))  # an election, later
