@@ -389,7 +389,7 @@ async def test_a_read_forwarded_to_a_leader_that_died_is_asked_again_of_the_next
     await old.propose(b"incr 9")
     follower = next(n for n in cluster.nodes.values() if n is not old)
     await follower.wait_for_leader(DEADLINE)
-    await cluster.stop(old.id)
+    await cluster.kill(old.id)
     assert follower.leader_id == old.id  # it has not noticed yet: the read goes to the dead node
     value = await follower.read(lambda sm: sm.value, timeout=DEADLINE)  # type: ignore[attr-defined]
     assert value == 9
