@@ -55,7 +55,7 @@ async def test_state_machine_error_reaches_the_proposer(cluster: Harness) -> Non
 async def test_leader_crash_fails_over_and_proposals_keep_working(cluster: Harness) -> None:
     old = await cluster.leader()
     await old.propose(b"incr 5")
-    await cluster.stop(old.id)
+    await cluster.kill(old.id)
     new = await cluster.leader()
     assert new.id != old.id
     assert await new.propose(b"incr 1") == 6
