@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import array
 import enum
+import functools
 import itertools
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from phalanx_aio.errors import LocalError, OutcomeUnknown, ProtocolError
@@ -270,6 +271,34 @@ _TOMBSTONES = b"PXKVTMB1"  # after the sessions: the ids of forgotten sessions (
 _TOMB = struct.Struct(">QB")
 
 
+def _encode_snapshot(
+    applied: int,
+    data: dict[bytes, bytes],
+    sessions: list[tuple[str, int, int, dict[int, object]]],
+    forgotten: dict[str, tuple[int, int]],
+) -> bytes:
+    """The bytes of :meth:`KVStateMachine.snapshot` for this copy of the state."""
+    out = [_SNAP_V2.pack(_SNAP_MAGIC, applied, len(data), len(sessions))]
+    out.append(_encode_items(data))
+    for cid, last_used, acked, results in sorted(sessions):
+        _put_field(out, cid.encode())
+        out.append(struct.pack(">QQI", last_used, acked, len(results)))
+        for seq in sorted(results):
+            r = results[seq]
+            if isinstance(r, bytes):
+                out.append(struct.pack(">QB", seq, 3))
+                _put_field(out, r)
+            else:
+                out.append(struct.pack(">QB", seq, 0 if r is None else (1 if r is True else 2)))
+    if forgotten:
+        out.append(_TOMBSTONES)
+        out.append(_LEN.pack(len(forgotten)))
+        for cid, (at, why) in forgotten.items():  # oldest first: the order is state
+            _put_field(out, cid.encode())
+            out.append(_TOMB.pack(at, why))
+    return b"".join(out)
+
+
 def _result_cost(result: object) -> int:
     return RESULT_OVERHEAD + len(result) if isinstance(result, bytes) else RESULT_OVERHEAD
 
@@ -505,26 +534,16 @@ class KVStateMachine(StateMachine):
     def snapshot(self) -> bytes:
         """The data and the sessions, as bytes (format 2, see :func:`_encode_items`), then the
         ids of forgotten sessions (a section older versions stop before)."""
-        out = [_SNAP_V2.pack(_SNAP_MAGIC, self.applied, len(self.data), len(self.sessions))]
-        out.append(_encode_items(self.data))
-        for cid in sorted(self.sessions):
-            s = self.sessions[cid]
-            _put_field(out, cid.encode())
-            out.append(struct.pack(">QQI", s.last_used, s.acked, len(s.results)))
-            for seq in sorted(s.results):
-                r = s.results[seq]
-                if isinstance(r, bytes):
-                    out.append(struct.pack(">QB", seq, 3))
-                    _put_field(out, r)
-                else:
-                    out.append(struct.pack(">QB", seq, 0 if r is None else (1 if r is True else 2)))
-        if self.forgotten:
-            out.append(_TOMBSTONES)
-            out.append(_LEN.pack(len(self.forgotten)))
-            for cid, (at, why) in self.forgotten.items():  # oldest first: the order is state
-                _put_field(out, cid.encode())
-                out.append(_TOMB.pack(at, why))
-        return b"".join(out)
+        return self.snapshot_later()()
+
+    def snapshot_later(self) -> Callable[[], bytes]:
+        """A copy of the state as it is now (the dictionaries copied, which is fast: the keys,
+        values and results themselves are immutable and shared), and the function that encodes
+        it as :meth:`snapshot` would, to run in a worker thread while the node goes on."""
+        sessions = [(cid, s.last_used, s.acked, dict(s.results)) for cid, s in self.sessions.items()]
+        return functools.partial(
+            _encode_snapshot, self.applied, dict(self.data), sessions, dict(self.forgotten)
+        )
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a :meth:`snapshot` (of this version or of format 1)."""

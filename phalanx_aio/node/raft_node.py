@@ -92,6 +92,7 @@ _STOP: Final = 8
 _PERSISTED: Final = 9  # (kind, index, term): the background write of the leader's entries is durable
 _WRITE_FAILED: Final = 10  # (kind, exception): the background write failed for good
 _REMOVED: Final = 11  # (kind, peer, index): a peer says a committed change removed this node
+_SNAP_BUILT: Final = 12  # (kind, index, data or exception): a snapshot built off the loop
 _WAKE_PROPOSE: Final = (_PROPOSE,)  # proposals wait in RaftNode._carry; this only wakes the loop
 _COMMAND_TYPES: Final = (bytes, bytearray, memoryview)
 
@@ -324,6 +325,9 @@ class RaftNode:
         self._snap_retry: Snapshot | None = None
         self._snap_retry_at = 0.0
         self._snap_retry_delay = _SNAP_RETRY_MIN
+        # A snapshot being encoded in a worker thread (StateMachine.snapshot_later).
+        self._snap_building = False
+        self._snap_task: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         # Proposals of this node placed in the log (appended here as leader, or placed by the
         # leader they were forwarded to) and not yet committed (or found overwritten), one
@@ -434,6 +438,8 @@ class RaftNode:
 
     async def _close(self) -> None:
         self._closed = True
+        if self._snap_task is not None:
+            self._snap_task.cancel()  # its thread finishes on its own; its result is dropped
         tasks = [t for t in (self._ticker_task, self._loop_task) if t is not None]
         if self._loop_task is not None:
             self._queue.put_nowait((_STOP,))
@@ -915,6 +921,8 @@ class RaftNode:
             raise ev[1]
         elif kind == _REMOVED:
             self._on_removed(core, ev[1], ev[2])
+        elif kind == _SNAP_BUILT:
+            self._snapshot_built(core, ev[1], ev[2])
 
     def _on_removed(self, core: Raft, peer: str, index: int) -> None:
         """Believe ``peer`` unless this node knows a configuration, from ``index`` on, that
@@ -1363,12 +1371,48 @@ class RaftNode:
             return
 
     def _take_snapshot(self, core: Raft) -> None:
-        """Snapshot the state machine and compact the core's log; the writer task stores the
-        snapshot and deletes the entries it covers, so the loop does not wait for that (a
+        """Snapshot the state machine at the applied index and compact the log up to it: at
+        once with ``snapshot()``, or, if the state machine offers ``snapshot_later()``, from a
+        copy encoded in a worker thread while the loop goes on (one build at a time)."""
+        if self._snap_building:
+            return
+        snapshot_later = getattr(self._sm, "snapshot_later", None)
+        later = snapshot_later() if snapshot_later is not None else None
+        if later is None:
+            self._compact(core, core.log.applied, self._sm.snapshot())
+            return
+        # A copy is taken now; it is encoded in a worker thread, and the log compacted up to
+        # this index once the loop gets the bytes (_SNAP_BUILT).
+        self._snap_building = True
+        index = core.log.applied
+
+        async def build() -> None:
+            try:
+                result: bytes | BaseException = await asyncio.to_thread(later)
+            except Exception as exc:
+                result = exc
+            self._queue.put_nowait((_SNAP_BUILT, index, result))
+
+        self._snap_task = asyncio.get_running_loop().create_task(build(), name=f"phalanx-snapshot-{self.id}")
+
+    def _snapshot_built(self, core: Raft, index: int, result: bytes | BaseException) -> None:
+        self._snap_building = False
+        self._snap_task = None
+        if isinstance(result, BaseException):
+            self.log.error("the state machine could not build its snapshot at index %d: %r", index, result)
+            self._snapshot_due = self._next_snapshot_due()  # try again later, not at once
+            self._log_bytes = 0
+            return
+        if index > core.log.snap_index:  # else a snapshot from the leader superseded it
+            self._compact(core, index, result)
+
+    def _compact(self, core: Raft, index: int, data: bytes) -> None:
+        """Compact the core's log up to ``index`` with the snapshot ``data``; the writer task
+        stores the snapshot and deletes the entries it covers, so the loop does not wait (a
         large delete takes tens of milliseconds). The next one is due after another
         ``snapshot_every`` entries plus a random quarter of that, so that members do not all
         compact at the same moment."""
-        self._behind_snap = snap = core.compact(core.log.applied, self._sm.snapshot())
+        self._behind_snap = snap = core.compact(index, data)
         self._log_bytes = 0
         self._log_bytes_due = max(self._snapshot_bytes, len(snap.data))
         self._snap_retry = None  # a snapshot a full disk refused is superseded
