@@ -4,6 +4,7 @@ import inspect
 
 import phalanx_aio
 import phalanx_aio.chaos
+import phalanx_aio.commands
 import phalanx_aio.core
 import phalanx_aio.kv
 import phalanx_aio.node
@@ -18,6 +19,7 @@ def test_all_names_exist_and_are_documented() -> None:
         phalanx_aio.sim,
         phalanx_aio.kv,
         phalanx_aio.chaos,
+        phalanx_aio.commands,
         phalanx_aio.node,
         phalanx_aio.observability,
     )
