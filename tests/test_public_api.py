@@ -3,6 +3,7 @@
 import inspect
 
 import phalanx_aio
+import phalanx_aio.batteries
 import phalanx_aio.chaos
 import phalanx_aio.commands
 import phalanx_aio.core
@@ -15,6 +16,7 @@ import phalanx_aio.sim
 def test_all_names_exist_and_are_documented() -> None:
     modules = (
         phalanx_aio,
+        phalanx_aio.batteries,
         phalanx_aio.core,
         phalanx_aio.sim,
         phalanx_aio.kv,

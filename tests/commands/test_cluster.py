@@ -9,7 +9,7 @@ import pytest
 
 from phalanx_aio import LocalError, RaftNode, ReplicatedState, UnknownCommand, UnsupportedValue, command
 from phalanx_aio.commands import ReplicatedGroup
-from tests.commands.harness import ObjectHarness, started
+from tests.commands.harness import ObjectHarness, start_all, started
 from tests.node.conftest import DEADLINE
 
 
@@ -45,7 +45,7 @@ class Tags(ReplicatedState, name="tags"):
 
 @pytest.fixture
 async def inv_cluster() -> AsyncIterator[ObjectHarness]:
-    async for h in started(ObjectHarness(Inventory)):
+    async for h in started(ObjectHarness(lambda _: Inventory())):
         yield h
 
 
@@ -125,9 +125,8 @@ async def test_an_unattached_object_refuses_calls() -> None:
 
 
 async def test_a_lagging_member_catches_up_through_a_snapshot() -> None:
-    h = ObjectHarness(Inventory, snapshot_every=8)
-    for nid in h.ids:
-        await h.start(nid)
+    h = ObjectHarness(lambda _: Inventory(), snapshot_every=8)
+    await start_all(h)
     try:
         leader = await h.leader()
         lagging = next(nid for nid in h.ids if nid != leader.id)
@@ -146,9 +145,8 @@ async def test_a_lagging_member_catches_up_through_a_snapshot() -> None:
 
 
 async def test_several_objects_share_one_node() -> None:
-    h = ObjectHarness(lambda: [Inventory(), Tags()], snapshot_every=6)
-    for nid in h.ids:
-        await h.start(nid)
+    h = ObjectHarness(lambda _: [Inventory(), Tags()], snapshot_every=6)
+    await start_all(h)
     try:
         leader = await h.leader()
         inv, tags = h.objs[leader.id]
@@ -174,7 +172,7 @@ def test_objects_of_one_node_need_distinct_ids() -> None:
 
 
 async def test_an_object_is_hosted_by_one_running_node() -> None:
-    h = ObjectHarness(Inventory, ids=["n1"])
+    h = ObjectHarness(lambda _: Inventory(), ids=["n1"])
     await h.start("n1")
     try:
         inv = h.objs["n1"]

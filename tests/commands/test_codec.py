@@ -63,7 +63,7 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(values)
 def test_every_supported_value_round_trips_exactly(value: Any) -> None:
     data = codec.encode(value)
