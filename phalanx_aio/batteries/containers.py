@@ -349,37 +349,20 @@ class ReplicatedSet(ReplicatedState, Generic[T]):
 _ABSENT: Any = object()
 
 
-def _check_maxsize(maxsize: int) -> int:
-    if maxsize < 0:
-        raise LocalError(f"maxsize must be >= 0 (0: unbounded), not {maxsize}")
-    return maxsize
+class _Queue(ReplicatedState, Generic[T]):
+    """What both queues share: the bound and the local reads (``_items[0]`` is the next item
+    that ``get`` returns)."""
 
-
-class ReplicatedQueue(ReplicatedState, Generic[T]):
-    """A first-in first-out queue, bounded when ``maxsize`` > 0 (the same on every member).
-    :meth:`put` returns False when full, :meth:`get` returns ``default`` when empty: neither
-    waits."""
+    _items: deque[T] | list[T]
 
     def __init__(self, maxsize: int = 0, *, name: str | None = None, codec: Codec | None = None) -> None:
         super().__init__(name=name, codec=codec)
-        self.maxsize = _check_maxsize(maxsize)
-        self._items: deque[T] = deque()
-
-    @command
-    def put(self, item: T) -> bool:
-        """Add ``item`` at the back; False (and nothing added) if the queue is full."""
-        if self.maxsize and len(self._items) >= self.maxsize:
-            return False
-        self._items.append(item)
-        return True
-
-    @command
-    def get(self, default: T | None = None) -> T | None:
-        """Remove and return the front item, or ``default`` if the queue is empty."""
-        return self._items.popleft() if self._items else default
+        if maxsize < 0:
+            raise LocalError(f"maxsize must be >= 0 (0: unbounded), not {maxsize}")
+        self.maxsize = maxsize
 
     def peek(self) -> T | None:
-        """The front item, or None (local read)."""
+        """The item :meth:`get` would return next, or None (local read)."""
         return self._items[0] if self._items else None
 
     def qsize(self) -> int:
@@ -395,8 +378,33 @@ class ReplicatedQueue(ReplicatedState, Generic[T]):
         return not self._items
 
     def full(self) -> bool:
-        """Whether :meth:`put` would refuse (local read)."""
+        """Whether ``put`` would refuse (local read)."""
         return bool(self.maxsize) and len(self._items) >= self.maxsize
+
+
+class ReplicatedQueue(_Queue[T]):
+    """A first-in first-out queue, bounded when ``maxsize`` > 0 (the same on every member).
+    :meth:`put` returns False when full, :meth:`get` returns ``default`` when empty: neither
+    waits."""
+
+    _items: deque[T]
+
+    def __init__(self, maxsize: int = 0, *, name: str | None = None, codec: Codec | None = None) -> None:
+        super().__init__(maxsize, name=name, codec=codec)
+        self._items = deque()
+
+    @command
+    def put(self, item: T) -> bool:
+        """Add ``item`` at the back; False (and nothing added) if the queue is full."""
+        if self.full():
+            return False
+        self._items.append(item)
+        return True
+
+    @command
+    def get(self, default: T | None = None) -> T | None:
+        """Remove and return the front item, or ``default`` if the queue is empty."""
+        return self._items.popleft() if self._items else default
 
     def snapshot_state(self) -> list[T]:
         """The items, front first (``maxsize`` is configuration, not state)."""
@@ -407,52 +415,33 @@ class ReplicatedQueue(ReplicatedState, Generic[T]):
         self._items = deque(_expect(self, state, list))
 
 
-class ReplicatedPriorityQueue(ReplicatedState, Generic[T]):
+class ReplicatedPriorityQueue(_Queue[T]):
     """A priority queue: :meth:`get` returns the smallest item (items must be comparable,
     e.g. ``(priority, payload)`` tuples). Bounded like :class:`ReplicatedQueue`."""
 
+    _items: list[T]
+
     def __init__(self, maxsize: int = 0, *, name: str | None = None, codec: Codec | None = None) -> None:
-        super().__init__(name=name, codec=codec)
-        self.maxsize = _check_maxsize(maxsize)
-        self._heap: list[T] = []
+        super().__init__(maxsize, name=name, codec=codec)
+        self._items = []
 
     @command
     def put(self, item: T) -> bool:
         """Add ``item``; False (and nothing added) if the queue is full."""
-        if self.maxsize and len(self._heap) >= self.maxsize:
+        if self.full():
             return False
-        heapq.heappush(self._heap, item)  # type: ignore[type-var]
+        heapq.heappush(self._items, item)  # type: ignore[type-var]
         return True
 
     @command
     def get(self, default: T | None = None) -> T | None:
         """Remove and return the smallest item, or ``default`` if the queue is empty."""
-        return heapq.heappop(self._heap) if self._heap else default  # type: ignore[type-var]
-
-    def peek(self) -> T | None:
-        """The smallest item, or None (local read)."""
-        return self._heap[0] if self._heap else None
-
-    def qsize(self) -> int:
-        """The number of items (local read)."""
-        return len(self._heap)
-
-    def __len__(self) -> int:
-        """The number of items (local read)."""
-        return len(self._heap)
-
-    def empty(self) -> bool:
-        """Whether the queue is empty (local read)."""
-        return not self._heap
-
-    def full(self) -> bool:
-        """Whether :meth:`put` would refuse (local read)."""
-        return bool(self.maxsize) and len(self._heap) >= self.maxsize
+        return heapq.heappop(self._items) if self._items else default  # type: ignore[type-var]
 
     def snapshot_state(self) -> list[T]:
         """The heap, exactly as laid out (so that every member pops ties alike)."""
-        return self._heap
+        return self._items
 
     def restore_state(self, state: Any) -> None:
         """Replace the heap."""
-        self._heap = _expect(self, state, list)
+        self._items = _expect(self, state, list)

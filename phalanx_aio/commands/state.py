@@ -26,7 +26,7 @@ from typing import (
 )
 
 from phalanx_aio.commands.codec import Codec, SafeCodec
-from phalanx_aio.errors import LocalError, ProtocolError, UnknownCommand
+from phalanx_aio.errors import LocalError, ProtocolError, UnknownCommand, UnsupportedValue
 from phalanx_aio.node.state_machine import StateMachine
 
 if TYPE_CHECKING:
@@ -258,6 +258,10 @@ class ReplicatedState(StateMachine):
                 f"{self.replicated_id} is already attached to running node {prev.id}; an object is "
                 "hosted by one node at a time"
             )
+        if type(self).snapshot_state is ReplicatedState.snapshot_state:
+            # Check the default snapshot now: a state it cannot encode would stop the node at
+            # its first snapshot, thousands of commands later.
+            self._rs_state_bytes()
         self._rs_node = node
 
     def _rs_require_node(self) -> RaftNode:
@@ -347,7 +351,13 @@ class ReplicatedState(StateMachine):
         self.restore_state(self._rs_codec().decode(parts[0][1]))
 
     def _rs_state_bytes(self) -> bytes:
-        return self._rs_codec().encode(self.snapshot_state())
+        try:
+            return self._rs_codec().encode(self.snapshot_state())
+        except UnsupportedValue as exc:
+            raise UnsupportedValue(
+                f"{self.replicated_id}: the state cannot be snapshotted ({exc}); keep what is not "
+                "state in attributes named with a leading _, or override snapshot_state and restore_state"
+            ) from exc
 
 
 class ReplicatedGroup(StateMachine):

@@ -180,3 +180,20 @@ async def test_an_object_is_hosted_by_one_running_node() -> None:
             RaftNode("other", address="mem://other", peers={}, state_machine=inv, storage=h.stores["n1"])
     finally:
         await h.aclose()
+
+
+class Careless(ReplicatedState):
+    def __init__(self) -> None:
+        self.when = complex(1, 2)  # not a codec value
+        self._cache = object()  # private: not state, never snapshotted
+
+
+def test_a_state_the_default_snapshot_cannot_encode_is_refused_when_attached() -> None:
+    h = ObjectHarness(lambda _: Careless(), ids=["n1"])
+    with pytest.raises(UnsupportedValue, match=r"Careless: the state cannot be snapshotted.*'when'.*complex"):
+        h.make("n1")
+    fixed = Careless()
+    fixed.when = 1.5  # type: ignore[assignment]
+    assert Careless().snapshot_state().keys() == {"when"}
+    h.factory = lambda _: fixed
+    assert h.make("n1").state_machine is fixed
