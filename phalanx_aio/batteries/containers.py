@@ -385,7 +385,8 @@ class _Queue(ReplicatedState, Generic[T]):
 class ReplicatedQueue(_Queue[T]):
     """A first-in first-out queue, bounded when ``maxsize`` > 0 (the same on every member).
     :meth:`put` returns False when full, :meth:`get` returns ``default`` when empty: neither
-    waits."""
+    waits. Local reads: ``peek()`` (the front item, or None), ``qsize()``, ``len(q)``,
+    ``empty()`` and ``full()``."""
 
     _items: deque[T]
 
@@ -417,7 +418,8 @@ class ReplicatedQueue(_Queue[T]):
 
 class ReplicatedPriorityQueue(_Queue[T]):
     """A priority queue: :meth:`get` returns the smallest item (items must be comparable,
-    e.g. ``(priority, payload)`` tuples). Bounded like :class:`ReplicatedQueue`."""
+    e.g. ``(priority, payload)`` tuples). Bounded like :class:`ReplicatedQueue`, with the same
+    local reads (``peek()`` gives the smallest item)."""
 
     _items: list[T]
 
