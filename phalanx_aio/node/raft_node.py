@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from phalanx_aio._deadlines import Deadlines
+from phalanx_aio.commands._attach import attach_state
 from phalanx_aio.core.config import Config
 from phalanx_aio.core.membership import ConfChange, ConfChangeType, decode_conf
 from phalanx_aio.core.raft import Raft, Role, Status, bootstrap_state
@@ -208,6 +209,8 @@ class RaftNode:
     With ``join=True`` a brand-new node starts empty and waits to be added by the cluster.
     ``node_id`` is a non-empty string of at most 238 bytes in UTF-8 (every command this node
     proposes carries it); anything else raises :class:`~phalanx_aio.errors.LocalError`.
+    ``state_machine`` is a :class:`StateMachine`, or a list of
+    :class:`~phalanx_aio.ReplicatedState` objects to host together.
     """
 
     def __init__(
@@ -216,7 +219,7 @@ class RaftNode:
         *,
         address: str,
         peers: Mapping[str, str],
-        state_machine: StateMachine,
+        state_machine: StateMachine | Sequence[StateMachine],
         storage: Storage,
         config: Config | None = None,
         cluster_id: str = "phalanx",
@@ -251,7 +254,8 @@ class RaftNode:
         self.cluster_id = cluster_id
         self.config = config or Config.lan()
         self._initial_peers = dict(peers)
-        self._sm = state_machine
+        # A list of replicated objects is served as one group; replicated objects learn their node.
+        self._sm: StateMachine = attach_state(state_machine, self)
         self._storage = storage
         self._transport = transport
         self._join = join
