@@ -8,7 +8,9 @@ line before the fence says otherwise (it does not show in the rendered page):
 * ``<!-- doc-test: run A | B | C -->``: run one copy per argument list, all at once (a
   program meant to be started once per member);
 * ``<!-- doc-test: kv-cluster -->``: run it while three ``phalanx-aio serve`` members listen
-  on 127.0.0.1:7001-7003, as the page set them up.
+  on 127.0.0.1:7001-7003, as the page set them up;
+* ``<!-- doc-test: continued -->``: it goes on from the block before it on the page (their code
+  runs as one program, as a reader pasting them in order would).
 """
 
 from __future__ import annotations
@@ -34,16 +36,23 @@ RUN_TIMEOUT = 120.0
 
 
 def _blocks() -> list[tuple[str, str, str]]:
-    """(id, marker, code) of every Python block."""
-    out = []
+    """(id, marker, code) of every Python block; a continued block is joined to the one before."""
+    out: list[tuple[str, str, str]] = []
     for page in PAGES:
         text = page.read_text()
+        first = len(out)
         for m in _FENCE.finditer(text):
             before = text[: m.start()]
             line = before.count("\n") + 1
             prev = before.rsplit("\n", 2)[-2] + "\n" if before.count("\n") >= 1 else ""
-            mark = _MARK.search(prev)
-            out.append((f"{page.relative_to(ROOT)}:{line}", mark.group(1) if mark else "", m.group(1)))
+            found = _MARK.search(prev)
+            mark = found.group(1) if found else ""
+            if mark == "continued":
+                assert len(out) > first, f"{page.name}:{line}: a continued block with nothing before it"
+                where, first_mark, code = out[-1]
+                out[-1] = (where, first_mark, code + "\n" + m.group(1))
+                continue
+            out.append((f"{page.relative_to(ROOT)}:{line}", mark, m.group(1)))
     return out
 
 

@@ -78,7 +78,6 @@ __all__ = ["NodeStatus", "RaftNode"]
 
 log = logging.getLogger("phalanx_aio.node")
 
-S = TypeVar("S", bound=StateMachine)
 T = TypeVar("T")
 
 _TICK: Final = 0
@@ -717,7 +716,7 @@ class RaftNode:
             return results
         return batch.results
 
-    async def read(self, fn: Callable[[S], T], *, timeout: float | None = None) -> T:
+    async def read(self, fn: Callable[[Any], T], *, timeout: float | None = None) -> T:
         """Run ``fn(state_machine)`` at a linearizable point (ReadIndex, or a lease read when
         configured) and return its result. Served on followers too.
 
