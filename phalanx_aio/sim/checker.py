@@ -12,7 +12,7 @@ from collections.abc import Collection
 
 from phalanx_aio.core.types import Entry, HardState, Message, MessageType
 
-__all__ = ["Checker", "SafetyViolation", "chain_hash"]
+__all__ = ["BudgetExceeded", "Checker", "LivenessFailure", "SafetyViolation", "chain_hash"]
 
 _PACK = struct.Struct(">QQ").pack
 
@@ -31,6 +31,15 @@ class SafetyViolation(AssertionError):
         self.detail = detail
 
 
+class LivenessFailure(AssertionError):
+    """The cluster failed to make progress it owed: no leader or no convergence after healing,
+    or a read or write not answered within the bound while the cluster was healthy."""
+
+
+class BudgetExceeded(LivenessFailure):
+    """A run exceeded its event or wall-clock budget (a livelock, or a message storm)."""
+
+
 class Checker:
     """Global knowledge accumulated across the whole run, used to judge every event."""
 
@@ -44,7 +53,9 @@ class Checker:
         self.applied: dict[int, tuple[int, int, int]] = {}
         """index -> (term, log prefix hash, state digest) after applying it (state machine safety)."""
         self.committed: tuple[int, int] = (0, 0)
-        """Highest (index, term) a leader has committed."""
+        """Highest (index, term) a leader has committed (in its term or, by a bug, an earlier one)."""
+        self.committed_terms: dict[int, int] = {}
+        """index -> term of the entry any node committed there (commit agreement)."""
         self.acked_index = 0
         """Highest log index of a write acknowledged to a client."""
         self.checks = 0
@@ -75,6 +86,15 @@ class Checker:
         if known != chain:
             self.fail("log matching", f"{node} holds ({entry.term}, {entry.index}) after a different prefix")
 
+    def on_loadable(self, node: str, commit: int, last_index: int) -> None:
+        """A saved hard state never commits beyond the saved log: the store stays loadable."""
+        self.checks += 1
+        if commit > last_index:
+            self.fail(
+                "loadable store",
+                f"{node} saved commit index {commit} but its stored log ends at {last_index}",
+            )
+
     def on_leader_overwrite(self, node: str, term: int, index: int) -> None:
         """A leader never overwrites or deletes entries in its own log."""
         self.fail("leader append-only", f"leader {node} of term {term} overwrote its log from index {index}")
@@ -90,6 +110,39 @@ class Checker:
             prev = self.granted.setdefault((node, m.term), m.to)
             if prev != m.to:
                 self.fail("one vote per term", f"{node} voted for {prev} and {m.to} in term {m.term}")
+
+    def on_grant(
+        self,
+        voter: str,
+        kind: str,
+        candidate: str,
+        term: int,
+        candidate_last: tuple[int, int],
+        voter_last: tuple[int, int],
+    ) -> None:
+        """§5.4.1 (and thesis §9.6 for pre-votes): a vote or pre-vote is granted only to a
+        candidate whose log, ``(last index, last term)``, is at least as up to date."""
+        self.checks += 1
+        c_index, c_term = candidate_last
+        v_index, v_term = voter_last
+        if c_term < v_term or (c_term == v_term and c_index < v_index):
+            self.fail(
+                "vote for an up-to-date log",
+                f"{voter} granted a {kind} of term {term} to {candidate}, whose log ends at "
+                f"({c_term}, {c_index}), behind its own ({v_term}, {v_index})",
+            )
+
+    def on_node_commit(self, node: str, index: int, term: int) -> None:
+        """Commit agreement: no two nodes ever consider different entries committed at one
+        index (whatever the entry's term, followers included)."""
+        self.checks += 1
+        known = self.committed_terms.setdefault(index, term)
+        if known != term:
+            self.fail(
+                "commit agreement",
+                f"{node} committed an entry of term {term} at index {index}, "
+                f"where an entry of term {known} was committed",
+            )
 
     def on_leader(self, node: str, term: int, log_term_at: dict[int, int | None], snap_index: int) -> None:
         """At most one leader per term; a new leader holds every committed entry."""
