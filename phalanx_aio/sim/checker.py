@@ -15,6 +15,15 @@ from phalanx_aio.core.types import Entry, HardState, Message, MessageType
 __all__ = ["BudgetExceeded", "Checker", "LivenessFailure", "SafetyViolation", "chain_hash"]
 
 _PACK = struct.Struct(">QQ").pack
+_TERM_EXEMPT = frozenset(
+    {
+        MessageType.PROP,
+        MessageType.READ_INDEX,
+        MessageType.READ_INDEX_RESP,
+        MessageType.VOTE,
+        MessageType.PRE_VOTE,
+    }
+)
 
 
 def chain_hash(prev: int, entry: Entry) -> int:
@@ -132,6 +141,23 @@ class Checker:
                 f"({c_term}, {c_index}), behind its own ({v_term}, {v_index})",
             )
 
+    def on_step(self, node: str, m: Message, term_before: int, term_after: int) -> None:
+        """§5.1: a node that receives a message of a higher term adopts that term (and a
+        leader or candidate steps down). Exempt: forwarded requests and their answers, vote
+        and pre-vote requests (leader stickiness may ignore them, and a pre-vote raises no
+        term), and granted pre-votes (they carry the term the candidate may campaign in)."""
+        if m.term <= term_before or m.type in _TERM_EXEMPT:
+            return
+        if m.type is MessageType.PRE_VOTE_RESP and not m.reject:
+            return
+        self.checks += 1
+        if term_after < m.term:
+            self.fail(
+                "higher term adopted",
+                f"{node} in term {term_before} stepped a {m.type.name} of term {m.term} "
+                f"from {m.frm} and stayed in term {term_after}",
+            )
+
     def on_node_commit(self, node: str, index: int, term: int) -> None:
         """Commit agreement: no two nodes ever consider different entries committed at one
         index (whatever the entry's term, followers included)."""
@@ -173,12 +199,29 @@ class Checker:
         if known != (term, chain, digest):
             self.fail("state machine safety", f"{node} applied a different entry at index {index}")
 
+    def on_read_confirmed(
+        self, node: str, term: int, now: float, invoked: float, confirmed: float | None, lease_ms: float
+    ) -> None:
+        """A leader answers a read only while a quorum has confirmed its leadership: by a
+        heartbeat round sent after the read was invoked (ReadIndex), or, with lease reads,
+        sent less than the lease before the answer. ``confirmed`` is the send time of the
+        latest round a quorum acknowledged (``None``: none)."""
+        self.checks += 1
+        if confirmed is None or confirmed < min(invoked, now - lease_ms):
+            when = "never" if confirmed is None else f"last at {confirmed:.1f} ms"
+            self.fail(
+                "read confirmed by a quorum",
+                f"leader {node} of term {term} answered a read at {now:.1f} ms (invoked at "
+                f"{invoked:.1f} ms, lease {lease_ms:.0f} ms) but a quorum confirmed it {when}",
+            )
+
     def on_read(self, node: str, read_index: int, needed: int) -> None:
-        """A read sees every write acknowledged before it was invoked (linearizability)."""
+        """A read sees every write acknowledged, and every entry committed, before it was
+        invoked (linearizability; ``needed`` is the larger of the two indexes)."""
         self.checks += 1
         if read_index < needed:
             self.fail(
                 "linearizable read",
                 f"{node} served a read at index {read_index}, "
-                f"but index {needed} was acknowledged before it began",
+                f"but index {needed} was committed or acknowledged before it began",
             )

@@ -23,6 +23,7 @@ from typing import cast
 
 from phalanx_aio.core.config import Config
 from phalanx_aio.core.membership import ConfChange
+from phalanx_aio.core.quorum import quorum_index
 from phalanx_aio.core.raft import InitialState, Raft, Role, bootstrap_state
 from phalanx_aio.core.ready import Ready
 from phalanx_aio.core.types import Entry, EntryType, HardState, Message, MessageType, Snapshot
@@ -38,6 +39,9 @@ _TICK, _DELIVER, _CALL, _DISK = 0, 1, 2, 3
 _TYPE_NAMES = {t: t.name for t in MessageType}
 _LEADER = Role.LEADER
 _CANDIDATE = Role.CANDIDATE
+_HEARTBEAT = MessageType.HEARTBEAT
+_HEARTBEAT_RESP = MessageType.HEARTBEAT_RESP
+_READ_INDEX_RESP = MessageType.READ_INDEX_RESP
 _VOTE_REQS = {MessageType.VOTE: MessageType.VOTE_RESP, MessageType.PRE_VOTE: MessageType.PRE_VOTE_RESP}
 
 
@@ -162,6 +166,15 @@ class Cluster:
         self._tracing = trace
         """Hash every event into :attr:`trace_hash` (long studies turn it off for speed)."""
         self.events = 0
+        self._hb_sent: dict[tuple[str, int, int], float] = {}
+        """(leader, incarnation, heartbeat round) -> when it was first sent."""
+        self._hb_last: dict[tuple[str, int], int] = {}
+        """(leader, incarnation) -> its latest heartbeat round."""
+        self._hb_acks: dict[tuple[str, int, int], dict[str, int]] = {}
+        """(leader, incarnation, term) -> follower -> highest round it acknowledged."""
+        self._read_invoked: dict[bytes, float] = {}
+        """Read context -> when the client invoked it (kept: a duplicated request may be
+        answered again later)."""
         self._vote_req: tuple[Message, tuple[int, int]] | None = None
         """The vote or pre-vote request being stepped, with the voter's last (index, term)."""
         self.msg_counts: Counter[str] = Counter()
@@ -223,10 +236,18 @@ class Cluster:
                     self._trace.update(
                         f"M{at:.3f}{m.frm}{m.to}{m.type}{m.term}{m.index}{len(m.entries)}".encode()
                     )
-                if m.type in _VOTE_REQS and self.checker is not None:
-                    log = target.core.log
+                core = target.core
+                chk = self.checker
+                before = core.term
+                if m.type in _VOTE_REQS and chk is not None:
+                    log = core.log
                     self._vote_req = (m, (log.last_index(), log.last_term()))
-                target.core.step(m)
+                core.step(m)
+                if chk is not None:
+                    chk.on_step(m.to, m, before, core.term)
+                    if m.type is _HEARTBEAT_RESP and m.term == core.term and core.role is _LEADER:
+                        acks = self._hb_acks.setdefault((m.to, target.incarnation, m.term), {})
+                        acks[m.frm] = max(acks.get(m.frm, 0), m.seq)
                 self._drain(target)
                 self._vote_req = None
         elif kind == _DISK:
@@ -363,6 +384,7 @@ class Cluster:
         node = self.nodes[nid]
         if node.core is None:
             raise NotApplied(f"{nid} is down")
+        self._read_invoked[ctx] = self.now
         node.core.read_index(ctx)
         self._drain(node)
 
@@ -581,7 +603,30 @@ class Cluster:
             if chk is not None:
                 chk.on_persist_entry(node.id, e, prev)
 
+    def _confirm_read(self, node: SimNode, core: Raft, ctx: bytes) -> None:
+        """Judge a read this leader answers against the heartbeat rounds a quorum acknowledged."""
+        chk = self.checker
+        voters = core.conf.voters
+        invoked = self._read_invoked.get(ctx)
+        if chk is None or invoked is None or len(voters) <= 1 or core.role is not _LEADER:
+            return
+        inc = node.incarnation
+        acks = dict(self._hb_acks.get((node.id, inc, core.term), {}))
+        acks[node.id] = self._hb_last.get((node.id, inc), 0)
+        confirmed = self._hb_sent.get((node.id, inc, quorum_index(voters, acks)))
+        cfg = self.config
+        lease = 0.0
+        if cfg.read_mode == "lease":
+            ticks = cfg.rtt_min_election_ticks if cfg.rtt_aware else cfg.election_ticks
+            lease = (ticks - cfg.lease_margin_ticks) * self.tick_ms
+        chk.on_read_confirmed(node.id, core.term, self.now, invoked, confirmed, lease)
+
     def _send(self, node: SimNode, m: Message) -> None:
+        if m.type is _HEARTBEAT and self.checker is not None:
+            self._hb_sent.setdefault((m.frm, node.incarnation, m.seq), self.now)
+            self._hb_last[(m.frm, node.incarnation)] = m.seq
+        elif m.type is _READ_INDEX_RESP and not m.reject and node.core is not None:
+            self._confirm_read(node, node.core, m.context)
         self.msg_counts[_TYPE_NAMES[m.type]] += 1
         if m.entries:
             self.msg_bytes += sum(len(e.data) for e in m.entries)
@@ -610,6 +655,8 @@ class Cluster:
             for cb in self.on_apply:
                 cb(node, e)
         for rs in rd.read_states:
+            if core.role is _LEADER:
+                self._confirm_read(node, core, rs.context)
             for cb2 in self.on_read:
                 cb2(node, rs.context, rs.index)
         for ctx in rd.dropped_reads:

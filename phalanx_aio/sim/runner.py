@@ -148,7 +148,7 @@ def resolve(opts: SimOptions) -> SimOptions:
     cfg = opts.config.replace(
         pre_vote=r.random() < 0.5,
         check_quorum=check_quorum,
-        read_mode="lease" if check_quorum and r.random() < 0.3 else "safe",
+        read_mode="lease" if check_quorum and r.random() < 0.5 else "safe",
         max_msg_entries=r.choice((1, 2, 3, 8, 1024)),
         max_msg_bytes=r.choice((64, 256, 1 << 20)),
         max_inflight_msgs=r.choice((1, 2, 4, 256)),
@@ -268,6 +268,7 @@ class _Run:
         self.armed: list[tuple[str, str]] = []
         """Triggered faults waiting for their moment: (moment, action)."""
         self.last_groups: list[list[str]] = []
+        self.cut_seq = 0
         self.probes: dict[bytes, float] = {}
         """Availability phase: operations not yet answered -> when they were issued."""
         self.probe_index: dict[bytes, int] = {}
@@ -352,7 +353,10 @@ class _Run:
         try:
             if read:
                 chk = self.c.checker
-                self.pending_reads[key] = chk.acked_index if chk is not None else 0
+                # The read must reflect every write acknowledged before it began, and every
+                # entry a leader had committed by then (a correct ReadIndex or lease read
+                # covers both; the second catches a stale leader before any write is acked).
+                self.pending_reads[key] = max(chk.acked_index, chk.committed[0]) if chk is not None else 0
                 self.c.read_index(node.id, key)
             else:
                 self.pending_writes[key] = node.id
@@ -400,7 +404,7 @@ class _Run:
             cut = rng.randrange(1, len(ids))
             self._partition([ids[:cut], ids[cut:]])
         elif kind == "isolate_leader" and (leader := c.leader()) is not None:
-            c.disconnect(leader.id)
+            self._partition([[leader.id], [n.id for n in members if n.id != leader.id]])
         elif kind == "heal":
             if self.last_groups and opts.triggers and rng.random() < 0.5:
                 kind = "repartition"
@@ -437,21 +441,39 @@ class _Run:
         return down < (self.opts.nodes - 1) // 2 + 1
 
     def _partition(self, groups: list[list[str]]) -> None:
-        self.c.heal()
-        self.c.partition(groups)
+        """Cut the network into ``groups``, and heal it after a while unless another cut
+        comes first: from a blip to several election timeouts, so that some cuts end before
+        anyone notices and others outlast a new leader's election."""
+        c = self.c
+        c.heal()
+        c.partition(groups)
         self.last_groups = groups
+        self.cut_seq += 1
+        cut = self.cut_seq
+        timeout_ms = self.opts.config.election_ticks * c.tick_ms
+
+        def heal() -> None:
+            if self.cut_seq == cut and self.active:
+                c.heal()
+                self.last_groups = []
+
+        c.call_at(c.now + timeout_ms * self.rng.choice((0.3, 1.0, 2.0, 4.0)) * self.rng.random(), heal)
 
     def _repartition(self) -> None:
-        """Heal into a different majority: the largest side loses its leader (if any) and
-        one more node to the other side, which gains a majority."""
-        big, small = sorted(self.last_groups, key=len, reverse=True)[:2]
-        big = list(big)
+        """Heal into a different majority: the previous minority plus nodes of the previous
+        majority other than the leader form the new majority; the leader and the rest are
+        cut off from it (the Raft paper's Figure 8 needs such a sequence)."""
+        groups = sorted(self.last_groups, key=len)
+        everyone = [n for g in groups for n in g]
         leader = self.c.leader()
-        movers = [leader.id] if leader is not None and leader.id in big else []
-        rest = [n for n in big if n not in movers]
-        if rest:
-            movers.append(self.rng.choice(rest))
-        self._partition([[n for n in big if n not in movers], [*small, *movers][: len(big)]])
+        need = len(everyone) // 2 + 1
+        small = list(groups[0])[:need]
+        pool = [n for g in groups[1:] for n in g if leader is None or n != leader.id]
+        self.rng.shuffle(pool)
+        majority = small + pool[: need - len(small)]
+        rest = [n for n in everyone if n not in majority]
+        if majority and rest:
+            self._partition([majority, rest])
 
     def _arm_fires(self, moment: str) -> str | None:
         for i, (m, action) in enumerate(self.armed):
@@ -482,8 +504,7 @@ class _Run:
             if node is None or node.core is None or not self.active:
                 return
             if action == "isolate":
-                c.disconnect(nid)
-                self.last_groups = [[nid], [n for n in c.nodes if n != nid]]
+                self._partition([[nid], [n for n in c.nodes if n != nid]])
             elif action == "restart":
                 c.crash(nid)
                 c.restart(nid)
@@ -493,14 +514,25 @@ class _Run:
 
         c.call_at(c.now + delay, act)
 
-    def _membership(self) -> None:
+    def _membership(self, again: bool = True) -> None:
+        """One membership change on the leader: promote a caught-up learner, remove a voter
+        or add a spare as a learner. Sometimes a second one at once (any learner promoted,
+        caught up or not, or a voter removed), which the leader must refuse while the first
+        is uncommitted (single-server changes, thesis §4.1)."""
         c, rng = self.c, self.rng
         leader = c.leader()
         if leader is None or leader.core is None:
             return
         conf = leader.core.conf
         try:
-            if conf.learners:
+            if not again and conf.learners and rng.random() < 0.5:
+                c.conf_change(
+                    leader.id, ConfChange(ConfChangeType.PROMOTE, rng.choice(sorted(conf.learners)))
+                )
+            elif not again and len(conf.voters) > 3:
+                victim = rng.choice(sorted(conf.voters))
+                c.conf_change(leader.id, ConfChange(ConfChangeType.REMOVE, victim))
+            elif conf.learners:
                 nid = sorted(conf.learners)[0]
                 pr = leader.core.prs.get(nid)
                 if pr is not None and pr.match >= leader.core.log.committed:
@@ -511,8 +543,12 @@ class _Run:
             elif self.spares:
                 nid = self.spares.pop(0)
                 c.conf_change(leader.id, ConfChange(ConfChangeType.ADD_LEARNER, nid))
+            else:
+                return
         except PhalanxError:
-            pass
+            return
+        if again and rng.random() < 0.3:
+            c.call_at(c.now, lambda: self._membership(again=False))
 
     def _transfer(self) -> bool:
         """Ask the leader to hand over to a random other voter; True if it was asked."""
@@ -625,7 +661,7 @@ class _Run:
             if not leader.core.conf.is_member(n.id):
                 c.crash(n.id)
                 self.faults["stopped_removed"] += 1
-        self._stable_window(10 * election_ms)
+        self._stable_window(3 * election_ms)
         # Failover, then a read before any write: a new leader must be able to serve it.
         old = c.leader()
         assert old is not None and old.core is not None
@@ -650,7 +686,7 @@ class _Run:
         if crashed is not None:
             c.restart(crashed)
         self._converge(c.now + opts.liveness_ms, "after a failover")
-        self._stable_window(10 * election_ms)
+        self._stable_window(3 * election_ms)
 
     def _max_latency(self) -> float:
         lat = self.c.net.latency
