@@ -260,11 +260,11 @@ class Cluster:
         elif kind == _TICK:
             nid, inc = cast(tuple[str, int], payload)
             node = self.nodes[nid]
-            core = node.core
-            if core is not None and node.incarnation == inc:
+            ticking = node.core
+            if ticking is not None and node.incarnation == inc:
                 if self._tracing:
                     self._trace.update(f"T{at:.3f}{nid}".encode())
-                core.tick()
+                ticking.tick()
                 self._drain(node)
                 self._seq += 1
                 heapq.heappush(events, (at + self.tick_ms, self._seq, _TICK, payload))
