@@ -53,6 +53,16 @@ def _probability(text: str) -> float:
     return value
 
 
+def _range_ms(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH in milliseconds, got {text!r}") from None
+    if not 0.0 <= low <= high:
+        raise argparse.ArgumentTypeError(f"need 0 <= LOW <= HIGH, got {text!r}")
+    return low, high
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="phalanx-aio", description="An asyncio-native Raft framework.")
@@ -106,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=_probability,
         default=0.0,
         help="probability that a node writes a leader's own entries in the background (default 0)",
+    )
+    sim.add_argument(
+        "--disk-ms",
+        type=_range_ms,
+        default=(0.2, 2.0),
+        help="LOW,HIGH: how long one background write takes, in simulated ms (default 0.2,2.0)",
+    )
+    sim.add_argument(
+        "--fault-interval-ms",
+        type=float,
+        default=1500.0,
+        help="mean simulated time between fault actions (default 1500)",
     )
     sim.add_argument(
         "--triggers", action="store_true", help="faults armed on protocol moments (commit, election)"
@@ -205,6 +227,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
             swarm=args.swarm,
             transfers=args.transfers,
             background_writes=args.background_writes,
+            disk_ms=args.disk_ms,
+            fault_interval_ms=args.fault_interval_ms,
             triggers=args.triggers,
             availability=args.availability,
             clock=time.monotonic,

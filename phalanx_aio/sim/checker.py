@@ -192,6 +192,18 @@ class Checker:
         if index > self.committed[0]:
             self.committed = (index, term)
 
+    def on_commit_safe(self, node: str, index: int, term: int, electable: str | None) -> None:
+        """A committed entry can never be lost: no voter lacking it may still win a majority
+        of votes (§5.4.1) against the logs the voters have stored. A correct commit (an entry
+        of the leader's term, stored on a majority) always passes; the Raft paper's Figure 8
+        commit of an earlier term's entry does not."""
+        self.checks += 1
+        if electable is not None:
+            self.fail(
+                "committed entry safe",
+                f"{node} committed ({term}, {index}) but {electable}, which lacks it, can still be elected",
+            )
+
     def on_apply(self, node: str, index: int, term: int, chain: int, digest: int) -> None:
         """No two nodes apply different entries at one index, nor reach different states."""
         self.checks += 1

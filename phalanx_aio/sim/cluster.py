@@ -17,7 +17,7 @@ import heapq
 import random
 import struct
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -180,6 +180,8 @@ class Cluster:
         self.msg_counts: Counter[str] = Counter()
         self.msg_bytes = 0
         self.elections = 0
+        self.writes_lost = 0
+        """Background writes a crash discarded before they were durable."""
         self.nodes: dict[str, SimNode] = {nid: SimNode(nid) for nid in [*node_ids, *spare_ids]}
         self.founders = list(node_ids)
         if background_writes:
@@ -195,6 +197,11 @@ class Cluster:
         """Called with ``(node, term)`` when a node becomes a candidate in ``term``."""
         self.on_install: list[Callable[[SimNode, int], None]] = []
         """Called with ``(node, index)`` when a node installs a snapshot from its leader."""
+        self.crash_before_send: list[Callable[[SimNode, Ready], bool]] = []
+        """Asked with ``(node, ready)`` once step 1 of a ``Ready`` is done: if one answers
+        True the node crashes there, before sending any of the ``Ready``'s messages."""
+        self.on_write_behind: list[Callable[[SimNode], None]] = []
+        """Called with the node when it hands entries to a background write."""
         self.on_dropped: list[Callable[[SimNode, bytes], None]] = []
         """Called with ``(node, context)`` for each read a node's core dropped."""
         self.max_events = 0
@@ -335,6 +342,7 @@ class Cluster:
         """Stop ``nid`` at once: everything not persisted is lost, background writes included."""
         node = self.nodes[nid]
         node.core = None
+        self.writes_lost += len(node.pending)
         node.pending.clear()
         node.batch_start = node.batch_end = 0.0
 
@@ -415,6 +423,11 @@ class Cluster:
             rd = core.ready()
             background = node.background and rd.send_before_persist and bool(rd.entries)
             done = self._persist(node, rd, role is _LEADER, core.term, background)
+            for hook in self.crash_before_send:
+                if hook(node, rd):
+                    # A crash in the middle of the driver's loop: step 1 done, nothing sent.
+                    self.crash(node.id)
+                    return
             for m in rd.messages:
                 self._send(node, m)
             self._apply(node, rd)
@@ -475,6 +488,34 @@ class Cluster:
             voters = core.conf.voters
             holders = sum(1 for v in voters if v in self.nodes and self.nodes[v].store.holds(c, t))
             chk.on_commit(node.id, c, t, holders, voters)
+            chk.on_commit_safe(node.id, c, t, self._electable_without(c, t, voters))
+
+    def _electable_without(self, index: int, term: int, voters: Collection[str]) -> str | None:
+        """A voter that lacks entry ``(term, index)`` but whose log is at least as up to date
+        (§5.4.1) as the stored logs of a majority of ``voters`` (itself included): it could
+        still be elected, after crashes, and overwrite the entry. None if there is none."""
+        lasts = {}
+        for v in voters:
+            n = self.nodes.get(v)
+            if n is not None:
+                st = n.store
+                last = st.entries[-1].term if st.entries else st.snapshot.meta.term
+                lasts[v] = (last, st.last_index())
+        need = len(voters) // 2 + 1
+        for v in sorted(lasts):
+            n = self.nodes[v]
+            if n.core is not None:
+                log = n.core.log
+                if log.snap_index >= index or log.term(index) == term:
+                    continue
+                mine = (log.last_term(), log.last_index())
+            elif n.store.holds(index, term):
+                continue
+            else:
+                mine = lasts[v]
+            if sum(1 for other in lasts.values() if other <= mine) >= need:
+                return v
+        return None
 
     def _persist(
         self, node: SimNode, rd: Ready, leader: bool, term: int, background: bool
@@ -570,6 +611,8 @@ class Cluster:
             node.batch_start = max(self.now, node.batch_end)
             node.batch_end = node.batch_start + self.rng.uniform(*node.disk_ms)
         self._push(node.batch_end, _DISK, (node.id, node.incarnation, node.write_seq))
+        for cb in self.on_write_behind:
+            cb(node)
 
     def _complete_write(self, node: SimNode, w: _Write) -> tuple[int, int]:
         self._persist_entries(node, w.entries)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from phalanx_aio.core.config import Config
 from phalanx_aio.core.membership import ConfChange, ConfChangeType
 from phalanx_aio.core.raft import Role
+from phalanx_aio.core.ready import Ready
 from phalanx_aio.core.types import Entry
 from phalanx_aio.errors import PhalanxError
 from phalanx_aio.sim.checker import LivenessFailure
@@ -28,6 +29,21 @@ from phalanx_aio.sim.cluster import Cluster, RaftFactory, SimNode
 from phalanx_aio.sim.network import NetworkOptions, RegionLatency, UniformLatency
 
 __all__ = ["LivenessFailure", "SimOptions", "SimResult", "describe", "replay_command", "resolve", "run"]
+
+_TRIGGERS = (
+    ("commit_unsent", "crash"),
+    ("commit_unsent", "crash"),
+    ("elected_unsent", "crash"),
+    ("elected_unsent", "crash"),
+    ("leader", "crash"),
+    ("leader", "crash"),
+    ("commit", "isolate"),
+    ("leader", "isolate"),
+    ("campaign", "restart"),
+    ("campaign", "crash"),
+    ("write", "crash"),
+)
+"""Faults a run arms, each waiting for its protocol moment: (moment, action)."""
 
 _DISK_PROFILES = ((0.05, 0.5), (0.5, 5.0), (5.0, 40.0), (20.0, 150.0))
 """Background-write durations (simulated ms) a swarm run gives its nodes: fast to slow disks."""
@@ -68,9 +84,9 @@ class SimOptions:
     disk_ms: tuple[float, float] = (0.2, 2.0)
     """How long one background write takes (a swarm run picks a profile per node)."""
     triggers: bool = False
-    """Faults armed on protocol moments: crash or isolate a leader as its commit index moves
-    or soon after it is elected, restart a node during an election, repartition into a
-    different majority."""
+    """Faults armed on protocol moments: crash or isolate a leader as its commit index moves,
+    soon after it is elected, or while its background write is in flight; restart or crash
+    a voter during an election; heal into a different majority."""
     swarm: bool = False
     """The seed also chooses the configuration: see :func:`resolve`."""
     availability: bool = True
@@ -115,6 +131,10 @@ class SimOptions:
             parts.append("--transfers")
         if self.background_writes:
             parts.append(f"--background-writes {self.background_writes}")
+            if self.disk_ms != (0.2, 2.0):
+                parts.append(f"--disk-ms {self.disk_ms[0]},{self.disk_ms[1]}")
+        if self.fault_interval_ms != 1500.0:
+            parts.append(f"--fault-interval-ms {self.fault_interval_ms}")
         if self.triggers:
             parts.append("--triggers")
         if not self.availability:
@@ -149,24 +169,24 @@ def resolve(opts: SimOptions) -> SimOptions:
         pre_vote=r.random() < 0.5,
         check_quorum=check_quorum,
         read_mode="lease" if check_quorum and r.random() < 0.5 else "safe",
-        max_msg_entries=r.choice((1, 2, 3, 8, 1024)),
+        max_msg_entries=r.choice((1, 1, 2, 3, 8, 1024)),
         max_msg_bytes=r.choice((64, 256, 1 << 20)),
         max_inflight_msgs=r.choice((1, 2, 4, 256)),
         eager_commit=r.random() < 0.5,
     )
     return dataclasses.replace(
         opts,
-        nodes=r.choice((3, 3, 4, 5, 5)),
+        nodes=r.choice((3, 3, 3, 4, 5, 5)),
         config=cfg,
-        loss=r.choice((0.0, 0.01, 0.05)),
-        op_interval_ms=r.choice((5.0, 15.0, 40.0)),
+        loss=r.choice((0.0, 0.0, 0.01, 0.05)),
+        op_interval_ms=r.choice((5.0, 20.0, 40.0, 80.0)),
         read_fraction=r.choice((0.1, 0.3, 0.6)),
-        fault_interval_ms=r.choice((250.0, 600.0, 1500.0)),
-        membership=r.random() < 0.35,
+        fault_interval_ms=r.choice((200.0, 300.0, 500.0, 1000.0)),
+        membership=r.random() < 0.3,
         snapshot_every=r.choice((0, 0, 5, 20, 60)),
-        transfers=r.random() < 0.5,
-        background_writes=r.choice((0.0, 0.5, 1.0)),
-        triggers=r.random() < 0.8,
+        transfers=r.random() < 0.4,
+        background_writes=r.choice((0.0, 0.0, 0.5, 1.0)),
+        triggers=r.random() < 0.9,
     )
 
 
@@ -285,6 +305,8 @@ class _Run:
             c.on_commit.append(self._on_commit)
             c.on_leader.append(self._on_leader)
             c.on_campaign.append(self._on_campaign)
+            c.on_write_behind.append(self._on_write_behind)
+            c.crash_before_send.append(self._crash_before_send)
 
     # -- workload --------------------------------------------------------------------------
 
@@ -389,7 +411,7 @@ class _Run:
         if opts.transfers:
             choices += ["transfer"]
         if opts.triggers:
-            choices += ["arm", "arm"]
+            choices += ["arm", "arm", "arm"]
         kind = rng.choice(choices)
         if kind == "crash" and self._may_crash() and up:
             victim = rng.choice(up)
@@ -419,18 +441,7 @@ class _Run:
         elif kind == "transfer":
             self._transfer()
         elif kind == "arm":
-            self.armed.append(
-                rng.choice(
-                    [
-                        ("commit", "crash"),
-                        ("commit", "isolate"),
-                        ("leader", "crash"),
-                        ("leader", "isolate"),
-                        ("campaign", "restart"),
-                        ("campaign", "crash"),
-                    ]
-                )
-            )
+            self.armed.append(rng.choice(_TRIGGERS))
         else:
             return
         self.faults[kind] += 1
@@ -486,10 +497,34 @@ class _Run:
         if self.active and (action := self._arm_fires("commit")) is not None:
             self._strike(node.id, action, 0.0)
 
+    def _crash_before_send(self, node: SimNode, rd: Ready) -> bool:
+        """Crash a leader in the middle of its loop, its ``Ready`` persisted but not sent, at
+        one of two moments: just elected (its first appends, the §8 no-op, never leave), or
+        as its commit index moves (its followers hold the entries, not the news)."""
+        core = node.core
+        if not self.active or core is None or core.role is not Role.LEADER or not self.armed:
+            return False
+        if node.led_term != core.term:
+            moment = ("elected_unsent", "crash")
+        elif rd.hard_state is not None and rd.hard_state.commit > node.commit_seen:
+            moment = ("commit_unsent", "crash")
+        else:
+            return False
+        if moment not in self.armed or not self._may_crash():
+            return False
+        self.armed.remove(moment)
+        self.faults[f"triggered_{moment[0]}_crash"] += 1
+        return True
+
     def _on_leader(self, node: SimNode, term: int) -> None:
         if self.active and (action := self._arm_fires("leader")) is not None:
             # Soon after it is elected: its first appends have reached some followers.
             self._strike(node.id, action, self.rng.uniform(0.0, 2 * self.opts.latency_ms[1]))
+
+    def _on_write_behind(self, node: SimNode) -> None:
+        if self.active and (action := self._arm_fires("write")) is not None:
+            # Between send and persist: its appends are out, its own write is not done yet.
+            self._strike(node.id, action, self.rng.uniform(0.0, node.disk_ms[0]))
 
     def _on_campaign(self, node: SimNode, term: int) -> None:
         if self.active and (action := self._arm_fires("campaign")) is not None:
@@ -586,6 +621,8 @@ class _Run:
         converge_ms = c.now - healed_at
         if opts.availability:
             self._availability()
+        if c.writes_lost:
+            self.faults["background_writes_lost"] = c.writes_lost
         chk = c.checker
         return SimResult(
             seed=opts.seed,

@@ -13,12 +13,16 @@ import time
 
 import pytest
 
-from phalanx_aio.sim import SimOptions, run
+from phalanx_aio.sim import SafetyViolation, SimOptions, run
 from tests.sim.planted import BUGS, UNCAUGHT, Bug, mutant
 
 MAX_SEEDS = 40
-"""Every bug in ``BUGS`` must be caught within this many swarm seeds."""
+"""Every bug in ``BUGS`` must be caught within this many swarm seeds (a few need more)."""
+BOUNDS = {"lease read without a quorum's recent acknowledgement": 100}
+"""Bugs that only lease-read seeds can show (about 3 in 10) get a larger bound."""
+FIGURE_8_BOUND = 100
 STEPS = 10_000
+CONTROL_SEEDS = max(MAX_SEEDS, *BOUNDS.values(), FIGURE_8_BOUND)
 
 
 def _options(seed: int, bug: Bug | None = None, **extra: object) -> SimOptions:
@@ -46,8 +50,9 @@ def _first_failure(bug: Bug, seeds: int, **extra: object) -> tuple[int, Assertio
 
 @pytest.mark.parametrize("what", sorted(BUGS))
 def test_planted_bug_is_caught_by_swarm_seeds(what: str) -> None:
-    found = _first_failure(BUGS[what], MAX_SEEDS)
-    assert found is not None, f"planted bug {what!r} survived {MAX_SEEDS} swarm seeds"
+    bound = BOUNDS.get(what, MAX_SEEDS)
+    found = _first_failure(BUGS[what], bound)
+    assert found is not None, f"planted bug {what!r} survived {bound} swarm seeds"
     seed, exc = found
     notes = "".join(getattr(exc, "__notes__", []))
     assert f"replay with: phalanx-aio sim --seed {seed} --swarm --steps {STEPS}" in notes
@@ -56,13 +61,15 @@ def test_planted_bug_is_caught_by_swarm_seeds(what: str) -> None:
 def test_figure_8_is_caught_by_the_safety_checks_alone() -> None:
     """Without the availability phase (which notices the missing no-op at once), the
     Figure 8 pair of bugs is still found, as the loss of a committed entry."""
-    found = _first_failure(BUGS["Figure 8: §5.4.2 broken and no §8 no-op"], 60, availability=False)
-    assert found is not None, "Figure 8 survived 60 swarm seeds without the availability phase"
-    assert "leader completeness" in str(found[1]) or "commit agreement" in str(found[1])
+    found = _first_failure(
+        BUGS["Figure 8: §5.4.2 broken and no §8 no-op"], FIGURE_8_BOUND, availability=False
+    )
+    assert found is not None, f"Figure 8 survived {FIGURE_8_BOUND} swarm seeds without the availability phase"
+    assert isinstance(found[1], SafetyViolation)
 
 
 def test_correct_core_passes_the_same_swarm_seeds() -> None:
-    for seed in range(1, MAX_SEEDS + 1):
+    for seed in range(1, CONTROL_SEEDS + 1):
         res = run(_options(seed))
         assert res.probes > 0 and res.checks > 0
 
