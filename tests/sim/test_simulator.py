@@ -89,6 +89,15 @@ def test_long_sweep(block: int) -> None:
         run(SimOptions(seed=seed, steps=20_000, membership=seed % 2 == 0, snapshot_every=(seed % 3) * 20))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("block", range(20))
+def test_long_swarm_sweep(block: int) -> None:
+    """1,000 swarm seeds of 20,000 events: every configuration the seeds choose, every check."""
+    for seed in range(100_000 + block * 50, 100_000 + block * 50 + 50):
+        res = run(SimOptions(seed=seed, steps=20_000, swarm=True))
+        assert res.probes > 0
+
+
 # -- the checker catches each violation when fed one directly ---------------------------------
 
 
