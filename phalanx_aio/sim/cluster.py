@@ -135,7 +135,11 @@ class SimNode:
 
 
 class Cluster:
-    """A simulated cluster with an event queue in milliseconds of simulated time."""
+    """A simulated cluster with an event queue in milliseconds of simulated time.
+
+    ``background_writes`` is the probability that a node writes a leader's own entries in
+    the background (drawn per node from the seed); each node's :attr:`SimNode.disk_ms` says
+    how long such a write takes."""
 
     def __init__(
         self,
