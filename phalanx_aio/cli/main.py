@@ -13,6 +13,7 @@ import argparse
 import json
 import pathlib
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from phalanx_aio.core.config import Config
@@ -50,6 +51,16 @@ def _probability(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
     return value
+
+
+def _range_ms(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH in milliseconds, got {text!r}") from None
+    if not 0.0 <= low <= high:
+        raise argparse.ArgumentTypeError(f"need 0 <= LOW <= HIGH, got {text!r}")
+    return low, high
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +104,46 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--loss", type=_probability, default=0.01, help="message loss probability")
     sim.add_argument("--membership", action="store_true", help="also exercise membership changes")
     sim.add_argument("--snapshot-every", type=_non_negative_int, default=0, help="compact every N entries")
+    sim.add_argument(
+        "--swarm",
+        action="store_true",
+        help="let each seed also choose the configuration (cluster size, limits, pre-vote, check quorum, "
+        "snapshots, membership, transfers, background writes, triggered faults); other options are ignored",
+    )
+    sim.add_argument("--transfers", action="store_true", help="leadership transfers in the workload")
+    sim.add_argument(
+        "--background-writes",
+        type=_probability,
+        default=0.0,
+        help="probability that a node writes a leader's own entries in the background (default 0)",
+    )
+    sim.add_argument(
+        "--disk-ms",
+        type=_range_ms,
+        default=(0.2, 2.0),
+        help="LOW,HIGH: how long one background write takes, in simulated ms (default 0.2,2.0)",
+    )
+    sim.add_argument(
+        "--fault-interval-ms",
+        type=float,
+        default=1500.0,
+        help="mean simulated time between fault actions (default 1500)",
+    )
+    sim.add_argument(
+        "--triggers", action="store_true", help="faults armed on protocol moments (commit, election)"
+    )
+    sim.add_argument(
+        "--no-availability",
+        dest="availability",
+        action="store_false",
+        help="skip the availability phase (answers within a bound, no elections while healthy)",
+    )
+    sim.add_argument(
+        "--wall-seconds",
+        type=float,
+        default=120.0,
+        help="stop a seed that runs longer than this many seconds of wall time (default 120)",
+    )
     sim.add_argument("--json", dest="json_out", default=None, help="write the results as JSON to this file")
 
     from phalanx_aio.cli.serve import add_serve_arguments
@@ -173,12 +224,25 @@ def _cmd_sim(args: argparse.Namespace) -> int:
             mesh=mesh,
             membership=args.membership,
             snapshot_every=args.snapshot_every,
+            swarm=args.swarm,
+            transfers=args.transfers,
+            background_writes=args.background_writes,
+            disk_ms=args.disk_ms,
+            fault_interval_ms=args.fault_interval_ms,
+            triggers=args.triggers,
+            availability=args.availability,
+            clock=time.monotonic,
+            wall_seconds=args.wall_seconds,
             liveness_ms=60_000.0 * (4 if args.preset != "lan" or mesh else 1),
         )
         try:
             res = run(opts)
         except (SafetyViolation, LivenessFailure) as exc:
             print(f"VIOLATION on seed {seed}: {exc}", file=sys.stderr)
+            print(f"replay with: {opts.command()}", file=sys.stderr)
+            return 1
+        except AssertionError as exc:  # a core's own assertion: a bug found by the simulator
+            print(f"VIOLATION on seed {seed}: a core assertion failed: {exc}", file=sys.stderr)
             print(f"replay with: {opts.command()}", file=sys.stderr)
             return 1
         print(res.summary())
@@ -197,6 +261,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
                 "checks": res.checks,
                 "trace_hash": res.trace_hash,
                 "converge_ms": res.converge_ms,
+                "setup": res.setup,
+                "availability_probes": res.probes,
             }
         )
     if args.seeds > 1:

@@ -56,7 +56,15 @@ class Ready:
     the leader's copy only once :meth:`~phalanx_aio.core.raft.Raft.advance` reported it
     persisted (thesis §10.2.1). Entries must still be durable before ``advance``, unless the
     driver writes them in the background: ``advance(rd, entries_durable=False)``, then
-    :meth:`~phalanx_aio.core.raft.Raft.persisted` once they are."""
+    :meth:`~phalanx_aio.core.raft.Raft.persisted` once they are.
+
+    Such a driver must not save a ``hard_state`` ahead of those entries: the leader's commit
+    index may cover its own entries that are not durable yet (its followers' copies alone can
+    make a majority), and a store whose commit index lies beyond its last entry cannot be
+    loaded (the core refuses it at start). Save the ``hard_state`` of such a ``Ready`` in the
+    same atomic write as its entries, and a later ``hard_state`` while background writes are
+    pending with (or after) the last of them; or save it with its commit index lowered to
+    the last durable entry."""
 
     @property
     def must_sync(self) -> bool:

@@ -1,14 +1,19 @@
 """Seeded random runs: a workload and a fault schedule over a :class:`Cluster`, then a liveness
-phase that heals everything and demands convergence.
+phase that heals everything and demands convergence, then an availability phase that demands
+answers within a bound and no disruptive elections.
 
-``run(SimOptions(seed=...))`` is what ``phalanx-aio sim`` and the seed-sweep tests call. A
-violation propagates as :class:`~phalanx_aio.sim.checker.SafetyViolation` with the command that
-replays it attached (:func:`replay_command`).
+``run(SimOptions(seed=...))`` is what ``phalanx-aio sim`` and the seed-sweep tests call. With
+``swarm=True`` the seed also chooses the configuration (see :func:`resolve`). A violation
+propagates as :class:`~phalanx_aio.sim.checker.SafetyViolation` or
+:class:`~phalanx_aio.sim.checker.LivenessFailure` with the seed and the command that replays
+it attached (:func:`replay_command`); so does any exception raised inside a core.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,17 +21,32 @@ from dataclasses import dataclass, field
 from phalanx_aio.core.config import Config
 from phalanx_aio.core.membership import ConfChange, ConfChangeType
 from phalanx_aio.core.raft import Role
+from phalanx_aio.core.ready import Ready
 from phalanx_aio.core.types import Entry
 from phalanx_aio.errors import PhalanxError
-from phalanx_aio.sim.checker import SafetyViolation
+from phalanx_aio.sim.checker import LivenessFailure
 from phalanx_aio.sim.cluster import Cluster, RaftFactory, SimNode
 from phalanx_aio.sim.network import NetworkOptions, RegionLatency, UniformLatency
 
-__all__ = ["LivenessFailure", "SimOptions", "SimResult", "replay_command", "run"]
+__all__ = ["LivenessFailure", "SimOptions", "SimResult", "describe", "replay_command", "resolve", "run"]
 
+_TRIGGERS = (
+    ("commit_unsent", "crash"),
+    ("commit_unsent", "crash"),
+    ("elected_unsent", "crash"),
+    ("elected_unsent", "crash"),
+    ("leader", "crash"),
+    ("leader", "crash"),
+    ("commit", "isolate"),
+    ("leader", "isolate"),
+    ("campaign", "restart"),
+    ("campaign", "crash"),
+    ("write", "crash"),
+)
+"""Faults a run arms, each waiting for its protocol moment: (moment, action)."""
 
-class LivenessFailure(AssertionError):
-    """After healing, the cluster did not elect a leader and converge within the bound."""
+_DISK_PROFILES = ((0.05, 0.5), (0.5, 5.0), (5.0, 40.0), (20.0, 150.0))
+"""Background-write durations (simulated ms) a swarm run gives its nodes: fast to slow disks."""
 
 
 @dataclass(slots=True)
@@ -56,8 +76,31 @@ class SimOptions:
     """Exercise membership changes (spare nodes join as learners, are promoted, voters removed)."""
     snapshot_every: int = 0
     """Compact the log every this many applied entries (0: never)."""
+    transfers: bool = False
+    """Leadership transfers in the workload (the vote behind pre-vote and stickiness)."""
+    background_writes: float = 0.0
+    """Probability that a node writes a leader's own entries in the background, as
+    ``RaftNode`` does; a crash loses what is not yet written."""
+    disk_ms: tuple[float, float] = (0.2, 2.0)
+    """How long one background write takes (a swarm run picks a profile per node)."""
+    triggers: bool = False
+    """Faults armed on protocol moments: crash or isolate a leader as its commit index moves,
+    soon after it is elected, or while its background write is in flight; restart or crash
+    a voter during an election; heal into a different majority."""
+    swarm: bool = False
+    """The seed also chooses the configuration: see :func:`resolve`."""
+    availability: bool = True
+    """After convergence, demand answers within a bound and no elections while healthy,
+    across one failover (see ``docs/simulator.md``)."""
     liveness_ms: float = 60_000.0
     """After healing, the bound (simulated ms) for electing a leader and converging."""
+    max_events: int = 0
+    """Stop with :class:`~phalanx_aio.sim.checker.BudgetExceeded` after this many events in
+    all (0: ``steps`` plus 400,000, far above any healthy run's need)."""
+    clock: Callable[[], float] | None = None
+    """A wall clock in seconds (``time.monotonic``): with it, a run that takes longer than
+    ``wall_seconds`` stops with :class:`~phalanx_aio.sim.checker.BudgetExceeded`."""
+    wall_seconds: float = 60.0
     raft_factory: RaftFactory | None = None
     """Build cores with this (tests plant bugs by subclassing :class:`~phalanx_aio.core.Raft`)."""
     setup: Callable[[Cluster], None] | None = None
@@ -65,7 +108,11 @@ class SimOptions:
 
     def command(self) -> str:
         """The CLI command that replays this run."""
-        parts = [f"phalanx-aio sim --seed {self.seed} --nodes {self.nodes} --steps {self.steps}"]
+        parts = [f"phalanx-aio sim --seed {self.seed}"]
+        if self.swarm:
+            parts.append(f"--swarm --steps {self.steps}")
+            return " ".join(parts)
+        parts.append(f"--nodes {self.nodes} --steps {self.steps}")
         if not self.faults:
             parts.append("--no-faults")
         if not self.crash:
@@ -80,6 +127,18 @@ class SimOptions:
             parts.append("--membership")
         if self.snapshot_every:
             parts.append(f"--snapshot-every {self.snapshot_every}")
+        if self.transfers:
+            parts.append("--transfers")
+        if self.background_writes:
+            parts.append(f"--background-writes {self.background_writes}")
+            if self.disk_ms != (0.2, 2.0):
+                parts.append(f"--disk-ms {self.disk_ms[0]},{self.disk_ms[1]}")
+        if self.fault_interval_ms != 1500.0:
+            parts.append(f"--fault-interval-ms {self.fault_interval_ms}")
+        if self.triggers:
+            parts.append("--triggers")
+        if not self.availability:
+            parts.append("--no-availability")
         if self.config.rtt_aware:
             parts.append("--preset global-mesh-adaptive")
         elif self.config.tick_interval != Config.lan().tick_interval:
@@ -90,6 +149,66 @@ class SimOptions:
 def replay_command(opts: SimOptions) -> str:
     """The exact command that replays ``opts``."""
     return opts.command()
+
+
+def resolve(opts: SimOptions) -> SimOptions:
+    """The options a run really uses: ``opts`` itself, or for a swarm run the configuration
+    its seed chooses (swarm testing: each seed leaves some features out, so that the bugs
+    one feature masks show up on the seeds without it).
+
+    A swarm seed picks the cluster size (3 to 5), the message and window limits
+    (``max_msg_entries``, ``max_msg_bytes``, ``max_inflight_msgs``: small ones make appends
+    carry part of a backlog), pre-vote, check quorum, lease reads, eager commit, snapshots,
+    membership changes, leadership transfers, background writes, protocol-triggered
+    faults, loss, and the rates of faults and client operations."""
+    if not opts.swarm:
+        return opts
+    r = random.Random(f"phalanx-swarm:{opts.seed}")
+    check_quorum = r.random() < 0.6
+    cfg = opts.config.replace(
+        pre_vote=r.random() < 0.5,
+        check_quorum=check_quorum,
+        read_mode="lease" if check_quorum and r.random() < 0.5 else "safe",
+        max_msg_entries=r.choice((1, 1, 2, 3, 8, 1024)),
+        max_msg_bytes=r.choice((64, 256, 1 << 20)),
+        max_inflight_msgs=r.choice((1, 2, 4, 256)),
+        eager_commit=r.random() < 0.5,
+    )
+    return dataclasses.replace(
+        opts,
+        nodes=r.choice((3, 3, 3, 4, 5, 5)),
+        config=cfg,
+        loss=r.choice((0.0, 0.0, 0.01, 0.05)),
+        op_interval_ms=r.choice((5.0, 20.0, 40.0, 80.0)),
+        read_fraction=r.choice((0.1, 0.3, 0.6)),
+        fault_interval_ms=r.choice((200.0, 300.0, 500.0, 1000.0)),
+        membership=r.random() < 0.3,
+        snapshot_every=r.choice((0, 0, 5, 20, 60)),
+        transfers=r.random() < 0.4,
+        background_writes=r.choice((0.0, 0.0, 0.5, 1.0)),
+        triggers=r.random() < 0.9,
+    )
+
+
+def describe(opts: SimOptions) -> str:
+    """One line naming what a (resolved) run varies."""
+    cfg = opts.config
+    flags = [
+        f"nodes={opts.nodes}",
+        f"pre_vote={'on' if cfg.pre_vote else 'off'}",
+        f"check_quorum={'on' if cfg.check_quorum else 'off'}",
+        f"reads={cfg.read_mode}",
+        f"max_msg_entries={cfg.max_msg_entries}",
+        f"max_msg_bytes={cfg.max_msg_bytes}",
+        f"max_inflight_msgs={cfg.max_inflight_msgs}",
+        f"eager_commit={'on' if cfg.eager_commit else 'off'}",
+        f"snapshot_every={opts.snapshot_every}",
+        f"membership={'on' if opts.membership else 'off'}",
+        f"transfers={'on' if opts.transfers else 'off'}",
+        f"background_writes={opts.background_writes}",
+        f"triggers={'on' if opts.triggers else 'off'}",
+    ]
+    return " ".join(flags)
 
 
 @dataclass(slots=True)
@@ -109,17 +228,22 @@ class SimResult:
     checks: int
     trace_hash: str
     converge_ms: float
+    setup: str = ""
+    """The configuration the run used (:func:`describe`)."""
+    probes: int = 0
+    """Reads and writes answered within the bound in the availability phase."""
 
     def summary(self) -> str:
         """A few human-readable lines."""
         faults = ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
         return (
             f"seed {self.seed}: {self.events} events over {self.sim_ms / 1000:.1f} s simulated\n"
+            f"  {self.setup}\n"
             f"  elections {self.elections} (max term {self.max_term}), committed index {self.committed}, "
             f"writes acknowledged {self.writes_acked}, reads checked {self.reads_checked}\n"
             f"  faults: {faults}\n"
             f"  messages {self.messages}, invariant checks {self.checks}, "
-            f"converged {self.converge_ms:.0f} ms after healing\n"
+            f"converged {self.converge_ms:.0f} ms after healing, {self.probes} availability probes\n"
             f"  trace hash {self.trace_hash}"
         )
 
@@ -141,11 +265,19 @@ class _Run:
             raft_factory=opts.raft_factory,
             snapshot_every=opts.snapshot_every,
             spare_ids=spares,
+            background_writes=opts.background_writes,
         )
+        c = self.c
+        c.max_events = opts.max_events or opts.steps + 400_000
+        if opts.clock is not None:
+            c.clock = opts.clock
+            c.deadline = opts.clock() + opts.wall_seconds
+        for n in c.nodes.values():
+            n.disk_ms = c.rng.choice(_DISK_PROFILES) if opts.swarm else opts.disk_ms
         self.spares = spares
         self.marker = b"liveness-%d" % opts.seed
         self.marker_seen: set[str] = set()
-        self.rng = self.c.rng
+        self.rng = c.rng
         self.faults: Counter[str] = Counter()
         self.pending_writes: dict[bytes, str] = {}
         self.pending_reads: dict[bytes, int] = {}
@@ -153,16 +285,36 @@ class _Run:
         self.reads_checked = 0
         self.op_seq = 0
         self.active = True
+        self.armed: list[tuple[str, str]] = []
+        """Triggered faults waiting for their moment: (moment, action)."""
+        self.last_groups: list[list[str]] = []
+        self.cut_seq = 0
+        self.probes: dict[bytes, float] = {}
+        """Availability phase: operations not yet answered -> when they were issued."""
+        self.probe_index: dict[bytes, int] = {}
+        """Watched writes applied somewhere -> their index."""
+        self.probe_count = 0
+        self.probe_bound = 0.0
         if opts.setup is not None:
-            opts.setup(self.c)
-        self.c.on_apply.append(self._applied)
-        self.c.on_read.append(self._read)
+            opts.setup(c)
+        c.on_apply.append(self._applied)
+        c.on_read.append(self._read)
+        c.on_dropped.append(self._dropped)
+        c.on_install.append(self._installed)
+        if opts.triggers:
+            c.on_commit.append(self._on_commit)
+            c.on_leader.append(self._on_leader)
+            c.on_campaign.append(self._on_campaign)
+            c.on_write_behind.append(self._on_write_behind)
+            c.crash_before_send.append(self._crash_before_send)
 
     # -- workload --------------------------------------------------------------------------
 
     def _applied(self, node: SimNode, e: Entry) -> None:
         if e.data == self.marker:
             self.marker_seen.add(node.id)
+        if e.data in self.probes:
+            self.probe_index[e.data] = e.index
         who = self.pending_writes.get(e.data)
         if who == node.id:
             del self.pending_writes[e.data]
@@ -170,12 +322,28 @@ class _Run:
             chk = self.c.checker
             if chk is not None and e.index > chk.acked_index:
                 chk.acked_index = e.index
+            self._answered(e.data)
 
     def _read(self, node: SimNode, ctx: bytes, index: int) -> None:
         needed = self.pending_reads.pop(ctx, None)
         if needed is not None and self.c.checker is not None:
             self.reads_checked += 1
             self.c.checker.on_read(node.id, index, needed)
+        self._answered(ctx)
+
+    def _installed(self, node: SimNode, index: int) -> None:
+        """A snapshot answers the node's watched writes it covers (applied elsewhere)."""
+        for key, at in list(self.probe_index.items()):
+            if at <= index and self.pending_writes.get(key) == node.id:
+                del self.pending_writes[key]
+                self._answered(key)
+
+    def _dropped(self, node: SimNode, ctx: bytes) -> None:
+        self.pending_reads.pop(ctx, None)
+        if ctx in self.probes:
+            raise LivenessFailure(
+                f"availability: {node.id} dropped read {ctx.decode()} while the cluster was healthy"
+            )
 
     def _exp(self, mean: float) -> float:
         return self.rng.expovariate(1.0 / mean)
@@ -184,23 +352,44 @@ class _Run:
         if not self.active:
             return
         self.c.call_at(self.c.now + self._exp(self.opts.op_interval_ms), self._client_op)
-        live = [n for n in self.c.live() if n.core is not None and n.core.conf.is_member(n.id)]
-        if not live:
-            return
-        node = self.rng.choice(live)
-        self.op_seq += 1
-        try:
-            if self.rng.random() < self.opts.read_fraction:
-                ctx = b"r%d" % self.op_seq
-                chk = self.c.checker
-                self.pending_reads[ctx] = chk.acked_index if chk is not None else 0
-                self.c.read_index(node.id, ctx)
+        self._issue(self.rng.random() < self.opts.read_fraction)
+
+    def _issue(self, read: bool, node: SimNode | None = None, watch: str = "") -> bytes | None:
+        """One client operation at ``node`` (default: a random member that is up); returns
+        its key (a read's context or a write's data), or None if it was refused at once.
+        With ``watch``, it must be answered within the availability bound."""
+        if node is None:
+            if watch:  # healthy: the members of the leader's configuration
+                leader = self.c.leader()
+                members = leader.core.conf.members() if leader is not None and leader.core else set()
+                live = [n for n in self.c.live() if n.id in members]
             else:
-                data = b"w%d" % self.op_seq
-                self.pending_writes[data] = node.id
-                self.c.propose(node.id, data)
-        except PhalanxError:
-            pass
+                live = [n for n in self.c.live() if n.core is not None and n.core.conf.is_member(n.id)]
+            if not live:
+                return None
+            node = self.rng.choice(live)
+        self.op_seq += 1
+        key = b"%s%d" % (b"r" if read else b"w", self.op_seq)
+        if watch:
+            self.probes[key] = self.c.now  # before the call: it may be answered inside it
+        try:
+            if read:
+                chk = self.c.checker
+                # The read must reflect every write acknowledged before it began, and every
+                # entry a leader had committed by then (a correct ReadIndex or lease read
+                # covers both; the second catches a stale leader before any write is acked).
+                self.pending_reads[key] = max(chk.acked_index, chk.committed[0]) if chk is not None else 0
+                self.c.read_index(node.id, key)
+            else:
+                self.pending_writes[key] = node.id
+                self.c.propose(node.id, key)
+        except PhalanxError as exc:
+            if watch:
+                raise LivenessFailure(
+                    f"availability: {watch} was refused by {node.id}: {exc} ({self.opts.command()})"
+                ) from exc
+            return None
+        return key
 
     # -- faults ----------------------------------------------------------------------------
 
@@ -219,8 +408,12 @@ class _Run:
             choices += ["partition", "isolate_leader", "heal"]
         if opts.membership:
             choices += ["member", "member"]
+        if opts.transfers:
+            choices += ["transfer"]
+        if opts.triggers:
+            choices += ["arm", "arm", "arm"]
         kind = rng.choice(choices)
-        if kind == "crash" and len(down) < (opts.nodes - 1) // 2 + 1 and up:
+        if kind == "crash" and self._may_crash() and up:
             victim = rng.choice(up)
             if rng.random() < 0.5 and (leader := c.leader()) is not None:
                 victim = leader.id
@@ -231,28 +424,150 @@ class _Run:
             ids = sorted(n.id for n in members)
             rng.shuffle(ids)
             cut = rng.randrange(1, len(ids))
-            c.heal()
-            c.partition([ids[:cut], ids[cut:]])
+            self._partition([ids[:cut], ids[cut:]])
         elif kind == "isolate_leader" and (leader := c.leader()) is not None:
-            c.disconnect(leader.id)
+            self._partition([[leader.id], [n.id for n in members if n.id != leader.id]])
         elif kind == "heal":
-            c.heal()
+            if self.last_groups and opts.triggers and rng.random() < 0.5:
+                kind = "repartition"
+                self._repartition()
+            else:
+                c.heal()
+                self.last_groups = []
         elif kind == "loss":
             c.net.loss = rng.choice([0.0, opts.loss, 0.1, 0.3])
         elif kind == "member":
             self._membership()
+        elif kind == "transfer":
+            self._transfer()
+        elif kind == "arm":
+            self.armed.append(rng.choice(_TRIGGERS))
         else:
             return
         self.faults[kind] += 1
 
-    def _membership(self) -> None:
+    def _may_crash(self) -> bool:
+        members = [n for n in self.c.nodes.values() if n.incarnation > 0]
+        down = sum(1 for n in members if n.core is None)
+        return down < (self.opts.nodes - 1) // 2 + 1
+
+    def _partition(self, groups: list[list[str]]) -> None:
+        """Cut the network into ``groups``, and heal it after a while unless another cut
+        comes first: from a blip to several election timeouts, so that some cuts end before
+        anyone notices and others outlast a new leader's election."""
+        c = self.c
+        c.heal()
+        c.partition(groups)
+        self.last_groups = groups
+        self.cut_seq += 1
+        cut = self.cut_seq
+        timeout_ms = self.opts.config.election_ticks * c.tick_ms
+
+        def heal() -> None:
+            if self.cut_seq == cut and self.active:
+                c.heal()
+                self.last_groups = []
+
+        c.call_at(c.now + timeout_ms * self.rng.choice((0.3, 1.0, 2.0, 4.0)) * self.rng.random(), heal)
+
+    def _repartition(self) -> None:
+        """Heal into a different majority: the previous minority plus nodes of the previous
+        majority other than the leader form the new majority; the leader and the rest are
+        cut off from it (the Raft paper's Figure 8 needs such a sequence)."""
+        groups = sorted(self.last_groups, key=len)
+        everyone = [n for g in groups for n in g]
+        leader = self.c.leader()
+        need = len(everyone) // 2 + 1
+        small = list(groups[0])[:need]
+        pool = [n for g in groups[1:] for n in g if leader is None or n != leader.id]
+        self.rng.shuffle(pool)
+        majority = small + pool[: need - len(small)]
+        rest = [n for n in everyone if n not in majority]
+        if majority and rest:
+            self._partition([majority, rest])
+
+    def _arm_fires(self, moment: str) -> str | None:
+        for i, (m, action) in enumerate(self.armed):
+            if m == moment:
+                del self.armed[i]
+                return action
+        return None
+
+    def _on_commit(self, node: SimNode, index: int) -> None:
+        if self.active and (action := self._arm_fires("commit")) is not None:
+            self._strike(node.id, action, 0.0)
+
+    def _crash_before_send(self, node: SimNode, rd: Ready) -> bool:
+        """Crash a leader in the middle of its loop, its ``Ready`` persisted but not sent, at
+        one of two moments: just elected (its first appends, the §8 no-op, never leave), or
+        as its commit index moves (its followers hold the entries, not the news)."""
+        core = node.core
+        if not self.active or core is None or core.role is not Role.LEADER or not self.armed:
+            return False
+        if node.led_term != core.term:
+            moment = ("elected_unsent", "crash")
+        elif rd.hard_state is not None and rd.hard_state.commit > node.commit_seen:
+            moment = ("commit_unsent", "crash")
+        else:
+            return False
+        if moment not in self.armed or not self._may_crash():
+            return False
+        self.armed.remove(moment)
+        self.faults[f"triggered_{moment[0]}_crash"] += 1
+        return True
+
+    def _on_leader(self, node: SimNode, term: int) -> None:
+        if self.active and (action := self._arm_fires("leader")) is not None:
+            # Soon after it is elected: its first appends have reached some followers.
+            self._strike(node.id, action, self.rng.uniform(0.0, 2 * self.opts.latency_ms[1]))
+
+    def _on_write_behind(self, node: SimNode) -> None:
+        if self.active and (action := self._arm_fires("write")) is not None:
+            # Between send and persist: its appends are out, its own write is not done yet.
+            self._strike(node.id, action, self.rng.uniform(0.0, node.disk_ms[0]))
+
+    def _on_campaign(self, node: SimNode, term: int) -> None:
+        if self.active and (action := self._arm_fires("campaign")) is not None:
+            voters = sorted(node.core.conf.voters) if node.core is not None else [node.id]
+            self._strike(self.rng.choice(voters), action, self.rng.uniform(0.0, self.opts.latency_ms[1]))
+
+    def _strike(self, nid: str, action: str, delay: float) -> None:
+        c = self.c
+
+        def act() -> None:
+            node = c.nodes.get(nid)
+            if node is None or node.core is None or not self.active:
+                return
+            if action == "isolate":
+                self._partition([[nid], [n for n in c.nodes if n != nid]])
+            elif action == "restart":
+                c.crash(nid)
+                c.restart(nid)
+            elif self._may_crash():
+                c.crash(nid)
+            self.faults[f"triggered_{action}"] += 1
+
+        c.call_at(c.now + delay, act)
+
+    def _membership(self, again: bool = True) -> None:
+        """One membership change on the leader: promote a caught-up learner, remove a voter
+        or add a spare as a learner. Sometimes a second one at once (any learner promoted,
+        caught up or not, or a voter removed), which the leader must refuse while the first
+        is uncommitted (single-server changes, thesis §4.1)."""
         c, rng = self.c, self.rng
         leader = c.leader()
         if leader is None or leader.core is None:
             return
         conf = leader.core.conf
         try:
-            if conf.learners:
+            if not again and conf.learners and rng.random() < 0.5:
+                c.conf_change(
+                    leader.id, ConfChange(ConfChangeType.PROMOTE, rng.choice(sorted(conf.learners)))
+                )
+            elif not again and len(conf.voters) > 3:
+                victim = rng.choice(sorted(conf.voters))
+                c.conf_change(leader.id, ConfChange(ConfChangeType.REMOVE, victim))
+            elif conf.learners:
                 nid = sorted(conf.learners)[0]
                 pr = leader.core.prs.get(nid)
                 if pr is not None and pr.match >= leader.core.log.committed:
@@ -263,8 +578,26 @@ class _Run:
             elif self.spares:
                 nid = self.spares.pop(0)
                 c.conf_change(leader.id, ConfChange(ConfChangeType.ADD_LEARNER, nid))
+            else:
+                return
         except PhalanxError:
-            pass
+            return
+        if again and rng.random() < 0.3:
+            c.call_at(c.now, lambda: self._membership(again=False))
+
+    def _transfer(self) -> bool:
+        """Ask the leader to hand over to a random other voter; True if it was asked."""
+        leader = self.c.leader()
+        if leader is None or leader.core is None:
+            return False
+        others = sorted(v for v in leader.core.conf.voters if v != leader.id)
+        if not others:
+            return False
+        try:
+            self.c.transfer(leader.id, self.rng.choice(others))
+        except PhalanxError:
+            return False
+        return True
 
     # -- phases ----------------------------------------------------------------------------
 
@@ -277,26 +610,19 @@ class _Run:
             pass
         # Liveness: heal everything, restart everyone, and demand convergence.
         self.active = False
+        self.armed = []
         c.heal()
         c.net.loss = c.net.duplicate = c.net.reorder = 0.0
         for n in list(c.nodes.values()):
             if n.core is None and n.incarnation > 0:
                 c.restart(n.id)
         healed_at = c.now
-        if not c.run_until(self._has_leader, opts.liveness_ms):
-            raise LivenessFailure(f"no leader {opts.liveness_ms:.0f} ms after healing ({opts.command()})")
-        marker = self.marker
-        deadline = healed_at + opts.liveness_ms
-        while not self._converged(marker):
-            leader = c.leader()
-            if leader is not None:
-                with contextlib.suppress(PhalanxError):
-                    c.propose(leader.id, marker)
-            converged = c.run_until(lambda: self._converged(marker), min(2000.0, deadline - c.now))
-            if not converged and c.now >= deadline:
-                raise LivenessFailure(
-                    f"no convergence {opts.liveness_ms:.0f} ms after healing ({opts.command()})"
-                )
+        self._converge(healed_at + opts.liveness_ms, "after healing")
+        converge_ms = c.now - healed_at
+        if opts.availability:
+            self._availability()
+        if c.writes_lost:
+            self.faults["background_writes_lost"] = c.writes_lost
         chk = c.checker
         return SimResult(
             seed=opts.seed,
@@ -311,8 +637,26 @@ class _Run:
             messages=sum(c.msg_counts.values()),
             checks=chk.checks if chk is not None else 0,
             trace_hash=c.trace_hash,
-            converge_ms=c.now - healed_at,
+            converge_ms=converge_ms,
+            setup=describe(opts),
+            probes=self.probe_count,
         )
+
+    def _converge(self, deadline: float, when: str) -> None:
+        """Demand a leader, then the marker entry applied everywhere, before ``deadline``."""
+        c, opts = self.c, self.opts
+        if not c.run_until(self._has_leader, deadline - c.now):
+            raise LivenessFailure(f"no leader {opts.liveness_ms:.0f} ms {when} ({opts.command()})")
+        marker = self.marker
+        self.marker_seen = set()
+        while not self._converged(marker):
+            leader = c.leader()
+            if leader is not None:
+                with contextlib.suppress(PhalanxError):
+                    c.propose(leader.id, marker)
+            converged = c.run_until(lambda: self._converged(marker), min(2000.0, deadline - c.now))
+            if not converged and c.now >= deadline:
+                raise LivenessFailure(f"no convergence {opts.liveness_ms:.0f} ms {when} ({opts.command()})")
 
     def _has_leader(self) -> bool:
         leader = self.c.leader()
@@ -335,11 +679,122 @@ class _Run:
                 return False
         return True
 
+    # -- availability ----------------------------------------------------------------------
+
+    def _availability(self) -> None:
+        """A healthy cluster must answer every read and write within a bound, keep its leader
+        and term while it does, and after a failover (a transfer, or the leader crashing)
+        answer a read at the new leader before any write."""
+        c, opts, rng = self.c, self.opts, self.rng
+        cfg = opts.config
+        election_ms = 2 * cfg.election_ticks * c.tick_ms
+        slow_disk = max(n.disk_ms[1] for n in c.nodes.values())
+        self.probe_bound = 2 * election_ms + 4 * slow_disk + 8 * self._max_latency()
+        # Removed members are stopped, as their operator would (without pre-vote or check
+        # quorum, a removed node that still runs disrupts the cluster: thesis §4.2.3).
+        leader = c.leader()
+        assert leader is not None and leader.core is not None
+        for n in c.live():
+            if not leader.core.conf.is_member(n.id):
+                c.crash(n.id)
+                self.faults["stopped_removed"] += 1
+        self._stable_window(3 * election_ms)
+        # Failover, then a read before any write: a new leader must be able to serve it.
+        old = c.leader()
+        assert old is not None and old.core is not None
+        old_term = old.core.term
+        crashed = None
+        if not (opts.transfers and rng.random() < 0.5 and self._transfer()):
+            crashed = old.id
+            c.crash(old.id)
+        self.faults["failover"] += 1
+
+        def new_leader() -> bool:
+            leader = c.leader()
+            return leader is not None and leader.core is not None and leader.core.term > old_term
+
+        if not c.run_until(new_leader, 4 * election_ms + opts.liveness_ms / 4):
+            raise LivenessFailure(f"availability: no new leader after a failover ({opts.command()})")
+        leader = c.leader()
+        assert leader is not None
+        what = "the first read after a failover"
+        self._issue(True, leader, watch=what)
+        self._settle(what)
+        if crashed is not None:
+            c.restart(crashed)
+        self._converge(c.now + opts.liveness_ms, "after a failover")
+        self._stable_window(3 * election_ms)
+
+    def _max_latency(self) -> float:
+        lat = self.c.net.latency
+        if isinstance(lat, UniformLatency):
+            return lat.high_ms
+        if isinstance(lat, RegionLatency):
+            return max(max(row.values()) for row in lat.rtt_ms.values()) * 4
+        return 10.0
+
+    def _stable_window(self, ms: float) -> None:
+        """Run a read and write workload for ``ms``: each must be answered within the bound,
+        and no node may start an election (the leader and every term stay as they are)."""
+        c = self.c
+        leader = c.leader()
+        assert leader is not None and leader.core is not None
+        term = leader.core.term
+        end = c.now + ms
+        while c.now < end:
+            self._issue(self.rng.random() < 0.5, watch="an operation while the cluster was healthy")
+            c.run_for(self._exp(self.opts.op_interval_ms * 4))
+        self._settle("an operation while the cluster was healthy")
+        now_leader = c.leader()
+        members = leader.core.conf.members() if leader.core is not None else set()
+        raised = {
+            n.id: n.core.term
+            for n in c.live()
+            if n.id in members and n.core is not None and n.core.term > term
+        }
+        if now_leader is not leader or raised or leader.core is None or leader.core.term != term:
+            raise LivenessFailure(
+                f"availability: an election while the leader {leader.id} of term {term} was reachable "
+                f"(leader now {now_leader.id if now_leader else None}, terms raised: {raised}) "
+                f"({self.opts.command()})"
+            )
+
+    def _answered(self, key: bytes) -> None:
+        issued = self.probes.pop(key, None)
+        if issued is None:
+            return
+        self.probe_index.pop(key, None)
+        self.probe_count += 1
+        if self.c.now - issued > self.probe_bound:
+            raise LivenessFailure(
+                f"availability: {key.decode()} answered {self.c.now - issued:.0f} ms after it was issued, "
+                f"beyond the bound of {self.probe_bound:.0f} ms ({self.opts.command()})"
+            )
+
+    def _settle(self, what: str) -> None:
+        """Run until every watched operation is answered; fail if one is not within the bound."""
+        probes = self.probes
+        if not probes:
+            return
+        c = self.c
+        c.run_until(lambda: not probes, min(probes.values()) + self.probe_bound - c.now)
+        if probes:
+            late = sorted(k.decode() for k in probes)
+            raise LivenessFailure(
+                f"availability: {what} ({', '.join(late[:3])}) not answered within "
+                f"{self.probe_bound:.0f} ms ({self.opts.command()})"
+            )
+
 
 def run(opts: SimOptions) -> SimResult:
-    """Run one simulation; raises SafetyViolation or LivenessFailure (with the replay command)."""
+    """Run one simulation (a swarm run with its seed's configuration, see :func:`resolve`).
+
+    Raises :class:`~phalanx_aio.sim.checker.SafetyViolation` or
+    :class:`~phalanx_aio.sim.checker.LivenessFailure` (with its subclass
+    :class:`~phalanx_aio.sim.checker.BudgetExceeded`); these and any exception a core raises
+    carry a note with the seed and the command that replays the run."""
     try:
-        return _Run(opts).run()
-    except SafetyViolation as exc:
+        return _Run(resolve(opts)).run()
+    except Exception as exc:
         exc.add_note(f"seed {opts.seed}; replay with: {opts.command()}")
         raise
