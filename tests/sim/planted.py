@@ -196,7 +196,7 @@ BUGS: dict[str, Bug] = {
             "lease read without a quorum's recent acknowledgement",
             (
                 "raft",
-                "        return self._ticks - sent < timeout - cfg.lease_margin_ticks",
+                "        return self._now() - sent < timeout - cfg.lease_margin_ticks",
                 "        return True",
             ),
         ),
