@@ -74,12 +74,14 @@ class Subscriptions:
             member._node_closed()
 
     async def aclose(self) -> None:
-        """:meth:`end`, then wait (at most ten seconds) until the leader work has finished."""
+        """:meth:`end`, then wait (at most ten seconds) until the leader work has finished.
+        Leader work that closes the node itself is neither cancelled nor waited for."""
         self.end()
         tasks: set[asyncio.Task[None]] = set()
         for member in self._members:
             tasks |= member._tasks()
         self._members.clear()
+        tasks.discard(asyncio.current_task())
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=_CLOSE_TIMEOUT)
@@ -198,9 +200,12 @@ class LeaderWork:
         self._switch(None)
 
     def _node_closed(self) -> None:
-        if not self._stopped:
-            self._stopped = True
-            self._switch(None)
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._task is not None and self._task is asyncio.current_task():
+            self._task = self._term = None  # the run closes the node: it goes on, uncancelled
+        self._switch(None)
 
     def _tasks(self) -> set[asyncio.Task[None]]:
         tasks = set(self._finishing)

@@ -277,3 +277,17 @@ async def test_closing_a_stream_unsubscribes_and_ends_it(solo: Harness) -> None:
     await waiting.aclose()  # a consumer waiting for the next event is released
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(pending, 10)
+
+
+async def test_work_that_closes_its_node_is_not_cancelled_by_it(solo: Harness) -> None:
+    node = solo.nodes["n1"]
+    after: list[bool] = []
+
+    async def shut_down(t: int) -> None:
+        await node.aclose()
+        after.append(node.is_leader)  # still running: aclose neither cancelled nor awaited it
+
+    work = node.while_leader(shut_down)
+    await solo.until(lambda: bool(after))
+    assert after == [False] and work.stopped
+    assert node._loop_task is not None and node._loop_task.done()
