@@ -1,13 +1,16 @@
 """phalanx_aio: an asyncio-native Raft consensus framework.
 
 The public API is exactly what ``__all__`` lists: the embeddable :class:`RaftNode` with its
-:class:`StateMachine` and stores, its events (:class:`NodeEvent` and subclasses), the core's
+:class:`StateMachine` and stores, the typed command layer (:class:`ReplicatedState` and
+:func:`command`; more in ``phalanx_aio.commands``, ready-made objects in
+``phalanx_aio.batteries``), its events (:class:`NodeEvent` and subclasses), the core's
 types and configuration, and the errors. Everything else is private or lives in a documented
 subpackage (``phalanx_aio.core`` for the sans-IO core, ``phalanx_aio.sim`` for the deterministic
 simulator, ``phalanx_aio.transport`` for transports, ``phalanx_aio.observability`` for metrics,
 the HTTP endpoint and structured logs).
 """
 
+from phalanx_aio.commands import ReplicatedState, command
 from phalanx_aio.core import (
     ConfChange,
     ConfChangeType,
@@ -42,6 +45,8 @@ from phalanx_aio.errors import (
     RemoteError,
     StorageError,
     Timeout,
+    UnknownCommand,
+    UnsupportedValue,
 )
 from phalanx_aio.node import (
     ElectionStarted,
@@ -104,6 +109,7 @@ __all__ = [
     "Ready",
     "RemoteError",
     "RemovedFromCluster",
+    "ReplicatedState",
     "Role",
     "RoleChanged",
     "SQLiteStorage",
@@ -119,7 +125,10 @@ __all__ = [
     "StoredState",
     "TermChanged",
     "Timeout",
+    "UnknownCommand",
+    "UnsupportedValue",
     "__version__",
+    "command",
     "run",
     "tune_gc",
 ]

@@ -31,6 +31,8 @@ __all__ = [
     "RemoteError",
     "StorageError",
     "Timeout",
+    "UnknownCommand",
+    "UnsupportedValue",
 ]
 
 
@@ -52,6 +54,11 @@ class ConfigError(LocalError, ValueError):
 
 class ClosedError(LocalError):
     """The node (or client) was closed; operations on it are refused."""
+
+
+class UnsupportedValue(LocalError, TypeError):
+    """A command's argument (or a replicated object's state) is a value its codec cannot
+    represent; raised before anything is proposed, naming the offending part."""
 
 
 class NotApplied(PhalanxError):
@@ -91,3 +98,9 @@ class StorageError(RemoteError):
 
 class ProtocolError(RemoteError):
     """A peer sent something that breaks the protocol (malformed, foreign cluster, unknown node)."""
+
+
+class UnknownCommand(ProtocolError):
+    """A replicated object was asked to apply a command it does not define (a member running
+    an older version of the code, or a command renamed without an alias). The member that
+    proposed it receives this error; the node keeps running."""

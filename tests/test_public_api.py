@@ -3,7 +3,9 @@
 import inspect
 
 import phalanx_aio
+import phalanx_aio.batteries
 import phalanx_aio.chaos
+import phalanx_aio.commands
 import phalanx_aio.core
 import phalanx_aio.kv
 import phalanx_aio.node
@@ -14,10 +16,12 @@ import phalanx_aio.sim
 def test_all_names_exist_and_are_documented() -> None:
     modules = (
         phalanx_aio,
+        phalanx_aio.batteries,
         phalanx_aio.core,
         phalanx_aio.sim,
         phalanx_aio.kv,
         phalanx_aio.chaos,
+        phalanx_aio.commands,
         phalanx_aio.node,
         phalanx_aio.observability,
     )

@@ -80,6 +80,12 @@ LIMITS: dict[str, Limit] = {
         64 << 20, 1, True, "KV bytes buffered for one connection's calls (answers, partial requests)"
     ),
     "max_buffer_bytes": Limit(256 << 20, 1, True, "KV bytes buffered for all calls together"),
+    "quota_bytes": Limit(
+        512 << 20,
+        0,
+        True,
+        "KV data plus the log since the last snapshot before writes that add data are refused (0: none)",
+    ),
     "stall_timeout": Limit(30.0, 0.001, False, "seconds a KV call may hold buffered bytes without progress"),
     "max_sessions": Limit(50_000, 1, True, "client sessions kept (replicated: the same on every member)"),
     "max_session_bytes": Limit(
@@ -495,7 +501,13 @@ async def serve(
     from phalanx_aio.kv.service import KVService
     from phalanx_aio.kv.state_machine import KVStateMachine, SessionLimits
     from phalanx_aio.node import NodeEvent, RaftNode, RemovedFromCluster
-    from phalanx_aio.observability import MeteredKVService, NodeMetrics, ObservabilityServer, bind_node
+    from phalanx_aio.observability import (
+        HealthService,
+        MeteredKVService,
+        NodeMetrics,
+        ObservabilityServer,
+        bind_node,
+    )
     from phalanx_aio.storage import SQLiteStorage
     from phalanx_aio.transport.grpc import GrpcTransport
 
@@ -509,12 +521,14 @@ async def serve(
         log.warning("%s", warning)
     lim = s.limit
     service_type = MeteredKVService if s.http else KVService
+    health = HealthService()  # grpc.health.v1 on the node's port
     service = service_type(
         max_request_bytes=s.max_request_bytes,
         max_stream_buffer_bytes=int(lim("max_stream_buffer_bytes")),
         max_connection_buffer_bytes=int(lim("max_connection_buffer_bytes")),
         max_buffer_bytes=int(lim("max_buffer_bytes")),
         stall_timeout=lim("stall_timeout"),
+        quota_bytes=int(lim("quota_bytes")),
     )
     transport = GrpcTransport(
         node_id=s.id,
@@ -523,7 +537,7 @@ async def serve(
         server_ssl=server_ssl,
         client_ssl=client_ssl,
         bind_node_ids=s.tls_bind_ids,
-        extra_handlers=[service],
+        extra_handlers=[service, health],
         max_connections=int(lim("max_connections")),
         max_connection_rate=lim("max_connection_rate"),
         handshake_timeout=lim("handshake_timeout"),
@@ -575,6 +589,7 @@ async def serve(
         transport=transport,
     )
     service.attach(node)
+    health.attach(node)
     bind_node(node)  # log records of this task and the tasks the node starts carry its id and term
     http: ObservabilityServer | None = None
     if s.http:

@@ -21,7 +21,7 @@ from phalanx_aio.kv.state_machine import (
 )
 
 if TYPE_CHECKING:
-    from phalanx_aio.kv.client import KVClient, RequestRefused, Unavailable
+    from phalanx_aio.kv.client import KVClient, QuotaExceeded, RequestRefused, Unavailable
     from phalanx_aio.kv.service import KVService
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "KVService",
     "KVStateMachine",
     "Member",
+    "QuotaExceeded",
     "ReadConsistency",
     "RequestRefused",
     "SessionExpired",
@@ -44,6 +45,7 @@ __all__ = [
 
 _LAZY = {
     "KVClient": "phalanx_aio.kv.client",
+    "QuotaExceeded": "phalanx_aio.kv.client",
     "RequestRefused": "phalanx_aio.kv.client",
     "Unavailable": "phalanx_aio.kv.client",
     "KVService": "phalanx_aio.kv.service",

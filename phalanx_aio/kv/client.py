@@ -93,7 +93,7 @@ from phalanx_aio.transport.codec import (
     encode_kv_stream_request,
 )
 
-__all__ = ["Consistency", "KVClient", "RequestRefused", "Unavailable"]
+__all__ = ["Consistency", "KVClient", "QuotaExceeded", "RequestRefused", "Unavailable"]
 
 Consistency = Literal["linearizable", "lease", "stale"]
 """The read consistencies :meth:`KVClient.get` accepts (see ``docs/kv.md``)."""
@@ -131,6 +131,12 @@ class RequestRefused(NotApplied):
         super().__init__(f"{code.name}: {message}" if message else code.name)
         self.code = code
         """Why the request was refused."""
+
+
+class QuotaExceeded(RequestRefused):
+    """The cluster is at its quota (``QUOTA_EXCEEDED``): a write that adds data is refused,
+    certainly not applied. Deletes still work; writes are taken again once deletes (and the
+    compaction of the log) bring the data under the quota."""
 
 
 class _Kind:
@@ -636,7 +642,8 @@ class KVClient:
                             "outcome is unknown"
                         )
                     else:
-                        raise RequestRefused(code, f"{target}: {h.message}")
+                        refused = QuotaExceeded if code is ErrorCode.QUOTA_EXCEEDED else RequestRefused
+                        raise refused(code, f"{target}: {h.message}")
                 if backoff:
                     redirects = 0
                     failures += 1

@@ -67,6 +67,9 @@ class ErrorCode(enum.IntEnum):
     """A membership change or transfer was refused. Not applied."""
     INTERNAL = 8
     """A bug or a storage failure on the server. Outcome unknown."""
+    QUOTA_EXCEEDED = 9
+    """The cluster holds as much as its quota allows: a write that adds data is refused,
+    certainly not applied (deletes go on)."""
 
 
 class ReadConsistency(enum.IntEnum):
@@ -215,6 +218,10 @@ class StatusResponse:
     applied_index: int = 0
     last_index: int = 0
     members: tuple[Member, ...] = ()
+    quota_alarm: bool = False
+    """True while the node refuses writes that add data (``QUOTA_EXCEEDED``)."""
+    quota_used_bytes: int = 0
+    """What counts against the quota: keys and values held, and the log since the last snapshot."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,7 +93,7 @@ from phalanx_aio.transport.codec import (
     encode_kv_stream_response,
 )
 
-__all__ = ["MIN_REQUEST_BYTES", "KVService"]
+__all__ = ["DEFAULT_QUOTA_BYTES", "MIN_REQUEST_BYTES", "KVService"]
 
 log = logging.getLogger("phalanx_aio.kv")
 
@@ -102,6 +102,9 @@ _WriteRequest = PutRequest | DeleteRequest | CompareAndSetRequest
 _Stream = grpclib.server.Stream[WireBytes, WireBytes]
 _MAX_ID_BYTES = 255
 MIN_REQUEST_BYTES = 64 << 10
+DEFAULT_QUOTA_BYTES = 512 << 20
+"""The default quota of :class:`KVService`: well under SQLite's 1 GB limit on one value, which
+a snapshot of the whole state must fit."""
 """The smallest ``max_request_bytes`` a :class:`KVService` accepts (a client's stream batches
 stay below it)."""
 
@@ -158,6 +161,7 @@ class KVService:
         max_connection_buffer_bytes: int = 64 << 20,
         max_buffer_bytes: int = 256 << 20,
         stall_timeout: float = 30.0,
+        quota_bytes: int = DEFAULT_QUOTA_BYTES,
     ) -> None:
         if max_key_bytes < 1 or max_value_bytes < 0:
             raise LocalError("max_key_bytes must be >= 1 and max_value_bytes >= 0")
@@ -175,6 +179,10 @@ class KVService:
         ):
             if type(value) is not int or value < 1:
                 raise LocalError(f"{name} must be a positive int, not {value!r}")
+        if type(quota_bytes) is not int or quota_bytes < 0:
+            raise LocalError(f"quota_bytes must be an int >= 0 (0: no quota), not {quota_bytes!r}")
+        self.quota_bytes = quota_bytes
+        """The quota (0: none): past it, writes that add data are refused (``QUOTA_EXCEEDED``)."""
         if not isinstance(stall_timeout, int | float) or not stall_timeout > 0:
             raise LocalError(f"stall_timeout must be a positive number of seconds, not {stall_timeout!r}")
         self.max_stream_buffer_bytes = max_stream_buffer_bytes
@@ -218,9 +226,15 @@ class KVService:
     def buffer_stats(self) -> dict[str, int]:
         """``buffered_bytes`` (held now by every call) and ``shed_<reason>``: calls ended to
         keep the buffers bounded, by reason (``connection_bytes``, ``total_bytes``,
-        ``stalled``)."""
+        ``stalled``); also ``quota_used_bytes`` and ``quota_alarm`` (1 while writes that add
+        data are refused, see :attr:`quota_bytes`)."""
         budget = self._budget
-        out = {"buffered_bytes": budget.held}
+        used = self.quota_used()
+        out = {
+            "buffered_bytes": budget.held,
+            "quota_used_bytes": used,
+            "quota_alarm": int(self.quota_bytes > 0 and used >= self.quota_bytes),
+        }
         out.update((f"shed_{reason}", budget.shed[reason]) for reason in SHED_REASONS)
         return out
 
@@ -520,12 +534,38 @@ class KVService:
                 raise
             raise refusal from None
 
+    def quota_used(self) -> int:
+        """What counts against the quota now: the bytes of the keys and values the state
+        machine holds, plus the log applied since the node's last snapshot (0 without a node)."""
+        node = self._node
+        if node is None:
+            return 0
+        return int(getattr(node.state_machine, "data_bytes", 0)) + node.log_bytes
+
+    @property
+    def quota_alarm(self) -> bool:
+        """True while writes that add data are refused for the quota."""
+        return self.quota_bytes > 0 and self.quota_used() >= self.quota_bytes
+
+    def _check_quota(self) -> None:
+        if self.quota_bytes:
+            used = self.quota_used()
+            if used >= self.quota_bytes:
+                raise _Refuse(
+                    ErrorCode.QUOTA_EXCEEDED,
+                    f"quota exceeded: {used} of {self.quota_bytes} bytes used (data and log since the "
+                    "last snapshot); not applied. Delete keys to free space; the alarm clears once "
+                    "the data and the compacted log are under the quota",
+                )
+
     def _command(self, req: _WriteRequest) -> KVCommand:
         """The state machine command of a write, once the request is found valid (else
         :class:`_Refuse`)."""
         h = req.header
         self._check_session(h)
         self._check_key(req.key)
+        if not isinstance(req, DeleteRequest):
+            self._check_quota()
         if isinstance(req, PutRequest):
             self._check_value(req.value, "value")
             return KVCommand(KVOp.PUT, req.key, req.value, None, h.client_id, h.sequence, h.acked_sequence)
@@ -656,6 +696,8 @@ class KVService:
             applied_index=st.applied,
             last_index=st.last_index,
             members=self._members(),
+            quota_alarm=self.quota_alarm,
+            quota_used_bytes=self.quota_used(),
         )
 
     async def _member_list(self, req: MemberListRequest, timeout: float | None) -> MemberListResponse:

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import array
 import enum
+import functools
 import itertools
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from phalanx_aio.errors import LocalError, OutcomeUnknown, ProtocolError
@@ -270,6 +271,34 @@ _TOMBSTONES = b"PXKVTMB1"  # after the sessions: the ids of forgotten sessions (
 _TOMB = struct.Struct(">QB")
 
 
+def _encode_snapshot(
+    applied: int,
+    data: dict[bytes, bytes],
+    sessions: list[tuple[str, int, int, dict[int, object]]],
+    forgotten: dict[str, tuple[int, int]],
+) -> bytes:
+    """The bytes of :meth:`KVStateMachine.snapshot` for this copy of the state."""
+    out = [_SNAP_V2.pack(_SNAP_MAGIC, applied, len(data), len(sessions))]
+    out.append(_encode_items(data))
+    for cid, last_used, acked, results in sorted(sessions):
+        _put_field(out, cid.encode())
+        out.append(struct.pack(">QQI", last_used, acked, len(results)))
+        for seq in sorted(results):
+            r = results[seq]
+            if isinstance(r, bytes):
+                out.append(struct.pack(">QB", seq, 3))
+                _put_field(out, r)
+            else:
+                out.append(struct.pack(">QB", seq, 0 if r is None else (1 if r is True else 2)))
+    if forgotten:
+        out.append(_TOMBSTONES)
+        out.append(_LEN.pack(len(forgotten)))
+        for cid, (at, why) in forgotten.items():  # oldest first: the order is state
+            _put_field(out, cid.encode())
+            out.append(_TOMB.pack(at, why))
+    return b"".join(out)
+
+
 def _result_cost(result: object) -> int:
     return RESULT_OVERHEAD + len(result) if isinstance(result, bytes) else RESULT_OVERHEAD
 
@@ -353,6 +382,8 @@ class KVStateMachine(StateMachine):
         self.limits = limits
         """The session limits (the same on every member)."""
         self.data: dict[bytes, bytes] = {}
+        self.data_bytes = 0
+        """The bytes of every key and value held (what the KV service's quota counts)."""
         self.sessions: dict[str, _Session] = {}
         """Client id -> session, least recently used first."""
         self.forgotten: dict[str, tuple[int, int]] = {}
@@ -467,12 +498,18 @@ class KVStateMachine(StateMachine):
         if op is KVOp.PUT:
             previous = data.get(key)
             data[key] = value
+            self.data_bytes += len(key) + len(value) if previous is None else len(value) - len(previous)
             return previous
         if op is KVOp.DELETE:
-            return data.pop(key, None) is not None
+            gone = data.pop(key, None)
+            if gone is None:
+                return False
+            self.data_bytes -= len(key) + len(gone)
+            return True
         current = data.get(key)
         if current == expected:
             data[key] = value
+            self.data_bytes += len(key) + len(value) if current is None else len(value) - len(current)
         return current
 
     def _expire(self) -> None:
@@ -497,26 +534,16 @@ class KVStateMachine(StateMachine):
     def snapshot(self) -> bytes:
         """The data and the sessions, as bytes (format 2, see :func:`_encode_items`), then the
         ids of forgotten sessions (a section older versions stop before)."""
-        out = [_SNAP_V2.pack(_SNAP_MAGIC, self.applied, len(self.data), len(self.sessions))]
-        out.append(_encode_items(self.data))
-        for cid in sorted(self.sessions):
-            s = self.sessions[cid]
-            _put_field(out, cid.encode())
-            out.append(struct.pack(">QQI", s.last_used, s.acked, len(s.results)))
-            for seq in sorted(s.results):
-                r = s.results[seq]
-                if isinstance(r, bytes):
-                    out.append(struct.pack(">QB", seq, 3))
-                    _put_field(out, r)
-                else:
-                    out.append(struct.pack(">QB", seq, 0 if r is None else (1 if r is True else 2)))
-        if self.forgotten:
-            out.append(_TOMBSTONES)
-            out.append(_LEN.pack(len(self.forgotten)))
-            for cid, (at, why) in self.forgotten.items():  # oldest first: the order is state
-                _put_field(out, cid.encode())
-                out.append(_TOMB.pack(at, why))
-        return b"".join(out)
+        return self.snapshot_later()()
+
+    def snapshot_later(self) -> Callable[[], bytes]:
+        """A copy of the state as it is now (the dictionaries copied, which is fast: the keys,
+        values and results themselves are immutable and shared), and the function that encodes
+        it as :meth:`snapshot` would, to run in a worker thread while the node goes on."""
+        sessions = [(cid, s.last_used, s.acked, dict(s.results)) for cid, s in self.sessions.items()]
+        return functools.partial(
+            _encode_snapshot, self.applied, dict(self.data), sessions, dict(self.forgotten)
+        )
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a :meth:`snapshot` (of this version or of format 1)."""
@@ -561,6 +588,7 @@ class KVStateMachine(StateMachine):
                 pos += _TOMB.size
         sessions.sort(key=lambda item: (item[0], item[1]))  # least recently used first, as applied
         self.applied, self.data = applied, items
+        self.data_bytes = sum(map(len, items)) + sum(map(len, items.values()))
         self.sessions = {cid: sess for _, cid, sess in sessions}
         self.forgotten = forgotten
         self.session_bytes = sum(_session_cost(cid, sess) for cid, sess in self.sessions.items())

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from phalanx_aio._deadlines import Deadlines
+from phalanx_aio.commands._attach import attach_state
 from phalanx_aio.core.config import Config
 from phalanx_aio.core.membership import ConfChange, ConfChangeType, decode_conf
 from phalanx_aio.core.raft import Raft, Role, Status, bootstrap_state
@@ -78,7 +79,6 @@ __all__ = ["NodeStatus", "RaftNode"]
 
 log = logging.getLogger("phalanx_aio.node")
 
-S = TypeVar("S", bound=StateMachine)
 T = TypeVar("T")
 
 _TICK: Final = 0
@@ -93,6 +93,7 @@ _STOP: Final = 8
 _PERSISTED: Final = 9  # (kind, index, term): the background write of the leader's entries is durable
 _WRITE_FAILED: Final = 10  # (kind, exception): the background write failed for good
 _REMOVED: Final = 11  # (kind, peer, index): a peer says a committed change removed this node
+_SNAP_BUILT: Final = 12  # (kind, index, data or exception): a snapshot built off the loop
 _WAKE_PROPOSE: Final = (_PROPOSE,)  # proposals wait in RaftNode._carry; this only wakes the loop
 _COMMAND_TYPES: Final = (bytes, bytearray, memoryview)
 
@@ -208,6 +209,8 @@ class RaftNode:
     With ``join=True`` a brand-new node starts empty and waits to be added by the cluster.
     ``node_id`` is a non-empty string of at most 238 bytes in UTF-8 (every command this node
     proposes carries it); anything else raises :class:`~phalanx_aio.errors.LocalError`.
+    ``state_machine`` is a :class:`StateMachine`, or a list of
+    :class:`~phalanx_aio.ReplicatedState` objects to host together.
     """
 
     def __init__(
@@ -216,7 +219,7 @@ class RaftNode:
         *,
         address: str,
         peers: Mapping[str, str],
-        state_machine: StateMachine,
+        state_machine: StateMachine | Sequence[StateMachine],
         storage: Storage,
         config: Config | None = None,
         cluster_id: str = "phalanx",
@@ -225,10 +228,12 @@ class RaftNode:
         snapshot_every: int = 10_000,
         snapshot_bytes: int = 64 << 20,
         max_pending: int = 10_000,
+        max_pending_bytes: int = 256 << 20,
         max_pending_reads: int = 10_000,
         default_timeout: float = 10.0,
         seed: int | None = None,
         on_event: EventListener | None = None,
+        hand_over_on_close: bool = True,
     ) -> None:
         if not node_id:
             raise LocalError("node_id must be a non-empty string")
@@ -237,17 +242,20 @@ class RaftNode:
             raise LocalError(f"node_id must be at most {limit} bytes in UTF-8, not {size}")
         if node_id in peers:
             raise LocalError(f"peers must not include this node ({node_id!r})")
-        if min(snapshot_every, snapshot_bytes, max_pending, max_pending_reads) < 1 or default_timeout <= 0:
+        if min(snapshot_every, snapshot_bytes, max_pending, max_pending_bytes, max_pending_reads) < 1:
             raise LocalError(
-                "snapshot_every, snapshot_bytes, max_pending and max_pending_reads must be >= 1, "
-                "default_timeout > 0"
+                "snapshot_every, snapshot_bytes, max_pending, max_pending_bytes and max_pending_reads "
+                "must be >= 1"
             )
+        if not default_timeout > 0:
+            raise LocalError(f"default_timeout must be positive, not {default_timeout!r}")
         self.id = node_id
         self.address = address
         self.cluster_id = cluster_id
         self.config = config or Config.lan()
         self._initial_peers = dict(peers)
-        self._sm = state_machine
+        # A list of replicated objects is served as one group; replicated objects learn their node.
+        self._sm: StateMachine = attach_state(state_machine, self)
         self._storage = storage
         self._transport = transport
         self._join = join
@@ -259,6 +267,10 @@ class RaftNode:
         self._log_bytes = 0
         self._log_bytes_due = snapshot_bytes
         self._max_pending = max_pending
+        # Bytes of the commands whose proposers wait (propose, propose_many): past
+        # max_pending_bytes a new proposal is refused, unless nothing waits (one always goes).
+        self._max_pending_bytes = max_pending_bytes
+        self._pending_bytes = 0
         self._default_timeout = default_timeout
         base_seed = seed if seed is not None else int.from_bytes(os.urandom(8), "big")
         self._rng = random.Random(base_seed)
@@ -292,6 +304,9 @@ class RaftNode:
         # the loop takes them in bounded turns (see _TURN_MAX_PROPOSALS). _wake_queued: a
         # _WAKE_PROPOSE item is in the queue (so one item wakes the loop for many proposals).
         self._carry: deque[tuple[int, bytes]] = deque()
+        # Proposals handed to the core while no leader was known (an election): request id ->
+        # wrapped command, proposed as soon as a leader is known, unless their caller gave up.
+        self._leaderless: dict[int, bytes] = {}
         self._wake_queued = False
         self._turn_cap = _TURN_MAX_PROPOSALS
         self._deadlines = Deadlines(
@@ -314,6 +329,9 @@ class RaftNode:
         self._snap_retry: Snapshot | None = None
         self._snap_retry_at = 0.0
         self._snap_retry_delay = _SNAP_RETRY_MIN
+        # A snapshot being encoded in a worker thread (StateMachine.snapshot_later).
+        self._snap_building = False
+        self._snap_task: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         # Proposals of this node placed in the log (appended here as leader, or placed by the
         # leader they were forwarded to) and not yet committed (or found overwritten), one
@@ -326,6 +344,8 @@ class RaftNode:
         self._leader_changed = asyncio.Event()
         self._last_leader: str | None = None
         self._closed = False
+        self._closing = False
+        self._hand_over_on_close = hand_over_on_close
         self._failure: BaseException | None = None
         self._healthy = True
         self._peers_conf: ConfState | None = None
@@ -385,11 +405,46 @@ class RaftNode:
         self._ticker_task = asyncio.create_task(self._ticker(), name=f"phalanx-ticker-{self.id}")
         self.log.info("started (%d entries, snapshot at %d)", len(state.entries), snap.meta.index)
 
-    async def aclose(self) -> None:
-        """Stop the node: pending operations fail with :class:`ClosedError`. Idempotent."""
-        if self._closed:
+    async def aclose(self, *, hand_over: bool | None = None) -> None:
+        """Stop the node: pending operations fail with :class:`ClosedError`. Idempotent.
+
+        A leader first hands leadership to the most caught-up other voter, waiting at most the
+        upper end of the election timeout for it to lead, so that the cluster does not wait out
+        an election to go on (proposals are refused meanwhile, with ``ProposalDropped``).
+        ``hand_over=False``, or ``RaftNode(hand_over_on_close=False)``, stops at once."""
+        if self._closed or self._closing:
             return
+        self._closing = True
+        try:
+            if self._hand_over_on_close if hand_over is None else hand_over:
+                await self._hand_over()
+        finally:
+            await self._close()
+
+    async def _hand_over(self) -> None:
+        """Transfer leadership before closing, if this node leads and another voter exists."""
+        if not (self.running and self.is_leader):
+            return
+        core = self._require_core()
+        live = [
+            (pr.match, nid)
+            for nid, pr in core.status().progress.items()
+            if nid != self.id and nid in core.conf.voters and pr.recent_active
+        ]
+        if not live:
+            return  # no other voter heard from lately: nobody to hand over to
+        limit = self.config.election_seconds()[1]
+        try:
+            new = await self.transfer_leadership(max(live)[1], timeout=limit)
+        except PhalanxError as exc:
+            self.log.info("closing without handing leadership over: %s", exc)
+        else:
+            self.log.info("handed leadership over to %s before closing", new)
+
+    async def _close(self) -> None:
         self._closed = True
+        if self._snap_task is not None:
+            self._snap_task.cancel()  # its thread finishes on its own; its result is dropped
         await self._subscriptions.aclose()  # leader work cancelled (and awaited), event streams end
         tasks = [t for t in (self._ticker_task, self._loop_task) if t is not None]
         if self._loop_task is not None:
@@ -430,6 +485,17 @@ class RaftNode:
     def healthy(self) -> bool:
         """False while storage refuses writes, or after a fatal failure."""
         return self._healthy and self._failure is None
+
+    @property
+    def running(self) -> bool:
+        """True from :meth:`start` until :meth:`aclose`, unless the node's loop failed."""
+        return self._core is not None and not self._closed and self._failure is None
+
+    @property
+    def log_bytes(self) -> int:
+        """Bytes of commands applied since this node's last snapshot (the log a snapshot
+        would compact away; see ``snapshot_bytes``)."""
+        return self._log_bytes
 
     @property
     def state_machine(self) -> StateMachine:
@@ -592,6 +658,10 @@ class RaftNode:
         pending = self._pending
         if len(pending) >= self._max_pending:
             raise ProposalDropped(f"{self.id}: overloaded ({len(pending)} proposals pending)")
+        size = len(command)
+        if self._pending_bytes + size > self._max_pending_bytes and pending:
+            raise ProposalDropped(f"{self.id}: overloaded ({self._pending_bytes} bytes of proposals pending)")
+        self._pending_bytes += size
         req = next(self._req_ids)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
@@ -604,9 +674,14 @@ class RaftNode:
         waiters = self._deadlines.add(loop, fut, limit, "proposal")
         try:
             return await fut
+        except BaseException as exc:
+            if self._leaderless and self._not_proposed((req,)) and isinstance(exc, Timeout):
+                raise NotLeader(None, f"{self.id}: no leader known within {limit} s") from None
+            raise
         finally:  # an outcome, a timeout or a cancelled caller: forget the request
             del waiters[fut]
             pending.pop(req, None)
+            self._pending_bytes -= size
 
     async def propose_many(
         self,
@@ -644,6 +719,12 @@ class RaftNode:
         pending = self._pending
         if len(pending) + n > self._max_pending:
             raise ProposalDropped(f"{self.id}: overloaded ({len(pending)} proposals pending, {n} more asked)")
+        size = sum(map(len, cmds))
+        if self._pending_bytes + size > self._max_pending_bytes and pending:
+            raise ProposalDropped(
+                f"{self.id}: overloaded ({self._pending_bytes} bytes of proposals pending, {size} more asked)"
+            )
+        self._pending_bytes += size
         # Consecutive ids: nothing else runs between these calls.
         first = next(self._req_ids)
         for _ in range(n - 1):
@@ -664,16 +745,23 @@ class RaftNode:
         try:
             try:
                 await fut
-            except Timeout as exc:
-                if not return_exceptions:
+            except BaseException as exc:
+                held = self._leaderless and self._not_proposed(range(first, first + n))
+                if not isinstance(exc, Timeout):
                     raise
+                failure: PhalanxError = exc
+                if held:  # no leader all along: certainly not applied
+                    failure = NotLeader(None, f"{self.id}: no leader known within {limit} s")
+                if not return_exceptions:
+                    raise failure from None
                 for req in range(first, first + n):
                     if pending.pop(req, None) is not None:
-                        batch.settle(req, None, exc)
+                        batch.settle(req, None, failure)
         finally:
             del waiters[fut]
             for req in range(first, first + n):
                 pending.pop(req, None)
+            self._pending_bytes -= size
         if batch.errors:
             if not return_exceptions:
                 raise batch.errors[min(batch.errors)]
@@ -683,7 +771,7 @@ class RaftNode:
             return results
         return batch.results
 
-    async def read(self, fn: Callable[[S], T], *, timeout: float | None = None) -> T:
+    async def read(self, fn: Callable[[Any], T], *, timeout: float | None = None) -> T:
         """Run ``fn(state_machine)`` at a linearizable point (ReadIndex, or a lease read when
         configured) and return its result. Served on followers too.
 
@@ -861,6 +949,10 @@ class RaftNode:
             if self._reads.take(ctx):
                 try:
                     core.read_index(ctx)
+                except NotLeader as exc:
+                    if not self.config.forward_proposals:
+                        self._reads.fail(ctx, exc)
+                    # else no leader known: asked again once one is (_reissue_reads)
                 except NotApplied as exc:
                     self._reads.fail(ctx, exc)
         elif kind == _CONF:
@@ -888,6 +980,8 @@ class RaftNode:
             raise ev[1]
         elif kind == _REMOVED:
             self._on_removed(core, ev[1], ev[2])
+        elif kind == _SNAP_BUILT:
+            self._snapshot_built(core, ev[1], ev[2])
 
     def _on_removed(self, core: Raft, peer: str, index: int) -> None:
         """Believe ``peer`` unless this node knows a configuration, from ``index`` on, that
@@ -964,6 +1058,13 @@ class RaftNode:
         ctx = self._forwards.new_context()
         try:
             placed = core.propose_batch(list(map(itemgetter(1), proposals)), context=ctx)
+        except NotLeader as exc:
+            if not self.config.forward_proposals:
+                self._settle_all(proposals, exc)
+                return
+            # No leader known (an election is on): they wait for one, within their deadline.
+            self._leaderless.update(proposals)
+            return
         except NotApplied as exc:
             self._settle_all(proposals, exc)
             return
@@ -973,6 +1074,21 @@ class RaftNode:
         else:  # forwarded: the leader answers with a Placement for ctx
             leader = core.leader or ""
             self._forwards.sent(ctx, Forward(proposals, core.log.committed + 1, core.term, leader, False))
+
+    def _propose_leaderless(self, core: Raft) -> None:
+        """A leader is known again: propose what waited for one (callers still waiting only:
+        the others were told it was not proposed)."""
+        held, self._leaderless = self._leaderless, {}
+        pending = self._pending
+        live = [(req, data) for req, data in held.items() if req in pending]
+        if live:
+            self._propose_batch(core, live)
+
+    def _not_proposed(self, reqs: Iterable[int]) -> bool:
+        """Forget requests that still wait for a leader (their caller gave up); True if every
+        one of them did (none was ever proposed)."""
+        held = self._leaderless
+        return all([held.pop(req, None) is not None for req in reqs])
 
     def _settle_all(self, proposals: Iterable[tuple[int, bytes]], exc: BaseException) -> None:
         """Fail every proposal in ``proposals`` whose caller still waits with ``exc``."""
@@ -1180,6 +1296,8 @@ class RaftNode:
                 self.log.info("leader is now %s", core.leader)
                 if core.leader is not None and len(self._reads):
                     self._reissue_reads(core)
+                if core.leader is not None and self._leaderless:
+                    self._propose_leaderless(core)
             log_ = core.log
             if committed:
                 self._log_bytes += sum(map(len, map(_data_of, committed)))
@@ -1312,12 +1430,48 @@ class RaftNode:
             return
 
     def _take_snapshot(self, core: Raft) -> None:
-        """Snapshot the state machine and compact the core's log; the writer task stores the
-        snapshot and deletes the entries it covers, so the loop does not wait for that (a
+        """Snapshot the state machine at the applied index and compact the log up to it: at
+        once with ``snapshot()``, or, if the state machine offers ``snapshot_later()``, from a
+        copy encoded in a worker thread while the loop goes on (one build at a time)."""
+        if self._snap_building:
+            return
+        snapshot_later = getattr(self._sm, "snapshot_later", None)
+        later = snapshot_later() if snapshot_later is not None else None
+        if later is None:
+            self._compact(core, core.log.applied, self._sm.snapshot())
+            return
+        # A copy is taken now; it is encoded in a worker thread, and the log compacted up to
+        # this index once the loop gets the bytes (_SNAP_BUILT).
+        self._snap_building = True
+        index = core.log.applied
+
+        async def build() -> None:
+            try:
+                result: bytes | BaseException = await asyncio.to_thread(later)
+            except Exception as exc:
+                result = exc
+            self._queue.put_nowait((_SNAP_BUILT, index, result))
+
+        self._snap_task = asyncio.get_running_loop().create_task(build(), name=f"phalanx-snapshot-{self.id}")
+
+    def _snapshot_built(self, core: Raft, index: int, result: bytes | BaseException) -> None:
+        self._snap_building = False
+        self._snap_task = None
+        if isinstance(result, BaseException):
+            self.log.error("the state machine could not build its snapshot at index %d: %r", index, result)
+            self._snapshot_due = self._next_snapshot_due()  # try again later, not at once
+            self._log_bytes = 0
+            return
+        if index > core.log.snap_index:  # else a snapshot from the leader superseded it
+            self._compact(core, index, result)
+
+    def _compact(self, core: Raft, index: int, data: bytes) -> None:
+        """Compact the core's log up to ``index`` with the snapshot ``data``; the writer task
+        stores the snapshot and deletes the entries it covers, so the loop does not wait (a
         large delete takes tens of milliseconds). The next one is due after another
         ``snapshot_every`` entries plus a random quarter of that, so that members do not all
         compact at the same moment."""
-        self._behind_snap = snap = core.compact(core.log.applied, self._sm.snapshot())
+        self._behind_snap = snap = core.compact(index, data)
         self._log_bytes = 0
         self._log_bytes_due = max(self._snapshot_bytes, len(snap.data))
         self._snap_retry = None  # a snapshot a full disk refused is superseded
@@ -1426,6 +1580,7 @@ class RaftNode:
         for req, w in waiting:
             _settle(w, req, None, exc)
         self._carry.clear()
+        self._leaderless.clear()
         self._forwards.clear()
         self._reads.fail_all(exc)
         for _, fut3 in list(self._conf_waiters.values()):

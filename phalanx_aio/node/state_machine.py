@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["StateMachine"]
@@ -25,6 +26,14 @@ class StateMachine(abc.ABC):
     @abc.abstractmethod
     def snapshot(self) -> bytes:
         """The whole state as bytes (the log before it is then compacted away)."""
+
+    def snapshot_later(self) -> Callable[[], bytes] | None:
+        """Optional: take a consistent copy of the state *now* (quickly), and return the
+        function that turns that copy into the bytes :meth:`snapshot` would give. The node runs
+        the function in a worker thread while its loop goes on (heartbeats, applying), so a
+        large state does not stall it; it must not touch the live state. The default, None,
+        means the node calls :meth:`snapshot` on its loop."""
+        return None
 
     @abc.abstractmethod
     def restore(self, data: bytes) -> None:

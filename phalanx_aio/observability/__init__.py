@@ -1,9 +1,11 @@
 """Observability for a served node: Prometheus metrics counted from the node's events, a tiny
-HTTP endpoint (``/healthz``, ``/status``, ``/metrics``) and structured logging (text or JSON
+HTTP endpoint (``/healthz``, ``/status``, ``/metrics``), the standard gRPC health service and
+structured logging (text or JSON
 lines with the node id and term). ``docs/observability.md`` describes them."""
 
 from __future__ import annotations
 
+from phalanx_aio.observability.grpc_health import HealthService
 from phalanx_aio.observability.http import ObservabilityServer
 from phalanx_aio.observability.logs import (
     JsonFormatter,
@@ -15,6 +17,7 @@ from phalanx_aio.observability.logs import (
 from phalanx_aio.observability.metrics import MeteredKVService, NodeMetrics
 
 __all__ = [
+    "HealthService",
     "JsonFormatter",
     "MeteredKVService",
     "NodeContextFilter",

@@ -29,7 +29,7 @@ from phalanx_aio.kv.messages import (
     KVResponse,
     PutRequest,
 )
-from phalanx_aio.kv.service import KVService
+from phalanx_aio.kv.service import DEFAULT_QUOTA_BYTES, KVService
 from phalanx_aio.node.events import (
     ElectionStarted,
     ElectionWon,
@@ -111,6 +111,16 @@ class _KVCollector(Collector):
                 "phalanx_kv_buffered_bytes",
                 "Bytes the KV calls hold now (answers being written, requests being received).",
                 value=stats.get("buffered_bytes", 0),
+            )
+            yield GaugeMetricFamily(
+                "phalanx_kv_quota_used_bytes",
+                "What counts against the KV quota: keys and values, and the log since the last snapshot.",
+                value=stats.get("quota_used_bytes", 0),
+            )
+            yield GaugeMetricFamily(
+                "phalanx_kv_quota_alarm",
+                "1 while the KV service refuses writes that add data (the quota is reached).",
+                value=stats.get("quota_alarm", 0),
             )
         session_stats = getattr(self._node.state_machine, "session_stats", None)
         if callable(session_stats):
@@ -311,6 +321,7 @@ class MeteredKVService(KVService):
         max_connection_buffer_bytes: int = 64 << 20,
         max_buffer_bytes: int = 256 << 20,
         stall_timeout: float = 30.0,
+        quota_bytes: int = DEFAULT_QUOTA_BYTES,
     ) -> None:
         super().__init__(
             max_key_bytes=max_key_bytes,
@@ -321,6 +332,7 @@ class MeteredKVService(KVService):
             max_connection_buffer_bytes=max_connection_buffer_bytes,
             max_buffer_bytes=max_buffer_bytes,
             stall_timeout=stall_timeout,
+            quota_bytes=quota_bytes,
         )
         self.metrics: NodeMetrics | None = None
         """Where writes are reported; set it once the node exists."""

@@ -84,6 +84,7 @@ __all__ = [
     "WireBytes",
     "decode_entries",
     "decode_frame",
+    "decode_health_request",
     "decode_kv_message",
     "decode_kv_stream_requests",
     "decode_kv_stream_responses",
@@ -92,6 +93,7 @@ __all__ = [
     "encode_entries",
     "encode_frame",
     "encode_frames",
+    "encode_health_response",
     "encode_kv_message",
     "encode_kv_stream_request",
     "encode_kv_stream_response",
@@ -989,6 +991,29 @@ def decode_stream_ack(data: bytes) -> tuple[int, int]:
     return _ack_int(ack.frames, "frames"), _ack_int(ack.messages, "messages")
 
 
+def decode_health_request(data: bytes) -> str:
+    """The ``service`` of a ``grpc.health.v1.HealthCheckRequest`` (field 1, a string);
+    :class:`ProtocolError` if malformed. Unknown fields are skipped, as protobuf does."""
+    service = ""
+    for number, wire, a, b in _fields(data, 0, len(data), "health check request"):
+        if number == 1:
+            if wire != _LEN:
+                _wrong_wire("health check request", "service", wire)
+            if b - a > 1024:
+                _bad("health check request: service name over 1024 bytes")
+            try:
+                service = data[a:b].decode()
+            except UnicodeDecodeError:
+                _bad("health check request: service name is not UTF-8")
+    return service
+
+
+def encode_health_response(status: int) -> bytes:
+    """A ``grpc.health.v1.HealthCheckResponse`` with ``status`` (field 1, the ServingStatus
+    enum: 0 unknown, 1 serving, 2 not serving, 3 service unknown)."""
+    return b"\x08" + _uvarint(status) if status else b""
+
+
 def encode_snapshot_ack(received: int) -> bytes:
     """The SnapshotAck a receiver sends once a snapshot arrived whole."""
     return bytes(_pb.SnapshotAck(received=_check_int(received, "received")))
@@ -1229,6 +1254,8 @@ def _enc_status_response(m: StatusResponse) -> _pb.StatusResponse:
         applied_index=_kv_u64(m.applied_index, "applied_index"),
         last_index=_kv_u64(m.last_index, "last_index"),
         members=_to_pb_members(m.members),
+        quota_alarm=bool(m.quota_alarm),
+        quota_used_bytes=_kv_u64(m.quota_used_bytes, "quota_used_bytes"),
     )
 
 
@@ -1328,6 +1355,8 @@ _KV_DECODERS: dict[type[Any], tuple[type[Any], Callable[[Any], Any]]] = {
             p.applied_index,
             p.last_index,
             _from_pb_members(p.members),
+            p.quota_alarm,
+            p.quota_used_bytes,
         ),
     ),
     MemberListRequest: (

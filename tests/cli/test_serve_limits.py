@@ -37,6 +37,7 @@ def test_the_defaults_are_the_librarys() -> None:
         "max_connection_buffer_bytes": service["max_connection_buffer_bytes"].default,
         "max_buffer_bytes": service["max_buffer_bytes"].default,
         "stall_timeout": service["stall_timeout"].default,
+        "quota_bytes": service["quota_bytes"].default,
         "max_sessions": SessionLimits().max_sessions,
         "max_session_bytes": SessionLimits().max_session_bytes,
         "session_ttl": SessionLimits().session_ttl,

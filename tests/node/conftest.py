@@ -74,6 +74,10 @@ class Harness:
     async def stop(self, nid: str) -> None:
         await self.nodes.pop(nid).aclose()
 
+    async def kill(self, nid: str) -> None:
+        """Stop ``nid`` as a crash would, without handing leadership over."""
+        await self.nodes.pop(nid).aclose(hand_over=False)
+
     async def leader(self) -> RaftNode:
         return await find_leader(self.nodes.values, DEADLINE)
 

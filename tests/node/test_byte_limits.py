@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -54,5 +55,26 @@ async def test_a_leader_refuses_commands_while_too_many_bytes_wait_to_commit() -
             await leader.propose(big, timeout=DEADLINE)
         for w in waiting:
             w.cancel()
+    finally:
+        await h.aclose()
+
+
+async def test_proposals_past_max_pending_bytes_are_refused_at_once() -> None:
+    h = Harness(["n1", "n2", "n3"], max_pending_bytes=1000)
+    try:
+        for nid in h.ids:
+            await h.start(nid)
+        leader = await h.leader()
+        h.net.isolate(leader.id)  # nothing commits: proposals stay pending
+        first = asyncio.ensure_future(leader.propose(b"incr 1" + b" " * 2000, timeout=DEADLINE))
+        await h.until(lambda: leader.status().pending_proposals == 1)  # alone, it may be any size
+        with pytest.raises(ProposalDropped, match="bytes of proposals pending"):
+            await leader.propose(b"incr 1", timeout=DEADLINE)
+        with pytest.raises(ProposalDropped, match="bytes of proposals pending"):
+            await leader.propose_many([b"incr 1"], timeout=DEADLINE)
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        assert leader._pending_bytes == 0  # the budget is given back whatever the outcome
     finally:
         await h.aclose()

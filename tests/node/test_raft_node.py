@@ -12,7 +12,7 @@ import pytest
 from phalanx_aio.core.types import Entry, EntryType
 from phalanx_aio.errors import ClosedError, NotApplied, NotLeader, ProposalDropped, Timeout
 from phalanx_aio.node import RaftNode, RemovedFromCluster
-from tests.node.conftest import DEADLINE, Counter, Harness
+from tests.node.conftest import DEADLINE, FAST, Counter, Harness
 
 
 async def test_elects_replicates_and_applies_everywhere(cluster: Harness) -> None:
@@ -55,7 +55,7 @@ async def test_state_machine_error_reaches_the_proposer(cluster: Harness) -> Non
 async def test_leader_crash_fails_over_and_proposals_keep_working(cluster: Harness) -> None:
     old = await cluster.leader()
     await old.propose(b"incr 5")
-    await cluster.stop(old.id)
+    await cluster.kill(old.id)
     new = await cluster.leader()
     assert new.id != old.id
     assert await new.propose(b"incr 1") == 6
@@ -138,14 +138,49 @@ async def test_a_removal_claim_older_than_a_known_configuration_is_ignored(clust
     await cluster.until(lambda: node.status().removed_at == 10**6)
 
 
-async def test_no_leader_refuses_at_once() -> None:
+async def test_without_a_leader_calls_wait_then_say_not_proposed() -> None:
     h = Harness(["a", "b", "c"])
     node = await h.start("a")  # alone: no quorum, no leader
     try:
-        with pytest.raises(NotLeader):
-            await node.propose(b"incr 1", timeout=DEADLINE)
-        with pytest.raises(NotLeader):
-            await node.read(lambda sm: 0, timeout=DEADLINE)
+        with pytest.raises(NotLeader, match=r"no leader known within 0\.3 s"):
+            await node.propose(b"incr 1", timeout=0.3)  # waited, then certainly not applied
+        with pytest.raises(NotLeader, match="no leader known"):
+            await node.propose_many([b"incr 1", b"incr 2"], timeout=0.3)
+        with pytest.raises(Timeout):
+            await node.read(lambda sm: 0, timeout=0.3)
+        assert node.status().pending_proposals == 0 and not node._leaderless
+    finally:
+        await h.aclose()
+
+
+async def test_calls_made_before_the_first_election_wait_for_it() -> None:
+    # The README's pattern: start the nodes and propose at once, before any leader exists.
+    h = Harness(["a", "b", "c"])
+    try:
+        nodes = [await h.start(nid) for nid in h.ids]
+        assert all(n.leader_id is None for n in nodes)
+        results = await asyncio.gather(
+            nodes[0].propose(b"incr 5", timeout=DEADLINE),
+            nodes[1].propose_many([b"incr 1", b"incr 1"], timeout=DEADLINE),
+            nodes[2].read(lambda sm: sm.value, timeout=DEADLINE),
+        )
+        assert sorted([results[0], *results[1]]) in ([5, 6, 7], [1, 2, 7])
+        assert results[2] in (0, 1, 2, 5, 6, 7)
+    finally:
+        await h.aclose()
+
+
+async def test_with_forwarding_off_a_follower_refuses_at_once() -> None:
+    h = Harness(["a", "b", "c"], config=FAST.replace(forward_proposals=False))
+    try:
+        for nid in h.ids:
+            await h.start(nid)
+        leader = await h.leader()
+        follower = next(n for nid, n in h.nodes.items() if nid != leader.id)
+        await h.until(lambda: follower.leader_id == leader.id)
+        with pytest.raises(NotLeader) as info:
+            await follower.propose(b"incr 1", timeout=DEADLINE)
+        assert info.value.leader_id == leader.id
     finally:
         await h.aclose()
 
@@ -354,7 +389,7 @@ async def test_a_read_forwarded_to_a_leader_that_died_is_asked_again_of_the_next
     await old.propose(b"incr 9")
     follower = next(n for n in cluster.nodes.values() if n is not old)
     await follower.wait_for_leader(DEADLINE)
-    await cluster.stop(old.id)
+    await cluster.kill(old.id)
     assert follower.leader_id == old.id  # it has not noticed yet: the read goes to the dead node
     value = await follower.read(lambda sm: sm.value, timeout=DEADLINE)  # type: ignore[attr-defined]
     assert value == 9
@@ -382,8 +417,8 @@ async def test_a_member_back_with_an_empty_store_does_not_vote(cluster: Harness)
     old = await cluster.leader()
     await old.propose(b"incr 3")
     survivor, wiped = (nid for nid in cluster.ids if nid != old.id)
-    await cluster.stop(old.id)
-    await cluster.stop(wiped)
+    await cluster.kill(old.id)
+    await cluster.kill(wiped)
     cluster.stores[wiped] = MemoryStorage(wiped)
     await cluster.start(wiped, join=True)
     for _ in range(100):  # about 50 election timeouts of the survivor
@@ -391,3 +426,21 @@ async def test_a_member_back_with_an_empty_store_does_not_vote(cluster: Harness)
         assert not cluster.nodes[survivor].is_leader, "the empty node voted"
     await cluster.start(old.id)
     await cluster.leader()
+
+
+async def test_closing_a_leader_hands_leadership_over_first(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    others = [n for nid, n in cluster.nodes.items() if nid != leader.id]
+    await leader.propose(b"incr 1", timeout=DEADLINE)
+    await cluster.stop(leader.id)
+    # No election timeout was waited out: when aclose returns, another member already leads.
+    assert any(n.is_leader for n in others)
+    assert all(n.leader_id not in (None, leader.id) for n in others)
+
+
+async def test_closing_a_leader_without_hand_over_leaves_no_leader_at_once(cluster: Harness) -> None:
+    leader = await cluster.leader()
+    others = [n for nid, n in cluster.nodes.items() if nid != leader.id]
+    await leader.aclose(hand_over=False)
+    assert not any(n.is_leader for n in others)
+    await cluster.until(lambda: any(n.is_leader for n in others))  # an election, later

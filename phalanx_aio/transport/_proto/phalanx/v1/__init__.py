@@ -73,6 +73,13 @@ class ErrorCode(betterproto.Enum):
     INTERNAL = 8
     """A bug or a storage failure on the server. Outcome unknown."""
 
+    QUOTA_EXCEEDED = 9
+    """
+    The cluster holds as much as its quota allows: a write that adds data (Put,
+     CompareAndSet) is refused, certainly not applied. Deletes go on; the alarm clears once
+     deletes and compaction bring the data under the quota.
+    """
+
 
 class ReadConsistency(betterproto.Enum):
     """How fresh a read must be."""
@@ -251,6 +258,16 @@ class StatusResponse(betterproto.Message):
     applied_index: int = betterproto.uint64_field(7)
     last_index: int = betterproto.uint64_field(8)
     members: List["Member"] = betterproto.message_field(9)
+    quota_alarm: bool = betterproto.bool_field(10)
+    """
+    The quota alarm: this node refuses writes that add data (see ERROR_CODE_QUOTA_EXCEEDED).
+    """
+
+    quota_used_bytes: int = betterproto.uint64_field(11)
+    """
+    What counts against the quota: the keys and values held, and the log since the last
+     snapshot, in bytes.
+    """
 
 
 @dataclass(eq=False, repr=False)
