@@ -1,5 +1,6 @@
 """The asyncio driver: :class:`RaftNode` runs one core in one task and serves applications."""
 
+from phalanx_aio.node._leader_work import EventStream, LeaderWork
 from phalanx_aio.node.events import (
     ElectionStarted,
     ElectionWon,
@@ -23,7 +24,9 @@ __all__ = [
     "ElectionStarted",
     "ElectionWon",
     "EventListener",
+    "EventStream",
     "LeaderChanged",
+    "LeaderWork",
     "MembershipChanged",
     "NodeEvent",
     "NodeStatus",

@@ -55,6 +55,7 @@ from phalanx_aio.errors import (
 )
 from phalanx_aio.node import _envelope
 from phalanx_aio.node._forwards import Forward, Forwards
+from phalanx_aio.node._leader_work import EventStream, LeaderFn, LeaderWork, Subscriptions
 from phalanx_aio.node._reads import Reads
 from phalanx_aio.node.events import (
     ElectionStarted,
@@ -354,6 +355,7 @@ class RaftNode:
         # Event listeners (see events.py); events are built only while this list is non-empty.
         self._listeners: list[EventListener] = [on_event] if on_event is not None else []
         self._seen: tuple[int, Role, str | None] = (0, Role.FOLLOWER, None)
+        self._subscriptions = Subscriptions()  # while_leader() and events(), ended by aclose()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -443,6 +445,7 @@ class RaftNode:
         self._closed = True
         if self._snap_task is not None:
             self._snap_task.cancel()  # its thread finishes on its own; its result is dropped
+        await self._subscriptions.aclose()  # leader work cancelled (and awaited), event streams end
         tasks = [t for t in (self._ticker_task, self._loop_task) if t is not None]
         if self._loop_task is not None:
             self._queue.put_nowait((_STOP,))
@@ -559,6 +562,58 @@ class RaftNode:
             self._listeners.remove(listener)
         except ValueError:
             raise LocalError("that listener was not added to this node") from None
+
+    def while_leader(
+        self,
+        fn: LeaderFn,
+        *,
+        name: str | None = None,
+        restart_delay: float = 1.0,
+        max_restart_delay: float = 30.0,
+    ) -> LeaderWork:
+        """Run ``await fn(term)`` whenever this node leads, cancelled as soon as it stops.
+
+        ``fn`` starts when the node becomes the leader of ``term`` (at once if it leads now)
+        and is cancelled, from the node's loop in the same turn, when it steps down or hands
+        leadership over, or when the node closes; it starts again with the new term whenever
+        the node leads again. If ``fn`` returns, it is done for that term; if it raises, the
+        error is logged and counted and ``fn`` runs again after ``restart_delay`` seconds,
+        doubling up to ``max_restart_delay``, while the node still leads that term.
+
+        The term is a fencing token: two nodes can briefly both run ``fn`` (a deposed leader
+        learns of its successor only after a while), the newer one with a higher term. Returns
+        a :class:`~phalanx_aio.node.LeaderWork`; ``await work.stop()`` or ``async with`` ends
+        it. Call it from the event loop. Raises :class:`ClosedError` once the node is closed.
+        """
+        self._check_subscribable()
+        return LeaderWork(
+            self,
+            self._subscriptions,
+            fn,
+            name=name,
+            restart_delay=restart_delay,
+            max_restart_delay=max_restart_delay,
+        )
+
+    def events(self, *, max_queue: int = 1024) -> EventStream:
+        """This node's events from now on as an async iterator: ``async for ev in
+        node.events()``. At most ``max_queue`` wait for the consumer; beyond, the oldest is
+        dropped and counted (:attr:`EventStream.dropped <phalanx_aio.node.EventStream.dropped>`).
+        The iteration ends when the node closes. Raises :class:`ClosedError` once it is closed.
+        """
+        self._check_subscribable()
+        return EventStream(self, self._subscriptions, max_queue=max_queue)
+
+    def _check_subscribable(self) -> None:
+        if self._closed or self._failure is not None or self._subscriptions.closed:
+            raise ClosedError(f"node {self.id} is closed")
+
+    def _leader_term(self) -> int | None:
+        """The term this node leads, or ``None`` (not the leader, closed or stopped)."""
+        core = self._core
+        if core is None or self._closed or self._failure is not None or not core.is_leader:
+            return None
+        return core.term
 
     def _emit(self, event: NodeEvent) -> None:
         for listener in tuple(self._listeners):
@@ -867,6 +922,7 @@ class RaftNode:
             raise
         except BaseException as exc:
             self._failure = exc
+            self._subscriptions.end()  # no leader work on a stopped node
             self.log.exception("the node's loop failed; the node has stopped")
             self._fail_all(ClosedError(f"node {self.id} stopped: {exc}"))
             raise

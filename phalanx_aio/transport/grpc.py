@@ -927,10 +927,7 @@ class GrpcTransport(Transport):
             peer.task = peer.snap_task = None
             peer.queue.clear()
             peer.snap_pending = None
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await self._stop_tasks(tasks)
         self._retired.clear()
         server = self._server
         if server is not None:
@@ -943,6 +940,35 @@ class GrpcTransport(Transport):
                 log.error("%s: the gRPC server did not close within 10 s", self.node_id)
         self._handler = None
         log.info("%s: transport closed", self.node_id)
+
+    async def _stop_tasks(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Cancel ``tasks`` and wait until they have finished. A task still running after
+        :data:`_STOP_RECHECK` seconds lost its cancellation somewhere (a library that turned it
+        into an error): it is logged and cancelled again. After :data:`_STOP_GIVE_UP` seconds
+        the rest are left behind with an error in the log, so that :meth:`aclose` returns."""
+        pending = set(tasks)
+        for task in pending:
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + _STOP_GIVE_UP
+        while pending:
+            left = give_up - loop.time()
+            if left <= 0:
+                log.error(
+                    "%s: %d transport task(s) did not stop when cancelled, left running: %s",
+                    self.node_id,
+                    len(pending),
+                    ", ".join(sorted(t.get_name() for t in pending)),
+                )
+                return
+            _, pending = await asyncio.wait(pending, timeout=min(_STOP_RECHECK, left))
+            for task in pending:
+                log.error(
+                    "%s: transport task %s did not stop when cancelled; cancelling it again",
+                    self.node_id,
+                    task.get_name(),
+                )
+                task.cancel()
 
     def _retire(self, task: asyncio.Task[None] | None) -> None:
         """Cancel ``task`` and keep it until it has finished (aclose waits for it)."""
@@ -993,13 +1019,31 @@ class GrpcTransport(Transport):
         return base * (1.0 - jitter * self._rng.random())
 
     async def _run_sender(self, peer: _Peer) -> None:
-        """Keep one stream to ``peer`` open and fed until cancelled."""
+        """Keep one stream to ``peer`` open and fed until cancelled.
+
+        Each connection attempt (connect, then pump) runs in a task of its own, and this task
+        only waits for it. grpclib cancels the task that is awaiting a call when the call's
+        connection is lost, then raises ``StreamTerminatedError`` in place of the
+        ``CancelledError``; if a cancellation of ours arrives in the same turn of the loop (the
+        transport's shutdown while the peer closes too), that one is swallowed with it. Were
+        the attempt run here, the swallowed cancellation would read as a connection failure,
+        the loop would back off and reconnect for ever, and :meth:`aclose` would wait for it
+        for ever. Here it reaches this task in :func:`asyncio.wait`, which nothing turns into
+        anything else; grpclib's cancellations stay in the attempt's task, whose cancellation
+        count they would otherwise leave raised for good.
+        """
         loop = asyncio.get_running_loop()
         while True:
             peer.established_at = None
+            attempt = loop.create_task(self._stream_to(peer), name=f"phalanx-stream-{self.node_id}-{peer.id}")
             try:
-                await self._stream_to(peer)
-            except Exception as exc:
+                await asyncio.wait({attempt})
+            except asyncio.CancelledError:
+                attempt.cancel()
+                await _finish(attempt)
+                raise
+            exc = _failure(attempt)
+            if exc is not None:
                 self._unreachable(peer, exc)
             # A stream that lived a while resets the backoff; one that the peer accepts and then
             # ends at once (a misconfiguration) must not make us reconnect in a tight loop.
@@ -1354,6 +1398,34 @@ def _impossible(m: Message) -> str | None:
             return f"entry {i - 1} has term {e.term}, outside [{prev}, {term}]"
         prev = e.term
     return None
+
+
+_STOP_RECHECK = 1.0
+"""Seconds :meth:`GrpcTransport.aclose` waits for its cancelled tasks before cancelling again."""
+_STOP_GIVE_UP = 10.0
+"""Seconds after which :meth:`GrpcTransport.aclose` stops waiting for tasks that ignore it."""
+
+
+async def _finish(task: asyncio.Task[Any]) -> None:
+    """Wait until the cancelled ``task`` has finished (its cleanup closes its channel), even if
+    the caller is cancelled again meanwhile; what it raised is retrieved and dropped."""
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()
+
+
+def _failure(attempt: asyncio.Task[None]) -> BaseException | None:
+    """Why a connection attempt ended: what it raised (a ``CancelledError`` if it was cancelled
+    on its own, which only grpclib does). An exception that is not an error (``SystemExit``,
+    ``KeyboardInterrupt``) is raised again."""
+    if attempt.cancelled():
+        return asyncio.CancelledError("the connection attempt was cancelled")
+    exc = attempt.exception()
+    if exc is not None and not isinstance(exc, Exception):
+        raise exc
+    return exc
 
 
 def _describe(exc: BaseException) -> str:

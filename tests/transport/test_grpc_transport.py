@@ -577,6 +577,83 @@ async def test_aclose_completes_when_the_caller_is_cancelled(node: Factory) -> N
     assert not any(t.get_name().startswith("phalanx-send-a-") for t in own_tasks())
 
 
+async def test_a_cancellation_that_comes_with_the_connection_loss_stops_the_sender(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 17: grpclib cancels the task awaiting a call whose connection is lost and raises
+    StreamTerminatedError in place of the CancelledError. When the transport cancelled its
+    sender in the same turn (aclose while the peer shuts down too), that cancellation was
+    swallowed with it: the sender took it for a connection failure, went back to its reconnect
+    loop, and aclose waited for it for ever. The turn is arranged here exactly: the connection
+    is aborted (asyncio reports the loss on the next turn), then the sender is cancelled."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accept TCP, never answer: the sender waits for the stream's accept
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # Not the fixture: its aclose would wait for ever on the bug this test is about.
+    a = GrpcTransport(
+        node_id="a", cluster_id=CLUSTER, listen="127.0.0.1:0", connect_timeout=DEADLINE,
+        keepalive_interval=None, rng=random.Random(7), **FAST,
+    )  # fmt: skip
+    await a.start(Recorder())
+    try:
+        channels: list[Channel] = []
+        make_channel = a._channel
+
+        def recording(address: str) -> Channel:
+            channels.append(make_channel(address))
+            return channels[-1]
+
+        monkeypatch.setattr(a, "_channel", recording)
+        a.set_peers({"b": f"127.0.0.1:{port}"})
+        # Connected, hello sent: the sender now waits in grpclib for the stream's headers.
+        await eventually(
+            lambda: (
+                bool(channels)
+                and channels[0]._protocol is not None
+                and channels[0]._protocol.connection.messages_sent >= 1
+            )
+        )
+        sender = a._peers["b"].task
+        assert sender is not None
+        protocol = channels[0]._protocol
+        assert protocol is not None
+        protocol.connection._transport.abort()  # connection_lost runs on the next turn
+        sender.cancel()  # the same turn as the loss, before the sender runs again
+        await asyncio.wait({sender}, timeout=DEADLINE)
+        assert sender.cancelled(), "the sender swallowed its cancellation and kept reconnecting"
+    finally:
+        await asyncio.wait_for(a.aclose(), DEADLINE)
+        server.close()
+        await server.wait_closed()
+
+
+async def test_aclose_returns_when_a_task_swallows_its_cancellation(
+    node: Factory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A transport task that loses one cancellation (as grpclib can make it) is cancelled again:
+    aclose still returns, and says so in the log."""
+    monkeypatch.setattr("phalanx_aio.transport.grpc._STOP_RECHECK", 0.05)
+    a, _ = await node("a")
+    swallowed = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed.set()  # the first cancellation is lost ...
+        await asyncio.Event().wait()  # ... the second one ends it
+
+    task = asyncio.create_task(stubborn(), name="stubborn")
+    a._retired.add(task)
+    await asyncio.wait_for(a.aclose(), DEADLINE)
+    assert swallowed.is_set() and task.cancelled()
+    assert any("stubborn did not stop when cancelled" in r.getMessage() for r in caplog.records)
+
+
 async def test_aclose_before_start(node: Factory) -> None:
     a, _ = await node("a", start=False, peers={"b": "127.0.0.1:1"})
     await a.aclose()
