@@ -39,6 +39,7 @@ _TICK, _DELIVER, _CALL, _DISK = 0, 1, 2, 3
 _TYPE_NAMES = {t: t.name for t in MessageType}
 _LEADER = Role.LEADER
 _CANDIDATE = Role.CANDIDATE
+_APP = MessageType.APP
 _HEARTBEAT = MessageType.HEARTBEAT
 _HEARTBEAT_RESP = MessageType.HEARTBEAT_RESP
 _READ_INDEX_RESP = MessageType.READ_INDEX_RESP
@@ -680,6 +681,39 @@ class Cluster:
         for delay in self.net.deliveries(self.rng, m.frm, m.to):
             self._seq += 1
             heapq.heappush(self._events, (self.now + delay, self._seq, _DELIVER, m))
+        if m.type is _APP and self.net.reslice and self.rng.random() < self.net.reslice:
+            self._reslice(node, m)
+
+    def _reslice(self, node: SimNode, m: Message) -> None:
+        """Send ``m``'s destination an earlier slice of the leader's log (see
+        :attr:`NetworkOptions.reslice`)."""
+        core = node.core
+        if core is None or not core.is_leader:
+            return
+        log = core.log
+        lo = max(log.snap_index, m.index - 8)
+        if m.index < lo:
+            return
+        prev = self.rng.randint(lo, m.index)
+        prev_term = log.term(prev)
+        end = min(prev + self.rng.randint(1, 3), log.last_index())
+        if prev_term is None or end <= prev:
+            return
+        entries = tuple(log.entries[prev - log.snap_index : end - log.snap_index])
+        s = Message(
+            _APP,
+            m.to,
+            m.frm,
+            core.term,
+            log_term=prev_term,
+            index=prev,
+            entries=entries,
+            commit=log.committed,
+        )
+        self.msg_counts["APP (reslice)"] += 1
+        for delay in self.net.deliveries(self.rng, s.frm, s.to):
+            self._seq += 1
+            heapq.heappush(self._events, (self.now + delay, self._seq, _DELIVER, s))
 
     def _apply(self, node: SimNode, rd: Ready) -> None:
         chk = self.checker

@@ -115,6 +115,12 @@ class NetworkOptions:
     reorder: float = 0.0
     """Probability that a message is held back by ``reorder_ms`` more (so later ones overtake)."""
     reorder_ms: tuple[float, float] = (0.0, 200.0)
+    reslice: float = 0.0
+    """Probability that a leader's append is followed by another it may legally send: a
+    slice of one to three entries of its log from an earlier point (up to eight entries
+    before the original's), with its commit index. A correct follower commits no further
+    than the slice verified; one that does not can commit a stale suffix the slice left
+    unexamined."""
     blocked: set[tuple[str, str]] = field(default_factory=set)
     """Directed links ``(src, dst)`` that drop everything (partitions)."""
 

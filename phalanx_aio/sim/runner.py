@@ -64,6 +64,9 @@ class SimOptions:
     loss: float = 0.01
     duplicate: float = 0.01
     reorder: float = 0.02
+    reslice: float = 0.0
+    """Probability that a leader's append is followed by an earlier slice of its log (see
+    :attr:`~phalanx_aio.sim.network.NetworkOptions.reslice`)."""
     latency_ms: tuple[float, float] = (1.0, 10.0)
     mesh: RegionLatency | None = None
     """Use this region latency model instead of ``latency_ms`` (e.g. the five-region mesh)."""
@@ -187,6 +190,7 @@ def resolve(opts: SimOptions) -> SimOptions:
         transfers=r.random() < 0.4,
         background_writes=r.choice((0.0, 0.0, 0.5, 1.0)),
         triggers=r.random() < 0.9,
+        reslice=r.choice((0.0, 0.5, 1.0)),
     )
 
 
@@ -207,6 +211,7 @@ def describe(opts: SimOptions) -> str:
         f"transfers={'on' if opts.transfers else 'off'}",
         f"background_writes={opts.background_writes}",
         f"triggers={'on' if opts.triggers else 'off'}",
+        f"reslice={opts.reslice}",
     ]
     return " ".join(flags)
 
@@ -257,6 +262,7 @@ class _Run:
         net = NetworkOptions(latency=latency)
         if opts.faults:
             net.loss, net.duplicate, net.reorder = opts.loss, opts.duplicate, opts.reorder
+            net.reslice = opts.reslice
         self.c = Cluster(
             ids,
             seed=opts.seed,

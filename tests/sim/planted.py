@@ -193,6 +193,16 @@ BUGS: dict[str, Bug] = {
             ),
         ),
         _bug(
+            # Shown by a leader's legal re-sent slices (NetworkOptions.reslice): a slice that
+            # ends before a follower's stale suffix, with the leader's commit index beyond it.
+            "follower commits past the last entry the append verified",
+            (
+                "raft",
+                "log.commit_to(min(m.commit, last_new))",
+                "log.commit_to(min(m.commit, log.last_index()))",
+            ),
+        ),
+        _bug(
             "lease read without a quorum's recent acknowledgement",
             (
                 "raft",
@@ -207,19 +217,6 @@ BUGS: dict[str, Bug] = {
 UNCAUGHT: dict[str, tuple[Bug, str]] = {
     b.what: (b, why)
     for b, why in [
-        (
-            _bug(
-                "follower commits past the last entry the append verified",
-                (
-                    "raft",
-                    "log.commit_to(min(m.commit, last_new))",
-                    "log.commit_to(min(m.commit, log.last_index()))",
-                ),
-            ),
-            "unreachable with this leader: a follower's stale suffix only predates the leader's term, "
-            "and the first append it accepts from the leader (after the fast backtracking) always "
-            "starts with the first entry that differs, which truncates the suffix",
-        ),
         (
             _bug(
                 "second membership change before the first commits",
