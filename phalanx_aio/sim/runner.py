@@ -42,6 +42,8 @@ _TRIGGERS = (
     ("campaign", "restart"),
     ("campaign", "crash"),
     ("write", "crash"),
+    ("conf", "split"),
+    ("conf", "split"),
 )
 """Faults a run arms, each waiting for its protocol moment: (moment, action)."""
 
@@ -565,6 +567,16 @@ class _Run:
         if leader is None or leader.core is None:
             return
         conf = leader.core.conf
+        if again and self.active and self._arm_fires("conf") is not None:
+            # Just before the leader changes membership, split the cluster: the leader, the
+            # learners it may promote and fewer than half of the other voters on one side (a
+            # change must never let both sides elect and commit: single-server changes,
+            # thesis §4.1).
+            others = sorted(v for v in conf.voters if v != leader.id)
+            rng.shuffle(others)
+            side = [leader.id, *sorted(conf.learners), *others[: rng.randrange(len(conf.voters) // 2)]]
+            self._partition([side, [n.id for n in c.nodes.values() if n.id not in side]])
+            self.faults["triggered_split"] += 1
         try:
             if not again and conf.learners and rng.random() < 0.5:
                 c.conf_change(
@@ -588,7 +600,7 @@ class _Run:
                 return
         except PhalanxError:
             return
-        if again and rng.random() < 0.3:
+        if again and rng.random() < (0.9 if self.faults["triggered_split"] else 0.3):
             c.call_at(c.now, lambda: self._membership(again=False))
 
     def _transfer(self) -> bool:
