@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import gc
 import json
 import logging
@@ -208,6 +209,7 @@ async def main(args: argparse.Namespace) -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     watcher = asyncio.create_task(watch.watch_loop())
+    prof = cProfile.Profile()
     async with node:
         _reply({"ready": args.id})
         while line := await reader.readline():
@@ -235,6 +237,14 @@ async def main(args: argparse.Namespace) -> None:
                 await node.propose(
                     encode_command(KVCommand(KVOp.PUT, req["key"].encode(), b"x" * req["value_size"]))
                 )
+                _reply({"ok": True})
+            elif cmd == "profile_start":  # diagnostics: cProfile of the loop's thread
+                prof = cProfile.Profile()
+                prof.enable()
+                _reply({"ok": True})
+            elif cmd == "profile_stop":
+                prof.disable()
+                prof.dump_stats(req["path"])
                 _reply({"ok": True})
             elif cmd == "stop":
                 break

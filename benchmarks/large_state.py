@@ -159,6 +159,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             m.ask(cmd="reset")
         for m in live:
             m.ask(cmd="arm", margin=32 << 10)
+            if args.profile:
+                m.ask(cmd="profile_start")
         time.sleep(0.3)
         leader.ask(cmd="put", key="trigger", value_size=64 << 10)
 
@@ -169,9 +171,15 @@ def run_mode(mode: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             return all(s["first_index"] > 2 and s["snapshots"] for s in stats)
 
         _wait(stored, 120, "the snapshots")
+        if args.profile:
+            for m in live:
+                m.ask(cmd="profile_stop", path=f"{args.profile}-{mode}-{m.id}.prof")
         time.sleep(1.5)
         results.append(_summary("take", mode, lid, [m.ask(cmd="stats") for m in live]))
 
+        # The leader may have changed (it does with snapshot_later off).
+        lid = leader.ask(cmd="leader")["leader"]
+        leader, f1 = members[lid], next(m for m in live if m.id != lid)
         for m in live:
             m.ask(cmd="reset")
         time.sleep(0.3)
@@ -194,16 +202,26 @@ def run_mode(mode: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
+    """One row per window. "gap": the largest gap between message batches from the leader at
+    the followers that ran throughout; the restarted follower's own gap and stall (it stalls
+    itself restoring) are shown apart."""
     head = (
         f"{'snapshot_later':<15}{'window':<8}{'elections':>10}{'max gap (ms)':>14}"
-        f"{'leader stall':>14}{'follower stalls (ms)':>24}"
+        f"{'leader stall':>14}{'follower stall':>16}{'restoring: gap / stall':>24}"
     )
     lines = [head, "-" * len(head)]
     for r in results:
-        fs = " / ".join(f"{v:.0f}" for v in r["follower_stall_ms"].values())
+        restored = {i for i, snaps in r["snapshots"].items() if any(x["kind"] == "restored" for x in snaps)}
+        gaps = [g for i, g in r["gap_ms_by_follower"].items() if i not in restored]
+        stalls = [v for i, v in r["follower_stall_ms"].items() if i not in restored]
+        rest = "-"
+        if restored:
+            (i,) = restored
+            rest = f"{r['gap_ms_by_follower'][i]:.0f} / {r['follower_stall_ms'][i]:.0f}"
+        events = r["elections"] + r["term_changes"] + r["leader_changes"]
         lines.append(
-            f"{r['mode']:<15}{r['phase']:<8}{r['elections'] + r['term_changes'] + r['leader_changes']:>10}"
-            f"{r['max_gap_ms']:>14.0f}{r['leader_stall_ms']:>14.0f}{fs:>24}"
+            f"{r['mode']:<15}{r['phase']:<8}{events:>10}{max(gaps):>14.0f}{r['leader_stall_ms']:>14.0f}"
+            f"{max(stalls):>16.0f}{rest:>24}"
         )
     return "\n".join(lines)
 
@@ -215,9 +233,14 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=5_000, help="commands per propose_many while loading")
     p.add_argument("--modes", default="on,off")
     p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--profile", metavar="PREFIX", help="cProfile the take window into PREFIX-*.prof")
     p.add_argument("--keep", action="store_true", help="keep the data directory")
     p.add_argument("--out", default=str(HERE / "results" / "large_state.json"))
+    p.add_argument("--show", metavar="JSON", help="only print the table of a results file")
     args = p.parse_args()
+    if args.show:
+        print(table(json.loads(pathlib.Path(args.show).read_text())["results"]))
+        return
     results: list[dict[str, Any]] = []
     for mode in args.modes.split(","):
         results += run_mode(mode, args)
