@@ -564,9 +564,11 @@ class KVStateMachine(StateMachine):
         return self.snapshot_later()()
 
     def snapshot_later(self) -> Callable[[], bytes]:
-        """A copy of the state as it is now (the dictionaries copied, which is fast: the keys,
-        values and results themselves are immutable and shared), and the function that encodes
-        it as :meth:`snapshot` would, to run in a worker thread while the node goes on."""
+        """A copy of the state as it is now (the dictionaries copied: the keys, values and
+        results themselves are immutable and shared), and the function that encodes it as
+        :meth:`snapshot` would, to run in a worker thread while the node goes on. The copy
+        runs on the loop and touches every key and value once: 0.2-0.35 s for a million keys
+        in a node measured by ``benchmarks/large_state.py``."""
         sessions = [(cid, s.last_used, s.acked, dict(s.results)) for cid, s in self.sessions.items()]
         return functools.partial(
             _encode_snapshot, self.applied, dict(self.data), sessions, dict(self.forgotten)
