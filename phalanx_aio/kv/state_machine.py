@@ -21,6 +21,7 @@ from __future__ import annotations
 import array
 import enum
 import functools
+import heapq
 import itertools
 import struct
 import sys
@@ -126,12 +127,38 @@ def _u32_column(values: Iterator[int]) -> bytes:
     return col.tobytes()
 
 
+# Keys encoded per step of _encode_items. Each step is a few C calls that hold the GIL
+# throughout (a few milliseconds for this many keys); between steps the interpreter can hand
+# the GIL to the event loop's thread, which a single call over a million keys would keep
+# waiting for hundreds of milliseconds (see docs/performance.md, "Large state").
+_ENCODE_STEP = 16_384
+
+
+def _sorted_keys(data: dict[bytes, bytes]) -> list[bytes]:
+    """``sorted(data)`` in steps: one ``sorted`` over a million keys inserted in random order
+    holds the GIL for about a second; sorted runs merged by :func:`heapq.merge` (Python code)
+    let the interpreter switch threads between keys."""
+    keys = list(data)
+    if len(keys) <= _ENCODE_STEP:
+        return sorted(keys)
+    runs = [sorted(keys[i : i + _ENCODE_STEP]) for i in range(0, len(keys), _ENCODE_STEP)]
+    return list(heapq.merge(*runs))
+
+
 def _encode_items(data: dict[bytes, bytes]) -> bytes:
-    keys = sorted(data)
-    values = list(map(data.__getitem__, keys))
-    return b"".join(
-        (_u32_column(map(len, keys)), _u32_column(map(len, values)), b"".join(keys), b"".join(values))
-    )
+    keys = _sorted_keys(data)
+    klens: list[bytes] = []
+    vlens: list[bytes] = []
+    kparts: list[bytes] = []
+    vparts: list[bytes] = []
+    for i in range(0, len(keys), _ENCODE_STEP):
+        ks = keys[i : i + _ENCODE_STEP]
+        vs = list(map(data.__getitem__, ks))
+        klens.append(_u32_column(map(len, ks)))
+        vlens.append(_u32_column(map(len, vs)))
+        kparts.append(b"".join(ks))
+        vparts.append(b"".join(vs))
+    return b"".join(itertools.chain(klens, vlens, kparts, vparts))
 
 
 def _decode_items(data: bytes, pos: int, n: int) -> tuple[dict[bytes, bytes], int]:
@@ -537,9 +564,11 @@ class KVStateMachine(StateMachine):
         return self.snapshot_later()()
 
     def snapshot_later(self) -> Callable[[], bytes]:
-        """A copy of the state as it is now (the dictionaries copied, which is fast: the keys,
-        values and results themselves are immutable and shared), and the function that encodes
-        it as :meth:`snapshot` would, to run in a worker thread while the node goes on."""
+        """A copy of the state as it is now (the dictionaries copied: the keys, values and
+        results themselves are immutable and shared), and the function that encodes it as
+        :meth:`snapshot` would, to run in a worker thread while the node goes on. The copy
+        runs on the loop and touches every key and value once: 0.2-0.35 s for a million keys
+        in a node measured by ``benchmarks/large_state.py``."""
         sessions = [(cid, s.last_used, s.acked, dict(s.results)) for cid, s in self.sessions.items()]
         return functools.partial(
             _encode_snapshot, self.applied, dict(self.data), sessions, dict(self.forgotten)

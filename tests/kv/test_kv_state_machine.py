@@ -315,3 +315,29 @@ def test_a_snapshot_without_forgotten_ids_restores() -> None:
 def test_bad_session_limits_are_refused() -> None:
     with pytest.raises(LocalError, match="max_sessions"):
         SessionLimits(max_sessions=0)
+
+
+def test_snapshot_of_many_keys_in_steps_is_the_sorted_encoding() -> None:
+    """The encoder works in steps (so that a worker thread hands the GIL back to the loop);
+    with more keys than a step, inserted in random order, it writes what one pass over the
+    sorted keys would, and restore reads it back."""
+    import random
+
+    from phalanx_aio.kv import state_machine as kvsm
+
+    rng = random.Random(17)
+    n = 2 * kvsm._ENCODE_STEP + 123
+    keys = [b"k%06d" % i + rng.randbytes(rng.randrange(3)) for i in range(n)]
+    rng.shuffle(keys)
+    data = {k: rng.randbytes(rng.randrange(5)) for k in keys}
+    ks = sorted(data)
+    vs = [data[k] for k in ks]
+    expected = b"".join(
+        (kvsm._u32_column(map(len, ks)), kvsm._u32_column(map(len, vs)), b"".join(ks), b"".join(vs))
+    )
+    assert kvsm._encode_items(data) == expected
+    sm = kvsm.KVStateMachine()
+    sm.data = data
+    again = kvsm.KVStateMachine()
+    again.restore(sm.snapshot())
+    assert again.data == data and list(again.data) == ks
