@@ -277,6 +277,7 @@ class RaftNode:
         # Snapshot timing has its own generator, so it does not shift the core's draws.
         self._snap_rng = random.Random(base_seed ^ 0x5EED)
         self._snapshot_due = self._next_snapshot_due()
+        self._log_bytes_due = self._next_bytes_due(0)
         self._core: Raft | None = None
         self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._loop_task: asyncio.Task[None] | None = None
@@ -1473,10 +1474,16 @@ class RaftNode:
         compact at the same moment."""
         self._behind_snap = snap = core.compact(index, data)
         self._log_bytes = 0
-        self._log_bytes_due = max(self._snapshot_bytes, len(snap.data))
+        self._log_bytes_due = self._next_bytes_due(len(snap.data))
         self._snap_retry = None  # a snapshot a full disk refused is superseded
         self._snapshot_due = self._next_snapshot_due()
         self._start_writer()
+
+    def _next_bytes_due(self, last_size: int) -> int:
+        """Bytes of log before the next snapshot: the larger of ``snapshot_bytes`` and the
+        last snapshot's size, plus a random quarter (so members do not all compact at once)."""
+        base = max(self._snapshot_bytes, last_size)
+        return base + self._snap_rng.randrange(base // 4 + 1)
 
     def _next_snapshot_due(self) -> int:
         """Applied entries between two snapshots: ``snapshot_every`` plus a random quarter."""
