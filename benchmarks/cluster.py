@@ -54,7 +54,10 @@ DEFAULT_MODES = "closed:1,closed:100,closed:10000,batch:10000,open:1000,open:500
 
 
 class Member:
-    """One child process and its control pipe."""
+    """One child process (``script``, by default ``_cluster_node.py``) and its control pipe."""
+
+    stop_seconds = 10.0
+    """How long :meth:`stop` waits for the child to exit before killing it."""
 
     def __init__(
         self,
@@ -62,15 +65,18 @@ class Member:
         addr: dict[str, str],
         workdir: pathlib.Path,
         impl: str | None = None,
-        extra: tuple[str, ...] = (),
+        extra: tuple[str, ...] | list[str] = (),
+        *,
+        script: str = "_cluster_node.py",
+        log_mode: str = "w",
     ) -> None:
         self.id = nid
-        cmd = [sys.executable, str(HERE / "_cluster_node.py"), "--id", nid, "--listen", addr[nid], *extra]
+        cmd = [sys.executable, str(HERE / script), "--id", nid, "--listen", addr[nid], *extra]
         cmd += ["--db", str(workdir / f"{nid}.db")]
         for p, a in addr.items():
             if p != nid:
                 cmd += ["--peer", f"{p}={a}"]
-        self.log = open(workdir / f"{nid}.log", "w")  # noqa: SIM115  (closed in stop)
+        self.log = open(workdir / f"{nid}.log", log_mode)  # noqa: SIM115  (closed in stop)
         env = dict(os.environ)
         if impl is not None:
             env["PYTHONPATH"] = os.pathsep.join([impl, *filter(None, [env.get("PYTHONPATH")])])
@@ -99,7 +105,7 @@ class Member:
         if self.proc.poll() is None:
             try:
                 self.send(cmd="stop")
-                self.proc.wait(10)
+                self.proc.wait(self.stop_seconds)
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()

@@ -36,62 +36,34 @@ import os
 import pathlib
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from typing import IO, Any
+from typing import Any
 
 from phalanx_aio._net import free_loopback_ports
 from phalanx_aio.kv import KVCommand, KVOp, encode_command
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import cluster  # noqa: E402  (benchmarks/cluster.py, reused rather than duplicated)
+
 BAR_MS = 500 / 3  # a third of the LAN preset's shortest election timeout
 
 
-class Member:
-    """One child process and its control pipe."""
+class Member(cluster.Member):
+    """One ``_large_state_node.py`` child (cluster.Member's pipe), running the phalanx_aio next
+    to this benchmark; it answers ``ready`` once started. A restarted member appends to its log."""
+
+    stop_seconds = 30.0  # closing a node that holds a large state takes a while
 
     def __init__(self, nid: str, addr: dict[str, str], workdir: pathlib.Path, extra: list[str]) -> None:
-        self.id = nid
-        cmd = [sys.executable, str(HERE / "_large_state_node.py"), "--id", nid, "--listen", addr[nid], *extra]
-        cmd += ["--db", str(workdir / f"{nid}.db")]
-        for p, a in addr.items():
-            if p != nid:
-                cmd += ["--peer", f"{p}={a}"]
-        self.log = open(workdir / f"{nid}.log", "a")  # noqa: SIM115  (closed in stop)
-        env = dict(os.environ)
-        # The children import the phalanx_aio next to this benchmark, whatever is installed.
-        env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), *filter(None, [env.get("PYTHONPATH")])])
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1, env=env
+        super().__init__(
+            nid, addr, workdir, str(HERE.parent), extra, script="_large_state_node.py", log_mode="a"
         )
         ready = self.recv()
         assert ready.get("ready") == nid, ready
-
-    def ask(self, **req: Any) -> dict[str, Any]:
-        stdin: IO[str] = self.proc.stdin  # type: ignore[assignment]
-        stdin.write(json.dumps(req) + "\n")
-        stdin.flush()
-        return self.recv()
-
-    def recv(self) -> dict[str, Any]:
-        stdout: IO[str] = self.proc.stdout  # type: ignore[assignment]
-        line = stdout.readline()
-        if not line:
-            raise RuntimeError(f"member {self.id} exited (see {self.log.name})")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.ask(cmd="stop")
-                self.proc.wait(30)
-            except (OSError, RuntimeError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 def _wait(cond: Any, timeout: float, what: str) -> None:
