@@ -1183,14 +1183,14 @@ class RaftNode:
         placed there have an unknown outcome (their entries are not applied one by one)."""
         kept = []
         for first, term, proposals in self._placed:
-            n = min(len(proposals), index - first + 1)
-            if n > 0:
+            n = max(0, min(len(proposals), index - first + 1))  # how many the snapshot covers
+            if n:
                 self._settle_all(
                     proposals[:n],
                     OutcomeUnknown(f"the entries up to {index} arrived in a snapshot; outcome unknown"),
                 )
             if n < len(proposals):
-                kept.append((first + max(n, 0), term, proposals[max(n, 0) :]))
+                kept.append((first + n, term, proposals[n:]))
         self._placed = kept
 
     def _check_placed(self, committed: Sequence[Entry]) -> None:
