@@ -155,7 +155,8 @@ class Config:
     def global_mesh(cls, **overrides: Any) -> Config:
         """Timing for members on several continents (round trips above 200 ms):
         200 ms ticks, election timeout randomized over 20-40 ticks (4-8 s), heartbeats every
-        400 ms, pre-vote, check quorum and leader stickiness on, commit index sent lazily."""
+        400 ms, pre-vote, check quorum and leader stickiness on, commit index sent lazily, at
+        most 64 MiB uncommitted."""
         return cls(
             **{
                 "tick_interval": 0.2,
@@ -173,7 +174,8 @@ class Config:
         and an election timeout ``T`` the leader derives from the measured quorum round trip
         (``3 x`` its 90th percentile plus two heartbeat intervals), clamped to 10-80 ticks
         (0.5-4 s); each node draws its timeout from ``[T, 2T)``. Pre-vote, check quorum and
-        leader stickiness on, commit index sent lazily. A node without advice uses 80 ticks (4 s)."""
+        leader stickiness on, commit index sent lazily, at most 64 MiB uncommitted. A node without
+        advice uses 80 ticks (4 s)."""
         return cls(
             **{
                 "tick_interval": 0.05,
