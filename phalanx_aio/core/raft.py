@@ -867,9 +867,15 @@ class Raft:
         if pr is not None and pr.state is ProgressState.SNAPSHOT and not ok:
             pr.become_probe()
 
-    def compact(self, index: int, data: bytes) -> Snapshot:
+    def compact(
+        self, index: int, data: bytes, *, release: Callable[[list[Entry]], None] | None = None
+    ) -> Snapshot:
         """Record the application's snapshot ``data`` taken at applied ``index`` and drop the
-        log up to it. Returns the :class:`Snapshot` for the driver to persist."""
+        log up to it. Returns the :class:`Snapshot` for the driver to persist.
+
+        With ``release``, the list that held the dropped entries is handed to it rather than
+        dropped here (it also holds the kept ones, which stay in the log): freeing a million
+        entries at once takes a while, and a driver may rather free them in steps."""
         if index <= self.log.snap_index:
             raise LocalError(f"index {index} is already compacted (snapshot at {self.log.snap_index})")
         if index > self.log.applied:
@@ -879,7 +885,10 @@ class Raft:
         term = self.log.term(index)
         assert term is not None
         snap = Snapshot(self._snapshot_meta(index, term), bytes(data))
-        self.log.compact_to(index)
+        dropped = self.log.compact_to(index)
+        if release is not None:
+            release(dropped)
+        del dropped
         self.confs.compact_to(index)
         self._snapshot = snap
         return snap

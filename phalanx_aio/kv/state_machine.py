@@ -25,7 +25,7 @@ import heapq
 import itertools
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
 from phalanx_aio.errors import LocalError, OutcomeUnknown, ProtocolError
@@ -134,18 +134,21 @@ def _u32_column(values: Iterator[int]) -> bytes:
 _ENCODE_STEP = 16_384
 
 
-def _sorted_keys(data: dict[bytes, bytes]) -> list[bytes]:
+def _sorted_keys(data: Mapping[bytes, bytes]) -> list[bytes]:
     """``sorted(data)`` in steps: one ``sorted`` over a million keys inserted in random order
-    holds the GIL for about a second; sorted runs merged by :func:`heapq.merge` (Python code)
-    let the interpreter switch threads between keys."""
-    keys = list(data)
-    if len(keys) <= _ENCODE_STEP:
-        return sorted(keys)
-    runs = [sorted(keys[i : i + _ENCODE_STEP]) for i in range(0, len(keys), _ENCODE_STEP)]
+    holds the GIL for about a second, and even ``list(data)`` is one long C call; the keys are
+    taken and sorted in runs of :data:`_ENCODE_STEP`, merged by :func:`heapq.merge` (Python
+    code), so the interpreter can switch threads between runs and between keys."""
+    it = iter(data)
+    runs = []
+    while run := sorted(itertools.islice(it, _ENCODE_STEP)):
+        runs.append(run)
+    if len(runs) <= 1:
+        return runs[0] if runs else []
     return list(heapq.merge(*runs))
 
 
-def _encode_items(data: dict[bytes, bytes]) -> bytes:
+def _encode_items(data: Mapping[bytes, bytes]) -> bytes:
     keys = _sorted_keys(data)
     klens: list[bytes] = []
     vlens: list[bytes] = []
@@ -251,6 +254,56 @@ def _decode(data: bytes) -> _Fields:
     return kop, key, value, expected, client_id, seq, acked
 
 
+_MISSING: object = object()  # not in the overlay: look in the frozen dictionary
+_GONE: object = object()  # in the overlay: deleted since the dictionary was frozen
+
+
+class _Freeze:
+    """One snapshot build: the worker thread sets ``done`` once it no longer reads the frozen
+    dictionary, and the loop may then fold the overlay back into it."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+
+class _Overlay(Mapping[bytes, bytes]):
+    """The live keys and values while a snapshot build reads the frozen dictionary: the
+    overlay's writes (and deletions) over the frozen ones. Read-only; every method but
+    ``__getitem__`` and ``__contains__`` walks all keys."""
+
+    __slots__ = ("_base", "_delta")
+
+    def __init__(self, base: dict[bytes, bytes], delta: dict[bytes, object]) -> None:
+        self._base = base
+        self._delta = delta
+
+    def __getitem__(self, key: bytes) -> bytes:
+        value = self._delta.get(key, _MISSING)
+        if value is _MISSING:
+            return self._base[key]
+        if value is _GONE:
+            raise KeyError(key)
+        assert isinstance(value, bytes)
+        return value
+
+    def __iter__(self) -> Iterator[bytes]:
+        delta = self._delta
+        for key, value in delta.items():
+            if value is not _GONE:
+                yield key
+        for key in self._base:
+            if key not in delta:
+                yield key
+
+    def __len__(self) -> int:
+        base = self._base
+        return len(base) + sum(
+            (value is not _GONE) - (key in base) for key, value in self._delta.items()
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
     """The bounds on client sessions (:class:`KVStateMachine`).
@@ -300,7 +353,7 @@ _TOMB = struct.Struct(">QB")
 
 def _encode_snapshot(
     applied: int,
-    data: dict[bytes, bytes],
+    data: Mapping[bytes, bytes],
     sessions: list[tuple[str, int, int, dict[int, object]]],
     forgotten: dict[str, tuple[int, int]],
 ) -> bytes:
@@ -408,7 +461,11 @@ class KVStateMachine(StateMachine):
             limits = replace(limits, **overrides)
         self.limits = limits
         """The session limits (the same on every member)."""
-        self.data: dict[bytes, bytes] = {}
+        self._data: dict[bytes, bytes] = {}
+        # While a snapshot build reads _data in a worker thread, _data is frozen and the
+        # writes go to _delta (a deletion as _GONE); folded back once the build is done.
+        self._delta: dict[bytes, object] | None = None
+        self._freeze: _Freeze | None = None
         self.data_bytes = 0
         """The bytes of every key and value held (what the KV service's quota counts)."""
         self.sessions: dict[str, _Session] = {}
@@ -433,9 +490,46 @@ class KVStateMachine(StateMachine):
         """Unacknowledged results kept per session."""
         return self.limits.max_results_per_session
 
+    @property
+    def data(self) -> Mapping[bytes, bytes]:
+        """Every key and its value. Read it, never change it (only :meth:`apply` does): it is
+        the dictionary itself, or, while a snapshot is being encoded from a frozen copy, a
+        read-only view of the frozen copy and the writes since (see :meth:`snapshot_later`)."""
+        delta = self._delta
+        if delta is None:
+            return self._data
+        if self._fold_if_done():
+            return self._data
+        return _Overlay(self._data, delta)
+
+    @data.setter
+    def data(self, items: Mapping[bytes, bytes]) -> None:
+        self._data = dict(items)
+        self._delta = self._freeze = None
+        self.data_bytes = sum(map(len, self._data)) + sum(map(len, self._data.values()))
+
     def get(self, key: bytes) -> bytes | None:
         """The value of ``key`` (run it through ``RaftNode.read`` for linearizability)."""
-        return self.data.get(key)
+        delta = self._delta
+        if delta is not None and not self._fold_if_done():
+            value = delta.get(key, _MISSING)
+            if value is not _MISSING:
+                return None if value is _GONE else value  # type: ignore[return-value]
+        return self._data.get(key)
+
+    def _fold_if_done(self) -> bool:
+        """Fold the overlay into the dictionary if the build reading it has finished."""
+        freeze, delta = self._freeze, self._delta
+        if freeze is None or delta is None or not freeze.done:
+            return False
+        data = self._data
+        for key, value in delta.items():
+            if value is _GONE:
+                data.pop(key, None)  # it may have been added and deleted during the build
+            else:
+                data[key] = value  # type: ignore[assignment]
+        self._delta = self._freeze = None
+        return True
 
     def apply(self, command: bytes) -> object:
         """Apply one encoded :class:`KVCommand`."""
@@ -521,7 +615,9 @@ class KVStateMachine(StateMachine):
             self._evict(oldest, _EVICTED_BYTES)
 
     def _execute(self, op: KVOp, key: bytes, value: bytes, expected: bytes | None) -> object:
-        data = self.data
+        if self._delta is not None and not self._fold_if_done():
+            return self._execute_over(op, key, value, expected)
+        data = self._data
         if op is KVOp.PUT:
             previous = data.get(key)
             data[key] = value
@@ -536,6 +632,27 @@ class KVStateMachine(StateMachine):
         current = data.get(key)
         if current == expected:
             data[key] = value
+            self.data_bytes += len(key) + len(value) if current is None else len(value) - len(current)
+        return current
+
+    def _execute_over(self, op: KVOp, key: bytes, value: bytes, expected: bytes | None) -> object:
+        """:meth:`_execute` while a build reads the frozen dictionary: through the overlay."""
+        delta = self._delta
+        assert delta is not None
+        current = delta.get(key, _MISSING)
+        if current is _MISSING:
+            current = self._data.get(key)
+        elif current is _GONE:
+            current = None
+        assert current is None or isinstance(current, bytes)
+        if op is KVOp.DELETE:
+            if current is None:
+                return False
+            delta[key] = _GONE
+            self.data_bytes -= len(key) + len(current)
+            return True
+        if op is KVOp.PUT or current == expected:
+            delta[key] = value
             self.data_bytes += len(key) + len(value) if current is None else len(value) - len(current)
         return current
 
@@ -564,15 +681,32 @@ class KVStateMachine(StateMachine):
         return self.snapshot_later()()
 
     def snapshot_later(self) -> Callable[[], bytes]:
-        """A copy of the state as it is now (the dictionaries copied: the keys, values and
-        results themselves are immutable and shared), and the function that encodes it as
-        :meth:`snapshot` would, to run in a worker thread while the node goes on. The copy
-        runs on the loop and touches every key and value once: 0.2-0.35 s for a million keys
-        in a node measured by ``benchmarks/large_state.py``."""
+        """The state as it is now, and the function that encodes it as :meth:`snapshot`
+        would, to run in a worker thread while the node goes on applying.
+
+        Nothing is copied key by key on the loop (that alone stalls it for a large state, see
+        docs/performance.md): the key-value dictionary is frozen as it is, and until the
+        function has run, :meth:`apply` writes to an overlay that reads fall through; the
+        first write after that folds the overlay back in, at a cost in proportion to the keys
+        written meanwhile. The sessions (bounded by :class:`SessionLimits`) are copied."""
+        self._fold_if_done()
         sessions = [(cid, s.last_used, s.acked, dict(s.results)) for cid, s in self.sessions.items()]
-        return functools.partial(
-            _encode_snapshot, self.applied, dict(self.data), sessions, dict(self.forgotten)
-        )
+        if self._delta is not None:  # a build is still reading the frozen dictionary
+            return functools.partial(
+                _encode_snapshot, self.applied, dict(self.data), sessions, dict(self.forgotten)
+            )
+        freeze = _Freeze()
+        frozen = self._data
+        self._freeze, self._delta = freeze, {}
+        encode = functools.partial(_encode_snapshot, self.applied, frozen, sessions, dict(self.forgotten))
+
+        def build() -> bytes:
+            try:
+                return encode()
+            finally:
+                freeze.done = True
+
+        return build
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a :meth:`snapshot` (of this version or of format 1)."""
@@ -616,7 +750,8 @@ class KVStateMachine(StateMachine):
                 forgotten[cid.decode()] = _TOMB.unpack_from(data, pos)
                 pos += _TOMB.size
         sessions.sort(key=lambda item: (item[0], item[1]))  # least recently used first, as applied
-        self.applied, self.data = applied, items
+        self.applied, self._data = applied, items
+        self._delta = self._freeze = None  # a build may go on reading the old dictionary
         self.data_bytes = sum(map(len, items)) + sum(map(len, items.values()))
         self.sessions = {cid: sess for _, cid, sess in sessions}
         self.forgotten = forgotten
