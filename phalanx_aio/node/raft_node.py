@@ -397,7 +397,7 @@ class RaftNode:
         self._seen = (self._core.term, self._core.role, self._core.leader)
         snap = state.snapshot
         if snap.meta.index > 0:
-            self._sm.restore(snap.data)
+            await self._restore_state(snap.data)
             if self._listeners:
                 self._emit(SnapshotRestored(self.id, self._core.term, snap.meta.index, "storage"))
         if self._transport is None:
@@ -1244,7 +1244,7 @@ class RaftNode:
             if rd.snapshot is not None:
                 # Restore before saving: a snapshot the state machine cannot read stops the
                 # node with its store as it was, rather than saved and unreadable at restart.
-                self._restore(rd.snapshot)
+                await self._restore(rd.snapshot)
             hs = rd.hard_state
             # A leader's own entries (its term and vote already durable, so only entries and
             # the commit index to write) are written in the background: the loop goes on
@@ -1575,9 +1575,21 @@ class RaftNode:
             except NotApplied as exc:
                 self._reads.fail(ctx, exc)
 
-    def _restore(self, snap: Snapshot) -> None:
+    async def _restore_state(self, data: bytes) -> None:
+        """Restore the state machine from snapshot ``data``: decoded in a worker thread if it
+        offers ``restore_later`` (the loop goes on; this node's Raft work waits), else on the
+        loop."""
+        restore_later = getattr(self._sm, "restore_later", None)
+        decode = restore_later(data) if restore_later is not None else None
+        if decode is None:
+            self._sm.restore(data)
+        else:
+            install = await asyncio.to_thread(decode)
+            install()
+
+    async def _restore(self, snap: Snapshot) -> None:
         try:
-            self._sm.restore(snap.data)
+            await self._restore_state(snap.data)
         except Exception as exc:
             raise ProtocolError(
                 f"{self.id}: the state machine cannot restore the snapshot at index {snap.meta.index} "

@@ -95,3 +95,42 @@ async def test_snapshots_under_writes_leave_every_member_with_the_same_state() -
             assert not log.entries or log.entries[0].index == log.snap_index + 1
     finally:
         await h.aclose()
+
+
+class ThreadedRestores(KVStateMachine):
+    """Records the thread each snapshot was decoded in."""
+
+    decoded_in: list[str]
+
+    def restore_later(self, data: bytes) -> Callable[[], Callable[[], None]]:
+        decode = super().restore_later(data)
+
+        def traced() -> Callable[[], None]:
+            self.decoded_in.append(threading.current_thread().name)
+            return decode()
+
+        return traced
+
+
+async def test_a_snapshot_from_the_leader_is_decoded_in_a_worker_thread() -> None:
+    h = Harness(["n1", "n2", "n3"], snapshot_every=100)
+    try:
+        sms = {nid: ThreadedRestores() for nid in h.ids}
+        for sm in sms.values():
+            sm.decoded_in = []
+        for nid in h.ids:
+            await h.make(nid, state_machine=sms[nid]).start()
+        leader = await h.leader()
+        behind = next(n for n in h.ids if n != leader.id)
+        await h.stop(behind)
+        cmds = [encode_command(KVCommand(KVOp.PUT, b"k%d" % i, b"v%d" % i)) for i in range(600)]
+        for i in range(0, len(cmds), 50):
+            await leader.propose_many(cmds[i : i + 50], timeout=DEADLINE)
+        await h.until(lambda: h.stores[leader.id]._snapshot.meta.index >= 300)
+        fresh = ThreadedRestores()
+        fresh.decoded_in = []
+        await h.make(behind, state_machine=fresh).start()  # its log lacks what was compacted
+        await h.until(lambda: dict(fresh.data) == dict(sms[leader.id].data) and len(fresh.data) == 600)
+        assert fresh.decoded_in and threading.main_thread().name not in fresh.decoded_in
+    finally:
+        await h.aclose()
