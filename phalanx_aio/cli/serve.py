@@ -498,12 +498,12 @@ async def serve(
 ) -> None:
     """Run the node until SIGTERM/SIGINT (or until ``ready`` owner cancels us). ``resolver``
     replaces DNS for ``--discover`` (tests)."""
+    from phalanx_aio.kv.metered import MeteredKVService
     from phalanx_aio.kv.service import KVService
     from phalanx_aio.kv.state_machine import KVStateMachine, SessionLimits
     from phalanx_aio.node import NodeEvent, RaftNode, RemovedFromCluster
     from phalanx_aio.observability import (
         HealthService,
-        MeteredKVService,
         NodeMetrics,
         ObservabilityServer,
         bind_node,

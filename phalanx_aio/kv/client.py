@@ -47,6 +47,7 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 from phalanx_aio._deadlines import Deadlines
+from phalanx_aio._grpc import WireBytes
 from phalanx_aio.errors import (
     ClosedError,
     LocalError,
@@ -57,6 +58,7 @@ from phalanx_aio.errors import (
     ProtocolError,
     Timeout,
 )
+from phalanx_aio.kv.codec import decode_kv_message, encode_kv_message
 from phalanx_aio.kv.messages import (
     KV_METHODS,
     CompareAndSetRequest,
@@ -84,14 +86,7 @@ from phalanx_aio.kv.messages import (
     TransferLeaderResponse,
 )
 from phalanx_aio.kv.state_machine import SessionExpired
-from phalanx_aio.transport.codec import (
-    KV_STREAM_METHOD,
-    WireBytes,
-    decode_kv_message,
-    decode_kv_stream_responses,
-    encode_kv_message,
-    encode_kv_stream_request,
-)
+from phalanx_aio.kv.stream_codec import KV_STREAM_METHOD, KVStreamCodec
 
 __all__ = ["Consistency", "KVClient", "QuotaExceeded", "RequestRefused", "Unavailable"]
 
@@ -224,6 +219,7 @@ class _StreamConn:
         self._on_end = on_end
         self._error: str | None = None
         self._broken_connection = False
+        self._codec = KVStreamCodec()  # decodes this connection's answers
         self.task = asyncio.get_running_loop().create_task(self._run(channel))
 
     def submit(self, rid: int, data: bytes) -> _StreamItem:
@@ -250,7 +246,7 @@ class _StreamConn:
                         reply = await stream.recv_message()
                         if reply is None:
                             raise ConnectionError("the server ended the stream")
-                        for rid, response in decode_kv_stream_responses(reply.data):
+                        for rid, response in self._codec.decode_responses(reply.data):
                             item = self._pending.pop(rid, None)
                             if item is not None and not item.future.done():
                                 item.future.set_result(response)
@@ -395,6 +391,7 @@ class KVClient:
         self._next = 0
         self._rng = random.Random()
         self._closed = False
+        self._stream_codec = KVStreamCodec()  # encodes this client's Stream requests
 
     async def __aenter__(self) -> KVClient:
         """Return the client (connections open on first use)."""
@@ -691,7 +688,7 @@ class KVClient:
         :class:`_AttemptFailed` if it produced none. Uses the node's stream when it can."""
         if self._use_stream and type(request) in _STREAM_TYPES:
             rid = next(self._ids)
-            data = encode_kv_stream_request(rid, min(int(budget * 1000), _MAX_TIMEOUT_MS), request)
+            data = self._stream_codec.encode_request(rid, min(int(budget * 1000), _MAX_TIMEOUT_MS), request)
             if len(data) > self.max_request_bytes:
                 raise self._too_large(len(data))
             if len(data) <= _STREAM_ITEM_MAX:

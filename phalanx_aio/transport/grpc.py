@@ -19,7 +19,7 @@ A received gRPC message over ``Limits.max_frame_bytes`` is refused as soon as it
 prefix is read.
 
 Messages travel as raw bytes: the RaftPeer methods are registered with
-:class:`~phalanx_aio.transport.codec.WireBytes` as request and reply type, so grpclib's protobuf
+:class:`~phalanx_aio._grpc.WireBytes` as request and reply type, so grpclib's protobuf
 codec passes the codec's bytes through untouched. ``docs/transport.md`` describes the design.
 """
 
@@ -49,10 +49,12 @@ from grpclib.protocol import H2Protocol
 from h2.settings import SettingCodes
 
 from phalanx_aio._budget import BufferBudget, Call
+from phalanx_aio._grpc import WireBytes
 from phalanx_aio._grpc_read import Malformed, TooLarge, recv_bounded
 from phalanx_aio.core.types import Message, MessageType
 from phalanx_aio.errors import ClosedError, ConfigError, LocalError, ProtocolError
 from phalanx_aio.transport.base import Transport, TransportHandler
+from phalanx_aio.transport.chunks import SnapshotAssembler, snapshot_chunks
 from phalanx_aio.transport.codec import (
     DEFAULT_LIMITS,
     INSTALL_SNAPSHOT_METHOD,
@@ -60,14 +62,11 @@ from phalanx_aio.transport.codec import (
     EncodeError,
     Frame,
     Limits,
-    SnapshotAssembler,
-    WireBytes,
     decode_frame,
     decode_snapshot_ack,
     encode_frames,
     encode_snapshot_ack,
     encode_stream_ack,
-    snapshot_chunks,
 )
 
 __all__ = [
