@@ -16,8 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Final, NoReturn
 
-from phalanx_aio._entry_batch import MAX_INT, EncodeError
-from phalanx_aio.errors import ProtocolError
+from phalanx_aio.errors import LocalError, ProtocolError
 
 __all__ = [
     "I32",
@@ -54,6 +53,15 @@ I32: Final = 5
 _WIRE_NAMES: Final = {
     0: "varint", 1: "fixed64", 2: "length-delimited", 3: "group", 4: "group end", 5: "fixed32",
 }  # fmt: skip
+
+MAX_INT = (1 << 63) - 1
+"""The largest term, index or counter on the wire: they live in SQLite's signed 64-bit integers."""
+
+
+class EncodeError(LocalError, ValueError):
+    """A message cannot be put on the wire: a value out of range, an id that is empty or not
+    encodable as UTF-8, or a size over the limits. The text names the field."""
+
 
 MAX_FIELDS: Final = 256
 """Fields in one message, beyond the repeated fields that a caller bounds itself."""

@@ -24,6 +24,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
+from phalanx_aio._fs import fsync_dir
+from phalanx_aio._grpc import parse_address
 from phalanx_aio.core.types import ConfState, EntryType, HardState, Snapshot, SnapshotMeta
 from phalanx_aio.errors import ConfigError, StorageError
 from phalanx_aio.node.state_machine import StateMachine
@@ -153,16 +155,6 @@ def _copy_online(source: pathlib.Path, dest: pathlib.Path) -> None:
         raise StorageError(f"{dest}: cannot write the copy: {exc.strerror or exc}") from exc
 
 
-def _fsync_dir(directory: pathlib.Path) -> None:
-    if sys.platform == "win32":  # pragma: no cover
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove_with_sidecars(path: pathlib.Path) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         p = path.with_name(path.name + suffix)
@@ -214,7 +206,7 @@ async def backup_store(source: pathlib.Path, out: pathlib.Path) -> BackupResult:
         await asyncio.to_thread(_copy_online, source, partial)
         node_id, cluster_id, stored = await _verify(partial, out)
         os.rename(partial, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except BaseException:
         _remove_with_sidecars(partial)
         raise
@@ -332,7 +324,7 @@ async def restore_store(
             await store.aclose()
         await _verify(building, dest)
         os.rename(building, dest)
-        _fsync_dir(data_dir)
+        fsync_dir(data_dir)
     except BaseException:
         _remove_with_sidecars(building)
         raise
@@ -346,9 +338,12 @@ def _copy_file(src: pathlib.Path, dst: pathlib.Path) -> None:
 
 
 def _check_address(value: str) -> str:
-    _host, sep, port = value.rpartition(":")
-    if not sep or not _host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT with a port in 1-65535")
+    try:
+        parse_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not HOST:PORT with a port in 1-65535 ({exc})"
+        ) from None
     return value
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import itertools
 import random
 import ssl as _ssl
@@ -47,7 +46,7 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 from phalanx_aio._deadlines import Deadlines
-from phalanx_aio._grpc import WireBytes
+from phalanx_aio._grpc import WireBytes, parse_address
 from phalanx_aio.errors import (
     ClosedError,
     LocalError,
@@ -300,20 +299,10 @@ class _StreamConn:
 
 
 def _split_address(address: str) -> tuple[str, int]:
-    if not isinstance(address, str):
-        raise LocalError(f"an endpoint must be a host:port str, not {type(address).__name__}")
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise LocalError(f"endpoint {address!r} is not host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise LocalError(f"endpoint {address!r} has an invalid IPv6 address") from None
-    elif ":" in host:
-        raise LocalError(f"endpoint {address!r}: write an IPv6 host in brackets, as [::1]:port")
-    return host, int(port)
+    try:
+        return parse_address(address)
+    except ValueError as exc:
+        raise LocalError(f"invalid endpoint: {exc}") from None
 
 
 def _key(value: bytes | str, what: str = "key") -> bytes:

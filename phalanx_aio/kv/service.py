@@ -43,8 +43,7 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 from phalanx_aio._budget import SHED_REASONS, BufferBudget, Call
-from phalanx_aio._grpc import WireBytes
-from phalanx_aio._grpc_read import Malformed, TooLarge, recv_bounded
+from phalanx_aio._grpc import Malformed, TooLarge, WireBytes, recv_bounded
 from phalanx_aio.errors import (
     ClosedError,
     LocalError,

@@ -35,6 +35,7 @@ from typing import Literal, TypeVar, cast
 import aiosqlite
 
 from phalanx_aio._entry_batch import EncodeError
+from phalanx_aio._fs import fsync_dir
 from phalanx_aio.core.raft import InitialState
 from phalanx_aio.core.types import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
 from phalanx_aio.errors import ConfigError, LocalError, ProtocolError, StorageError
@@ -322,7 +323,7 @@ class SQLiteStorage(Storage):
                 if os.path.lexists(tmp + suffix):
                     os.remove(tmp + suffix)
             os.rename(tmp, path)
-            _fsync_dir(os.path.dirname(os.path.abspath(path)))
+            fsync_dir(os.path.dirname(os.path.abspath(path)))
         except sqlite3.Error as exc:
             raise StorageError(f"{path}: cannot create the store: {exc}") from exc
         except OSError as exc:
@@ -620,17 +621,6 @@ def _describe(exc: sqlite3.Error) -> str:
     if "no such table" in msg or "no such column" in msg:
         return f"not a phalanx_aio store, or its schema is damaged ({msg})"
     return msg
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make a rename in ``directory`` durable."""
-    if sys.platform == "win32":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_header(path: str, fd: int) -> int:
