@@ -108,14 +108,14 @@ def _read_identity(path: pathlib.Path) -> tuple[str, str]:
     """The (node id, cluster id) recorded in a store, without trusting anything else in it."""
     # The store's own header checks first (magic, application id, schema version, truncation),
     # so that a damaged file gets the same precise message as at open.
-    from phalanx_aio.storage.sqlite import _check_header
+    from phalanx_aio.storage.schema import check_header
 
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
         raise StorageError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     try:
-        _check_header(str(path), fd)
+        check_header(str(path), fd)
     finally:
         os.close(fd)
     uri = path.resolve().as_uri() + "?mode=ro&immutable=1"
@@ -228,8 +228,8 @@ async def backup_store(source: pathlib.Path, out: pathlib.Path) -> BackupResult:
 
 def _replay(stored_state: object, state_machine: StateMachine) -> tuple[int, int]:
     """Restore the snapshot and apply the committed entries; return (index, term) reached."""
-    from phalanx_aio.core.raft import InitialState
-    from phalanx_aio.node import _envelope
+    from phalanx_aio.core.types import InitialState
+    from phalanx_aio.node import command_of
 
     assert isinstance(stored_state, InitialState)
     snap = stored_state.snapshot
@@ -240,7 +240,7 @@ def _replay(stored_state: object, state_machine: StateMachine) -> tuple[int, int
         if e.index > stored_state.hard_state.commit:
             break
         if e.type is EntryType.NORMAL:
-            _origin, _req, command = _envelope.unwrap(e.data)
+            command = command_of(e.data)
             # RaftNode logs and skips a command its state machine rejects; replay does the same.
             with contextlib.suppress(Exception):
                 state_machine.apply(command)
