@@ -19,6 +19,7 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+from phalanx_aio._grpc import parse_address
 from phalanx_aio.errors import ConfigError, LocalError, NotApplied, OutcomeUnknown, PhalanxError
 from phalanx_aio.kv.client import KVClient, RequestRefused
 from phalanx_aio.kv.messages import Member, StatusResponse
@@ -283,8 +284,10 @@ async def _tls_problem(endpoints: Sequence[str], tls: ssl.SSLContext | None) -> 
     """After a failure: say so if the first endpoint that answers refuses us at the TLS level
     (or speaks TLS to a plain client); ``None`` if TLS is not the problem."""
     for endpoint in endpoints:
-        host, _, port = endpoint.rpartition(":")
-        host = host.strip("[]")
+        try:
+            host, port = parse_address(endpoint)
+        except ValueError:
+            continue
         try:
             probe = tls
             if probe is None:  # does the node speak TLS to a client that does not?

@@ -10,7 +10,7 @@ import enum
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import repeat
 
 from phalanx_aio.core.config import Config
@@ -33,6 +33,7 @@ from phalanx_aio.core.types import (
     Entry,
     EntryType,
     HardState,
+    InitialState,
     Message,
     MessageType,
     Placement,
@@ -90,19 +91,6 @@ class Role(enum.Enum):
     PRE_CANDIDATE = "pre-candidate"
     CANDIDATE = "candidate"
     LEADER = "leader"
-
-
-@dataclass(frozen=True, slots=True)
-class InitialState:
-    """What a node loads from storage at start: hard state, last snapshot, the log after it.
-
-    ``snapshot.meta.conf`` is the configuration at the snapshot index; for a brand-new node
-    joining an existing cluster everything is empty.
-    """
-
-    hard_state: HardState = field(default_factory=HardState)
-    snapshot: Snapshot = field(default_factory=Snapshot)
-    entries: tuple[Entry, ...] = ()
 
 
 def bootstrap_state(voters: Mapping[str, bytes] | Iterable[str]) -> InitialState:

@@ -14,6 +14,7 @@ __all__ = [
     "Entry",
     "EntryType",
     "HardState",
+    "InitialState",
     "Message",
     "MessageType",
     "Placement",
@@ -140,6 +141,19 @@ class Snapshot:
 
     meta: SnapshotMeta = field(default_factory=SnapshotMeta)
     data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class InitialState:
+    """What a node loads from storage at start: hard state, last snapshot, the log after it.
+
+    ``snapshot.meta.conf`` is the configuration at the snapshot index; for a brand-new node
+    joining an existing cluster everything is empty.
+    """
+
+    hard_state: HardState = field(default_factory=HardState)
+    snapshot: Snapshot = field(default_factory=Snapshot)
+    entries: tuple[Entry, ...] = ()
 
 
 class PlacementOutcome(enum.IntEnum):

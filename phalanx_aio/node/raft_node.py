@@ -27,7 +27,6 @@ from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from phalanx_aio._deadlines import Deadlines
-from phalanx_aio.commands._attach import attach_state
 from phalanx_aio.core.config import Config
 from phalanx_aio.core.membership import ConfChange, ConfChangeType, decode_conf
 from phalanx_aio.core.raft import Raft, Role, Status, bootstrap_state
@@ -54,6 +53,7 @@ from phalanx_aio.errors import (
     Timeout,
 )
 from phalanx_aio.node import _envelope
+from phalanx_aio.node._attach import attach_state
 from phalanx_aio.node._forwards import Forward, Forwards
 from phalanx_aio.node._leader_work import EventStream, LeaderFn, LeaderWork, Subscriptions
 from phalanx_aio.node._reads import Reads
