@@ -54,7 +54,9 @@ def test_global_mesh_needs_no_file_outside_the_package(
     assert "seed 1:" in capsys.readouterr().out
 
 
-def test_malformed_rtt_file_is_a_clear_error(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_malformed_rtt_file_is_a_clear_error(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "rtt.json"
     bad.write_text('{"regions": ["a", "b"], "rtt_ms": {"a": {"a": 0, "b": 10}, "b": {"b": 0}}}')
     assert main(["sim", "--mesh", "global", "--rtt-file", str(bad)]) == 2
