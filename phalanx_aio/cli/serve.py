@@ -581,6 +581,7 @@ async def serve(
         MeteredKVService,
         NodeMetrics,
         ObservabilityServer,
+        ReflectionService,
         bind_node,
     )
     from phalanx_aio.storage import SQLiteStorage
@@ -612,7 +613,7 @@ async def serve(
         server_ssl=server_ssl,
         client_ssl=client_ssl,
         bind_node_ids=s.tls_bind_ids,
-        extra_handlers=[service, health],
+        extra_handlers=[service, health, ReflectionService()],  # grpcurl works without our protos
         max_connections=int(lim("max_connections")),
         max_connection_rate=lim("max_connection_rate"),
         handshake_timeout=lim("handshake_timeout"),
