@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -406,13 +407,20 @@ async def resolve_members(name: str, port: int) -> list[str]:
 
 async def join_contacts(s: ServeSettings, resolver: Resolver | None = None) -> list[str]:
     """The members to ask when joining: ``--join``'s, or those ``--discover`` finds (minus
-    this node's own address)."""
+    this node's own address: the advertised one, and what it resolves to when it is a name,
+    as a pod's stable DNS name is)."""
     if s.join is not None:
         return [s.join]
     assert s.discover is not None
+    resolve = resolver or resolve_members
     name, port = _split_discover(s.discover)
-    found = await (resolver or resolve_members)(name, int(port or s.address.rpartition(":")[2]))
-    contacts = [a for a in found if a not in (s.address, s.listen)]
+    found = await resolve(name, int(port or s.address.rpartition(":")[2]))
+    own = {s.address, s.listen}
+    host, _, own_port = s.address.rpartition(":")
+    if not _is_ip(host.strip("[]")):
+        with contextlib.suppress(JoinFailed):  # our name does not resolve (yet): nothing to add
+            own.update(await resolve(host, int(own_port)))
+    contacts = [a for a in found if a not in own]
     if not contacts:
         raise JoinFailed(f"--discover {s.discover}: found no other member ({found or 'no records'})")
     return contacts
@@ -524,6 +532,14 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
     if settings.tls_bind_ids and not settings.tls_ca:
         raise ConfigError("--tls-bind-ids needs mutual TLS: give --tls-cert and --tls-ca")
     return settings
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _wildcard(address: str) -> bool:

@@ -124,3 +124,17 @@ async def test_a_joiner_bound_to_every_interface_advertises_its_address() -> Non
     # Its own advertised address is left out; the port is the advertised one.
     assert await join_contacts(s, resolver) == ["10.9.0.1:7001", "10.9.0.2:7001"]
     assert asked == [("raft.test", 7001)]
+
+
+async def test_a_joiner_advertising_a_name_leaves_out_what_the_name_resolves_to() -> None:
+    argv = ["--id", "p-1", "--data-dir", "d", "--listen", "0.0.0.0:7000", "--advertise", "p-1.svc.test:7000"]
+    s = settings([*argv, "--discover", "svc.test"])
+    records = {
+        "svc.test": ["10.1.0.5:7000", "10.1.0.6:7000", "10.1.0.7:7000"],
+        "p-1.svc.test": ["10.1.0.6:7000"],
+    }
+
+    async def resolver(name: str, port: int) -> list[str]:
+        return records[name]
+
+    assert await join_contacts(s, resolver) == ["10.1.0.5:7000", "10.1.0.7:7000"]
