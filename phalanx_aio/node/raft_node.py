@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -80,6 +81,9 @@ __all__ = ["NodeStatus", "RaftNode"]
 log = logging.getLogger("phalanx_aio.node")
 
 T = TypeVar("T")
+
+LatencyObserver = Callable[[str, float], None]
+"""``observer(kind, seconds)``: see :meth:`RaftNode.set_latency_observer`."""
 
 _TICK: Final = 0
 _MSGS: Final = 1
@@ -359,6 +363,7 @@ class RaftNode:
         self.log = _NodeLogger(log, {"node": self})
         # Event listeners (see events.py); events are built only while this list is non-empty.
         self._listeners: list[EventListener] = [on_event] if on_event is not None else []
+        self._latency: LatencyObserver | None = None  # set_latency_observer
         self._seen: tuple[int, Role, str | None] = (0, Role.FOLLOWER, None)
         self._subscriptions = Subscriptions()  # while_leader() and events(), ended by aclose()
 
@@ -561,6 +566,28 @@ class RaftNode:
             self._seen = (self._core.term, self._core.role, self._core.leader)
         self._listeners.append(listener)
 
+    def set_latency_observer(self, observer: LatencyObserver | None) -> None:
+        """Call ``observer(kind, seconds)`` with how long each of these took (``None`` stops):
+
+        * ``"propose"``: a :meth:`propose` or :meth:`propose_many` call that succeeded, from
+          the call to its result (committed and applied on this node);
+        * ``"storage_save"``: one write of entries and hard state to storage, its fsync
+          included (in the loop, or in the background writer);
+        * ``"apply"``: applying one batch of committed entries to the state machine (one
+          loop turn's worth).
+
+        It runs in the node's tasks and must be quick; what it raises is logged and ignored.
+        :class:`~phalanx_aio.observability.NodeMetrics` turns these into histograms."""
+        if observer is not None and not callable(observer):
+            raise LocalError(f"a latency observer must be callable, not {type(observer).__name__}")
+        self._latency = observer
+
+    def _report_latency(self, observer: LatencyObserver, kind: str, started: float) -> None:
+        try:
+            observer(kind, time.perf_counter() - started)
+        except Exception:
+            self.log.exception("the latency observer raised; ignored")
+
     def remove_listener(self, listener: EventListener) -> None:
         """Stop calling ``listener``; raises :class:`LocalError` if it was not added."""
         try:
@@ -677,8 +704,10 @@ class RaftNode:
             self._queue.put_nowait(_WAKE_PROPOSE)
         limit = timeout if timeout is not None else self._default_timeout
         waiters = self._deadlines.add(loop, fut, limit, "proposal")
+        observer = self._latency
+        started = time.perf_counter() if observer is not None else 0.0
         try:
-            return await fut
+            result = await fut
         except BaseException as exc:
             if self._leaderless and self._not_proposed((req,)) and isinstance(exc, Timeout):
                 raise NotLeader(None, f"{self.id}: no leader known within {limit} s") from None
@@ -687,6 +716,9 @@ class RaftNode:
             del waiters[fut]
             pending.pop(req, None)
             self._pending_bytes -= size
+        if observer is not None:
+            self._report_latency(observer, "propose", started)
+        return result
 
     async def propose_many(
         self,
@@ -747,6 +779,8 @@ class RaftNode:
             self._queue.put_nowait(_WAKE_PROPOSE)
         limit = timeout if timeout is not None else self._default_timeout
         waiters = self._deadlines.add(loop, fut, limit, f"batch of {n} proposals")
+        observer = self._latency
+        started = time.perf_counter() if observer is not None else 0.0
         try:
             try:
                 await fut
@@ -774,6 +808,8 @@ class RaftNode:
             for i, err in batch.errors.items():
                 results[i] = err
             return results
+        if observer is not None:
+            self._report_latency(observer, "propose", started)
         return batch.results
 
     async def read(self, fn: Callable[[Any], T], *, timeout: float | None = None) -> T:
@@ -1416,7 +1452,9 @@ class RaftNode:
         self, entries: Sequence[Entry], hard_state: HardState | None, snapshot: Snapshot | None
     ) -> None:
         delay = 0.05
+        observer = self._latency
         while True:
+            started = time.perf_counter() if observer is not None else 0.0
             try:
                 await self._storage.save(hard_state=hard_state, entries=entries, snapshot=snapshot)
             except StorageError as exc:
@@ -1431,6 +1469,8 @@ class RaftNode:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
+            if observer is not None:
+                self._report_latency(observer, "storage_save", started)
             if not self._healthy:
                 self.log.warning("storage writes succeed again")
             self._healthy = True
@@ -1508,6 +1548,8 @@ class RaftNode:
         """Apply committed entries in order; give this node's proposers their outcomes."""
         sm_apply, pending, own, other = self._sm.apply, self._pending, self._own, self._other
         start, other_start = len(own) + 8, len(other) + 8
+        observer = self._latency
+        started = time.perf_counter() if observer is not None else 0.0
         for e in committed:
             if e.type is not EntryType.NORMAL:
                 self._apply_other(e)
@@ -1536,6 +1578,8 @@ class RaftNode:
                 waiter = pending.pop(req, None)
                 if waiter is not None:
                     _settle(waiter, req, result, error)
+        if observer is not None:
+            self._report_latency(observer, "apply", started)
 
     def _apply_other(self, e: Entry) -> None:
         """Apply a membership change (a new leader's empty entry needs nothing)."""
