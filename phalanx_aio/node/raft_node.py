@@ -29,7 +29,7 @@ from typing import Any, Final, TypeVar
 
 from phalanx_aio._deadlines import Deadlines
 from phalanx_aio.core.config import Config
-from phalanx_aio.core.membership import ConfChange, ConfChangeType, decode_conf
+from phalanx_aio.core.membership import ConfChange, ConfChangeType, decode_conf_changes
 from phalanx_aio.core.raft import Raft, Role, Status, bootstrap_state
 from phalanx_aio.core.types import (
     ConfState,
@@ -190,6 +190,8 @@ class NodeStatus:
     removed_at: int | None = None
     """The log index of the committed change that removed this node, once a member said so
     (see :class:`~phalanx_aio.node.events.RemovedFromCluster`); None otherwise."""
+    voters_outgoing: tuple[str, ...] = ()
+    """In a joint configuration, the voters being left (empty otherwise)."""
 
 
 class _NodeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -348,6 +350,8 @@ class RaftNode:
         # consecutive indexes. Each leaves once committed entries pass its end.
         self._placed: list[tuple[int, int, list[tuple[int, bytes]]]] = []
         self._conf_waiters: dict[int, tuple[int, asyncio.Future[None]]] = {}
+        # Joint changes whose C_old,new is committed, waiting for the entry that leaves it.
+        self._leave_waiters: list[asyncio.Future[None]] = []
         self._deferred_conf: list[tuple[ConfChange, asyncio.Future[Any]]] = []
         self._reads = Reads(self._nonce, max_pending_reads)
         self._leader_changed = asyncio.Event()
@@ -410,6 +414,8 @@ class RaftNode:
 
             self._transport = GrpcTransport(node_id=self.id, cluster_id=self.cluster_id, listen=self.address)
         self._update_peers(self._core.conf)
+        # Removed members are part of the configuration (snapshots included): known at once.
+        self._note_removals(self._core.confs.at(self._core.log.committed))
         await self._transport.start(self)
         self._loop_task = asyncio.create_task(self._run(), name=f"phalanx-loop-{self.id}")
         self._ticker_task = asyncio.create_task(self._ticker(), name=f"phalanx-ticker-{self.id}")
@@ -531,6 +537,7 @@ class RaftNode:
             pending_proposals=len(self._pending),
             core=st,
             removed_at=self._removed_at,
+            voters_outgoing=tuple(sorted(st.conf.voters_outgoing)),
         )
 
     async def wait_for_leader(
@@ -843,6 +850,41 @@ class RaftNode:
         """Remove ``node_id`` (voter or learner); returns once committed. Leader only."""
         await self._conf_change(ConfChange(ConfChangeType.REMOVE, node_id), timeout)
 
+    async def change_members(
+        self,
+        *,
+        add: Mapping[str, str] | None = None,
+        add_learners: Mapping[str, str] | None = None,
+        promote: Iterable[str] = (),
+        remove: Iterable[str] = (),
+        timeout: float | None = None,
+    ) -> None:
+        """Change several members in one step (joint consensus, Raft thesis §4.3): add
+        voters (``add``: id -> address) and learners (``add_learners``), promote learners,
+        remove voters or learners. Leader only.
+
+        When the set of voters changes, the leader first commits the joint configuration
+        C_old,new, in which every decision needs a majority of the old voters *and* one of the
+        new, then by itself the new configuration; this returns once that is committed. From
+        the moment C_old,new is committed the change cannot be undone (every later leader
+        completes it), so a leader that is not a voter of the new configuration returns then:
+        it goes on replicating until the others stop listening to it, and one of them leads.
+        Changes that only touch learners take one entry. Each node may be named once; a voter
+        cannot become a learner in one step. Prefer promoting caught-up learners over adding
+        voters, as with single changes (a new voter with an empty log slows commits).
+        """
+        kinds = ConfChangeType
+        changes = [ConfChange(kinds.ADD_VOTER, nid, addr.encode()) for nid, addr in (add or {}).items()]
+        changes += [ConfChange(kinds.ADD_LEARNER, n, a.encode()) for n, a in (add_learners or {}).items()]
+        changes += [ConfChange(kinds.PROMOTE, nid) for nid in promote]
+        changes += [ConfChange(kinds.REMOVE, nid) for nid in remove]
+        if not changes:
+            raise LocalError("change_members needs at least one change")
+        self._check_open()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((_CONF, tuple(changes), fut))
+        await self._await(fut, timeout, "membership change")
+
     async def transfer_leadership(self, target: str | None = None, *, timeout: float | None = None) -> str:
         """Hand leadership to ``target`` (default: the most caught-up other voter) and wait
         until it leads. Leader only. Returns the new leader's id."""
@@ -1044,11 +1086,16 @@ class RaftNode:
         if self._listeners:
             self._emit(RemovedFromCluster(self.id, core.term, index, peer))
 
-    def _start_conf_change(self, core: Raft, change: ConfChange, fut: asyncio.Future[Any]) -> None:
+    def _start_conf_change(
+        self, core: Raft, change: ConfChange | tuple[ConfChange, ...], fut: asyncio.Future[Any]
+    ) -> None:
         if fut.done():
             return
         try:
-            term, index = core.propose_conf_change(change)
+            if isinstance(change, ConfChange):
+                term, index = core.propose_conf_change(change)
+            else:
+                term, index = core.propose_joint_change(change)
         except PhalanxError as exc:
             _set_exc(fut, exc)
         else:
@@ -1584,28 +1631,39 @@ class RaftNode:
     def _apply_other(self, e: Entry) -> None:
         """Apply a membership change (a new leader's empty entry needs nothing)."""
         if e.type is EntryType.CONF:
-            change, conf = decode_conf(e.data)
-            if change is not None:
-                self._note_removal(e.index, change)
+            changes, conf = decode_conf_changes(e.data)
+            self._note_removals(conf)
             if self._listeners:
                 term = self._core.term if self._core is not None else e.term
                 voters, learners = tuple(sorted(conf.voters)), tuple(sorted(conf.learners))
-                self._emit(MembershipChanged(self.id, term, e.index, change, voters, learners))
+                change = changes[0] if changes else None
+                outgoing = tuple(sorted(conf.voters_outgoing))
+                self._emit(
+                    MembershipChanged(
+                        self.id, term, e.index, change, voters, learners, tuple(changes), outgoing
+                    )
+                )
+            if not conf.joint:  # a joint configuration was left (by whichever leader)
+                for fut in self._leave_waiters:
+                    _set_result(fut, None)
+                self._leave_waiters.clear()
             w = self._conf_waiters.pop(e.index, None)
             if w is not None:
-                if w[0] == e.term:
-                    _set_result(w[1], None)
-                else:
+                if w[0] != e.term:
                     _set_exc(w[1], NotApplied("membership change overwritten by a new leader"))
+                elif conf.joint and self.id in conf.voters:
+                    self._leave_waiters.append(w[1])  # done once C_new is committed
+                else:
+                    _set_result(w[1], None)
 
-    def _note_removal(self, index: int, change: ConfChange) -> None:
-        """Keep the transport's list of removed members (committed removals only: a change
-        that is merely appended may still be overwritten)."""
-        removed = self._removed_members
-        if change.type is ConfChangeType.REMOVE:
-            removed[change.node_id] = index
-        elif removed.pop(change.node_id, None) is None:
+    def _note_removals(self, conf: ConfState) -> None:
+        """Hand the transport the removed members of a committed configuration (one merely
+        appended may still be overwritten). They are part of the replicated configuration,
+        snapshots included, so every member knows them after any restart."""
+        removed = dict(conf.removed)
+        if removed == self._removed_members:
             return
+        self._removed_members = removed
         if self._transport is not None:
             self._transport.set_removed(removed)
 
@@ -1664,6 +1722,9 @@ class RaftNode:
         for _, fut3 in list(self._conf_waiters.values()):
             _set_exc(fut3, exc)
         self._conf_waiters.clear()
+        for fut5 in self._leave_waiters:
+            _set_exc(fut5, exc)
+        self._leave_waiters.clear()
         for _, fut4 in self._deferred_conf:
             _set_exc(fut4, exc)
         self._deferred_conf.clear()
