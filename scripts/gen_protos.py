@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate phalanx_aio/transport/_proto/ from protos/ with the betterproto plugin.
+"""Regenerate phalanx_aio/_proto/ from protos/ with the betterproto plugin.
 
 Usage (from anywhere, inside the project's virtualenv)::
 
@@ -25,13 +25,20 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 PROTO_FILES = ("phalanx/v1/kv.proto", "phalanx/v1/raft.proto")
-OUT_DIR = ROOT / "phalanx_aio" / "transport" / "_proto"
+OUT_DIR = ROOT / "phalanx_aio" / "_proto"
 PLUGIN_NAME = "protoc-gen-python_betterproto"
 
 PACKAGE_DOC = '''"""Code generated from protos/ by scripts/gen_protos.py (betterproto). Do not edit.
 
-Only phalanx_aio.transport.codec may import these modules; the rest of the library works with
-the core's own dataclasses.
+Only the modules in ALLOWED_IMPORTERS may import these; the rest of the library works with its
+own dataclasses (a test enforces it).
+"""
+
+ALLOWED_IMPORTERS = (
+    "phalanx_aio.transport.codec",  # the peer calls' acknowledgements
+    "phalanx_aio.kv.codec",  # the KV service's unary Status, membership and transfer messages
+)
+"""The only library modules that import the generated code.
 """
 '''
 

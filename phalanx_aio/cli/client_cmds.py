@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from phalanx_aio._grpc import parse_address
 from phalanx_aio.errors import ConfigError, LocalError, NotApplied, OutcomeUnknown, PhalanxError
 from phalanx_aio.kv.client import KVClient, RequestRefused
 from phalanx_aio.kv.messages import Member, StatusResponse
@@ -301,9 +302,9 @@ def version_info() -> dict[str, str]:
     import importlib.metadata
     import platform
 
-    import phalanx_aio
+    from phalanx_aio._version import __version__
 
-    out = {"phalanx-aio": phalanx_aio.__version__, "python": platform.python_version()}
+    out = {"phalanx-aio": __version__, "python": platform.python_version()}
     for dist in ("grpclib", "betterproto", "aiosqlite", "prometheus_client", "uvloop"):
         try:
             out[dist] = importlib.metadata.version(dist)
@@ -594,8 +595,10 @@ async def _tls_problem(endpoints: Sequence[str], tls: ssl.SSLContext | None) -> 
     """After a failure: say so if the first endpoint that answers refuses us at the TLS level
     (or speaks TLS to a plain client); ``None`` if TLS is not the problem."""
     for endpoint in endpoints:
-        host, _, port = endpoint.rpartition(":")
-        host = host.strip("[]")
+        try:
+            host, port = parse_address(endpoint)
+        except ValueError:
+            continue
         try:
             probe = tls
             if probe is None:  # does the node speak TLS to a client that does not?

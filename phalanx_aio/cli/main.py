@@ -63,11 +63,11 @@ def _range_ms(text: str) -> tuple[float, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    import phalanx_aio
+    from phalanx_aio._version import __version__
     from phalanx_aio.cli.client_cmds import GLOBAL_PREFIX, add_client_flags
 
     parser = argparse.ArgumentParser(prog="phalanx-aio", description="An asyncio-native Raft framework.")
-    parser.add_argument("--version", action="version", version=f"phalanx-aio {phalanx_aio.__version__}")
+    parser.add_argument("--version", action="version", version=f"phalanx-aio {__version__}")
     add_client_flags(parser, prefix=GLOBAL_PREFIX)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from phalanx_aio._grpc import parse_address
 from phalanx_aio.core.config import Config
 
 if TYPE_CHECKING:
@@ -313,8 +314,11 @@ def _parse_peers(items: list[str], where: str) -> dict[str, str]:
 
 
 def _check_address(value: str, what: str) -> str:
-    _host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        _host, port = parse_address(value, listen=True)
+    except ValueError as exc:
+        raise ConfigError(f"{what} {value!r} is not HOST:PORT with a port in 1-65535 ({exc})") from None
+    if port == 0:
         raise ConfigError(f"{what} {value!r} is not HOST:PORT with a port in 1-65535")
     return value
 
@@ -589,12 +593,12 @@ async def serve(
 ) -> None:
     """Run the node until SIGTERM/SIGINT (or until ``ready`` owner cancels us). ``resolver``
     replaces DNS for ``--discover`` (tests)."""
+    from phalanx_aio.kv.metered import MeteredKVService
     from phalanx_aio.kv.service import KVService
     from phalanx_aio.kv.state_machine import KVStateMachine, SessionLimits
     from phalanx_aio.node import NodeEvent, RaftNode, RemovedFromCluster
     from phalanx_aio.observability import (
         HealthService,
-        MeteredKVService,
         NodeMetrics,
         ObservabilityServer,
         ReflectionService,

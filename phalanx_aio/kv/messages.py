@@ -1,8 +1,8 @@
 """The messages of the client-facing KV service (``protos/phalanx/v1/kv.proto``) as plain dataclasses.
 
 :class:`~phalanx_aio.kv.service.KVService` and :class:`~phalanx_aio.kv.client.KVClient` work with
-these; :func:`phalanx_aio.transport.codec.encode_kv_message` and
-:func:`~phalanx_aio.transport.codec.decode_kv_message` put them on the wire and take them off.
+these; :func:`phalanx_aio.kv.codec.encode_kv_message` and
+:func:`~phalanx_aio.kv.codec.decode_kv_message` put them on the wire and take them off.
 Optional protobuf pairs become ``None``: ``had_previous``/``previous`` is ``previous: bytes | None``,
 ``expect_absent``/``expected`` is ``expected: bytes | None``, ``found``/``value`` is
 ``value: bytes | None``.

@@ -20,7 +20,7 @@ describes the protocol, the sessions and the outcomes.
 
 Besides the unary methods, the service offers ``Stream``: one long-lived call on which a client
 sends batches of Put, Get, Delete and CompareAndSet requests, each with an id, and gets the
-answers back in batches as they complete (see :data:`~phalanx_aio.transport.codec.KV_STREAM_METHOD`).
+answers back in batches as they complete (see :data:`~phalanx_aio.kv.stream_codec.KV_STREAM_METHOD`).
 Every request on it is handled exactly as by its unary method, concurrently with the others.
 
 No request message may be larger than ``max_request_bytes`` (4 MiB by default): the service
@@ -43,7 +43,7 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 from phalanx_aio._budget import SHED_REASONS, BufferBudget, Call
-from phalanx_aio._grpc_read import Malformed, TooLarge, recv_bounded
+from phalanx_aio._grpc import Malformed, TooLarge, WireBytes, recv_bounded
 from phalanx_aio.errors import (
     ClosedError,
     LocalError,
@@ -54,6 +54,7 @@ from phalanx_aio.errors import (
     ProposalDropped,
     ProtocolError,
 )
+from phalanx_aio.kv.codec import decode_kv_message, encode_kv_message
 from phalanx_aio.kv.messages import (
     KV_METHODS,
     CompareAndSetRequest,
@@ -83,15 +84,8 @@ from phalanx_aio.kv.messages import (
     TransferLeaderResponse,
 )
 from phalanx_aio.kv.state_machine import KVCommand, KVOp, KVStateMachine, SessionExpired, encode_command
+from phalanx_aio.kv.stream_codec import KV_STREAM_METHOD, KVStreamCodec
 from phalanx_aio.node.raft_node import RaftNode
-from phalanx_aio.transport.codec import (
-    KV_STREAM_METHOD,
-    WireBytes,
-    decode_kv_message,
-    decode_kv_stream_requests,
-    encode_kv_message,
-    encode_kv_stream_response,
-)
 
 __all__ = ["DEFAULT_QUOTA_BYTES", "MIN_REQUEST_BYTES", "KVService"]
 
@@ -347,6 +341,7 @@ class KVService:
         under_way = 0  # requests read whose answers the sender has not taken yet
         finished = False
         batch_limit = self.max_stream_buffer_bytes
+        codec = KVStreamCodec()  # this call's: what repeats between its items
 
         def spawn(work: Coroutine[Any, Any, None]) -> None:
             task = asyncio.create_task(work)
@@ -377,7 +372,7 @@ class KVService:
                     parts: list[bytes] = []
                     size = taken = 0
                     for rid, response in pending:
-                        item = _encode_answer(rid, response)
+                        item = _encode_answer(codec, rid, response)
                         parts.append(item)
                         size += len(item)
                         taken += 1
@@ -404,7 +399,7 @@ class KVService:
                 if send_task.done():  # the answers cannot be sent: end the call
                     break
                 try:
-                    items = decode_kv_stream_requests(data, max_bytes=self.max_request_bytes)
+                    items = codec.decode_requests(data, max_bytes=self.max_request_bytes)
                 except ProtocolError as exc:
                     self.rejections["malformed"] += 1
                     raise GRPCError(Status.INVALID_ARGUMENT, f"malformed stream batch: {exc}"[:300]) from None
@@ -749,14 +744,14 @@ def _refusal(exc: BaseException, membership: bool = False) -> _Refuse | None:
     return None
 
 
-def _encode_answer(rid: int, response: KVResponse) -> bytes:
+def _encode_answer(codec: KVStreamCodec, rid: int, response: KVResponse) -> bytes:
     """One ``StreamResponse`` item (an ``INTERNAL`` answer if ``response`` cannot be encoded)."""
     try:
-        return encode_kv_stream_response(rid, response)
+        return codec.encode_response(rid, response)
     except Exception:
         log.exception("KV service: cannot encode a %s", type(response).__name__)
         failed = type(response)(ResponseHeader(ErrorCode.INTERNAL, "internal server error"))
-        return encode_kv_stream_response(rid, failed)
+        return codec.encode_response(rid, failed)
 
 
 def _answer_within(left: float) -> float:

@@ -15,12 +15,11 @@ from phalanx_aio.observability.logs import (
     bind_node,
     configure_logging,
 )
-from phalanx_aio.observability.metrics import MeteredKVService, NodeMetrics
+from phalanx_aio.observability.metrics import NodeMetrics
 
 __all__ = [
     "HealthService",
     "JsonFormatter",
-    "MeteredKVService",
     "NodeContextFilter",
     "NodeMetrics",
     "ObservabilityServer",

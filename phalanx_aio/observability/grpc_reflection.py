@@ -23,8 +23,8 @@ import grpclib.const
 import grpclib.server
 from grpclib.const import Cardinality, Status
 
+from phalanx_aio._grpc import WireBytes
 from phalanx_aio.errors import LocalError, ProtocolError
-from phalanx_aio.transport.codec import WireBytes
 
 __all__ = ["REFLECTION_SERVICES", "Descriptors", "ReflectionService", "load_descriptors"]
 

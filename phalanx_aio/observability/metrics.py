@@ -9,15 +9,14 @@ Everything read from the node's state (:meth:`RaftNode.status()
 collectors when the registry is collected, so the values are current however the registry is
 exposed: :meth:`NodeMetrics.exposition`, ``prometheus_client.generate_latest(registry)`` or an
 ASGI or WSGI app mounted on the registry. The registry also carries the process's metrics
-(``process_*``, ``python_*``) and ``phalanx_build_info``. :class:`MeteredKVService` is a
-:class:`~phalanx_aio.kv.KVService` that times and counts the writes it proposes and counts the
-requests it refuses (another cluster, bad input).
+(``process_*``, ``python_*``) and ``phalanx_build_info``. :class:`~phalanx_aio.kv.MeteredKVService`
+reports the KV service's writes and refusals to :meth:`NodeMetrics.observe_write` and
+:meth:`NodeMetrics.observe_refusal`.
 """
 
 from __future__ import annotations
 
 import platform
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
@@ -34,15 +33,6 @@ from prometheus_client.registry import Collector
 
 from phalanx_aio.core.membership import ConfChangeType
 from phalanx_aio.errors import PhalanxError
-from phalanx_aio.kv.messages import (
-    CompareAndSetRequest,
-    DeleteRequest,
-    ErrorCode,
-    KVRequest,
-    KVResponse,
-    PutRequest,
-)
-from phalanx_aio.kv.service import DEFAULT_QUOTA_BYTES, KVService
 from phalanx_aio.node.events import (
     ElectionStarted,
     ElectionWon,
@@ -57,12 +47,13 @@ from phalanx_aio.node.events import (
 from phalanx_aio.node.raft_node import NodeStatus, RaftNode
 
 __all__ = [
+    "KV_REFUSALS",
     "LATENCIES",
     "MEMBERSHIP_CHANGES",
     "ROLES",
     "SNAPSHOT_EVENTS",
     "TRANSPORT_VOLUMES",
-    "MeteredKVService",
+    "WRITE_OUTCOMES",
     "NodeMetrics",
 ]
 
@@ -75,9 +66,12 @@ MEMBERSHIP_CHANGES: Final = ("bootstrap", *(t.value for t in ConfChangeType))
 SNAPSHOT_EVENTS: Final = ("taken", "restored", "sent", "send_failed")
 """The values of the ``event`` label of ``phalanx_snapshots_total``."""
 
-_WRITES: Final = (PutRequest, DeleteRequest, CompareAndSetRequest)
-_NOT_PROPOSED: Final = frozenset({ErrorCode.NOT_LEADER, ErrorCode.WRONG_CLUSTER, ErrorCode.INVALID_ARGUMENT})
-_REFUSALS: Final = {ErrorCode.WRONG_CLUSTER: "cluster", ErrorCode.INVALID_ARGUMENT: "invalid"}
+WRITE_OUTCOMES: Final = ("ok", "failed")
+"""The values of the ``outcome`` label of ``phalanx_proposals_total``."""
+
+KV_REFUSALS: Final = ("cluster", "invalid")
+"""The values of the ``reason`` label of ``phalanx_kv_rejected_total``: a request naming another
+cluster, a request with bad input."""
 _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _FINE_BUCKETS: Final = (
     0.00005,
@@ -163,9 +157,9 @@ class _StatusCollector(Collector):
 def _build_info() -> dict[str, str]:
     import importlib.metadata
 
-    import phalanx_aio
+    from phalanx_aio._version import __version__
 
-    info = {"version": phalanx_aio.__version__, "python": platform.python_version()}
+    info = {"version": __version__, "python": platform.python_version()}
     for dist in ("grpclib", "aiosqlite"):
         try:
             info[dist] = importlib.metadata.version(dist)
@@ -349,9 +343,9 @@ class NodeMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        for outcome in ("ok", "failed"):
+        for outcome in WRITE_OUTCOMES:
             self.proposals.labels(outcome)
-        for reason in _REFUSALS.values():
+        for reason in KV_REFUSALS:
             self.kv_rejected.labels(reason)
         for change in MEMBERSHIP_CHANGES:
             self.membership_changes.labels(change)
@@ -400,69 +394,17 @@ class NodeMetrics:
         except PhalanxError:
             return None
 
-    def observe_write(self, code: ErrorCode, seconds: float) -> None:
-        """Count one write the KV service answered with ``code`` after ``seconds``."""
-        if code is ErrorCode.OK:
-            self.proposals.labels("ok").inc()
+    def observe_write(self, outcome: str, seconds: float) -> None:
+        """Count one proposed write answered after ``seconds``: ``outcome`` is ``"ok"`` (applied;
+        its latency is observed) or ``"failed"`` (one of :data:`WRITE_OUTCOMES`)."""
+        self.proposals.labels(outcome).inc()
+        if outcome == "ok":
             self.commit_latency.observe(seconds)
-        elif code not in _NOT_PROPOSED:
-            self.proposals.labels("failed").inc()
 
-    def observe_refusal(self, code: ErrorCode) -> None:
-        """Count a request the KV service refused with ``code`` (only ``WRONG_CLUSTER`` and
-        ``INVALID_ARGUMENT`` are counted)."""
-        reason = _REFUSALS.get(code)
-        if reason is not None:
-            self.kv_rejected.labels(reason).inc()
+    def observe_refusal(self, reason: str) -> None:
+        """Count a request refused before reaching the node (one of :data:`KV_REFUSALS`)."""
+        self.kv_rejected.labels(reason).inc()
 
     def exposition(self) -> bytes:
         """Every metric in the Prometheus text format, gauges read from the node now."""
         return generate_latest(self.registry)
-
-
-class MeteredKVService(KVService):
-    """A :class:`~phalanx_aio.kv.KVService` that reports each write (put, delete, cas) to
-    :meth:`NodeMetrics.observe_write` and each request refused for naming another cluster or for
-    bad input to :meth:`NodeMetrics.observe_refusal`. Writes refused before being proposed are
-    not counted as proposals."""
-
-    def __init__(
-        self,
-        *,
-        max_key_bytes: int = 64 << 10,
-        max_value_bytes: int = 1 << 20,
-        max_request_bytes: int = 4 << 20,
-        max_stream_inflight: int = 10_000,
-        max_stream_buffer_bytes: int = 4 << 20,
-        max_connection_buffer_bytes: int = 64 << 20,
-        max_buffer_bytes: int = 256 << 20,
-        stall_timeout: float = 30.0,
-        quota_bytes: int = DEFAULT_QUOTA_BYTES,
-    ) -> None:
-        super().__init__(
-            max_key_bytes=max_key_bytes,
-            max_value_bytes=max_value_bytes,
-            max_request_bytes=max_request_bytes,
-            max_stream_inflight=max_stream_inflight,
-            max_stream_buffer_bytes=max_stream_buffer_bytes,
-            max_connection_buffer_bytes=max_connection_buffer_bytes,
-            max_buffer_bytes=max_buffer_bytes,
-            stall_timeout=stall_timeout,
-            quota_bytes=quota_bytes,
-        )
-        self.metrics: NodeMetrics | None = None
-        """Where writes are reported; set it once the node exists."""
-
-    async def handle(self, request: KVRequest, *, timeout: float | None = None) -> KVResponse:
-        """Answer like :meth:`KVService.handle`, counting what is reported to :attr:`metrics`."""
-        metrics = self.metrics
-        if metrics is None:
-            return await super().handle(request, timeout=timeout)
-        start = time.perf_counter()
-        response = await super().handle(request, timeout=timeout)
-        code = response.header.error
-        if isinstance(request, _WRITES):
-            metrics.observe_write(code, time.perf_counter() - start)
-        if code in _REFUSALS:
-            metrics.observe_refusal(code)
-        return response

@@ -17,10 +17,11 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality
 
 from phalanx_aio import Config, LocalError, RaftNode, SQLiteStorage
+from phalanx_aio._grpc import WireBytes
 from phalanx_aio._net import free_loopback_ports
 from phalanx_aio.kv import KVService, KVStateMachine
 from phalanx_aio.kv import messages as m
-from phalanx_aio.transport.codec import WireBytes, decode_kv_message, encode_kv_message
+from phalanx_aio.kv.codec import decode_kv_message, encode_kv_message
 from phalanx_aio.transport.grpc import GrpcTransport
 from tests.helpers import find_leader
 

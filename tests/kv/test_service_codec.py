@@ -7,15 +7,11 @@ from typing import Any
 
 import pytest
 
+from phalanx_aio._proto.phalanx import v1 as pb
 from phalanx_aio.errors import LocalError, ProtocolError
 from phalanx_aio.kv import messages as m
-from phalanx_aio.transport._proto.phalanx import v1 as pb
-from phalanx_aio.transport.codec import (
-    KV_STREAM_METHOD,
-    EncodeError,
-    decode_kv_message,
-    encode_kv_message,
-)
+from phalanx_aio.kv.codec import EncodeError, decode_kv_message, encode_kv_message
+from phalanx_aio.kv.stream_codec import KV_STREAM_METHOD
 
 RQ = m.RequestHeader("c1", "client-7", 2**64 - 1, 41)
 RS = m.ResponseHeader(m.ErrorCode.NOT_LEADER, "not me", "n2", "127.0.0.1:7002", 9, 2**63)

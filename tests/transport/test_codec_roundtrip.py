@@ -10,10 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transport_strategies import entries, frames, from_pb, messages, to_pb
 
+from phalanx_aio._grpc import WireBytes
+from phalanx_aio._proto.phalanx import v1 as pb
 from phalanx_aio.core.types import ConfState, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMeta
 from phalanx_aio.errors import LocalError, ProtocolError
 from phalanx_aio.transport import codec
-from phalanx_aio.transport._proto.phalanx import v1 as pb
 from phalanx_aio.transport.codec import (
     Frame,
     Limits,
@@ -158,9 +159,9 @@ def test_acks_round_trip() -> None:
 def test_wire_bytes_passes_through_grpclib_codec() -> None:
     proto_codec = grpclib.encoding.proto.ProtoCodec()
     data = encode_frame("c", "n1", [Message(MessageType.HEARTBEAT, "n2", "n1", 1)])
-    wrapped = codec.WireBytes(data)
-    assert proto_codec.encode(wrapped, codec.WireBytes) == data
-    assert proto_codec.decode(data, codec.WireBytes).data == data
+    wrapped = WireBytes(data)
+    assert proto_codec.encode(wrapped, WireBytes) == data
+    assert proto_codec.decode(data, WireBytes).data == data
     assert "bytes" in repr(wrapped)
 
 

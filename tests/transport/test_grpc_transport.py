@@ -16,17 +16,17 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server as GrpclibServer
 from grpclib.server import Stream
 
+from phalanx_aio._grpc import WireBytes
 from phalanx_aio.core.types import ConfState, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMeta
 from phalanx_aio.errors import ClosedError, ConfigError
+from phalanx_aio.transport.chunks import snapshot_chunks
 from phalanx_aio.transport.codec import (
     INSTALL_SNAPSHOT_METHOD,
     STREAM_METHOD,
     Limits,
-    WireBytes,
     decode_snapshot_ack,
     decode_stream_ack,
     encode_frames,
-    snapshot_chunks,
 )
 from phalanx_aio.transport.grpc import STAT_KEYS, GrpcTransport
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import betterproto
 from hypothesis import strategies as st
 
+from phalanx_aio._proto.phalanx import v1 as pb
 from phalanx_aio.core.types import (
     ConfState,
     Entry,
@@ -18,7 +19,6 @@ from phalanx_aio.core.types import (
     Snapshot,
     SnapshotMeta,
 )
-from phalanx_aio.transport._proto.phalanx import v1 as pb
 from phalanx_aio.transport.codec import MAX_INT
 
 ids = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=12)
