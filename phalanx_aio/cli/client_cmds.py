@@ -140,6 +140,19 @@ its variable, and a flag after the subcommand over the same flag before it."""
 GLOBAL_PREFIX = "global_"
 """The dest prefix of a client flag given before the subcommand."""
 
+_GROUP_PREFIX = "group_"
+"""The dest prefix of a client flag given between ``members`` and its action."""
+
+
+def _given(args: argparse.Namespace, name: str) -> Any:
+    """Client flag ``name`` as given on the command line: after the subcommand, else between
+    ``members`` and its action, else before the subcommand; ``None`` if not given."""
+    for prefix in ("", _GROUP_PREFIX, GLOBAL_PREFIX):
+        value = getattr(args, prefix + name, None)
+        if value is not None:
+            return value
+    return None
+
 
 def add_client_flags(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
     """Declare :data:`CLIENT_FLAGS` on ``parser`` (dest ``prefix + name``, default ``None``)."""
@@ -169,9 +182,7 @@ def client_setting(args: argparse.Namespace, name: str, env: Mapping[str, str]) 
     """The value of client flag ``name``: given after the subcommand, else before it, else by
     its environment variable (parsed and checked: a bad value raises :class:`ConfigError`
     naming the variable); ``None`` if none of them gives it."""
-    value = getattr(args, name, None)
-    if value is None:
-        value = getattr(args, GLOBAL_PREFIX + name, None)
+    value = _given(args, name)
     if value is not None:
         return value
     f = CLIENT_FLAGS[name]
@@ -265,6 +276,7 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     members = sub.add_parser(
         "members", help="list or change the cluster's members", description="List or change the members."
     )
+    add_client_flags(members, prefix=_GROUP_PREFIX)  # also: members --endpoints X list
     msub = members.add_subparsers(dest="action", required=True, metavar="ACTION")
     msub.add_parser("list", parents=[common], help="print the members: ID ADDRESS voter|learner")
     add = msub.add_parser("add", parents=[common], help="add a member (a learner unless --voter)")
@@ -570,7 +582,7 @@ def _client_ssl(args: argparse.Namespace, env: Mapping[str, str]) -> ssl.SSLCont
 
     def given(name: str) -> tuple[str, str | None]:
         """(how it was given, path)."""
-        value = getattr(args, name, None) or getattr(args, GLOBAL_PREFIX + name, None)
+        value = _given(args, name)
         if value is not None:
             return CLIENT_FLAGS[name].flags[-1], value
         var = CLIENT_FLAGS[name].env
