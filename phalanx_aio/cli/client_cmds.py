@@ -287,6 +287,19 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     remove.add_argument("id")
     promote = msub.add_parser("promote", parents=[common], help="turn a learner into a voter")
     promote.add_argument("id")
+    change = msub.add_parser(
+        "change",
+        parents=[common],
+        help="several changes in one step (joint consensus when the voters change)",
+        description="Add, promote and remove members in one step. When the voters change, the "
+        "leader goes through a joint configuration (a majority of the old voters and one of the "
+        "new decide until the new configuration is committed). Each flag may be repeated.",
+    )
+    spec = {"metavar": "ID=HOST:PORT", "type": _member_spec}
+    for flag, what in (("--add", "add a voter"), ("--add-learner", "add a learner")):
+        change.add_argument(flag, action="append", default=[], help=what, **spec)  # type: ignore[arg-type]
+    for flag, what in (("--promote", "turn a learner into a voter"), ("--remove", "remove a member")):
+        change.add_argument(flag, action="append", default=[], metavar="ID", help=what)
 
     transfer = sub.add_parser(
         "transfer-leader",
@@ -516,6 +529,12 @@ async def _run(args: argparse.Namespace, kv: KVClient, opts: _Options) -> int:
             "add": lambda: kv.add_member(args.id, args.address, voter=args.voter),
             "remove": lambda: kv.remove_member(args.id),
             "promote": lambda: kv.promote(args.id),
+            "change": lambda: kv.change_members(
+                add=dict(args.add),
+                add_learners=dict(args.add_learner),
+                promote=args.promote,
+                remove=args.remove,
+            ),
         }
         _members_out(await actions[args.action](), fmt)
         return EXIT_OK
@@ -524,6 +543,14 @@ async def _run(args: argparse.Namespace, kv: KVClient, opts: _Options) -> int:
         _out(json.dumps({"leader": leader}) if fmt == "json" else leader)
         return EXIT_OK
     raise ConfigError(f"unknown command {cmd!r}")  # pragma: no cover
+
+
+def _member_spec(text: str) -> tuple[str, str]:
+    """``ID=HOST:PORT`` of ``members change --add``; argparse turns the error into exit 2."""
+    nid, sep, address = text.partition("=")
+    if not sep or not nid or not address:
+        raise argparse.ArgumentTypeError(f"expected ID=HOST:PORT, got {text!r}")
+    return nid, address
 
 
 @dataclass(slots=True)

@@ -68,6 +68,7 @@ from phalanx_aio.kv.messages import (
     KVResponse,
     Member,
     MemberAddRequest,
+    MemberChangeRequest,
     MemberChangeResponse,
     MemberListRequest,
     MemberListResponse,
@@ -212,6 +213,7 @@ class KVService:
             MemberAddRequest: self._member_add,
             MemberRemoveRequest: self._member_remove,
             MemberPromoteRequest: self._member_promote,
+            MemberChangeRequest: self._member_change,
             TransferLeaderRequest: self._transfer,
         }
         if node is not None:
@@ -720,6 +722,24 @@ class KVService:
         _check_node_id(req.node_id)
         node = self._require_leader()
         await self._run(lambda: node.promote(req.node_id, timeout=timeout), membership=True)
+        return MemberChangeResponse(self._header(), self._members())
+
+    async def _member_change(self, req: MemberChangeRequest, timeout: float | None) -> MemberChangeResponse:
+        for nid in [m.node_id for m in req.add] + list(req.promote) + list(req.remove):
+            _check_node_id(nid)
+        if any(not m.address for m in req.add):
+            raise _Refuse(ErrorCode.INVALID_ARGUMENT, "a new member needs an address")
+        if not (req.add or req.promote or req.remove):
+            raise _Refuse(ErrorCode.INVALID_ARGUMENT, "a membership change needs at least one change")
+        node = self._require_leader()
+        voters = {m.node_id: m.address for m in req.add if not m.learner}
+        learners = {m.node_id: m.address for m in req.add if m.learner}
+        await self._run(
+            lambda: node.change_members(
+                add=voters, add_learners=learners, promote=req.promote, remove=req.remove, timeout=timeout
+            ),
+            membership=True,
+        )
         return MemberChangeResponse(self._header(), self._members())
 
     async def _transfer(self, req: TransferLeaderRequest, timeout: float | None) -> TransferLeaderResponse:

@@ -121,6 +121,8 @@ class SimOptions:
         parts = [f"phalanx-aio sim --seed {self.seed}"]
         if self.swarm:
             parts.append(f"--swarm --steps {self.steps}")
+            if self.joint_changes:  # the one choice a swarm seed keeps from its caller
+                parts.append("--joint-changes")
             return " ".join(parts)
         parts.append(f"--nodes {self.nodes} --steps {self.steps}")
         if not self.faults:

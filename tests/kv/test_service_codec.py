@@ -40,6 +40,8 @@ SAMPLES: list[Any] = [
     m.MemberAddRequest(RQ, "n4", "h:1", learner=False),
     m.MemberRemoveRequest(RQ, "n4"),
     m.MemberPromoteRequest(RQ, "n4"),
+    m.MemberChangeRequest(RQ, (m.Member("n4", "h:4", True), m.Member("n5", "h:5")), ("n6",), ("n1", "n2")),
+    m.MemberChangeRequest(RQ),
     m.MemberChangeResponse(RS, ()),
     m.TransferLeaderRequest(RQ, ""),
     m.TransferLeaderResponse(m.ResponseHeader(m.ErrorCode.INTERNAL), "n3"),

@@ -318,6 +318,21 @@ class MemberPromoteRequest(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class MemberChangeRequest(betterproto.Message):
+    header: "RequestHeader" = betterproto.message_field(1)
+    add: List["Member"] = betterproto.message_field(2)
+    """
+    Members to add: node_id and address, as a learner if learner is set, else as a voter.
+    """
+
+    promote: List[str] = betterproto.string_field(3)
+    """Learners to make voters."""
+
+    remove: List[str] = betterproto.string_field(4)
+    """Voters or learners to remove."""
+
+
+@dataclass(eq=False, repr=False)
 class MemberChangeResponse(betterproto.Message):
     header: "ResponseHeader" = betterproto.message_field(1)
     members: List["Member"] = betterproto.message_field(2)
@@ -718,6 +733,23 @@ class KvStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def member_change(
+        self,
+        member_change_request: "MemberChangeRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "MemberChangeResponse":
+        return await self._unary_unary(
+            "/phalanx.v1.KV/MemberChange",
+            member_change_request,
+            MemberChangeResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def transfer_leader(
         self,
         transfer_leader_request: "TransferLeaderRequest",
@@ -836,6 +868,11 @@ class KvBase(ServiceBase):
     ) -> "MemberChangeResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def member_change(
+        self, member_change_request: "MemberChangeRequest"
+    ) -> "MemberChangeResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def transfer_leader(
         self, transfer_leader_request: "TransferLeaderRequest"
     ) -> "TransferLeaderResponse":
@@ -912,6 +949,13 @@ class KvBase(ServiceBase):
         response = await self.member_promote(request)
         await stream.send_message(response)
 
+    async def __rpc_member_change(
+        self, stream: "grpclib.server.Stream[MemberChangeRequest, MemberChangeResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.member_change(request)
+        await stream.send_message(response)
+
     async def __rpc_transfer_leader(
         self,
         stream: "grpclib.server.Stream[TransferLeaderRequest, TransferLeaderResponse]",
@@ -984,6 +1028,12 @@ class KvBase(ServiceBase):
                 self.__rpc_member_promote,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 MemberPromoteRequest,
+                MemberChangeResponse,
+            ),
+            "/phalanx.v1.KV/MemberChange": grpclib.const.Handler(
+                self.__rpc_member_change,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                MemberChangeRequest,
                 MemberChangeResponse,
             ),
             "/phalanx.v1.KV/TransferLeader": grpclib.const.Handler(
