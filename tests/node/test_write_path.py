@@ -15,7 +15,7 @@ from phalanx_aio.errors import ClosedError, LocalError, NotLeader, ProposalDropp
 from phalanx_aio.node import raft_node as raft_node_module
 from phalanx_aio.node.raft_node import RaftNode
 from phalanx_aio.storage import MemoryStorage
-from tests.node.conftest import DEADLINE, FAST, Counter, Harness
+from tests.node.harness import DEADLINE, FAST, Counter, Harness
 
 Save = tuple[HardState | None, tuple[Entry, ...], Snapshot | None]
 

@@ -8,7 +8,6 @@ import grpclib.encoding.proto
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transport_strategies import entries, frames, from_pb, messages, to_pb
 
 from phalanx_aio._grpc import WireBytes
 from phalanx_aio._proto.phalanx import v1 as pb
@@ -24,6 +23,7 @@ from phalanx_aio.transport.codec import (
     encode_frame,
     encode_frames,
 )
+from tests.transport.transport_strategies import entries, frames, from_pb, messages, to_pb
 
 SETTINGS = settings(
     derandomize=True,
