@@ -1,8 +1,9 @@
 """The global-mesh study (issue 8): the LAN and global-mesh presets on the five-region RTT mesh.
 
-Each (preset, seed) is one simulated cluster of five nodes, one per region of
-``shared/mesh/global_rtt.json``, over the mesh's suggested faults (one-way delay ``rtt/2`` times
-``1 + |normal(0, 0.10)|``, 1% of messages delayed by a further ``uniform(1, 3) x rtt``, 0.2% lost).
+Each (preset, seed) is one simulated cluster of five nodes, one per region of the five-region
+RTT matrix shipped in ``phalanx_aio/sim/data/global_rtt.json``, over the mesh's suggested faults
+(one-way delay ``rtt/2`` times ``1 + |normal(0, 0.10)|``, 1% of messages delayed by a further
+``uniform(1, 3) x rtt``, 0.2% lost).
 It goes through four phases:
 
 1. healthy: ``--hours`` simulated hours with no injected fault and a light workload (a proposal
@@ -48,7 +49,6 @@ from phalanx_aio.errors import PhalanxError
 from phalanx_aio.sim import Cluster, NetworkOptions, RegionLatency, SimNode, load_rtt_matrix
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_RTT = ROOT.parent / "shared" / "mesh" / "global_rtt.json"
 PRESETS: dict[str, Callable[[], Config]] = {
     "lan": Config.lan,
     "global-mesh": Config.global_mesh,
@@ -452,7 +452,7 @@ class Study:
 # ----------------------------------------------------------------------------------- the study
 
 
-def _worker(task: tuple[str, int, StudyParams, str]) -> Json:
+def _worker(task: tuple[str, int, StudyParams, str | None]) -> Json:
     preset, seed, params, rtt_file = task
     regions, rtt, _ = load_rtt_matrix(rtt_file)
     return Study(preset, seed, params, regions, rtt).run()
@@ -554,7 +554,9 @@ def summarize(runs: list[Json], regions: Sequence[str], target_s: float = FAILOV
     }
 
 
-def _shown(path: pathlib.Path) -> str:
+def _shown(path: pathlib.Path | None) -> str:
+    if path is None:
+        return "phalanx_aio/sim/data/global_rtt.json"
     try:
         return str(path.resolve().relative_to(ROOT.parent))
     except ValueError:
@@ -565,7 +567,7 @@ def run_study(
     presets: Sequence[str],
     seeds: Iterable[int],
     params: StudyParams,
-    rtt_file: pathlib.Path,
+    rtt_file: pathlib.Path | None,
     jobs: int,
     progress: Callable[[str], None] = print,
 ) -> Json:
@@ -573,7 +575,8 @@ def run_study(
     regions, _, faults = load_rtt_matrix(rtt_file)
     seeds = list(seeds)
     # Longest first (the LAN preset ticks four times as often), for better packing.
-    tasks = [(p, s, params, str(rtt_file)) for p in sorted(presets, key=lambda p: p != "lan") for s in seeds]
+    shipped = None if rtt_file is None else str(rtt_file)
+    tasks = [(p, s, params, shipped) for p in sorted(presets, key=lambda p: p != "lan") for s in seeds]
     wall0 = time.monotonic()
     runs: list[Json] = []
     if jobs <= 1:
@@ -831,7 +834,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--loss", type=float, default=None, help="message loss (default 0.002)")
     parser.add_argument("--spike-prob", type=float, default=None, help="spike probability (default 0.01)")
     parser.add_argument("--jitter", type=float, default=None, help="jitter sigma (default 0.10)")
-    parser.add_argument("--rtt-file", type=pathlib.Path, default=DEFAULT_RTT)
+    parser.add_argument(
+        "--rtt-file", type=pathlib.Path, default=None, help="RTT matrix JSON (default: the packaged one)"
+    )
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--png", type=pathlib.Path, default=None, help="PNG (default <out>/global_mesh.png)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
@@ -863,7 +868,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for p in presets:
         if p not in PRESETS:
             parser.error(f"unknown preset {p!r} (choose from {', '.join(PRESETS)})")
-    if not args.rtt_file.exists():
+    if args.rtt_file is not None and not args.rtt_file.exists():
         parser.error(f"RTT matrix not found: {args.rtt_file}")
     base = QUICK if args.quick else StudyParams()
     changes: Json = {}

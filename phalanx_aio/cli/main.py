@@ -21,7 +21,6 @@ from phalanx_aio.errors import ConfigError
 
 __all__ = ["build_parser", "main"]
 
-_DEFAULT_RTT = "shared/mesh/global_rtt.json"
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -93,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="latency model: uniform 1-10 ms, or the five-region RTT matrix",
     )
-    sim.add_argument("--rtt-file", default=None, help=f"region RTT matrix (default: ../{_DEFAULT_RTT})")
+    sim.add_argument(
+        "--rtt-file",
+        default=None,
+        help="region RTT matrix JSON (default: the five-region matrix shipped with the package)",
+    )
     sim.add_argument(
         "--no-faults", dest="faults", action="store_false", help="no crashes, partitions or loss"
     )
@@ -178,17 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _find_rtt(explicit: str | None) -> pathlib.Path:
-    if explicit:
-        path = pathlib.Path(explicit)
-        if not path.is_file():
-            raise ConfigError(f"--rtt-file {explicit}: no such file")
-        return path
-    for base in (pathlib.Path.cwd(), *pathlib.Path.cwd().parents, *pathlib.Path(__file__).resolve().parents):
-        for cand in (base / _DEFAULT_RTT, base.parent / _DEFAULT_RTT):
-            if cand.is_file():
-                return cand
-    raise ConfigError(f"cannot find {_DEFAULT_RTT}; pass --rtt-file PATH")
+def _find_rtt(explicit: str | None) -> pathlib.Path | None:
+    """The ``--rtt-file`` path, checked; ``None`` means the matrix shipped in the package."""
+    if explicit is None:
+        return None
+    path = pathlib.Path(explicit)
+    if not path.is_file():
+        raise ConfigError(f"--rtt-file {explicit}: no such file")
+    return path
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
@@ -207,7 +207,10 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     }.get(args.preset, Config.lan)()
     mesh = None
     if args.mesh == "global":
-        regions, rtt, _ = load_rtt_matrix(_find_rtt(args.rtt_file))
+        try:
+            regions, rtt, _ = load_rtt_matrix(_find_rtt(args.rtt_file))
+        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            raise ConfigError(f"--rtt-file {args.rtt_file}: not an RTT matrix: {exc!r}") from exc
         ids = [f"n{i + 1}" for i in range(args.nodes)]
         mesh = RegionLatency.place(rtt, regions, ids)
     results = []

@@ -200,11 +200,17 @@ class RaftLog:
         self.in_progress = self.unstable
         self.pending_snapshot = snapshot
 
-    def compact_to(self, index: int) -> None:
-        """Drop entries up to ``index`` (already applied and saved in a snapshot)."""
+    def compact_to(self, index: int) -> list[Entry]:
+        """Drop entries up to ``index`` (already applied and saved in a snapshot).
+
+        Returns the list that held them (the kept entries too, which stay in the log): the
+        entries are freed when the caller drops it. Only the kept tail is copied, so a
+        caller can free a long log in steps rather than all in this call."""
         assert self.snap_index <= index <= self.applied, "compact only applied entries"
         term = self.term(index)
         assert term is not None
-        del self.entries[: index - self.snap_index]
+        old = self.entries
+        self.entries = old[index - self.snap_index :]
         self.snap_index = index
         self.snap_term = term
+        return old

@@ -15,9 +15,18 @@ from itertools import repeat
 
 from phalanx_aio.core.config import Config
 from phalanx_aio.core.log import RaftLog
-from phalanx_aio.core.membership import ConfChange, ConfHistory, apply_change, decode_conf, encode_conf
+from phalanx_aio.core.membership import (
+    ConfChange,
+    ConfHistory,
+    apply_change,
+    decode_conf,
+    encode_conf,
+    enter_joint,
+    leave_joint,
+    note_removals,
+)
 from phalanx_aio.core.progress import Progress, ProgressState
-from phalanx_aio.core.quorum import VoteResult, quorum_index, vote_result
+from phalanx_aio.core.quorum import VoteResult, joint_quorum_index, joint_vote_result
 from phalanx_aio.core.ready import Ready
 from phalanx_aio.core.types import (
     ConfState,
@@ -262,15 +271,17 @@ class Raft:
     @property
     def ready_for_conf_change(self) -> bool:
         """True if a leader would accept a membership change now: it has committed an entry
-        of its term and no earlier change is still uncommitted."""
+        of its term, no earlier change is still uncommitted, and it is not in a joint
+        configuration (the entry leaving it is appended by itself)."""
         return (
             self.role is Role.LEADER
             and self._committed_in_term
             and self.confs.last_index <= self.log.committed
+            and not self.confs.current.joint
         )
 
     def _promotable(self) -> bool:
-        return self.id in self.confs.current.voters
+        return self.confs.current.is_voter(self.id)
 
     def status(self) -> Status:
         """A read-only report of this node's state."""
@@ -385,7 +396,7 @@ class Raft:
         if self._tally() is not VoteResult.PENDING:
             return
         last_index, last_term = self.log.last_index(), self.log.last_term()
-        for nid in sorted(self.confs.current.voters):
+        for nid in sorted(self.confs.current.all_voters()):
             if nid != self.id:
                 self._send(
                     Message(
@@ -400,7 +411,8 @@ class Raft:
                 )
 
     def _tally(self) -> VoteResult:
-        result = vote_result(self.confs.current.voters, self._votes)
+        conf = self.confs.current
+        result = joint_vote_result(conf.voters, conf.voters_outgoing, self._votes)
         if result is VoteResult.WON:
             if self.role is Role.PRE_CANDIDATE:
                 # The real election, without a second pre-vote. It is not a transfer: voters
@@ -445,8 +457,10 @@ class Raft:
                 active.add(nid)
             if nid != self.id:
                 pr.recent_active = False
-        voters = self.confs.current.voters
-        return len(voters & active) >= len(voters) // 2 + 1
+        conf = self.confs.current
+        return all(
+            len(half & active) >= len(half) // 2 + 1 for half in (conf.voters, conf.voters_outgoing) if half
+        )
 
     # ------------------------------------------------------------------ RTT-aware timeout
 
@@ -464,10 +478,14 @@ class Raft:
         quorum has enough samples, and on non-leaders."""
         if self.role is not Role.LEADER or not self.cfg.rtt_aware:
             return None
+        conf = self.confs.current
+        rtts = [self._quorum_rtt_of(half) for half in (conf.voters, conf.voters_outgoing) if half]
+        return None if None in rtts else max(r for r in rtts if r is not None)
+
+    def _quorum_rtt_of(self, voters: frozenset[str]) -> int | None:
         cfg = self.cfg
         need = min(_RTT_MIN_SAMPLES, cfg.rtt_window)
         known: list[int] = []
-        voters = self.confs.current.voters
         for nid in voters:
             if nid == self.id:
                 known.append(0)
@@ -713,15 +731,38 @@ class Raft:
         Refused while another change is pending, before the leader committed an entry of its
         own term, during a leadership transfer, or if the change is invalid.
         """
+        self._check_conf_change(1)
+        return self.term, self._append_conf(change, apply_change(self.confs.current, change))
+
+    def propose_joint_change(self, changes: Sequence[ConfChange]) -> tuple[int, int]:
+        """Propose several membership changes at once (leader only; thesis §4.3); returns the
+        ``(term, index)`` of the entry that enters the joint configuration.
+
+        Once that entry is committed, the leader appends the entry that leaves it (C_new) by
+        itself; the change is complete when that one is committed. A leader that is not a
+        voter of C_new goes on leading until then, and steps down after. Changes that only
+        touch learners need no joint configuration and take effect in one entry. Refused as
+        :meth:`propose_conf_change` is, and if the changes are invalid together.
+        """
+        changes = list(changes)
+        self._check_conf_change(len(changes))
+        return self.term, self._append_conf(changes, enter_joint(self.confs.current, changes))
+
+    def _check_conf_change(self, count: int) -> None:
+        """Raise unless this leader may append a membership change of ``count`` changes now."""
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
-        self._check_can_propose(64)
+        self._check_can_propose(64 * max(1, count))
         if not self._committed_in_term:
             raise ProposalDropped("the leader has not yet committed an entry of its term")
         if self.confs.last_index > self.log.committed:
             raise ProposalDropped("another membership change is still pending")
-        new = apply_change(self.confs.current, change)
-        return self.term, self._append(EntryType.CONF, [encode_conf(change, new)])
+
+    def _append_conf(self, change: ConfChange | Sequence[ConfChange] | None, new: ConfState) -> int:
+        """Append the CONF entry for ``change`` resulting in ``new`` (removals noted)."""
+        index = self.log.last_index() + 1
+        new = note_removals(self.confs.current, new, index)
+        return self._append(EntryType.CONF, [encode_conf(change, new)])
 
     def _append(self, etype: EntryType, datas: Sequence[bytes]) -> int:
         """Append entries of one type, in this term, after the last; returns the first's index.
@@ -762,7 +803,8 @@ class Raft:
         if not self._committed_in_term:
             self._reads_before_commit.append((ctx, requester))
             return
-        if self.confs.current.voters == {self.id}:
+        conf = self.confs.current
+        if conf.voters == {self.id} and not conf.joint:
             self._answer_read(self.log.committed, ctx, requester)
             return
         if self.cfg.read_mode == "lease" and self._lease_valid():
@@ -786,7 +828,8 @@ class Raft:
     def _acked_round(self) -> int:
         acks = self._read_acks
         acks[self.id] = self._round
-        return quorum_index(self.confs.current.voters, acks)
+        conf = self.confs.current
+        return joint_quorum_index(conf.voters, conf.voters_outgoing, acks)
 
     def _lease_valid(self) -> bool:
         if self._lease_void:
@@ -855,9 +898,15 @@ class Raft:
         if pr is not None and pr.state is ProgressState.SNAPSHOT and not ok:
             pr.become_probe()
 
-    def compact(self, index: int, data: bytes) -> Snapshot:
+    def compact(
+        self, index: int, data: bytes, *, release: Callable[[list[Entry]], None] | None = None
+    ) -> Snapshot:
         """Record the application's snapshot ``data`` taken at applied ``index`` and drop the
-        log up to it. Returns the :class:`Snapshot` for the driver to persist."""
+        log up to it. Returns the :class:`Snapshot` for the driver to persist.
+
+        With ``release``, the list that held the dropped entries is handed to it rather than
+        dropped here (it also holds the kept ones, which stay in the log): freeing a million
+        entries at once takes a while, and a driver may rather free them in steps."""
         if index <= self.log.snap_index:
             raise LocalError(f"index {index} is already compacted (snapshot at {self.log.snap_index})")
         if index > self.log.applied:
@@ -867,7 +916,10 @@ class Raft:
         term = self.log.term(index)
         assert term is not None
         snap = Snapshot(self._snapshot_meta(index, term), bytes(data))
-        self.log.compact_to(index)
+        dropped = self.log.compact_to(index)
+        if release is not None:
+            release(dropped)
+        del dropped
         self.confs.compact_to(index)
         self._snapshot = snap
         return snap
@@ -966,6 +1018,8 @@ class Raft:
             if self._maybe_commit():
                 if self.role is not Role.LEADER:
                     return  # our own removal committed: we stepped down
+                if m.frm not in self.prs:
+                    return  # the commit left a joint configuration that no longer has it
             elif was_paused and not self._bcast_commit:  # else the pending broadcast reaches it
                 self._send_append(m.frm)
             while self._send_append(m.frm, send_if_empty=False):
@@ -1191,9 +1245,12 @@ class Raft:
             self._release_reads()  # a single-voter quorum needs no answers
 
     def _maybe_commit(self) -> bool:
-        voters = self.confs.current.voters
+        conf = self.confs.current
+        voters = conf.voters
         prs = self.prs
-        idx = quorum_index(voters, {nid: prs[nid].match for nid in voters if nid in prs})
+        idx = joint_quorum_index(
+            voters, conf.voters_outgoing, {nid: pr.match for nid, pr in prs.items() if conf.is_voter(nid)}
+        )
         # §5.4.2: only entries of the current term are committed by counting replicas.
         if idx <= self.log.committed or self.log.term(idx) != self.term:
             return False
@@ -1210,11 +1267,15 @@ class Raft:
             retries, self._retries_before_commit = self._retries_before_commit, []
             for data, ctx, since, req in retries:
                 self._retry(data, ctx, since, req)
-        if self.id not in voters and idx >= self.confs.last_index:
-            # Our removal is committed: tell the others, then step down (thesis §4.2.2).
-            self._bcast_commit = True
-            self._flush()
-            self._become_follower(self.term, None)
+        if idx >= self.confs.last_index:
+            if conf.joint:
+                # C_old,new is committed: append C_new, which needs only the new majority.
+                self._append_conf(None, leave_joint(conf))
+            elif self.id not in voters:
+                # Our removal is committed: tell the others, then step down (thesis §4.2.2).
+                self._bcast_commit = True
+                self._flush()
+                self._become_follower(self.term, None)
         return True
 
     def _apply_conf(self, index: int, conf: ConfState) -> None:

@@ -25,7 +25,7 @@ import heapq
 import itertools
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
 from phalanx_aio.errors import LocalError, OutcomeUnknown, ProtocolError
@@ -134,18 +134,21 @@ def _u32_column(values: Iterator[int]) -> bytes:
 _ENCODE_STEP = 16_384
 
 
-def _sorted_keys(data: dict[bytes, bytes]) -> list[bytes]:
+def _sorted_keys(data: Mapping[bytes, bytes]) -> list[bytes]:
     """``sorted(data)`` in steps: one ``sorted`` over a million keys inserted in random order
-    holds the GIL for about a second; sorted runs merged by :func:`heapq.merge` (Python code)
-    let the interpreter switch threads between keys."""
-    keys = list(data)
-    if len(keys) <= _ENCODE_STEP:
-        return sorted(keys)
-    runs = [sorted(keys[i : i + _ENCODE_STEP]) for i in range(0, len(keys), _ENCODE_STEP)]
+    holds the GIL for about a second, and even ``list(data)`` is one long C call; the keys are
+    taken and sorted in runs of :data:`_ENCODE_STEP`, merged by :func:`heapq.merge` (Python
+    code), so the interpreter can switch threads between runs and between keys."""
+    it = iter(data)
+    runs = []
+    while run := sorted(itertools.islice(it, _ENCODE_STEP)):
+        runs.append(run)
+    if len(runs) <= 1:
+        return runs[0] if runs else []
     return list(heapq.merge(*runs))
 
 
-def _encode_items(data: dict[bytes, bytes]) -> bytes:
+def _encode_items(data: Mapping[bytes, bytes]) -> bytes:
     keys = _sorted_keys(data)
     klens: list[bytes] = []
     vlens: list[bytes] = []
@@ -161,8 +164,11 @@ def _encode_items(data: dict[bytes, bytes]) -> bytes:
     return b"".join(itertools.chain(klens, vlens, kparts, vparts))
 
 
-def _decode_items(data: bytes, pos: int, n: int) -> tuple[dict[bytes, bytes], int]:
-    """The ``n`` keys and values of format 2 at ``pos``, and the position after them."""
+def _decode_items(data: bytes, pos: int, n: int) -> tuple[dict[bytes, bytes], int, int]:
+    """The ``n`` keys and values of format 2 at ``pos``, the position after them, and the
+    bytes of the keys and values together. Built in runs of :data:`_ENCODE_STEP` keys (a few
+    C calls each), so that a worker thread decoding a million keys lets the loop run between
+    runs."""
     end_of_lengths = pos + 8 * n
     if end_of_lengths > len(data):
         raise ProtocolError("truncated KV snapshot (lengths)")
@@ -170,15 +176,23 @@ def _decode_items(data: bytes, pos: int, n: int) -> tuple[dict[bytes, bytes], in
     lengths.frombytes(data[pos:end_of_lengths])
     if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
         lengths.byteswap()
-    offsets = list(itertools.accumulate(lengths, initial=end_of_lengths))
-    end = offsets[-1]
+    klens, vlens = lengths[:n], lengths[n:]
+    kpos = end_of_lengths
+    vpos = kpos + sum(klens)
+    end = vpos + sum(vlens)
     if end > len(data):
         raise ProtocolError("truncated KV snapshot (keys and values)")
-    cuts = list(map(slice, offsets[:-1], offsets[1:]))
-    items = dict(zip(map(data.__getitem__, cuts[:n]), map(data.__getitem__, cuts[n:]), strict=True))
+    items: dict[bytes, bytes] = {}
+    cut = data.__getitem__
+    for i in range(0, n, _ENCODE_STEP):
+        koffs = list(itertools.accumulate(klens[i : i + _ENCODE_STEP], initial=kpos))
+        voffs = list(itertools.accumulate(vlens[i : i + _ENCODE_STEP], initial=vpos))
+        kpos, vpos = koffs[-1], voffs[-1]
+        keys = map(cut, map(slice, koffs[:-1], koffs[1:]))
+        items.update(zip(keys, map(cut, map(slice, voffs[:-1], voffs[1:])), strict=True))
     if len(items) != n:
         raise ProtocolError("KV snapshot holds a key twice")
-    return items, end
+    return items, end, end - end_of_lengths
 
 
 _OPS = {int(op): op for op in KVOp}
@@ -251,6 +265,56 @@ def _decode(data: bytes) -> _Fields:
     return kop, key, value, expected, client_id, seq, acked
 
 
+_MISSING: object = object()  # not in the overlay: look in the frozen dictionary
+_GONE: object = object()  # in the overlay: deleted since the dictionary was frozen
+
+
+class _Freeze:
+    """One snapshot build: the worker thread sets ``done`` once it no longer reads the frozen
+    dictionary, and the loop may then fold the overlay back into it."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+
+class _Overlay(Mapping[bytes, bytes]):
+    """The live keys and values while a snapshot build reads the frozen dictionary: the
+    overlay's writes (and deletions) over the frozen ones. Read-only; every method but
+    ``__getitem__`` and ``__contains__`` walks all keys."""
+
+    __slots__ = ("_base", "_delta")
+
+    def __init__(self, base: dict[bytes, bytes], delta: dict[bytes, object]) -> None:
+        self._base = base
+        self._delta = delta
+
+    def __getitem__(self, key: bytes) -> bytes:
+        value = self._delta.get(key, _MISSING)
+        if value is _MISSING:
+            return self._base[key]
+        if value is _GONE:
+            raise KeyError(key)
+        assert isinstance(value, bytes)
+        return value
+
+    def __iter__(self) -> Iterator[bytes]:
+        delta = self._delta
+        for key, value in delta.items():
+            if value is not _GONE:
+                yield key
+        for key in self._base:
+            if key not in delta:
+                yield key
+
+    def __len__(self) -> int:
+        base = self._base
+        return len(base) + sum(
+            (value is not _GONE) - (key in base) for key, value in self._delta.items()
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
     """The bounds on client sessions (:class:`KVStateMachine`).
@@ -300,7 +364,7 @@ _TOMB = struct.Struct(">QB")
 
 def _encode_snapshot(
     applied: int,
-    data: dict[bytes, bytes],
+    data: Mapping[bytes, bytes],
     sessions: list[tuple[str, int, int, dict[int, object]]],
     forgotten: dict[str, tuple[int, int]],
 ) -> bytes:
@@ -408,7 +472,11 @@ class KVStateMachine(StateMachine):
             limits = replace(limits, **overrides)
         self.limits = limits
         """The session limits (the same on every member)."""
-        self.data: dict[bytes, bytes] = {}
+        self._data: dict[bytes, bytes] = {}
+        # While a snapshot build reads _data in a worker thread, _data is frozen and the
+        # writes go to _delta (a deletion as _GONE); folded back once the build is done.
+        self._delta: dict[bytes, object] | None = None
+        self._freeze: _Freeze | None = None
         self.data_bytes = 0
         """The bytes of every key and value held (what the KV service's quota counts)."""
         self.sessions: dict[str, _Session] = {}
@@ -433,9 +501,46 @@ class KVStateMachine(StateMachine):
         """Unacknowledged results kept per session."""
         return self.limits.max_results_per_session
 
+    @property
+    def data(self) -> Mapping[bytes, bytes]:
+        """Every key and its value. Read it, never change it (only :meth:`apply` does): it is
+        the dictionary itself, or, while a snapshot is being encoded from a frozen copy, a
+        read-only view of the frozen copy and the writes since (see :meth:`snapshot_later`)."""
+        delta = self._delta
+        if delta is None:
+            return self._data
+        if self._fold_if_done():
+            return self._data
+        return _Overlay(self._data, delta)
+
+    @data.setter
+    def data(self, items: Mapping[bytes, bytes]) -> None:
+        self._data = dict(items)
+        self._delta = self._freeze = None
+        self.data_bytes = sum(map(len, self._data)) + sum(map(len, self._data.values()))
+
     def get(self, key: bytes) -> bytes | None:
         """The value of ``key`` (run it through ``RaftNode.read`` for linearizability)."""
-        return self.data.get(key)
+        delta = self._delta
+        if delta is not None and not self._fold_if_done():
+            value = delta.get(key, _MISSING)
+            if value is not _MISSING:
+                return None if value is _GONE else value  # type: ignore[return-value]
+        return self._data.get(key)
+
+    def _fold_if_done(self) -> bool:
+        """Fold the overlay into the dictionary if the build reading it has finished."""
+        freeze, delta = self._freeze, self._delta
+        if freeze is None or delta is None or not freeze.done:
+            return False
+        data = self._data
+        for key, value in delta.items():
+            if value is _GONE:
+                data.pop(key, None)  # it may have been added and deleted during the build
+            else:
+                data[key] = value  # type: ignore[assignment]
+        self._delta = self._freeze = None
+        return True
 
     def apply(self, command: bytes) -> object:
         """Apply one encoded :class:`KVCommand`."""
@@ -521,7 +626,9 @@ class KVStateMachine(StateMachine):
             self._evict(oldest, _EVICTED_BYTES)
 
     def _execute(self, op: KVOp, key: bytes, value: bytes, expected: bytes | None) -> object:
-        data = self.data
+        if self._delta is not None and not self._fold_if_done():
+            return self._execute_over(op, key, value, expected)
+        data = self._data
         if op is KVOp.PUT:
             previous = data.get(key)
             data[key] = value
@@ -536,6 +643,27 @@ class KVStateMachine(StateMachine):
         current = data.get(key)
         if current == expected:
             data[key] = value
+            self.data_bytes += len(key) + len(value) if current is None else len(value) - len(current)
+        return current
+
+    def _execute_over(self, op: KVOp, key: bytes, value: bytes, expected: bytes | None) -> object:
+        """:meth:`_execute` while a build reads the frozen dictionary: through the overlay."""
+        delta = self._delta
+        assert delta is not None
+        current = delta.get(key, _MISSING)
+        if current is _MISSING:
+            current = self._data.get(key)
+        elif current is _GONE:
+            current = None
+        assert current is None or isinstance(current, bytes)
+        if op is KVOp.DELETE:
+            if current is None:
+                return False
+            delta[key] = _GONE
+            self.data_bytes -= len(key) + len(current)
+            return True
+        if op is KVOp.PUT or current == expected:
+            delta[key] = value
             self.data_bytes += len(key) + len(value) if current is None else len(value) - len(current)
         return current
 
@@ -564,60 +692,118 @@ class KVStateMachine(StateMachine):
         return self.snapshot_later()()
 
     def snapshot_later(self) -> Callable[[], bytes]:
-        """A copy of the state as it is now (the dictionaries copied: the keys, values and
-        results themselves are immutable and shared), and the function that encodes it as
-        :meth:`snapshot` would, to run in a worker thread while the node goes on. The copy
-        runs on the loop and touches every key and value once: 0.2-0.35 s for a million keys
-        in a node measured by ``benchmarks/large_state.py``."""
+        """The state as it is now, and the function that encodes it as :meth:`snapshot`
+        would, to run in a worker thread while the node goes on applying.
+
+        Nothing is copied key by key on the loop (that alone stalls it for a large state, see
+        docs/performance.md): the key-value dictionary is frozen as it is, and until the
+        function has run, :meth:`apply` writes to an overlay that reads fall through; the
+        first write after that folds the overlay back in, at a cost in proportion to the keys
+        written meanwhile. The sessions (bounded by :class:`SessionLimits`) are copied."""
+        self._fold_if_done()
         sessions = [(cid, s.last_used, s.acked, dict(s.results)) for cid, s in self.sessions.items()]
-        return functools.partial(
-            _encode_snapshot, self.applied, dict(self.data), sessions, dict(self.forgotten)
-        )
+        if self._delta is not None:  # a build is still reading the frozen dictionary
+            return functools.partial(
+                _encode_snapshot, self.applied, dict(self.data), sessions, dict(self.forgotten)
+            )
+        freeze = _Freeze()
+        frozen = self._data
+        self._freeze, self._delta = freeze, {}
+        encode = functools.partial(_encode_snapshot, self.applied, frozen, sessions, dict(self.forgotten))
+
+        def build() -> bytes:
+            try:
+                return encode()
+            finally:
+                freeze.done = True
+
+        return build
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a :meth:`snapshot` (of this version or of format 1)."""
-        if data[:8] == _SNAP_MAGIC:
-            _, applied, nkeys, nsess = _SNAP_V2.unpack_from(data)
-            items, pos = _decode_items(data, _SNAP_V2.size, nkeys)
-        else:  # format 1: applied, counts, then each key and value length-prefixed
-            applied, nkeys, nsess = struct.unpack_from(">QII", data)
-            pos = 16
-            items = {}
-            it = _fields(data, pos)
-            for _ in range(nkeys):
-                k, v = next(it), next(it)
-                items[k] = v
-                pos += 8 + len(k) + len(v)
-        sessions: list[tuple[int, str, _Session]] = []
-        for _ in range(nsess):
+        self._install(_decode_snapshot(data))
+
+    def restore_later(self, data: bytes) -> Callable[[], Callable[[], None]]:
+        """:meth:`restore` in two steps: the returned function decodes ``data`` (in a worker
+        thread, in runs of keys so that the loop gets the interpreter between them) and
+        returns the function that installs the result (on the loop: a few assignments)."""
+
+        def decode() -> Callable[[], None]:
+            return functools.partial(self._install, _decode_snapshot(data))
+
+        return decode
+
+    def _install(self, decoded: _Decoded) -> None:
+        self.applied, self._data = decoded.applied, decoded.items
+        self._delta = self._freeze = None  # a build may go on reading the old dictionary
+        self.data_bytes = decoded.data_bytes
+        self.sessions = decoded.sessions
+        self.forgotten = decoded.forgotten
+        self.session_bytes = decoded.session_bytes
+
+
+@dataclass(slots=True)
+class _Decoded:
+    """A snapshot decoded, ready to be installed (:meth:`KVStateMachine.restore_later`)."""
+
+    applied: int
+    items: dict[bytes, bytes]
+    data_bytes: int
+    sessions: dict[str, _Session]
+    forgotten: dict[str, tuple[int, int]]
+    session_bytes: int
+
+
+def _decode_snapshot(data: bytes) -> _Decoded:
+    """Decode a :meth:`KVStateMachine.snapshot` (of this version or of format 1); a pure
+    function of ``data``, safe in a worker thread."""
+    if data[:8] == _SNAP_MAGIC:
+        _, applied, nkeys, nsess = _SNAP_V2.unpack_from(data)
+        items, pos, data_bytes = _decode_items(data, _SNAP_V2.size, nkeys)
+    else:  # format 1: applied, counts, then each key and value length-prefixed
+        applied, nkeys, nsess = struct.unpack_from(">QII", data)
+        pos = 16
+        items = {}
+        it = _fields(data, pos)
+        for _ in range(nkeys):
+            k, v = next(it), next(it)
+            items[k] = v
+            pos += 8 + len(k) + len(v)
+        data_bytes = sum(map(len, items)) + sum(map(len, items.values()))
+    sessions: list[tuple[int, str, _Session]] = []
+    for _ in range(nsess):
+        cid = next(_fields(data, pos))
+        pos += 4 + len(cid)
+        last_used, acked, n = struct.unpack_from(">QQI", data, pos)
+        pos += 20
+        sess = _Session(last_used, {}, acked)
+        for _ in range(n):
+            seq, tag = struct.unpack_from(">QB", data, pos)
+            pos += 9
+            if tag == 3:  # a bytes result (a previous value), length-prefixed
+                value = next(_fields(data, pos))
+                pos += 4 + len(value)
+                sess.remember(seq, value)
+            else:
+                sess.remember(seq, None if tag == 0 else (tag == 1))
+        sessions.append((last_used, cid.decode(), sess))
+    forgotten: dict[str, tuple[int, int]] = {}
+    if data[pos : pos + len(_TOMBSTONES)] == _TOMBSTONES:
+        pos += len(_TOMBSTONES)
+        (count,) = _LEN.unpack_from(data, pos)
+        pos += 4
+        for _ in range(count):
             cid = next(_fields(data, pos))
             pos += 4 + len(cid)
-            last_used, acked, n = struct.unpack_from(">QQI", data, pos)
-            pos += 20
-            sess = _Session(last_used, {}, acked)
-            for _ in range(n):
-                seq, tag = struct.unpack_from(">QB", data, pos)
-                pos += 9
-                if tag == 3:  # a bytes result (a previous value), length-prefixed
-                    value = next(_fields(data, pos))
-                    pos += 4 + len(value)
-                    sess.remember(seq, value)
-                else:
-                    sess.remember(seq, None if tag == 0 else (tag == 1))
-            sessions.append((last_used, cid.decode(), sess))
-        forgotten: dict[str, tuple[int, int]] = {}
-        if data[pos : pos + len(_TOMBSTONES)] == _TOMBSTONES:
-            pos += len(_TOMBSTONES)
-            (count,) = _LEN.unpack_from(data, pos)
-            pos += 4
-            for _ in range(count):
-                cid = next(_fields(data, pos))
-                pos += 4 + len(cid)
-                forgotten[cid.decode()] = _TOMB.unpack_from(data, pos)
-                pos += _TOMB.size
-        sessions.sort(key=lambda item: (item[0], item[1]))  # least recently used first, as applied
-        self.applied, self.data = applied, items
-        self.data_bytes = sum(map(len, items)) + sum(map(len, items.values()))
-        self.sessions = {cid: sess for _, cid, sess in sessions}
-        self.forgotten = forgotten
-        self.session_bytes = sum(_session_cost(cid, sess) for cid, sess in self.sessions.items())
+            forgotten[cid.decode()] = _TOMB.unpack_from(data, pos)
+            pos += _TOMB.size
+    sessions.sort(key=lambda item: (item[0], item[1]))  # least recently used first, as applied
+    by_id = {cid: sess for _, cid, sess in sessions}
+    return _Decoded(
+        applied,
+        items,
+        data_bytes,
+        by_id,
+        forgotten,
+        sum(_session_cost(cid, sess) for cid, sess in by_id.items()),
+    )

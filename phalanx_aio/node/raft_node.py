@@ -114,6 +114,7 @@ _WRITE_BEHIND_MAX_ENTRIES: Final = 4 * _TURN_MAX_PROPOSALS
 _WRITE_BEHIND_MAX_BYTES: Final = 64 << 20  # the same bound, for large commands
 
 _data_of = attrgetter("data")
+_FREE_STEP: Final = 32_768  # compacted entries freed per loop turn (see _free_compacted)
 
 # A local snapshot that a full disk refused is written again after this delay, doubled after
 # each failure up to the maximum (seconds); meanwhile the store keeps the entries it covers.
@@ -333,6 +334,9 @@ class RaftNode:
         # A snapshot being encoded in a worker thread (StateMachine.snapshot_later).
         self._snap_building = False
         self._snap_task: asyncio.Task[None] | None = None
+        # Lists of entries a compaction dropped, freed a step per loop turn: freeing a
+        # million entries in one go would stall the loop.
+        self._compacted: list[list[Entry]] = []
         self._writer: asyncio.Task[None] | None = None
         # Proposals of this node placed in the log (appended here as leader, or placed by the
         # leader they were forwarded to) and not yet committed (or found overwritten), one
@@ -393,7 +397,7 @@ class RaftNode:
         self._seen = (self._core.term, self._core.role, self._core.leader)
         snap = state.snapshot
         if snap.meta.index > 0:
-            self._sm.restore(snap.data)
+            await self._restore_state(snap.data)
             if self._listeners:
                 self._emit(SnapshotRestored(self.id, self._core.term, snap.meta.index, "storage"))
         if self._transport is None:
@@ -919,6 +923,8 @@ class RaftNode:
                 await self._process_ready(core)
                 if taken or received:
                     self._adapt_turn(max(taken, received), loop.time() - t0)
+                if self._compacted:
+                    self._free_compacted()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -1238,7 +1244,7 @@ class RaftNode:
             if rd.snapshot is not None:
                 # Restore before saving: a snapshot the state machine cannot read stops the
                 # node with its store as it was, rather than saved and unreadable at restart.
-                self._restore(rd.snapshot)
+                await self._restore(rd.snapshot)
             hs = rd.hard_state
             # A leader's own entries (its term and vote already durable, so only entries and
             # the commit index to write) are written in the background: the loop goes on
@@ -1472,12 +1478,21 @@ class RaftNode:
         large delete takes tens of milliseconds). The next one is due after another
         ``snapshot_every`` entries plus a random quarter of that, so that members do not all
         compact at the same moment."""
-        self._behind_snap = snap = core.compact(index, data)
+        self._behind_snap = snap = core.compact(index, data, release=self._compacted.append)
         self._log_bytes = 0
         self._log_bytes_due = self._next_bytes_due(len(snap.data))
         self._snap_retry = None  # a snapshot a full disk refused is superseded
         self._snapshot_due = self._next_snapshot_due()
         self._start_writer()
+
+    def _free_compacted(self) -> None:
+        """Free up to :data:`_FREE_STEP` of the entries compactions dropped (from the end of
+        each list, so that the lists are never copied)."""
+        lists = self._compacted
+        old = lists[-1]
+        del old[-_FREE_STEP:]
+        if not old:
+            lists.pop()
 
     def _next_bytes_due(self, last_size: int) -> int:
         """Bytes of log before the next snapshot: the larger of ``snapshot_bytes`` and the
@@ -1560,9 +1575,21 @@ class RaftNode:
             except NotApplied as exc:
                 self._reads.fail(ctx, exc)
 
-    def _restore(self, snap: Snapshot) -> None:
+    async def _restore_state(self, data: bytes) -> None:
+        """Restore the state machine from snapshot ``data``: decoded in a worker thread if it
+        offers ``restore_later`` (the loop goes on; this node's Raft work waits), else on the
+        loop."""
+        restore_later = getattr(self._sm, "restore_later", None)
+        decode = restore_later(data) if restore_later is not None else None
+        if decode is None:
+            self._sm.restore(data)
+        else:
+            install = await asyncio.to_thread(decode)
+            install()
+
+    async def _restore(self, snap: Snapshot) -> None:
         try:
-            self._sm.restore(snap.data)
+            await self._restore_state(snap.data)
         except Exception as exc:
             raise ProtocolError(
                 f"{self.id}: the state machine cannot restore the snapshot at index {snap.meta.index} "

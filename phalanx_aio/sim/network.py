@@ -6,6 +6,7 @@ a seed replays the same deliveries. Time is in simulated milliseconds.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import math
 import pathlib
@@ -89,15 +90,31 @@ class RegionLatency:
 Latency = ConstantLatency | UniformLatency | RegionLatency
 
 
+GLOBAL_RTT_RESOURCE = "global_rtt.json"
+"""The five-region matrix shipped in ``phalanx_aio.sim.data`` (the reference global mesh)."""
+
+
 def load_rtt_matrix(
-    path: str | pathlib.Path,
+    path: str | pathlib.Path | None = None,
 ) -> tuple[list[str], dict[str, dict[str, float]], dict[str, object]]:
-    """Read a region RTT file (``regions``, ``rtt_ms``, optional ``suggested_faults``)."""
-    doc = json.loads(pathlib.Path(path).read_text())
+    """Read a region RTT file (``regions``, ``rtt_ms``, optional ``suggested_faults``).
+
+    With no ``path``, read the five-region reference matrix that ships inside the package
+    (Lagos, London, Chicago, Singapore, Frankfurt), so an installed wheel needs no other file.
+    Raises ``ValueError`` naming the file when a figure is missing, negative or not finite.
+    """
+    if path is None:
+        text = importlib.resources.files("phalanx_aio.sim.data").joinpath(GLOBAL_RTT_RESOURCE).read_text()
+        path = f"phalanx_aio.sim.data/{GLOBAL_RTT_RESOURCE}"
+    else:
+        text = pathlib.Path(path).read_text()
+    doc = json.loads(text)
     regions = [str(r) for r in doc["regions"]]
     rtt = {str(a): {str(b): float(v) for b, v in row.items()} for a, row in doc["rtt_ms"].items()}
     for a in regions:
         for b in regions:
+            if b not in rtt.get(a, {}):
+                raise ValueError(f"{path}: no RTT {a}->{b}")
             if not math.isfinite(rtt[a][b]) or rtt[a][b] < 0:
                 raise ValueError(f"{path}: bad RTT {a}->{b}: {rtt[a][b]}")
     return regions, rtt, dict(doc.get("suggested_faults", {}))

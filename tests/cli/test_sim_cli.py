@@ -42,3 +42,23 @@ def test_bad_arguments_exit_2_without_traceback(argv: list[str], capsys: pytest.
 def test_missing_rtt_file_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sim", "--mesh", "global", "--rtt-file", "/nonexistent.json"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_global_mesh_needs_no_file_outside_the_package(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The five-region matrix ships in the package: it runs from any directory, no flag."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["sim", "--mesh", "global", "--preset", "global-mesh", "--nodes", "5", "--steps", "3000"]
+    assert main([*argv, "--no-faults"]) == 0
+    assert "seed 1:" in capsys.readouterr().out
+
+
+def test_malformed_rtt_file_is_a_clear_error(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "rtt.json"
+    bad.write_text('{"regions": ["a", "b"], "rtt_ms": {"a": {"a": 0, "b": 10}, "b": {"b": 0}}}')
+    assert main(["sim", "--mesh", "global", "--rtt-file", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "not an RTT matrix" in err and "b->a" in err and "Traceback" not in err

@@ -188,7 +188,7 @@ BUGS: dict[str, Bug] = {
             "ReadIndex served without confirming leadership",
             (
                 "raft",
-                "        if self.confs.current.voters == {self.id}:\n            self._answer_read(",
+                "        if conf.voters == {self.id} and not conf.joint:\n            self._answer_read(",
                 "        if True:\n            self._answer_read(",
             ),
         ),

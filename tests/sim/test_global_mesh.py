@@ -20,10 +20,8 @@ import pytest
 from phalanx_aio.sim import load_rtt_matrix
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-RTT = ROOT.parent / "shared" / "mesh" / "global_rtt.json"
 BENCH = ROOT / "benchmarks" / "global_mesh.py"
 
-pytestmark = pytest.mark.skipif(not RTT.exists(), reason="shared/mesh/global_rtt.json not present")
 
 
 def _load_study() -> ModuleType:
@@ -39,7 +37,7 @@ gm = _load_study()
 
 
 def study(preset: str, seed: int, **params: Any) -> Any:
-    regions, rtt, _ = load_rtt_matrix(RTT)
+    regions, rtt, _ = load_rtt_matrix()
     return gm.Study(preset, seed, gm.StudyParams(**params), regions, rtt)
 
 
@@ -92,7 +90,7 @@ def test_global_mesh_fails_over_within_nine_seconds(seed: int) -> None:
 def test_commit_latency_is_measured_from_the_proposing_region() -> None:
     """A leader's own proposals commit once the second-closest region has acknowledged: never
     sooner than that round trip, and (with 10% jitter) not much later at the median."""
-    regions, rtt, _ = load_rtt_matrix(RTT)
+    regions, rtt, _ = load_rtt_matrix()
     s = study("global-mesh", 1, latency_s=20.0)
     s.boot()
     transfers = s.latency_phase()

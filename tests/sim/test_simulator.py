@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
-
 import pytest
 
 from phalanx_aio.core import Config, Entry, HardState, Message, MessageType
@@ -20,8 +18,6 @@ from phalanx_aio.sim import (
     run,
 )
 from phalanx_aio.sim.checker import chain_hash
-
-RTT = pathlib.Path(__file__).resolve().parents[3] / "shared" / "mesh" / "global_rtt.json"
 
 
 def test_same_seed_same_trace() -> None:
@@ -55,9 +51,8 @@ def test_workload_is_checked() -> None:
     assert sum(res.faults.values()) > 3
 
 
-@pytest.mark.skipif(not RTT.exists(), reason="shared/mesh/global_rtt.json not present")
 def test_global_mesh_preset_runs_on_the_five_region_matrix() -> None:
-    regions, rtt, _ = load_rtt_matrix(RTT)
+    regions, rtt, _ = load_rtt_matrix()
     ids = [f"n{i + 1}" for i in range(5)]
     mesh = RegionLatency.place(rtt, regions, ids)
     res = run(SimOptions(seed=1, steps=20_000, config=Config.global_mesh(), mesh=mesh, faults=False))
@@ -215,3 +210,12 @@ def test_wall_clock_budget_stops_a_run() -> None:
     ticks = iter(range(0, 10**9, 30))  # each reading of the injected clock is 30 s later
     with pytest.raises(BudgetExceeded, match="wall-clock"):
         run(SimOptions(seed=2, steps=3000, clock=lambda: float(next(ticks)), wall_seconds=60.0))
+
+
+def test_the_reference_matrix_ships_in_the_package() -> None:
+    """Read through importlib.resources, not from a path beside the repository."""
+    regions, rtt, faults = load_rtt_matrix()
+    assert regions == ["lagos", "london", "chicago", "singapore", "frankfurt"]
+    assert all(rtt[a][b] == rtt[b][a] for a in regions for b in regions)
+    assert rtt["london"]["frankfurt"] == 15 and rtt["lagos"]["singapore"] == 265
+    assert faults["loss"] == 0.002
