@@ -25,6 +25,14 @@ __all__ = ["MembershipDriver"]
 class MembershipDriver(NodeState):
     """Configuration changes, from proposal to the transport's peer list."""
 
+    def _init_membership(self) -> None:
+        """No change in progress, nobody removed (called by ``RaftNode.__init__``)."""
+        self._conf_waiters: dict[int, tuple[int, asyncio.Future[None]]] = {}
+        self._deferred_conf: list[tuple[ConfChange, asyncio.Future[Any]]] = []
+        self._peers_conf: ConfState | None = None
+        self._removed_members: dict[str, int] = {}  # former members -> index of their removal
+        self._removed_at: int | None = None  # set once a member says this node was removed
+
     def _on_removed(self, core: Raft, peer: str, index: int) -> None:
         """Believe ``peer`` unless this node knows a configuration, from ``index`` on, that
         includes it (it was added again), or knows none at all (it is joining)."""

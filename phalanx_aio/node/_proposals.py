@@ -8,16 +8,18 @@ constructor; these methods run only on the node's loop task.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Iterable, Sequence
 from operator import itemgetter
-from typing import Final
+from typing import Any, Final
 
 from phalanx_aio.core.raft import Raft
 from phalanx_aio.core.types import Entry, Placement, PlacementOutcome
 from phalanx_aio.errors import NotApplied, NotLeader, OutcomeUnknown, PhalanxError, ProposalDropped
-from phalanx_aio.node._forwards import Forward
-from phalanx_aio.node._futures import settle
+from phalanx_aio.node._forwards import Forward, Forwards
+from phalanx_aio.node._futures import Batch, settle
 from phalanx_aio.node._state import NodeState
 
 __all__ = ["TURN_MAX_BYTES", "TURN_MAX_PROPOSALS", "TURN_MIN_PROPOSALS", "ProposalRegistry"]
@@ -35,6 +37,33 @@ TURN_MAX_BYTES: Final = 512 << 10
 
 class ProposalRegistry(NodeState):
     """Taking proposals into the core, and settling their callers."""
+
+    def _init_proposals(self, node_id: str) -> None:
+        """The registry's state, empty (called by ``RaftNode.__init__``)."""
+        # This node's proposals forwarded to a leader and not answered yet (see _forwards).
+        self._forwards = Forwards()
+        # Nodes that answered a forward in this run: they check retries for earlier copies (a
+        # leader of an earlier release would append a retry again), and (leader, term) last
+        # probed to find out.
+        self._answering: set[str] = {node_id}
+        self._probed: tuple[str, int] | None = None
+        # request id -> future of a proposal made on this node (matched by envelope), or the
+        # Batch of a propose_many call. An entry leaves once the request has its outcome.
+        self._pending: dict[int, asyncio.Future[Any] | Batch] = {}
+        # Proposals (request id, wrapped command) not yet handed to the core, oldest first;
+        # the loop takes them in bounded turns (see TURN_MAX_PROPOSALS). _wake_queued: a
+        # WAKE item is in the queue (so one item wakes the loop for many proposals).
+        self._carry: deque[tuple[int, bytes]] = deque()
+        # Proposals handed to the core while no leader was known (an election): request id ->
+        # wrapped command, proposed as soon as a leader is known, unless their caller gave up.
+        self._leaderless: dict[int, bytes] = {}
+        self._wake_queued = False
+        self._turn_cap = TURN_MAX_PROPOSALS
+        # Proposals of this node placed in the log (appended here as leader, or placed by the
+        # leader they were forwarded to) and not yet committed (or found overwritten), one
+        # batch per turn or forward: (first index, term, [(request id, data), ...]) at
+        # consecutive indexes. Each leaves once committed entries pass its end.
+        self._placed: list[tuple[int, int, list[tuple[int, bytes]]]] = []
 
     def _adapt_turn(self, work: int, seconds: float) -> None:
         """Adjust the proposals taken per turn so that a turn lasts at most about two ticks."""

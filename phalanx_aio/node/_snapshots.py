@@ -8,10 +8,11 @@ A mixin, like :mod:`phalanx_aio.node._proposals`.
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Final
 
 from phalanx_aio.core.raft import Raft
-from phalanx_aio.core.types import Snapshot
+from phalanx_aio.core.types import Entry, Snapshot
 from phalanx_aio.errors import ProtocolError, StorageError
 from phalanx_aio.node._items import SnapshotBuilt
 from phalanx_aio.node._state import NodeState
@@ -29,6 +30,31 @@ SNAP_RETRY_MAX: Final = 30.0
 
 class LocalSnapshots(NodeState):
     """Taking, storing and restoring snapshots."""
+
+    def _init_snapshots(self, snapshot_every: int, snapshot_bytes: int, base_seed: int) -> None:
+        """When snapshots fall due, and none in progress (called by ``RaftNode.__init__``)."""
+        self._snapshot_every = snapshot_every
+        # Bytes of commands applied since the last snapshot; one is due past the larger of
+        # snapshot_bytes and the last snapshot's size (so large values cannot grow the log for
+        # long, and snapshot work stays in proportion to the log it saves).
+        self._snapshot_bytes = snapshot_bytes
+        self._log_bytes = 0
+        self._log_bytes_due = snapshot_bytes
+        # Snapshot timing has its own generator, so it does not shift the core's draws.
+        self._snap_rng = random.Random(base_seed ^ 0x5EED)
+        self._snapshot_due = self._next_snapshot_due()
+        self._log_bytes_due = self._next_bytes_due(0)
+        # A local snapshot the store could not take for lack of space, to try again at that
+        # loop time (the store still holds every entry it covers), and the next delay.
+        self._snap_retry: Snapshot | None = None
+        self._snap_retry_at = 0.0
+        self._snap_retry_delay = SNAP_RETRY_MIN
+        # A snapshot being encoded in a worker thread (StateMachine.snapshot_later).
+        self._snap_building = False
+        self._snap_task: asyncio.Task[None] | None = None
+        # Lists of entries a compaction dropped, freed a step per loop turn: freeing a
+        # million entries in one go would stall the loop.
+        self._compacted: list[list[Entry]] = []
 
     async def _save_local_snapshot(self, snap: Snapshot) -> None:
         """Store a snapshot this node took. A full disk, or a state too big for the store,

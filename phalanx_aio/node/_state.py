@@ -16,18 +16,32 @@ from typing import TYPE_CHECKING, Any
 
 from phalanx_aio.core.config import Config
 from phalanx_aio.core.membership import ConfChange
-from phalanx_aio.core.raft import Raft
+from phalanx_aio.core.raft import Raft, Role
 from phalanx_aio.core.types import ConfState, Entry, HardState, Snapshot
 from phalanx_aio.node._forwards import Forwards
 from phalanx_aio.node._futures import Batch
 from phalanx_aio.node._items import Item
+from phalanx_aio.node._leader_work import Subscriptions
 from phalanx_aio.node._reads import Reads
 from phalanx_aio.node.events import EventListener, NodeEvent
 from phalanx_aio.node.state_machine import StateMachine
 from phalanx_aio.storage.base import Storage
 from phalanx_aio.transport.base import Transport
 
-__all__ = ["NodeState"]
+__all__ = ["NodeLogger", "NodeState"]
+
+
+class NodeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Puts the node id and term on every record."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        node = self.extra["node"] if self.extra else None
+        extra = dict(kwargs.get("extra") or {})
+        extra.setdefault("node_id", getattr(node, "id", "?"))
+        core = getattr(node, "_core", None)
+        extra.setdefault("term", core.term if core is not None else 0)
+        kwargs["extra"] = extra
+        return f"[{extra['node_id']} t{extra['term']}] {msg}", kwargs
 
 
 class NodeState:
@@ -45,6 +59,9 @@ class NodeState:
     _closed: bool
     _healthy: bool
     _listeners: list[EventListener]
+    _failure: BaseException | None
+    _subscriptions: Subscriptions
+    _seen: tuple[int, Role, str | None]
     _reads: Reads
     _leader_changed: asyncio.Event
     _last_leader: str | None

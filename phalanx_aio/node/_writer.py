@@ -33,6 +33,20 @@ _data_of = attrgetter("data")
 class BackgroundWriter(NodeState):
     """Writing entries, hard state and local snapshots without blocking the loop."""
 
+    def _init_writer(self) -> None:
+        """The writer's state, idle (called by ``RaftNode.__init__``)."""
+        # The term and vote storage holds, and a newer hard state that only moved the commit
+        # index, not saved on its own (the commit index need not be durable).
+        self._saved_tv: tuple[int, str | None] = (0, None)
+        self._unsaved_hs: HardState | None = None
+        # The leader's own entries handed to the background writer and not yet written (with
+        # the hard state to write along), and the writer task while it runs.
+        self._behind: list[Entry] = []
+        self._behind_bytes = 0  # their command bytes (the wait for the disk is bounded in both)
+        self._behind_hs: HardState | None = None
+        self._behind_snap: Snapshot | None = None  # a local snapshot to store, then compact
+        self._writer: asyncio.Task[None] | None = None
+
     def _write_behind(self, entries: Sequence[Entry], hard_state: HardState | None) -> None:
         """Queue the leader's own ``entries`` (and ``hard_state``) for the background writer."""
         self._behind.extend(entries)

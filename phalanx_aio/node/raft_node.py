@@ -19,9 +19,7 @@ import itertools
 import logging
 import os
 import random
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from operator import attrgetter
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -29,13 +27,9 @@ from typing import Any, Final, TypeVar
 from phalanx_aio._deadlines import Deadlines
 from phalanx_aio.core.config import Config
 from phalanx_aio.core.membership import ConfChange, ConfChangeType
-from phalanx_aio.core.raft import Raft, Role, Status, bootstrap_state
+from phalanx_aio.core.raft import Raft, Role, bootstrap_state
 from phalanx_aio.core.types import (
-    ConfState,
-    Entry,
-    HardState,
     Message,
-    Snapshot,
 )
 from phalanx_aio.errors import (
     ClosedError,
@@ -47,7 +41,6 @@ from phalanx_aio.errors import (
 )
 from phalanx_aio.node import _envelope
 from phalanx_aio.node._attach import attach_state
-from phalanx_aio.node._forwards import Forwards
 from phalanx_aio.node._futures import Batch
 from phalanx_aio.node._items import (
     STOP,
@@ -63,22 +56,17 @@ from phalanx_aio.node._items import (
     Unreachable,
 )
 from phalanx_aio.node._leader_work import EventStream, LeaderFn, LeaderWork, Subscriptions
-from phalanx_aio.node._proposals import TURN_MAX_PROPOSALS
+from phalanx_aio.node._observe import EventSource
 from phalanx_aio.node._reads import Reads
-from phalanx_aio.node._snapshots import SNAP_RETRY_MIN
+from phalanx_aio.node._state import NodeLogger
 from phalanx_aio.node._steps import LoopSteps
 from phalanx_aio.node.events import (
-    ElectionStarted,
-    ElectionWon,
     EventListener,
-    LeaderChanged,
-    NodeEvent,
-    RoleChanged,
     SnapshotRestored,
     SnapshotSent,
-    TermChanged,
 )
 from phalanx_aio.node.state_machine import StateMachine
+from phalanx_aio.node.status import NodeStatus
 from phalanx_aio.storage.base import Storage
 from phalanx_aio.transport.base import Transport
 
@@ -96,44 +84,7 @@ _pack_request = _envelope.pack_request
 _unpack_request = _envelope.unpack_request
 
 
-@dataclass(frozen=True, slots=True)
-class NodeStatus:
-    """A report of one node's state (``RaftNode.status()``)."""
-
-    id: str
-    role: str
-    term: int
-    leader: str | None
-    commit: int
-    applied: int
-    first_index: int
-    last_index: int
-    voters: tuple[str, ...]
-    learners: tuple[str, ...]
-    healthy: bool
-    """False while storage refuses writes (disk full); the node then acknowledges nothing."""
-    pending_proposals: int
-    core: Status
-    """The core's own status (per-follower progress on a leader)."""
-    removed_at: int | None = None
-    """The log index of the committed change that removed this node, once a member said so
-    (see :class:`~phalanx_aio.node.events.RemovedFromCluster`); None otherwise."""
-
-
-class _NodeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Puts the node id and term on every record."""
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        node = self.extra["node"] if self.extra else None
-        extra = dict(kwargs.get("extra") or {})
-        extra.setdefault("node_id", getattr(node, "id", "?"))
-        core = getattr(node, "_core", None)
-        extra.setdefault("term", core.term if core is not None else 0)
-        kwargs["extra"] = extra
-        return f"[{extra['node_id']} t{extra['term']}] {msg}", kwargs
-
-
-class RaftNode(LoopSteps):
+class RaftNode(LoopSteps, EventSource):
     """One member of a Raft cluster, embedded in an asyncio application.
 
     Use it as ``async with RaftNode(...) as node:`` (or ``await node.start()`` and
@@ -192,25 +143,18 @@ class RaftNode(LoopSteps):
         self._storage = storage
         self._transport = transport
         self._join = join
-        self._snapshot_every = snapshot_every
-        # Bytes of commands applied since the last snapshot; one is due past the larger of
-        # snapshot_bytes and the last snapshot's size (so large values cannot grow the log for
-        # long, and snapshot work stays in proportion to the log it saves).
-        self._snapshot_bytes = snapshot_bytes
-        self._log_bytes = 0
-        self._log_bytes_due = snapshot_bytes
+        base_seed = seed if seed is not None else int.from_bytes(os.urandom(8), "big")
+        self._init_snapshots(snapshot_every, snapshot_bytes, base_seed)
+        self._init_proposals(node_id)
+        self._init_writer()
+        self._init_membership()
         self._max_pending = max_pending
         # Bytes of the commands whose proposers wait (propose, propose_many): past
         # max_pending_bytes a new proposal is refused, unless nothing waits (one always goes).
         self._max_pending_bytes = max_pending_bytes
         self._pending_bytes = 0
         self._default_timeout = default_timeout
-        base_seed = seed if seed is not None else int.from_bytes(os.urandom(8), "big")
         self._rng = random.Random(base_seed)
-        # Snapshot timing has its own generator, so it does not shift the core's draws.
-        self._snap_rng = random.Random(base_seed ^ 0x5EED)
-        self._snapshot_due = self._next_snapshot_due()
-        self._log_bytes_due = self._next_bytes_due(0)
         self._core: Raft | None = None
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._loop_task: asyncio.Task[None] | None = None
@@ -223,60 +167,12 @@ class RaftNode(LoopSteps):
         # tell this run's own entries apart when they are applied.
         self._own = _envelope.prefix(_envelope.run_origin(node_id, self._nonce))
         self._other = self._own  # the prefix of the last other proposer's entries applied
-        # This node's proposals forwarded to a leader and not answered yet (see _forwards).
-        self._forwards = Forwards()
         self._sweep_in = 0  # ticks until forwards and reads nobody waits for are forgotten
-        # Nodes that answered a forward in this run: they check retries for earlier copies (a
-        # leader of an earlier release would append a retry again), and (leader, term) last
-        # probed to find out.
-        self._answering: set[str] = {node_id}
-        self._probed: tuple[str, int] | None = None
-        # request id -> future of a proposal made on this node (matched by envelope), or the
-        # Batch of a propose_many call. An entry leaves once the request has its outcome.
-        self._pending: dict[int, asyncio.Future[Any] | Batch] = {}
-        # Proposals (request id, wrapped command) not yet handed to the core, oldest first;
-        # the loop takes them in bounded turns (see TURN_MAX_PROPOSALS). _wake_queued: a
-        # WAKE item is in the queue (so one item wakes the loop for many proposals).
-        self._carry: deque[tuple[int, bytes]] = deque()
-        # Proposals handed to the core while no leader was known (an election): request id ->
-        # wrapped command, proposed as soon as a leader is known, unless their caller gave up.
-        self._leaderless: dict[int, bytes] = {}
-        self._wake_queued = False
-        self._turn_cap = TURN_MAX_PROPOSALS
         self._deadlines = Deadlines(
             lambda what, limit: Timeout(
                 f"{node_id}: {what} not finished within {limit} s; its outcome is unknown"
             )
         )
-        # The term and vote storage holds, and a newer hard state that only moved the commit
-        # index, not saved on its own (the commit index need not be durable).
-        self._saved_tv: tuple[int, str | None] = (0, None)
-        self._unsaved_hs: HardState | None = None
-        # The leader's own entries handed to the background writer and not yet written (with
-        # the hard state to write along), and the writer task while it runs.
-        self._behind: list[Entry] = []
-        self._behind_bytes = 0  # their command bytes (the wait for the disk is bounded in both)
-        self._behind_hs: HardState | None = None
-        self._behind_snap: Snapshot | None = None  # a local snapshot to store, then compact
-        # A local snapshot the store could not take for lack of space, to try again at that
-        # loop time (the store still holds every entry it covers), and the next delay.
-        self._snap_retry: Snapshot | None = None
-        self._snap_retry_at = 0.0
-        self._snap_retry_delay = SNAP_RETRY_MIN
-        # A snapshot being encoded in a worker thread (StateMachine.snapshot_later).
-        self._snap_building = False
-        self._snap_task: asyncio.Task[None] | None = None
-        # Lists of entries a compaction dropped, freed a step per loop turn: freeing a
-        # million entries in one go would stall the loop.
-        self._compacted: list[list[Entry]] = []
-        self._writer: asyncio.Task[None] | None = None
-        # Proposals of this node placed in the log (appended here as leader, or placed by the
-        # leader they were forwarded to) and not yet committed (or found overwritten), one
-        # batch per turn or forward: (first index, term, [(request id, data), ...]) at
-        # consecutive indexes. Each leaves once committed entries pass its end.
-        self._placed: list[tuple[int, int, list[tuple[int, bytes]]]] = []
-        self._conf_waiters: dict[int, tuple[int, asyncio.Future[None]]] = {}
-        self._deferred_conf: list[tuple[ConfChange, asyncio.Future[Any]]] = []
         self._reads = Reads(self._nonce, max_pending_reads)
         self._leader_changed = asyncio.Event()
         self._last_leader: str | None = None
@@ -285,10 +181,7 @@ class RaftNode(LoopSteps):
         self._hand_over_on_close = hand_over_on_close
         self._failure: BaseException | None = None
         self._healthy = True
-        self._peers_conf: ConfState | None = None
-        self._removed_members: dict[str, int] = {}  # former members -> index of their removal
-        self._removed_at: int | None = None  # set once a member says this node was removed
-        self.log = _NodeLogger(log, {"node": self})
+        self.log = NodeLogger(log, {"node": self})
         # Event listeners (see events.py); events are built only while this list is non-empty.
         self._listeners: list[EventListener] = [on_event] if on_event is not None else []
         self._seen: tuple[int, Role, str | None] = (0, Role.FOLLOWER, None)
@@ -540,43 +433,6 @@ class RaftNode(LoopSteps):
         """
         self._check_subscribable()
         return EventStream(self, self._subscriptions, max_queue=max_queue)
-
-    def _check_subscribable(self) -> None:
-        if self._closed or self._failure is not None or self._subscriptions.closed:
-            raise ClosedError(f"node {self.id} is closed")
-
-    def _leader_term(self) -> int | None:
-        """The term this node leads, or ``None`` (not the leader, closed or stopped)."""
-        core = self._core
-        if core is None or self._closed or self._failure is not None or not core.is_leader:
-            return None
-        return core.term
-
-    def _emit(self, event: NodeEvent) -> None:
-        for listener in tuple(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                self.log.exception("event listener %r failed on %r", listener, event)
-
-    def _observe(self, core: Raft) -> None:
-        """Report how the core's term, role and leader changed since the last observation
-        (called after every input while someone listens)."""
-        term, role, leader = core.term, core.role, core.leader
-        seen_term, seen_role, seen_leader = self._seen
-        if term == seen_term and role is seen_role and leader == seen_leader:
-            return
-        self._seen = (term, role, leader)
-        if term != seen_term:
-            self._emit(TermChanged(self.id, term, seen_term))
-            if core.vote == self.id:  # a node votes for itself only in its own campaign
-                self._emit(ElectionStarted(self.id, term))
-        if role is not seen_role:
-            self._emit(RoleChanged(self.id, term, role.value, seen_role.value))
-            if role is Role.LEADER:
-                self._emit(ElectionWon(self.id, term))
-        if leader != seen_leader:
-            self._emit(LeaderChanged(self.id, term, leader, seen_leader))
 
     # ------------------------------------------------------------------ operations
 
