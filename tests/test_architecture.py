@@ -32,16 +32,17 @@ ALLOWED: dict[str, frozenset[str]] = {
         "_deadlines": "",
         "_net": "",
         "_fs": "",
+        "_version": "",
         "storage": "_entry_batch _fs core errors",
         "transport": "_budget _entry_batch _grpc _proto _protowire core errors",
         "node": "_deadlines core errors storage transport",
         "commands": "errors node",
         "batteries": "commands errors",
-        "observability": "_grpc _protowire core errors node",
+        "observability": "_grpc _protowire _version core errors node",
         "kv": "_budget _deadlines _grpc _proto _protowire errors node observability",
-        "cli": "_fs _grpc _net core errors kv node observability sim storage transport",
+        "cli": "_fs _grpc _net _version core errors kv node observability sim storage transport",
         "chaos": "_net cli core errors kv node storage transport",
-        ROOT_UNIT: "commands core errors node storage",
+        ROOT_UNIT: "_version commands core errors node storage",
     }.items()
 }
 """Unit -> the units it may import. A unit is a subpackage or a top-level module of

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from phalanx_aio.core.config import Config
@@ -28,7 +29,10 @@ from phalanx_aio.node.state_machine import StateMachine
 from phalanx_aio.storage.base import Storage
 from phalanx_aio.transport.base import Transport
 
-__all__ = ["NodeLogger", "NodeState"]
+__all__ = ["LatencyObserver", "NodeLogger", "NodeState"]
+
+LatencyObserver = Callable[[str, float], None]
+"""``observer(kind, seconds)``: see :meth:`RaftNode.set_latency_observer`."""
 
 
 class NodeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -59,6 +63,7 @@ class NodeState:
     _closed: bool
     _healthy: bool
     _listeners: list[EventListener]
+    _latency: LatencyObserver | None
     _failure: BaseException | None
     _subscriptions: Subscriptions
     _seen: tuple[int, Role, str | None]
@@ -108,6 +113,8 @@ class NodeState:
     if TYPE_CHECKING:  # defined by RaftNode and the mixins; declared for the others
 
         def _emit(self, event: NodeEvent) -> None: ...
+
+        def _report_latency(self, observer: LatencyObserver, kind: str, started: float) -> None: ...
 
         def _start_writer(self) -> None: ...
 

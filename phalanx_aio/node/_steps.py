@@ -8,6 +8,7 @@ A mixin, like :mod:`phalanx_aio.node._proposals`; the loop itself is ``RaftNode.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
@@ -202,6 +203,8 @@ class LoopSteps(ProposalRegistry, BackgroundWriter, LocalSnapshots, MembershipDr
         """Apply committed entries in order; give this node's proposers their outcomes."""
         sm_apply, pending, own, other = self._sm.apply, self._pending, self._own, self._other
         start, other_start = len(own) + 8, len(other) + 8
+        observer = self._latency
+        started = time.perf_counter() if observer is not None else 0.0
         for e in committed:
             if e.type is not EntryType.NORMAL:
                 self._apply_other(e)
@@ -230,6 +233,8 @@ class LoopSteps(ProposalRegistry, BackgroundWriter, LocalSnapshots, MembershipDr
                 waiter = pending.pop(req, None)
                 if waiter is not None:
                     settle(waiter, req, result, error)
+        if observer is not None:
+            self._report_latency(observer, "apply", started)
 
     def _reissue_reads(self, core: Raft) -> None:
         """Ask the new leader again for every read not yet confirmed: one forwarded to a

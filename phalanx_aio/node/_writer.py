@@ -8,6 +8,7 @@ A mixin, like :mod:`phalanx_aio.node._proposals`.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from operator import attrgetter
 from typing import Final
@@ -95,7 +96,9 @@ class BackgroundWriter(NodeState):
         self, entries: Sequence[Entry], hard_state: HardState | None, snapshot: Snapshot | None
     ) -> None:
         delay = 0.05
+        observer = self._latency
         while True:
+            started = time.perf_counter() if observer is not None else 0.0
             try:
                 await self._storage.save(hard_state=hard_state, entries=entries, snapshot=snapshot)
             except StorageError as exc:
@@ -110,6 +113,8 @@ class BackgroundWriter(NodeState):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
+            if observer is not None:
+                self._report_latency(observer, "storage_save", started)
             if not self._healthy:
                 self.log.warning("storage writes succeed again")
             self._healthy = True

@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import random
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
 from types import TracebackType
@@ -58,7 +59,7 @@ from phalanx_aio.node._items import (
 from phalanx_aio.node._leader_work import EventStream, LeaderFn, LeaderWork, Subscriptions
 from phalanx_aio.node._observe import EventSource
 from phalanx_aio.node._reads import Reads
-from phalanx_aio.node._state import NodeLogger
+from phalanx_aio.node._state import LatencyObserver, NodeLogger
 from phalanx_aio.node._steps import LoopSteps
 from phalanx_aio.node.events import (
     EventListener,
@@ -75,6 +76,7 @@ __all__ = ["NodeStatus", "RaftNode"]
 log = logging.getLogger("phalanx_aio.node")
 
 T = TypeVar("T")
+
 
 _COMMAND_TYPES: Final = (bytes, bytearray, memoryview)
 
@@ -184,6 +186,7 @@ class RaftNode(LoopSteps, EventSource):
         self.log = NodeLogger(log, {"node": self})
         # Event listeners (see events.py); events are built only while this list is non-empty.
         self._listeners: list[EventListener] = [on_event] if on_event is not None else []
+        self._latency: LatencyObserver | None = None  # set_latency_observer
         self._seen: tuple[int, Role, str | None] = (0, Role.FOLLOWER, None)
         self._subscriptions = Subscriptions()  # while_leader() and events(), ended by aclose()
 
@@ -386,6 +389,28 @@ class RaftNode(LoopSteps, EventSource):
             self._seen = (self._core.term, self._core.role, self._core.leader)
         self._listeners.append(listener)
 
+    def set_latency_observer(self, observer: LatencyObserver | None) -> None:
+        """Call ``observer(kind, seconds)`` with how long each of these took (``None`` stops):
+
+        * ``"propose"``: a :meth:`propose` or :meth:`propose_many` call that succeeded, from
+          the call to its result (committed and applied on this node);
+        * ``"storage_save"``: one write of entries and hard state to storage, its fsync
+          included (in the loop, or in the background writer);
+        * ``"apply"``: applying one batch of committed entries to the state machine (one
+          loop turn's worth).
+
+        It runs in the node's tasks and must be quick; what it raises is logged and ignored.
+        :class:`~phalanx_aio.observability.NodeMetrics` turns these into histograms."""
+        if observer is not None and not callable(observer):
+            raise LocalError(f"a latency observer must be callable, not {type(observer).__name__}")
+        self._latency = observer
+
+    def _report_latency(self, observer: LatencyObserver, kind: str, started: float) -> None:
+        try:
+            observer(kind, time.perf_counter() - started)
+        except Exception:
+            self.log.exception("the latency observer raised; ignored")
+
     def remove_listener(self, listener: EventListener) -> None:
         """Stop calling ``listener``; raises :class:`LocalError` if it was not added."""
         try:
@@ -465,8 +490,10 @@ class RaftNode(LoopSteps, EventSource):
             self._queue.put_nowait(WAKE)
         limit = timeout if timeout is not None else self._default_timeout
         waiters = self._deadlines.add(loop, fut, limit, "proposal")
+        observer = self._latency
+        started = time.perf_counter() if observer is not None else 0.0
         try:
-            return await fut
+            result = await fut
         except BaseException as exc:
             if self._leaderless and self._not_proposed((req,)) and isinstance(exc, Timeout):
                 raise NotLeader(None, f"{self.id}: no leader known within {limit} s") from None
@@ -475,6 +502,9 @@ class RaftNode(LoopSteps, EventSource):
             del waiters[fut]
             pending.pop(req, None)
             self._pending_bytes -= size
+        if observer is not None:
+            self._report_latency(observer, "propose", started)
+        return result
 
     async def propose_many(
         self,
@@ -535,6 +565,8 @@ class RaftNode(LoopSteps, EventSource):
             self._queue.put_nowait(WAKE)
         limit = timeout if timeout is not None else self._default_timeout
         waiters = self._deadlines.add(loop, fut, limit, f"batch of {n} proposals")
+        observer = self._latency
+        started = time.perf_counter() if observer is not None else 0.0
         try:
             try:
                 await fut
@@ -562,6 +594,8 @@ class RaftNode(LoopSteps, EventSource):
             for i, err in batch.errors.items():
                 results[i] = err
             return results
+        if observer is not None:
+            self._report_latency(observer, "propose", started)
         return batch.results
 
     async def read(self, fn: Callable[[Any], T], *, timeout: float | None = None) -> T:

@@ -113,6 +113,10 @@ _META_CONF: Final = tag(3, LEN)
 _CONF_VOTERS: Final = tag(1, LEN)
 _CONF_LEARNERS: Final = tag(2, LEN)
 _CONF_CONTEXTS: Final = tag(3, LEN)
+_CONF_VOTERS_OUTGOING: Final = tag(4, LEN)
+_CONF_REMOVED: Final = tag(5, LEN)
+_REMOVED_NODE_ID: Final = tag(1, LEN)
+_REMOVED_INDEX: Final = tag(2, VARINT)
 _CONTEXT_NODE_ID: Final = tag(1, LEN)
 _CONTEXT_DATA: Final = tag(2, LEN)
 
@@ -226,13 +230,22 @@ def _decode_entries(data: bytes, pos: int, end: int, limits: Limits) -> tuple[En
 def _encode_conf(conf: ConfState, limits: Limits) -> bytes:
     if not isinstance(conf, ConfState):
         cannot(f"snapshot conf must be a ConfState, not {type(conf).__name__}")
-    voters, learners = conf.voters, conf.learners
-    if len(voters) + len(learners) > limits.max_members:
-        cannot(f"configuration has {len(voters) + len(learners)} members, over {limits.max_members}")
-    if voters & learners:
-        cannot(f"configuration lists {sorted(voters & learners)!r} as both voters and learners")
+    voters, learners, outgoing = conf.voters, conf.learners, conf.voters_outgoing
+    members = conf.members()
+    if len(members) > limits.max_members:
+        cannot(f"configuration has {len(members)} members, over {limits.max_members}")
+    if (voters | outgoing) & learners:
+        cannot(f"configuration lists {sorted((voters | outgoing) & learners)!r} as both voters and learners")
+    if outgoing and not voters:
+        cannot("a joint configuration needs voters in its new half")
+    if len(conf.removed) > limits.max_members:
+        cannot(f"configuration lists {len(conf.removed)} removed members, over {limits.max_members}")
     out = bytearray()
-    for key, ids, what in ((_CONF_VOTERS, voters, "voter id"), (_CONF_LEARNERS, learners, "learner id")):
+    for key, ids, what in (
+        (_CONF_VOTERS, voters, "voter id"),
+        (_CONF_LEARNERS, learners, "learner id"),
+        (_CONF_VOTERS_OUTGOING, outgoing, "outgoing voter id"),
+    ):
         for raw in sorted(encode_id(nid, limits.max_id_bytes, what) for nid in ids):
             out += key
             out += uvarint(len(raw))
@@ -245,7 +258,7 @@ def _encode_conf(conf: ConfState, limits: Limits) -> bytes:
         raw = encode_id(nid, limits.max_id_bytes, "context node id")
         if nid in seen:
             cannot(f"configuration has two contexts for {nid!r}")
-        if nid not in voters and nid not in learners:
+        if nid not in members:
             cannot(f"configuration has a context for {nid!r}, which is not a member")
         seen.add(nid)
         ctx = check_bytes(ctx, limits.max_context_bytes, f"context of {nid!r}")
@@ -254,6 +267,14 @@ def _encode_conf(conf: ConfState, limits: Limits) -> bytes:
         if ctx:
             put_len(body, _CONTEXT_DATA, ctx)
         put_len(out, _CONF_CONTEXTS, body)
+    for removal in conf.removed:
+        if not isinstance(removal, tuple) or len(removal) != 2:
+            cannot(f"configuration removal {removal!r:.100} is not a (node_id, index) pair")
+        gone, index = removal
+        body = bytearray()
+        put_len(body, _REMOVED_NODE_ID, encode_id(gone, limits.max_id_bytes, "removed node id"))
+        put_uint(body, _REMOVED_INDEX, check_int(index, "removal index"))
+        put_len(out, _CONF_REMOVED, body)
     return bytes(out)
 
 
@@ -277,38 +298,73 @@ def _encode_snapshot(snap: Snapshot, limits: Limits) -> bytes:
 
 
 def _decode_conf(data: bytes, pos: int, end: int, limits: Limits) -> ConfState:
-    voters: list[str] = []
-    learners: list[str] = []
+    lists: dict[int, list[str]] = {1: [], 2: [], 4: []}
     contexts: list[tuple[str, bytes]] = []
+    removed: list[tuple[str, int]] = []
     members = 0
-    for number, wire, a, b in fields(data, pos, end, "conf", 2 * limits.max_members + MAX_FIELDS):
-        if number in (1, 2, 3):
+    for number, wire, a, b in fields(data, pos, end, "conf", 4 * limits.max_members + MAX_FIELDS):
+        if number in (1, 2, 3, 4, 5):
             if wire != LEN:
-                wrong_wire("conf", ("voters", "learners", "contexts")[number - 1], wire)
+                names = ("voters", "learners", "contexts", "voters_outgoing", "removed")
+                wrong_wire("conf", names[number - 1], wire)
             if number == 3:
                 if len(contexts) >= limits.max_members:
                     bad(f"conf: more than {limits.max_members} contexts")
                 contexts.append(_decode_member_context(data, a, b, limits))
                 continue
+            if number == 5:
+                if len(removed) >= limits.max_members:
+                    bad(f"conf: more than {limits.max_members} removed members")
+                removed.append(_decode_removed(data, a, b, limits))
+                continue
             members += 1
-            if members > limits.max_members:
+            if members > 2 * limits.max_members:
                 bad(f"conf: more than {limits.max_members} members")
-            (voters if number == 1 else learners).append(
-                decode_id(data, a, b, limits.max_id_bytes, "conf: member id")
-            )
-    voter_set, learner_set = frozenset(voters), frozenset(learners)
-    if len(voter_set) != len(voters) or len(learner_set) != len(learners):
+            lists[number].append(decode_id(data, a, b, limits.max_id_bytes, "conf: member id"))
+    voters, learners, outgoing = lists[1], lists[2], lists[4]
+    voter_set, learner_set, outgoing_set = frozenset(voters), frozenset(learners), frozenset(outgoing)
+    if len(voter_set) + len(learner_set) + len(outgoing_set) != len(voters) + len(learners) + len(outgoing):
         bad("conf: a member is listed twice")
-    if voter_set & learner_set:
-        bad(f"conf: {sorted(voter_set & learner_set)!r} are both voters and learners")
+    member_set = voter_set | learner_set | outgoing_set
+    if len(member_set) > limits.max_members:
+        bad(f"conf: more than {limits.max_members} members")
+    if (voter_set | outgoing_set) & learner_set:
+        bad(f"conf: {sorted((voter_set | outgoing_set) & learner_set)!r} are both voters and learners")
+    if outgoing_set and not voter_set:
+        bad("conf: a joint configuration without voters in its new half")
     seen: set[str] = set()
     for nid, _ in contexts:
         if nid in seen:
             bad(f"conf: two contexts for {nid!r}")
-        if nid not in voter_set and nid not in learner_set:
+        if nid not in member_set:
             bad(f"conf: context for {nid!r}, which is not a member")
         seen.add(nid)
-    return ConfState(voters=voter_set, learners=learner_set, contexts=tuple(contexts))
+    if len({nid for nid, _ in removed}) != len(removed):
+        bad("conf: a removed member is listed twice")
+    return ConfState(
+        voters=voter_set,
+        learners=learner_set,
+        contexts=tuple(contexts),
+        voters_outgoing=outgoing_set,
+        removed=tuple(removed),
+    )
+
+
+def _decode_removed(data: bytes, pos: int, end: int, limits: Limits) -> tuple[str, int]:
+    nid: str | None = None
+    index = 0
+    for number, wire, a, b in fields(data, pos, end, "removed member"):
+        if number == 1:
+            if wire != LEN:
+                wrong_wire("removed member", "node_id", wire)
+            nid = decode_id(data, a, b, limits.max_id_bytes, "removed member: node_id")
+        elif number == 2:
+            if wire != VARINT:
+                wrong_wire("removed member", "index", wire)
+            index = a
+    if nid is None:
+        bad("removed member: node_id is empty")
+    return nid, index
 
 
 def _decode_member_context(data: bytes, pos: int, end: int, limits: Limits) -> tuple[str, bytes]:

@@ -102,7 +102,7 @@ def test_endpoints_from_environment(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["get", "k"], "--endpoints is required"),
+        (["get", "k", "--endpoints", ","], "--endpoints names no endpoint"),
         (["put", "k", "v", "--endpoints", "nohost"], "not host:port"),
         (["cas", "k", "only-one", "--endpoints", "h:1"], "cas takes KEY EXPECTED VALUE"),
         (["cas", "k", "a", "b", "--expect-absent", "--endpoints", "h:1"], "--expect-absent takes"),
@@ -120,8 +120,9 @@ def test_bad_arguments_exit_2(
 @pytest.mark.parametrize(
     "argv",
     [
-        ["put", "k"],
+        ["put"],
         ["get", "k", "--consistency", "eventual"],
+        ["get", "k", "-w", "yaml"],
         ["members"],
         ["members", "add", "n4"],
         ["status", "--timeout", "-1"],
@@ -132,3 +133,57 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
         main(argv)
     assert info.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+async def test_write_out_hex_and_standard_input(
+    kv_cluster: KVCluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import json
+
+    c = kv_cluster
+    await c.leader()
+    await c.follower()
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\x00\xffbinary\n")))
+    assert await cli(c, "put", "bin") == 0  # the value is standard input, byte for byte
+    assert capsys.readouterr().out == "OK\n"
+    assert await cli(c, "get", "bin", "--hex") == 0
+    assert capsys.readouterr().out == "00ff62696e6172790a\n"
+    assert await cli(c, "--hex", "put", "h", "c3a9 00") == 0
+    capsys.readouterr()
+    assert await cli(c, "get", "h", "-w", "json") == 0  # valid UTF-8: shown as text
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["value"], shown["encoding"]) == ("\u00e9\x00", "utf-8")
+    assert await cli(c, "get", "h", "-w", "json", "--hex") == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == {"key": "h", "found": True, "value": "c3a900", "encoding": "hex"}
+    assert await cli(c, "get", "bin", "-w", "json") == 0  # not UTF-8: shown in hexadecimal
+    assert json.loads(capsys.readouterr().out)["encoding"] == "hex"
+    assert await cli(c, "put", "t", "text") == 0
+    capsys.readouterr()
+    assert await cli(c, "get", "t", "-w", "json") == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "key": "t",
+        "found": True,
+        "value": "text",
+        "encoding": "utf-8",
+    }
+    assert await cli(c, "get", "t", "-w", "table") == 0
+    assert capsys.readouterr().out.splitlines() == ["KEY  VALUE", "t    text"]
+    assert await cli(c, "get", "nope", "-w", "json") == 3
+    assert json.loads(capsys.readouterr().out) == {"key": "nope", "found": False}
+
+    assert await cli(c, "-w", "json", "members", "list") == 0
+    members = json.loads(capsys.readouterr().out)
+    assert members == [{"id": n, "address": c.addr[n], "kind": "voter"} for n in ("n1", "n2", "n3")]
+    assert await cli(c, "members", "list", "-w", "table") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ID", "ADDRESS", "KIND"] and len(lines) == 4
+
+    assert await cli(c, "status", "-w", "json") == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["leader"] in c.ids and {m["id"] for m in status["members"]} == {"n1", "n2", "n3"}
+    assert all(m["kind"] == "voter" and isinstance(m["term"], int) for m in status["members"])
+    assert await cli(c, "status", "-w", "simple") == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [r[0] for r in rows] == ["n1", "n2", "n3"] and all(len(r) == 8 for r in rows)

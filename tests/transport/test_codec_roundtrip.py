@@ -122,6 +122,25 @@ def test_snapshot_with_everything_round_trips() -> None:
     assert decode_frame(encode_frame("c", "n1", [empty])).messages == [empty]
 
 
+def test_a_joint_configuration_and_removals_travel_in_a_snapshot() -> None:
+    conf = ConfState(
+        voters=frozenset({"n1", "n4"}),
+        learners=frozenset({"n5"}),
+        contexts=(("n2", b"old"), ("n4", b"new")),
+        voters_outgoing=frozenset({"n1", "n2"}),
+        removed=(("n3", 17), ("n9", 1 << 40)),
+    )
+    m = Message(MessageType.SNAP, "n4", "n1", 9, snapshot=Snapshot(SnapshotMeta(20, 3, conf), b"s"))
+    assert decode_frame(encode_frame("c", "n1", [m])).messages == [m]
+    for bad_conf in (
+        ConfState(voters=frozenset({"n1"}), learners=frozenset({"n2"}), voters_outgoing=frozenset({"n2"})),
+        ConfState(voters_outgoing=frozenset({"n2"})),
+    ):
+        bad = Message(MessageType.SNAP, "n4", "n1", 9, snapshot=Snapshot(SnapshotMeta(20, 3, bad_conf)))
+        with pytest.raises(codec.EncodeError):
+            encode_frame("c", "n1", [bad])
+
+
 def test_empty_frame_is_a_hello() -> None:
     assert decode_frame(encode_frame("cluster-a", "n1", [])) == ("cluster-a", "n1", [])
     assert encode_frames("cluster-a", "n1", []) == [encode_frame("cluster-a", "n1", [])]

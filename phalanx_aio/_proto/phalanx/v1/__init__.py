@@ -496,15 +496,36 @@ class ConfState(betterproto.Message):
     An opaque context per member (its address, for example), in the core's order.
     """
 
+    voters_outgoing: List[str] = betterproto.string_field(4)
+    """
+    In a joint configuration (Raft thesis 4.3), the voters of the configuration being left;
+     empty otherwise. Disjoint from learners; they may also be in voters.
+    """
+
+    removed: List["RemovedMember"] = betterproto.message_field(5)
+    """
+    Members removed by earlier changes, each with the index of the entry that removed it.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class MemberContext(betterproto.Message):
     """
-    The context attached to one member; node_id must be a voter or a learner.
+    The context attached to one member; node_id must be a voter (of either half) or a learner.
     """
 
     node_id: str = betterproto.string_field(1)
     context: bytes = betterproto.bytes_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class RemovedMember(betterproto.Message):
+    """
+    A member removed from the configuration, and where (the CONF entry's index).
+    """
+
+    node_id: str = betterproto.string_field(1)
+    index: int = betterproto.uint64_field(2)
 
 
 @dataclass(eq=False, repr=False)
