@@ -167,3 +167,21 @@ def test_the_scanner_has_teeth(tmp_path: pathlib.Path) -> None:
     assert unit_of("phalanx_aio.kv.codec") == "kv"
     assert unit_of("phalanx_aio") == ROOT_UNIT and unit_of("grpclib.client") is None
     assert re.fullmatch(r"\w+", "kv")
+
+
+def _diagram_edges() -> set[tuple[str, str]]:
+    """The arrows of the mermaid diagram in ``docs/architecture.md``, as unit names."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    block = re.search(r"```mermaid\n(.*?)```", text, re.S)
+    assert block is not None, "docs/architecture.md has no mermaid diagram"
+    labels = dict(re.findall(r'^\s*(\w+)\["([^"]+)"\]\s*$', block.group(1), re.M))
+    names = {
+        ident: ROOT_UNIT if label.startswith(ROOT_UNIT + " ") else label for ident, label in labels.items()
+    }
+    arrows = re.findall(r"^\s*(\w+) --> (\w+)\s*$", block.group(1), re.M)
+    return {(names[a], names[b]) for a, b in arrows}
+
+
+def test_the_architecture_page_draws_exactly_this_table() -> None:
+    table = {(src, dst) for src, targets in ALLOWED.items() for dst in targets}
+    assert _diagram_edges() == table

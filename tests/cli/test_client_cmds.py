@@ -12,7 +12,7 @@ import pytest
 
 from phalanx_aio._net import free_loopback_ports as free_ports
 from phalanx_aio.cli.main import main
-from tests.kv.test_service_cluster import CLUSTER, DEADLINE, KVCluster, kv_cluster
+from tests.kv.cluster import CLUSTER, DEADLINE, KVCluster, kv_cluster
 
 __all__ = ["kv_cluster"]  # the fixture, imported for use here
 

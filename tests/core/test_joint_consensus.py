@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from harness import Network, ids
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,6 +22,7 @@ from phalanx_aio.core.membership import (
 )
 from phalanx_aio.core.quorum import VoteResult, joint_quorum_index, joint_vote_result
 from phalanx_aio.errors import ProposalDropped, ProtocolError
+from tests.core.harness import Network, ids
 
 ADD_LEARNER, ADD_VOTER, REMOVE, PROMOTE = (
     ConfChangeType.ADD_LEARNER,

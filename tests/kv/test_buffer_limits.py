@@ -29,7 +29,7 @@ from phalanx_aio.kv import messages as m
 from phalanx_aio.kv.stream_codec import KV_STREAM_METHOD, decode_kv_stream_responses, encode_kv_stream_request
 from phalanx_aio.transport.grpc import GrpcTransport
 from tests.helpers import find_leader
-from tests.kv.test_service_cluster import CFG, CLUSTER, DEADLINE, grpc_call, hdr
+from tests.kv.cluster import CFG, CLUSTER, DEADLINE, grpc_call, hdr
 
 BIG = 256 << 10
 """The value every read returns: one answer is a little over 256 KiB."""

@@ -12,6 +12,7 @@ from phalanx_aio.errors import LocalError, ProtocolError
 from phalanx_aio.kv import messages as m
 from phalanx_aio.kv.codec import EncodeError, decode_kv_message, encode_kv_message
 from phalanx_aio.kv.stream_codec import KV_STREAM_METHOD
+from tests.proto_services import proto_methods
 
 RQ = m.RequestHeader("c1", "client-7", 2**64 - 1, 41)
 RS = m.ResponseHeader(m.ErrorCode.NOT_LEADER, "not me", "n2", "127.0.0.1:7002", 9, 2**63)
@@ -58,7 +59,7 @@ def test_every_method_type_is_covered_and_paths_match_the_proto() -> None:
     covered = {type(x) for x in SAMPLES}
     for req, resp in m.KV_METHODS.values():
         assert req in covered and resp in covered
-    generated = set(pb.KvBase().__mapping__())
+    generated = set(proto_methods("KV"))
     assert set(m.KV_METHODS) | {KV_STREAM_METHOD} == generated
 
 

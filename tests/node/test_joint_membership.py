@@ -7,7 +7,7 @@ import pytest
 
 from phalanx_aio.errors import LocalError, ProposalDropped
 from phalanx_aio.node.events import MembershipChanged, RemovedFromCluster
-from tests.node.conftest import DEADLINE, Harness
+from tests.node.harness import DEADLINE, Harness
 
 
 async def _with_learners(cluster: Harness, *nids: str) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from phalanx_aio.kv import KVStateMachine
 from phalanx_aio.kv.state_machine import KVCommand, KVOp, encode_command
-from tests.node.conftest import DEADLINE, Counter, Harness
+from tests.node.harness import DEADLINE, Counter, Harness
 
 
 class SlowSnapshots(Counter):

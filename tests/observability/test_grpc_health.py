@@ -17,7 +17,7 @@ from phalanx_aio.observability import HealthService
 from phalanx_aio.observability.grpc_health import CHECK_METHOD, NOT_SERVING, SERVING, WATCH_METHOD
 from phalanx_aio.transport.grpc import GrpcTransport
 from tests.helpers import poll_until
-from tests.node.conftest import Counter
+from tests.node.harness import Counter
 
 
 def _request(service: str) -> bytes:

@@ -20,7 +20,7 @@ from phalanx_aio.kv import KVService
 from phalanx_aio.observability import HealthService, ReflectionService
 from phalanx_aio.observability.grpc_reflection import _fields, load_descriptors
 from phalanx_aio.transport.grpc import GrpcTransport
-from tests.node.conftest import Counter
+from tests.node.harness import Counter
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

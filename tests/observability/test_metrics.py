@@ -14,7 +14,7 @@ from phalanx_aio import Config, MemoryStorage, RaftNode
 from phalanx_aio.observability import NodeMetrics
 from phalanx_aio.observability.metrics import _TransportCollector
 from phalanx_aio.transport.memory import MemoryNetwork, MemoryTransport
-from tests.node.conftest import Counter
+from tests.node.harness import Counter
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transport_strategies import frames
 
 from phalanx_aio.core.types import Entry, Message, MessageType, Snapshot, SnapshotMeta
 from phalanx_aio.errors import ProtocolError
 from phalanx_aio.transport import codec
 from phalanx_aio.transport.chunks import SnapshotAssembler, snapshot_chunks
 from phalanx_aio.transport.codec import Limits, decode_frame, encode_frame
+from tests.transport.transport_strategies import frames
 
 SETTINGS = settings(
     derandomize=True,

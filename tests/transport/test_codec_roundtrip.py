@@ -8,7 +8,6 @@ import grpclib.encoding.proto
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transport_strategies import entries, frames, from_pb, messages, to_pb
 
 from phalanx_aio._grpc import WireBytes
 from phalanx_aio._proto.phalanx import v1 as pb
@@ -24,6 +23,8 @@ from phalanx_aio.transport.codec import (
     encode_frame,
     encode_frames,
 )
+from tests.proto_services import proto_methods
+from tests.transport.transport_strategies import entries, frames, from_pb, messages, to_pb
 
 SETTINGS = settings(
     derandomize=True,
@@ -185,7 +186,7 @@ def test_wire_bytes_passes_through_grpclib_codec() -> None:
 
 
 def test_method_paths_and_enums_match_the_generated_code() -> None:
-    mapping = pb.RaftPeerBase().__mapping__()
+    mapping = proto_methods("RaftPeer")
     assert set(mapping) == {codec.STREAM_METHOD, codec.INSTALL_SNAPSHOT_METHOD}
     assert {t.name: t.value for t in MessageType} == {t.name: t.value for t in pb.MessageType if t.value != 0}
     assert isinstance(codec.EncodeError("x"), LocalError | ValueError)

@@ -84,3 +84,16 @@ def test_only_the_allowed_modules_import_the_generated_code() -> None:
     ]
     assert offenders == []
     assert ALLOWED and all(_imports_generated(path) for path in ALLOWED)
+
+
+def test_generated_code_carries_no_service_stubs() -> None:
+    """The service stubs and bases are stripped at generation: nothing uses them, and without
+    them the generated messages do not import grpclib."""
+    for path in sorted(GENERATED.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
+        assert not [c for c in classes if c.endswith(("Stub", "Base"))], path
+        assert "grpclib" not in path.read_text(), path
+    gen = _load_generator()
+    stub = "import grpclib\n\n\nclass FooStub(betterproto.ServiceStub):\n    pass\n\n\nclass Foo:\n    pass\n"
+    assert gen.strip_services(stub).strip() == "class Foo:\n    pass"
