@@ -339,6 +339,7 @@ def _to_pb_members(members: Iterable[KVMember]) -> list[_pb.Member]:
                 node_id=_kv_str(m.node_id, "node_id"),
                 address=_kv_str(m.address, "address"),
                 learner=bool(m.learner),
+                match_index=_kv_u64(m.match_index, "match_index"),
             )
         )
     return out
@@ -360,7 +361,7 @@ def _from_pb_response_header(h: _pb.ResponseHeader) -> KVResponseHeader:
 
 
 def _from_pb_members(members: Iterable[_pb.Member]) -> tuple[KVMember, ...]:
-    return tuple(KVMember(m.node_id, m.address, m.learner) for m in members)
+    return tuple(KVMember(m.node_id, m.address, m.learner, m.match_index) for m in members)
 
 
 def _enc_status_response(m: StatusResponse) -> _pb.StatusResponse:

@@ -122,6 +122,9 @@ class Member:
     address: str = ""
     """Its peer (and client) address, host:port."""
     learner: bool = False
+    match_index: int = 0
+    """In a leader's :class:`StatusResponse`: the highest log index the member acknowledged to
+    this leader (0 elsewhere, and for members it has not heard from)."""
 
 
 @dataclass(frozen=True, slots=True)

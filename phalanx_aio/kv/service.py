@@ -478,10 +478,17 @@ class KVService:
         address = st.core.conf.context(hint).decode("utf-8", "replace") if hint else ""
         return ResponseHeader(code, message, hint, address, st.term, st.applied)
 
-    def _members(self) -> tuple[Member, ...]:
-        conf = self._require_node().status().core.conf
+    def _members(self, *, with_match: bool = False) -> tuple[Member, ...]:
+        """The configuration; ``with_match``: with each member's match index, on a leader."""
+        core = self._require_node().status().core
+        conf, progress = core.conf, core.progress if with_match else {}
         return tuple(
-            Member(nid, conf.context(nid).decode("utf-8", "replace"), nid in conf.learners)
+            Member(
+                nid,
+                conf.context(nid).decode("utf-8", "replace"),
+                nid in conf.learners,
+                progress[nid].match if nid in progress else 0,
+            )
             for nid in sorted(conf.members())
         )
 
@@ -692,7 +699,7 @@ class KVService:
             commit_index=st.commit,
             applied_index=st.applied,
             last_index=st.last_index,
-            members=self._members(),
+            members=self._members(with_match=True),
             quota_alarm=self.quota_alarm,
             quota_used_bytes=self.quota_used(),
         )

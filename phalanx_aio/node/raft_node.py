@@ -220,7 +220,14 @@ class RaftNode(LoopSteps, EventSource):
         # Leases are timed on the loop's monotonic clock, in ticks: a stalled loop misses ticks,
         # and its lease must not last longer for it.
         loop_time, interval = asyncio.get_running_loop().time, self.config.tick_interval
-        self._core = Raft(self.id, self.config, self._rng, state, clock=lambda: loop_time() / interval)
+        self._core = Raft(
+            self.id,
+            self.config,
+            self._rng,
+            state,
+            clock=lambda: loop_time() / interval,
+            founded_now=stored.created and not self._join,
+        )
         self._saved_tv = (state.hard_state.term, state.hard_state.vote)
         self._seen = (self._core.term, self._core.role, self._core.leader)
         snap = state.snapshot

@@ -274,6 +274,11 @@ class Member(betterproto.Message):
     """
 
     learner: bool = betterproto.bool_field(3)
+    match_index: int = betterproto.uint64_field(4)
+    """
+    In a leader's Status answer: the highest log index the member acknowledged to this
+     leader (0 elsewhere, and for members it has not heard from).
+    """
 
 
 @dataclass(eq=False, repr=False)
