@@ -780,7 +780,15 @@ async def _refuse_refounding(s: ServeSettings, client_ssl: ssl.SSLContext | None
     from phalanx_aio.kv.client import KVClient
     from phalanx_aio.kv.messages import StatusResponse
 
-    async def ask(address: str) -> StatusResponse:
+    async def ask(address: str) -> StatusResponse | None:
+        host, port = parse_address(address)
+        try:  # a peer not listening yet (founders starting one by one) is not waited for
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+        except (OSError, TimeoutError):
+            return None
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
         async with KVClient([address], cluster_id=s.cluster_id, ssl=client_ssl, timeout=3.0) as kv:
             return await kv.status(endpoint=address)
 
