@@ -401,21 +401,16 @@ class Cluster:
         node.core.read_index(ctx)
         self._drain(node)
 
-    def conf_change(self, nid: str, change: ConfChange) -> tuple[int, int]:
-        """Propose a membership change on leader ``nid``."""
+    def conf_change(self, nid: str, change: ConfChange | Sequence[ConfChange]) -> tuple[int, int]:
+        """Propose a membership change on leader ``nid``: one change, or several at once
+        (joint consensus)."""
         node = self.nodes[nid]
         if node.core is None:
             raise NotApplied(f"{nid} is down")
-        out = node.core.propose_conf_change(change)
-        self._drain(node)
-        return out
-
-    def joint_change(self, nid: str, changes: Sequence[ConfChange]) -> tuple[int, int]:
-        """Propose several membership changes at once on leader ``nid`` (joint consensus)."""
-        node = self.nodes[nid]
-        if node.core is None:
-            raise NotApplied(f"{nid} is down")
-        out = node.core.propose_joint_change(changes)
+        if isinstance(change, ConfChange):
+            out = node.core.propose_conf_change(change)
+        else:
+            out = node.core.propose_joint_change(change)
         self._drain(node)
         return out
 

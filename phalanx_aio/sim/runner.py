@@ -645,7 +645,7 @@ class _Run:
             options.append([_remove(n) for n in rng.sample(voters, 2)])
         if not options:
             return False
-        c.joint_change(leader, rng.choice(options))
+        c.conf_change(leader, rng.choice(options))
         self.faults["joint_change"] += 1
         return True
 
