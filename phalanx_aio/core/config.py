@@ -152,6 +152,26 @@ class Config:
         )
 
     @classmethod
+    def naive(cls, **overrides: Any) -> Config:
+        """The textbook timing, **not for production**: 10 ms ticks, election timeout 10-20
+        ticks (100-200 ms), heartbeats every 5 ticks (50 ms), pre-vote and check quorum off.
+        It is what the global-mesh study compares against: round trips of up to 265 ms do
+        not fit in such a window, and the cluster flaps (``docs/global-mesh.md``). Commit
+        index sent lazily and at most 64 MiB uncommitted, as in the other presets."""
+        return cls(
+            **{
+                "tick_interval": 0.01,
+                "election_ticks": 10,
+                "heartbeat_ticks": 5,
+                "pre_vote": False,
+                "check_quorum": False,
+                "eager_commit": False,
+                "max_uncommitted_bytes": PRESET_MAX_UNCOMMITTED_BYTES,
+                **overrides,
+            }
+        )
+
+    @classmethod
     def global_mesh(cls, **overrides: Any) -> Config:
         """Timing for members on several continents (round trips above 200 ms):
         200 ms ticks, election timeout randomized over 20-40 ticks (4-8 s), heartbeats every
