@@ -119,13 +119,14 @@ _WIRE_NAMES = {0: "varint", 1: "fixed64", 2: "length-delimited", 3: "group", 4: 
 # RaftMessage: field number -> wire type, for the fields this version knows.
 _MSG_VARINT_FIELDS = (
     False, True, False, False, True, True, True, True, True, True, False, True, True, False, False, True,
+    True,
 )  # fmt: skip
 _MSG_INTS = len(_MSG_VARINT_FIELDS)
 _MSG_LEN_FIELDS = frozenset((2, 3, 10, 13, 14))
 _MSG_FIELD_NAMES = {
     1: "type", 2: "to", 3: "frm", 4: "term", 5: "log_term", 6: "index", 7: "commit", 8: "reject",
     9: "reject_hint", 10: "context", 11: "seq", 12: "transfer", 13: "entries", 14: "snapshot",
-    15: "election_timeout",
+    15: "election_timeout", 16: "election_delay",
 }  # fmt: skip
 
 
@@ -592,6 +593,10 @@ def _encode_message(m: Message, sender: str, limits: Limits) -> tuple[list[bytes
         tail = b"\x78" + _uvarint(_check_int(m.election_timeout, "election_timeout"))
         parts.append(tail)
         size += len(tail)
+    if m.election_delay:
+        tail = b"\x80\x01" + _uvarint(_check_int(m.election_delay, "election_delay"))
+        parts.append(tail)
+        size += len(tail)
     return parts, size
 
 
@@ -607,7 +612,7 @@ def _encode_nth(m: Message, sender: str, limits: Limits, i: int) -> tuple[list[b
 
 def _decode_message(data: bytes, pos: int, end: int, sender: str, limits: Limits) -> Message:
     """Decode the RaftMessage in ``data[pos:end]``; an empty ``frm`` becomes ``sender``."""
-    ints = [0] * _MSG_INTS  # varint fields by number: 1 type, 4-7, 8 reject, 9, 11, 12 transfer, 15
+    ints = [0] * _MSG_INTS  # varint fields by number: 1 type, 4-7, 8 reject, 9, 11, 12 transfer, 15, 16
     to = frm = ""
     context = b""
     entries: tuple[Entry, ...] = ()
@@ -644,8 +649,10 @@ def _decode_message(data: bytes, pos: int, end: int, sender: str, limits: Limits
         _bad(f"message type {ints[1]} is not a known MessageType")
     if not to:
         _bad("message to is empty")
-    _, _, _, _, term, log_term, index, commit, reject, reject_hint, _, seq, transfer, _, _, timeout = ints
-    if max(term, log_term, index, commit, reject_hint, seq, timeout) > MAX_INT:
+    _, _, _, _, term, log_term, index, commit, reject, reject_hint, _, seq, transfer, _, _, timeout, delay = (
+        ints
+    )
+    if max(term, log_term, index, commit, reject_hint, seq, timeout, delay) > MAX_INT:
         _bad("message has a term, index or counter above 2**63")
     return Message(
         mtype,
@@ -663,6 +670,7 @@ def _decode_message(data: bytes, pos: int, end: int, sender: str, limits: Limits
         seq,
         transfer != 0,
         timeout,
+        delay,
     )
 
 
