@@ -104,6 +104,10 @@ class StudyParams:
     """Lengths (s) of the short leader isolations of phase 4."""
     hiccup_trials: int = 2
     """Trials per hiccup length per seed."""
+    rotate_leader: bool = False
+    """Failovers: hand leadership to each region in turn first (trials ``2k`` and ``2k + 1``,
+    a crash and a partition, strike the leader in region ``k mod 5``), instead of failing
+    whichever node leads after the previous failover."""
     loss: float = 0.002
     jitter: float = 0.10
     spike_prob: float = 0.01
@@ -389,10 +393,27 @@ class Study:
     def failovers(self) -> list[Json]:
         """Phase 3: ``trials`` failovers, alternately a crash and a partition of the leader."""
         since = self._enter("failover", self.p.fault_sample_s)
-        out = [self.failover("crash" if i % 2 == 0 else "partition") for i in range(self.p.trials)]
+        out = []
+        for i in range(self.p.trials):
+            if self.p.rotate_leader:
+                self._lead_from(self.ids[(i // 2) % len(self.ids)])
+            out.append(self.failover("crash" if i % 2 == 0 else "partition"))
         self._settle()
         self._leave("failover", since)
         return out
+
+    def _lead_from(self, nid: str) -> bool:
+        """Hand leadership to ``nid`` by a transfer (a few attempts); True if it leads."""
+        c = self.c
+        for _attempt in range(5):
+            lead = self._settle()
+            if lead is not None and lead.id == nid:
+                return True
+            if lead is not None:
+                with contextlib.suppress(PhalanxError):
+                    c.transfer(lead.id, nid)
+                c.run_until(functools.partial(self._leads, nid), 30_000)
+        return False
 
     def failover(self, kind: str) -> Json:
         """Crash (``"crash"``) or cut off (``"partition"``) a settled leader; time the failover
@@ -909,6 +930,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=",".join(DEFAULT_PRESETS),
         help=f"comma-separated, from: {', '.join(PRESETS)} (default: {', '.join(DEFAULT_PRESETS)})",
     )
+    parser.add_argument(
+        "--rotate-leader",
+        action="store_true",
+        help="hand leadership to each region in turn before its failovers (two per region and round)",
+    )
     parser.add_argument("--loss", type=float, default=None, help="message loss (default 0.002)")
     parser.add_argument("--spike-prob", type=float, default=None, help="spike probability (default 0.01)")
     parser.add_argument("--jitter", type=float, default=None, help="jitter sigma (default 0.10)")
@@ -955,6 +981,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in ("trials", "loss", "spike_prob", "jitter"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
+    if args.rotate_leader:
+        changes["rotate_leader"] = True
     params = StudyParams(**{**asdict(base), **changes})
     if args.seeds is not None or args.quick:
         nseeds = args.seeds if args.seeds is not None else 4

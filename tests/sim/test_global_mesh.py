@@ -169,3 +169,16 @@ def test_naive_preset_flaps_on_the_mesh_where_the_mesh_presets_do_not() -> None:
         assert s.boot() is not None
         h = s.healthy(0.1)
         assert (h["spurious_elections"], h["term_bumps"], h["pre_vote_requests"]) == (0, 0, 0), preset
+
+
+def test_rotate_leader_fails_each_region_in_turn() -> None:
+    s = study("global-mesh-adaptive", 2, trials=4, rotate_leader=True)
+    s.boot()
+    recs = s.failovers()
+    assert [(r["old_leader"], r["kind"]) for r in recs] == [
+        ("lagos", "crash"),
+        ("lagos", "partition"),
+        ("london", "crash"),
+        ("london", "partition"),
+    ]
+    assert all(r["committed_s"] is not None and r["committed_s"] < 2.0 for r in recs), recs
