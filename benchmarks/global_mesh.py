@@ -736,35 +736,21 @@ def plot(doc: Json, path: pathlib.Path) -> bool:
     ax.set_xlabel("simulated hours")
     ax.set_ylabel("cumulative elections, one line per seed")
     ax.set_yscale("symlog", linthresh=1.0)
-    ax.set_ylim(bottom=-0.2, top=max(10.0, ax.get_ylim()[1] * 3))
-    ax.legend(loc="center right", fontsize=8)
+    ax.set_ylim(bottom=-0.2, top=max(10.0, ax.get_ylim()[1] * 30))
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 0.07), fontsize=8)
 
     ax = axes[1]
     for p, body in doc["presets"].items():
         color = _COLORS.get(p, "gray")
         trials = [f for r in body["runs"] for f in r["failovers"] if "skipped" not in f]
+        churn = sum(1 for f in trials if f["term_bumps"] > 1)
         for key, style in (("elected_s", "--"), ("committed_s", "-")):
             xs = sorted(f[key] if f[key] is not None else math.inf for f in trials)
             n = len(xs)
             if not n:
                 continue
-            ax.step(
-                xs,
-                [(i + 1) / n for i in range(n)],
-                where="post",
-                color=color,
-                ls=style,
-                label=f"{p} {'elected' if key == 'elected_s' else 'committed'}",
-            )
-        churn = sum(1 for f in trials if f["term_bumps"] > 1)
-        ax.annotate(
-            f"{p}: >1 term bump in {churn}/{len(trials)}",
-            xy=(0.02, 0.95 - 0.06 * list(doc["presets"]).index(p)),
-            xycoords="axes fraction",
-            ha="left",
-            color=color,
-            fontsize=7,
-        )
+            label = f"{p} elected" if key == "elected_s" else f"{p} committed (>1 term: {churn}/{n})"
+            ax.step(xs, [(i + 1) / n for i in range(n)], where="post", color=color, ls=style, label=label)
     for target in sorted({TARGETS_S[p] for p in doc["presets"] if p in TARGETS_S}):
         ax.axvline(target, color="black", lw=0.8, ls=":")
         ax.text(target * 1.05, 0.7, f"{target:g} s target", fontsize=8, rotation=90)
