@@ -210,6 +210,8 @@ async def main(args: argparse.Namespace) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     watcher = asyncio.create_task(watch.watch_loop())
     prof = cProfile.Profile()
+    if args.profile_all:  # diagnostics: the loop's thread from start (a restarted member)
+        prof.enable()
     async with node:
         _reply({"ready": args.id})
         while line := await reader.readline():
@@ -248,6 +250,9 @@ async def main(args: argparse.Namespace) -> None:
                 _reply({"ok": True})
             elif cmd == "stop":
                 break
+    if args.profile_all:
+        prof.disable()
+        prof.dump_stats(args.profile_all)
     watcher.cancel()
     with contextlib.suppress(Exception):
         _reply({"stopped": args.id})
@@ -262,4 +267,5 @@ if __name__ == "__main__":
     p.add_argument("--snapshot-later", choices=["on", "off"], default="on")
     p.add_argument("--snapshot-bytes", type=int, required=True)
     p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--profile-all", metavar="PATH", help="cProfile the loop's thread from start to stop")
     phalanx_aio.run(main(p.parse_args()))

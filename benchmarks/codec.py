@@ -26,9 +26,9 @@ from importlib import metadata
 
 import betterproto
 
+from phalanx_aio._proto.phalanx import v1 as pb
 from phalanx_aio.core.types import Entry, EntryType, Message, MessageType
 from phalanx_aio.transport import codec
-from phalanx_aio.transport._proto.phalanx import v1 as pb
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 

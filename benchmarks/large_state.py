@@ -155,7 +155,10 @@ def run_mode(mode: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         for m in live:
             m.ask(cmd="reset")
         time.sleep(0.3)
-        f2 = members[f2.id] = Member(f2.id, addr, workdir, extra)
+        again = list(extra)
+        if args.profile:
+            again += ["--profile-all", f"{args.profile}-{mode}-{f2.id}-send.prof"]
+        f2 = members[f2.id] = Member(f2.id, addr, workdir, again)
         target = leader.ask(cmd="stats")["applied"]
         _wait(lambda: f2.ask(cmd="stats")["applied"] >= target, 120, "the restarted follower to catch up")
         time.sleep(1.5)
@@ -205,7 +208,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=5_000, help="commands per propose_many while loading")
     p.add_argument("--modes", default="on,off")
     p.add_argument("--log-level", default="WARNING")
-    p.add_argument("--profile", metavar="PREFIX", help="cProfile the take window into PREFIX-*.prof")
+    p.add_argument(
+        "--profile",
+        metavar="PREFIX",
+        help="cProfile the take window into PREFIX-*.prof, and the restarted member's life",
+    )
     p.add_argument("--keep", action="store_true", help="keep the data directory")
     p.add_argument("--out", default=str(HERE / "results" / "large_state.json"))
     p.add_argument("--show", metavar="JSON", help="only print the table of a results file")

@@ -38,7 +38,8 @@ from typing import Any, TypeVar
 from phalanx_aio.core.types import Entry
 from phalanx_aio.storage import SQLiteStorage
 from phalanx_aio.storage._codec import batch_rows
-from phalanx_aio.storage.sqlite import INSERT_BATCH, ROW_ENTRIES, SCHEMA, _pragmas
+from phalanx_aio.storage.schema import INSERT_BATCH, SCHEMA, pragmas
+from phalanx_aio.storage.sqlite import ROW_ENTRIES
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 BATCHES = (1, 10, 100, 1000)
@@ -68,7 +69,7 @@ class Plain:
     def __init__(self, path: str, synchronous: str) -> None:
         self.conn = sqlite3.connect(path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
-        for pragma in _pragmas(synchronous):
+        for pragma in pragmas(synchronous):
             self.conn.execute(pragma)
         self.conn.execute("BEGIN IMMEDIATE")
         for stmt in SCHEMA:

@@ -45,9 +45,9 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
+from phalanx_aio._grpc import WireBytes
 from phalanx_aio._net import free_loopback_ports
 from phalanx_aio.node.runner import run, uvloop_available
-from phalanx_aio.transport.codec import WireBytes
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from client import Cluster, cpu_seconds, drive, run_workload, wait_for_leader

@@ -10,6 +10,7 @@ simulator, ``phalanx_aio.transport`` for transports, ``phalanx_aio.observability
 the HTTP endpoint and structured logs).
 """
 
+from phalanx_aio._version import __version__
 from phalanx_aio.commands import ReplicatedState, command
 from phalanx_aio.core import (
     ConfChange,
@@ -69,8 +70,6 @@ from phalanx_aio.node import (
     tune_gc,
 )
 from phalanx_aio.storage import MemoryStorage, SQLiteStorage, Storage, StoredState
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "ClosedError",

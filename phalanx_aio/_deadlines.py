@@ -1,7 +1,7 @@
 """Deadlines shared by many futures: one timer per grain of time (private).
 
 ``asyncio.wait_for`` or ``asyncio.timeout`` per operation costs a timer handle and a wrapper
-each (measured at 6 to 9 µs per proposal in ``RaftNode``); here every future whose deadline
+each (``docs/performance.md`` has the measurement); here every future whose deadline
 falls in the same grain shares one ``call_at``. A future still pending when its grain ends
 fails with the exception ``expired(what, limit)`` builds: at most one grain late, never early.
 """

@@ -18,15 +18,11 @@ import struct
 from collections.abc import Sequence
 from itertools import accumulate
 from operator import attrgetter, is_
-from typing import NoReturn
 
+from phalanx_aio._protowire import MAX_INT, EncodeError, bad, cannot
 from phalanx_aio.core.types import Entry, EntryType
-from phalanx_aio.errors import LocalError, ProtocolError
 
 __all__ = ["MAX_INT", "EncodeError", "decode_entries_at", "entry_parts"]
-
-MAX_INT = (1 << 63) - 1
-"""The largest term, index or counter on the wire: they live in SQLite's signed 64-bit integers."""
 
 _ENTRY_BATCH_VERSION = 1
 _BATCH_HEADER = struct.Struct("<BI")  # version, count
@@ -40,19 +36,6 @@ _term_of = attrgetter("term")
 _index_of = attrgetter("index")
 _type_of = attrgetter("type")
 _data_of = attrgetter("data")
-
-
-class EncodeError(LocalError, ValueError):
-    """A core message cannot be put on the wire: a value out of range, an id that is empty or not
-    encodable as UTF-8, or a size over the :class:`Limits`. The text names the field."""
-
-
-def _bad(what: str) -> NoReturn:
-    raise ProtocolError(what)
-
-
-def _cannot(what: str) -> NoReturn:
-    raise EncodeError(what)
 
 
 _last_batch: tuple[tuple[Entry, ...], list[bytes], int] | None = None
@@ -76,7 +59,7 @@ def entry_parts(
     if count == 0:
         return [], 0
     if count > max_entries:
-        _cannot(f"{count} entries, over the limit of {max_entries}")
+        cannot(f"{count} entries, over the limit of {max_entries}")
     # A leader sends the same entries to every follower in step: the last batch encoded is
     # kept, and found again if it holds the very same objects (entries are frozen and their
     # data immutable bytes, so the same objects encode the same).
@@ -123,7 +106,7 @@ def entry_parts(
             or not isinstance(data, bytes | bytearray)
             or len(data) > 0xFFFFFFFF
         ):
-            _cannot(f"entry {i} cannot be encoded: {entry!r:.200}")
+            cannot(f"entry {i} cannot be encoded: {entry!r:.200}")
         table.append(pack(term, index, etype, len(data)))
         datas.append(data)
         size += len(data)
@@ -134,7 +117,7 @@ def entry_parts(
 def decode_entries_at(
     data: bytes, pos: int, end: int, max_entries: int, terms_seen: dict[int, int] | None = None
 ) -> tuple[Entry, ...]:
-    """The entries of the blob in ``data[pos:end]``; raises :class:`ProtocolError` if it is
+    """The entries of the blob in ``data[pos:end]``; raises ``ProtocolError`` if it is
     malformed (naming the first bad entry) or holds more than ``max_entries``.
 
     With ``terms_seen``, entries of one term share one ``int`` object for it (a decoder hands
@@ -143,16 +126,16 @@ def decode_entries_at(
     if pos == end:
         return ()
     if end - pos < _BATCH_HEADER.size:
-        _bad("entries: truncated batch header")
+        bad("entries: truncated batch header")
     version, count = _BATCH_HEADER.unpack_from(data, pos)
     if version != _ENTRY_BATCH_VERSION:
-        _bad(f"entries: unsupported batch version {version}")
+        bad(f"entries: unsupported batch version {version}")
     if count > max_entries:
-        _bad(f"entries: {count} entries, over the limit of {max_entries}")
+        bad(f"entries: {count} entries, over the limit of {max_entries}")
     table = pos + _BATCH_HEADER.size
     offset = table + count * _ENTRY_RECORD.size
     if offset > end:
-        _bad(f"entries: batch of {count} entries is truncated")
+        bad(f"entries: batch of {count} entries is truncated")
     if count:
         # Column by column in C (a follower decodes every command the leader sends); a
         # batch that fails a check is decoded again below, entry by entry, to name the culprit.
@@ -177,14 +160,14 @@ def decode_entries_at(
         _ENTRY_RECORD.iter_unpack(memoryview(data)[table:offset])
     ):
         if term > MAX_INT or index > MAX_INT:
-            _bad(f"entries: entry {i} has term or index above 2**63")
+            bad(f"entries: entry {i} has term or index above 2**63")
         if etype >= ntypes:
-            _bad(f"entries: entry {i} has unknown type {etype} (index {index})")
+            bad(f"entries: entry {i} has unknown type {etype} (index {index})")
         stop = offset + length
         if stop > end:
-            _bad(f"entries: entry {i} data runs past the end of the batch")
+            bad(f"entries: entry {i} data runs past the end of the batch")
         append(Entry(term, index, types[etype], data[offset:stop]))
         offset = stop
     if offset != end:
-        _bad(f"entries: {end - offset} stray bytes after the last entry")
+        bad(f"entries: {end - offset} stray bytes after the last entry")
     return tuple(out)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate phalanx_aio/transport/_proto/ from protos/ with the betterproto plugin.
+"""Regenerate phalanx_aio/_proto/ from protos/ with the betterproto plugin.
 
 Usage (from anywhere, inside the project's virtualenv)::
 
@@ -17,6 +17,7 @@ import argparse
 import ast
 import difflib
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -25,13 +26,20 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 PROTO_FILES = ("phalanx/v1/kv.proto", "phalanx/v1/raft.proto")
-OUT_DIR = ROOT / "phalanx_aio" / "transport" / "_proto"
+OUT_DIR = ROOT / "phalanx_aio" / "_proto"
 PLUGIN_NAME = "protoc-gen-python_betterproto"
 
 PACKAGE_DOC = '''"""Code generated from protos/ by scripts/gen_protos.py (betterproto). Do not edit.
 
-Only phalanx_aio.transport.codec may import these modules; the rest of the library works with
-the core's own dataclasses.
+Only the modules in ALLOWED_IMPORTERS may import these; the rest of the library works with its
+own dataclasses (a test enforces it).
+"""
+
+ALLOWED_IMPORTERS = (
+    "phalanx_aio.transport.codec",  # the peer calls' acknowledgements
+    "phalanx_aio.kv.codec",  # the KV service's unary Status, membership and transfer messages
+)
+"""The only library modules that import the generated code.
 """
 '''
 
@@ -81,7 +89,45 @@ def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
     if proc.returncode != 0:
         raise RuntimeError(f"protoc failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
     (out_dir / "__init__.py").write_text(PACKAGE_DOC)
+    for module in out_dir.rglob("*.py"):
+        code = module.read_text()
+        if module != out_dir / "__init__.py" and code.strip():
+            module.write_text(strip_services(code))
     return sorted(p.relative_to(out_dir) for p in out_dir.rglob("*.py"))
+
+
+_SERVICE_BASES = ("betterproto.ServiceStub", "ServiceBase")
+
+
+def _service_only(node: ast.stmt) -> bool:
+    """True for a generated service class, or an import that only the service classes use."""
+    if isinstance(node, ast.ClassDef):
+        return any(ast.unparse(b) in _SERVICE_BASES for b in node.bases)
+    if isinstance(node, ast.Import):
+        return all(a.name.startswith("grpclib") for a in node.names)
+    if isinstance(node, ast.ImportFrom):
+        return (node.module or "").startswith(("grpclib", "betterproto.grpc"))
+    return (
+        isinstance(node, ast.If)
+        and ast.unparse(node.test) == "TYPE_CHECKING"
+        and all(isinstance(n, ast.Import | ast.ImportFrom) for n in node.body)
+    )
+
+
+def strip_services(code: str) -> str:
+    """``code`` without the gRPC service stubs and bases betterproto generates, and without the
+    imports only they use: the library serves and calls its methods with its own codecs, so
+    the generated service classes (and grpclib at import time) are never needed."""
+    tree = ast.parse(code)
+    drop = [
+        (min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", ()))]), node.end_lineno)
+        for node in tree.body
+        if _service_only(node)
+    ]
+    lines = code.splitlines(keepends=True)
+    for start, end in sorted(drop, reverse=True):
+        del lines[start - 1 : end or start]
+    return re.sub(r"\n{4,}", "\n\n\n", "".join(lines)).rstrip() + "\n"
 
 
 def _same_code(a: str, b: str) -> bool:

@@ -21,11 +21,12 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from phalanx_aio import Config, RaftNode, SQLiteStorage
+from phalanx_aio._grpc import WireBytes
 from phalanx_aio._net import free_loopback_ports
 from phalanx_aio.kv.messages import PutRequest, RequestHeader
 from phalanx_aio.kv.service import MIN_REQUEST_BYTES, KVService
 from phalanx_aio.kv.state_machine import KVStateMachine
-from phalanx_aio.transport.codec import Limits, WireBytes
+from phalanx_aio.transport.codec import Limits
 from phalanx_aio.transport.grpc import GrpcTransport
 from tests.helpers import find_leader, poll_until
 

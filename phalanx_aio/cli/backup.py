@@ -24,6 +24,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
+from phalanx_aio._fs import fsync_dir
+from phalanx_aio._grpc import parse_address
 from phalanx_aio.core.types import ConfState, EntryType, HardState, Snapshot, SnapshotMeta
 from phalanx_aio.errors import ConfigError, StorageError
 from phalanx_aio.node.state_machine import StateMachine
@@ -106,14 +108,14 @@ def _read_identity(path: pathlib.Path) -> tuple[str, str]:
     """The (node id, cluster id) recorded in a store, without trusting anything else in it."""
     # The store's own header checks first (magic, application id, schema version, truncation),
     # so that a damaged file gets the same precise message as at open.
-    from phalanx_aio.storage.sqlite import _check_header
+    from phalanx_aio.storage.schema import check_header
 
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
         raise StorageError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     try:
-        _check_header(str(path), fd)
+        check_header(str(path), fd)
     finally:
         os.close(fd)
     uri = path.resolve().as_uri() + "?mode=ro&immutable=1"
@@ -151,16 +153,6 @@ def _copy_online(source: pathlib.Path, dest: pathlib.Path) -> None:
         raise StorageError(f"{source}: the online copy failed: {exc}") from exc
     except OSError as exc:
         raise StorageError(f"{dest}: cannot write the copy: {exc.strerror or exc}") from exc
-
-
-def _fsync_dir(directory: pathlib.Path) -> None:
-    if sys.platform == "win32":  # pragma: no cover
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_with_sidecars(path: pathlib.Path) -> None:
@@ -214,7 +206,7 @@ async def backup_store(source: pathlib.Path, out: pathlib.Path) -> BackupResult:
         await asyncio.to_thread(_copy_online, source, partial)
         node_id, cluster_id, stored = await _verify(partial, out)
         os.rename(partial, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except BaseException:
         _remove_with_sidecars(partial)
         raise
@@ -236,8 +228,8 @@ async def backup_store(source: pathlib.Path, out: pathlib.Path) -> BackupResult:
 
 def _replay(stored_state: object, state_machine: StateMachine) -> tuple[int, int]:
     """Restore the snapshot and apply the committed entries; return (index, term) reached."""
-    from phalanx_aio.core.raft import InitialState
-    from phalanx_aio.node import _envelope
+    from phalanx_aio.core.types import InitialState
+    from phalanx_aio.node import command_of
 
     assert isinstance(stored_state, InitialState)
     snap = stored_state.snapshot
@@ -248,7 +240,7 @@ def _replay(stored_state: object, state_machine: StateMachine) -> tuple[int, int
         if e.index > stored_state.hard_state.commit:
             break
         if e.type is EntryType.NORMAL:
-            _origin, _req, command = _envelope.unwrap(e.data)
+            command = command_of(e.data)
             # RaftNode logs and skips a command its state machine rejects; replay does the same.
             with contextlib.suppress(Exception):
                 state_machine.apply(command)
@@ -332,7 +324,7 @@ async def restore_store(
             await store.aclose()
         await _verify(building, dest)
         os.rename(building, dest)
-        _fsync_dir(data_dir)
+        fsync_dir(data_dir)
     except BaseException:
         _remove_with_sidecars(building)
         raise
@@ -346,9 +338,12 @@ def _copy_file(src: pathlib.Path, dst: pathlib.Path) -> None:
 
 
 def _check_address(value: str) -> str:
-    _host, sep, port = value.rpartition(":")
-    if not sep or not _host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT with a port in 1-65535")
+    try:
+        parse_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not HOST:PORT with a port in 1-65535 ({exc})"
+        ) from None
     return value
 
 

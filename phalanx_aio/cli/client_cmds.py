@@ -1,7 +1,11 @@
 """The client subcommands of ``phalanx-aio``: ``put``, ``get``, ``delete``, ``cas``, ``status``,
-``members`` and ``transfer-leader``, each a thin wrapper around :class:`~phalanx_aio.kv.KVClient`.
+``members`` and ``transfer-leader``, each a thin wrapper around :class:`~phalanx_aio.kv.KVClient`,
+and ``version``.
 
-Output is plain and script-friendly: one answer per line on stdout, nothing else. Exit status:
+The client flags (:data:`CLIENT_FLAGS`) go before or after the subcommand, each has an
+environment variable, and the endpoint defaults to the local node (:data:`DEFAULT_ENDPOINT`).
+Output is plain and script-friendly by default (one answer per line on stdout, nothing else);
+``-w json`` and ``-w table`` change it. Exit status:
 
 * 0: the operation succeeded;
 * 1: it failed: the cluster was unreachable or leaderless, refused the request, or the outcome
@@ -14,16 +18,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import binascii
+import json
 import os
 import ssl
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from phalanx_aio._grpc import parse_address
 from phalanx_aio.errors import ConfigError, LocalError, NotApplied, OutcomeUnknown, PhalanxError
 from phalanx_aio.kv.client import KVClient, RequestRefused
 from phalanx_aio.kv.messages import Member, StatusResponse
 
-__all__ = ["CLIENT_COMMANDS", "EXIT_FAILED", "EXIT_NO", "EXIT_OK", "add_client_parsers", "run_client_command"]
+__all__ = [
+    "CLIENT_COMMANDS",
+    "CLIENT_FLAGS",
+    "DEFAULT_ENDPOINT",
+    "EXIT_FAILED",
+    "EXIT_NO",
+    "EXIT_OK",
+    "WRITE_OUT",
+    "ClientFlag",
+    "add_client_flags",
+    "add_client_parsers",
+    "client_setting",
+    "global_flags_given",
+    "run_client_command",
+    "version_info",
+]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -31,10 +55,28 @@ EXIT_USAGE = 2
 EXIT_NO = 3
 
 CLIENT_COMMANDS = frozenset({"put", "get", "delete", "cas", "status", "members", "transfer-leader"})
-"""The subcommands this module adds."""
+"""The subcommands this module adds (besides ``version``)."""
 
-_ENDPOINTS_ENV = "PHALANX_ENDPOINTS"
-_CLUSTER_ENV = "PHALANX_CLUSTER_ID"
+DEFAULT_ENDPOINT = "127.0.0.1:7000"
+"""Where the client commands go when no endpoint is given: the local node, at the default
+``serve --listen`` address."""
+
+WRITE_OUT = ("simple", "json", "table")
+"""The ``-w/--write-out`` formats."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFlag:
+    """One flag every client command takes, before or after the subcommand."""
+
+    flags: tuple[str, ...]
+    env: str
+    help: str
+    metavar: str | None = None
+    parse: Callable[[str], Any] | None = None
+    choices: tuple[str, ...] | None = None
+    switch: bool = False
+    """A flag without a value (its variable takes true or false)."""
 
 
 def _positive_float(text: str) -> float:
@@ -47,32 +89,146 @@ def _positive_float(text: str) -> float:
     return value
 
 
+CLIENT_FLAGS: dict[str, ClientFlag] = {
+    "endpoints": ClientFlag(
+        ("--endpoints",),
+        "PHALANX_ENDPOINTS",
+        f"some or all of the cluster's nodes (default {DEFAULT_ENDPOINT}, the local node)",
+        metavar="HOST:PORT[,HOST:PORT...]",
+    ),
+    "cluster_id": ClientFlag(
+        ("--cluster-id",), "PHALANX_CLUSTER_ID", "the cluster's id (default 'phalanx')", metavar="ID"
+    ),
+    "timeout": ClientFlag(
+        ("--timeout",),
+        "PHALANX_TIMEOUT",
+        "seconds one command may take, retries included (default 5)",
+        metavar="SECONDS",
+        parse=_positive_float,
+    ),
+    "tls_ca": ClientFlag(
+        ("--tls-ca",),
+        "PHALANX_TLS_CA",
+        "connect with TLS: the CA bundle the nodes' certificates must chain to (PEM)",
+        metavar="FILE",
+    ),
+    "tls_cert": ClientFlag(
+        ("--tls-cert",),
+        "PHALANX_TLS_CERT",
+        "with --tls-ca: this client's certificate, for mutual TLS (PEM)",
+        metavar="FILE",
+    ),
+    "tls_key": ClientFlag(
+        ("--tls-key",), "PHALANX_TLS_KEY", "the client certificate's private key (PEM)", metavar="FILE"
+    ),
+    "write_out": ClientFlag(
+        ("-w", "--write-out"),
+        "PHALANX_WRITE_OUT",
+        "output format: simple, json or table (default simple; table for status)",
+        choices=WRITE_OUT,
+    ),
+    "hex": ClientFlag(
+        ("--hex",),
+        "PHALANX_HEX",
+        "values in hexadecimal: VALUE and EXPECTED as given, and values as printed",
+        switch=True,
+    ),
+}
+"""The client flags, by ``argparse`` dest. Each has an environment variable; a flag wins over
+its variable, and a flag after the subcommand over the same flag before it."""
+
+GLOBAL_PREFIX = "global_"
+"""The dest prefix of a client flag given before the subcommand."""
+
+_GROUP_PREFIX = "group_"
+"""The dest prefix of a client flag given between ``members`` and its action."""
+
+
+def _given(args: argparse.Namespace, name: str) -> Any:
+    """Client flag ``name`` as given on the command line: after the subcommand, else between
+    ``members`` and its action, else before the subcommand; ``None`` if not given."""
+    for prefix in ("", _GROUP_PREFIX, GLOBAL_PREFIX):
+        value = getattr(args, prefix + name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def add_client_flags(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
+    """Declare :data:`CLIENT_FLAGS` on ``parser`` (dest ``prefix + name``, default ``None``)."""
+    title = "client options (before or after the subcommand)" if prefix else "client options"
+    group = parser.add_argument_group(title)
+    for name, f in CLIENT_FLAGS.items():
+        help_text = f"{f.help}; env {f.env}"
+        if f.switch:
+            group.add_argument(*f.flags, dest=prefix + name, action="store_const", const=True, help=help_text)
+        elif f.parse is not None:
+            group.add_argument(*f.flags, dest=prefix + name, metavar=f.metavar, type=f.parse, help=help_text)
+        else:
+            group.add_argument(
+                *f.flags, dest=prefix + name, metavar=f.metavar, choices=f.choices, help=help_text
+            )
+
+
+def _truthy(text: str, var: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{var} must be true or false, not {text!r}")
+
+
+def client_setting(args: argparse.Namespace, name: str, env: Mapping[str, str]) -> Any:
+    """The value of client flag ``name``: given after the subcommand, else before it, else by
+    its environment variable (parsed and checked: a bad value raises :class:`ConfigError`
+    naming the variable); ``None`` if none of them gives it."""
+    value = _given(args, name)
+    if value is not None:
+        return value
+    f = CLIENT_FLAGS[name]
+    text = env.get(f.env, "").strip()
+    if not text:
+        return None
+    if f.switch:
+        return True if _truthy(text, f.env) else None
+    if f.choices is not None and text not in f.choices:
+        raise ConfigError(f"{f.env} must be one of {', '.join(f.choices)}, not {text!r}")
+    if f.parse is not None:
+        try:
+            return f.parse(text)
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"{f.env}: {exc}") from None
+    return text
+
+
+def global_flags_given(args: argparse.Namespace) -> list[str]:
+    """The client flags given before the subcommand, by their long names."""
+    return [
+        CLIENT_FLAGS[name].flags[-1]
+        for name in CLIENT_FLAGS
+        if getattr(args, GLOBAL_PREFIX + name, None) is not None
+    ]
+
+
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--endpoints",
-        metavar="HOST:PORT[,HOST:PORT...]",
-        help=f"some or all of the cluster's nodes (env {_ENDPOINTS_ENV})",
-    )
-    common.add_argument("--cluster-id", help=f"the cluster's id (env {_CLUSTER_ENV}; default 'phalanx')")
-    common.add_argument(
-        "--timeout", type=_positive_float, default=5.0, help="seconds one command may take (default 5)"
-    )
-    common.add_argument(
-        "--tls-ca", help="connect with TLS: the CA bundle the nodes' certificates must chain to (PEM)"
-    )
-    common.add_argument("--tls-cert", help="with --tls-ca: this client's certificate, for mutual TLS (PEM)")
-    common.add_argument("--tls-key", help="the client certificate's private key (PEM)")
+    add_client_flags(common)
     return common
 
 
 def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the client subcommands to ``sub`` (the ``phalanx-aio`` subparsers)."""
+    """Add the client subcommands and ``version`` to ``sub`` (the ``phalanx-aio`` subparsers)."""
     common = _common()
 
-    put = sub.add_parser("put", parents=[common], help="set KEY to VALUE", description="Set KEY to VALUE.")
+    put = sub.add_parser(
+        "put",
+        parents=[common],
+        help="set KEY to VALUE",
+        description="Set KEY to VALUE. Without VALUE, the value is all of standard input, byte for "
+        "byte (with --hex: hexadecimal digits, white space ignored).",
+    )
     put.add_argument("key")
-    put.add_argument("value")
+    put.add_argument("value", nargs="?", help="the value (default: read standard input)")
 
     get = sub.add_parser(
         "get",
@@ -83,9 +239,9 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     get.add_argument("key")
     get.add_argument(
         "--consistency",
-        choices=["linearizable", "lease", "stale"],
-        default="linearizable",
-        help="read consistency (default linearizable)",
+        choices=CONSISTENCIES,
+        default=None,
+        help=f"read consistency (default linearizable; env {CONSISTENCY_ENV})",
     )
 
     delete = sub.add_parser(
@@ -113,13 +269,14 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         description=(
             "Ask every member for its state and print one row each: id, address, voter or learner, "
             "role, term, commit index, applied index and lag (the leader's commit index minus the "
-            "member's applied index)."
+            "member's applied index). -w table (the default) has a header; simple has none."
         ),
     )
 
     members = sub.add_parser(
         "members", help="list or change the cluster's members", description="List or change the members."
     )
+    add_client_flags(members, prefix=_GROUP_PREFIX)  # also: members --endpoints X list
     msub = members.add_subparsers(dest="action", required=True, metavar="ACTION")
     msub.add_parser("list", parents=[common], help="print the members: ID ADDRESS voter|learner")
     add = msub.add_parser("add", parents=[common], help="add a member (a learner unless --voter)")
@@ -130,6 +287,19 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     remove.add_argument("id")
     promote = msub.add_parser("promote", parents=[common], help="turn a learner into a voter")
     promote.add_argument("id")
+    change = msub.add_parser(
+        "change",
+        parents=[common],
+        help="several changes in one step (joint consensus when the voters change)",
+        description="Add, promote and remove members in one step. When the voters change, the "
+        "leader goes through a joint configuration (a majority of the old voters and one of the "
+        "new decide until the new configuration is committed). Each flag may be repeated.",
+    )
+    spec = {"metavar": "ID=HOST:PORT", "type": _member_spec}
+    for flag, what in (("--add", "add a voter"), ("--add-learner", "add a learner")):
+        change.add_argument(flag, action="append", default=[], help=what, **spec)  # type: ignore[arg-type]
+    for flag, what in (("--promote", "turn a learner into a voter"), ("--remove", "remove a member")):
+        change.add_argument(flag, action="append", default=[], metavar="ID", help=what)
 
     transfer = sub.add_parser(
         "transfer-leader",
@@ -139,12 +309,52 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     transfer.add_argument("--to", metavar="ID", help="the voter to hand leadership to")
 
+    version = sub.add_parser(
+        "version",
+        help="print the version of phalanx-aio and of what it runs on",
+        description="Print the version of phalanx-aio, of Python and of the libraries it depends on.",
+    )
+    version.add_argument("-w", "--write-out", choices=("simple", "json"), default=None, help="simple or json")
 
-def _endpoints(args: argparse.Namespace, env: Mapping[str, str]) -> list[str]:
-    text = args.endpoints if args.endpoints is not None else env.get(_ENDPOINTS_ENV, "")
-    endpoints = [e.strip() for e in text.split(",") if e.strip()]
+
+CONSISTENCIES = ("linearizable", "lease", "stale")
+CONSISTENCY_ENV = "PHALANX_CONSISTENCY"
+
+
+def version_info() -> dict[str, str]:
+    """The versions ``phalanx-aio version`` prints: the package's, Python's and its runtime
+    dependencies' (``-`` for one that is not installed)."""
+    import importlib.metadata
+    import platform
+
+    from phalanx_aio._version import __version__
+
+    out = {"phalanx-aio": __version__, "python": platform.python_version()}
+    for dist in ("grpclib", "betterproto", "aiosqlite", "prometheus_client", "uvloop"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "-"
+    return out
+
+
+def run_version(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
+    """``phalanx-aio version``."""
+    env = os.environ if environ is None else environ
+    fmt = args.write_out or getattr(args, GLOBAL_PREFIX + "write_out", None) or env.get("PHALANX_WRITE_OUT")
+    info = version_info()
+    if fmt == "json":
+        _out(json.dumps(info))
+    else:
+        for name, version in info.items():
+            _out(f"{name} {version}")
+    return EXIT_OK
+
+
+def _endpoints(text: str | None) -> list[str]:
+    endpoints = [e.strip() for e in (text or DEFAULT_ENDPOINT).split(",") if e.strip()]
     if not endpoints:
-        raise ConfigError(f"--endpoints is required (or {_ENDPOINTS_ENV})")
+        raise ConfigError("--endpoints names no endpoint")
     return endpoints
 
 
@@ -163,12 +373,36 @@ def _out_bytes(value: bytes) -> None:
     buffer.flush()
 
 
-def _member_lines(members: Sequence[Member]) -> None:
-    for m in sorted(members, key=lambda m: m.node_id):
-        _out(f"{m.node_id} {m.address or '-'} {'learner' if m.learner else 'voter'}")
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        _out("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
 
 
-async def _status_table(kv: KVClient) -> int:
+def _members_out(members: Sequence[Member], fmt: str) -> None:
+    ordered = sorted(members, key=lambda m: m.node_id)
+    if fmt == "json":
+        _out(
+            json.dumps(
+                [
+                    {"id": m.node_id, "address": m.address, "kind": "learner" if m.learner else "voter"}
+                    for m in ordered
+                ]
+            )
+        )
+        return
+    rows = [(m.node_id, m.address or "-", "learner" if m.learner else "voter") for m in ordered]
+    if fmt == "table":
+        _table([("ID", "ADDRESS", "KIND"), *rows])
+    else:
+        for r in rows:
+            _out(" ".join(r))
+
+
+_STATUS_COLUMNS = ("ID", "ADDRESS", "KIND", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG")
+
+
+async def _status(kv: KVClient, fmt: str) -> int:
     first = await kv.status()
     members = sorted(first.members, key=lambda m: m.node_id)
     if not members:
@@ -186,105 +420,224 @@ async def _status_table(kv: KVClient) -> int:
     ok = [a for a in answers if isinstance(a, StatusResponse)]
     leaders = [a for a in ok if a.role == "leader"]
     leader = max(leaders, key=lambda a: a.term) if leaders else None
-    rows = [("ID", "ADDRESS", "KIND", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG")]
+    records: list[dict[str, Any]] = []
     for m, a in zip(members, answers, strict=True):
-        kind = "learner" if m.learner else "voter"
+        record: dict[str, Any] = {
+            "id": m.node_id,
+            "address": m.address,
+            "kind": "learner" if m.learner else "voter",
+            "role": "unreachable",
+            "term": None,
+            "commit": None,
+            "applied": None,
+            "lag": None,
+        }
         if isinstance(a, StatusResponse):
-            lag = str(max(leader.commit_index - a.applied_index, 0)) if leader is not None else "-"
-            rows.append(
-                (
-                    m.node_id,
-                    m.address or "-",
-                    kind,
-                    a.role,
-                    str(a.term),
-                    str(a.commit_index),
-                    str(a.applied_index),
-                    lag,
-                )
-            )
+            record.update(role=a.role, term=a.term, commit=a.commit_index, applied=a.applied_index)
+            if leader is not None:
+                record["lag"] = max(leader.commit_index - a.applied_index, 0)
         else:
-            rows.append((m.node_id, m.address or "-", kind, "unreachable", "-", "-", "-", "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        _out("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+            record["error"] = a
+        records.append(record)
+    if fmt == "json":
+        leader_id = next((r["id"] for r in records if leader is not None and r["role"] == "leader"), None)
+        _out(json.dumps({"leader": leader_id, "members": records}))
+    else:
+        keys = ("id", "address", "kind", "role", "term", "commit", "applied", "lag")
+        rows = [tuple("-" if r[k] in (None, "") else str(r[k]) for k in keys) for r in records]
+        if fmt == "table":
+            _table([_STATUS_COLUMNS, *rows])
+        else:
+            for row in rows:
+                _out(" ".join(row))
     if leader is None:
         print("phalanx-aio: no member reports a leader", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
 
-async def _run(args: argparse.Namespace, kv: KVClient) -> int:
-    cmd = args.command
+def _value_arg(text: str, hex_values: bool, what: str) -> bytes:
+    """A value given on the command line: its bytes as typed (``os.fsencode`` gives back what the
+    shell passed, whatever the encoding), or decoded from hexadecimal with ``--hex``."""
+    if not hex_values:
+        return os.fsencode(text)
+    try:
+        return binascii.unhexlify("".join(text.split()))
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"--hex: {what} {text[:40]!r} is not hexadecimal") from None
+
+
+def _stdin_value(hex_values: bool) -> bytes:
+    data = sys.stdin.buffer.read()
+    if not hex_values:
+        return data
+    return _value_arg(data.decode("ascii", errors="replace"), True, "standard input")
+
+
+def _show_value(value: bytes, hex_values: bool) -> tuple[str, str]:
+    """``(text, encoding)``: the value as UTF-8 text, or as hexadecimal digits with ``--hex`` or
+    when it is not UTF-8."""
+    if not hex_values:
+        try:
+            return value.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            pass
+    return value.hex(), "hex"
+
+
+async def _run(args: argparse.Namespace, kv: KVClient, opts: _Options) -> int:
+    cmd, fmt, hx = args.command, opts.write_out, opts.hex
     if cmd == "put":
-        await kv.put(args.key, args.value)
-        _out("OK")
+        await kv.put(os.fsencode(args.key), opts.value)
+        _out(json.dumps({"key": args.key, "ok": True}) if fmt == "json" else "OK")
         return EXIT_OK
     if cmd == "get":
-        value = await kv.get(args.key, consistency=args.consistency)
+        value = await kv.get(os.fsencode(args.key), consistency=opts.consistency)
+        if fmt == "json":
+            record: dict[str, Any] = {"key": args.key, "found": value is not None}
+            if value is not None:
+                record["value"], record["encoding"] = _show_value(value, hx)
+            _out(json.dumps(record))
         if value is None:
             print(f"phalanx-aio: {args.key}: not found", file=sys.stderr)
             return EXIT_NO
-        _out_bytes(value)
+        if fmt == "table":
+            text, _ = _show_value(value, hx)
+            _table([("KEY", "VALUE"), (args.key, text)])
+        elif fmt == "simple":
+            _out_bytes(value.hex().encode() if hx else value)
         return EXIT_OK
     if cmd == "delete":
-        _out("deleted" if await kv.delete(args.key) else "absent")
+        existed = await kv.delete(os.fsencode(args.key))
+        if fmt == "json":
+            _out(json.dumps({"key": args.key, "deleted": existed}))
+        else:
+            _out("deleted" if existed else "absent")
         return EXIT_OK
     if cmd == "cas":
-        swapped = await kv.cas(args.key, args.expected, args.value)
-        _out("swapped" if swapped else "not swapped")
+        swapped = await kv.cas(os.fsencode(args.key), opts.expected, opts.value)
+        if fmt == "json":
+            _out(json.dumps({"key": args.key, "swapped": swapped}))
+        else:
+            _out("swapped" if swapped else "not swapped")
         return EXIT_OK if swapped else EXIT_NO
     if cmd == "status":
-        return await _status_table(kv)
+        return await _status(kv, fmt)
     if cmd == "members":
         actions: dict[str, Callable[[], Awaitable[tuple[Member, ...]]]] = {
             "list": kv.members,
             "add": lambda: kv.add_member(args.id, args.address, voter=args.voter),
             "remove": lambda: kv.remove_member(args.id),
             "promote": lambda: kv.promote(args.id),
+            "change": lambda: kv.change_members(
+                add=dict(args.add),
+                add_learners=dict(args.add_learner),
+                promote=args.promote,
+                remove=args.remove,
+            ),
         }
-        _member_lines(await actions[args.action]())
+        _members_out(await actions[args.action](), fmt)
         return EXIT_OK
     if cmd == "transfer-leader":
-        _out(await kv.transfer_leader(args.to))
+        leader = await kv.transfer_leader(args.to)
+        _out(json.dumps({"leader": leader}) if fmt == "json" else leader)
         return EXIT_OK
     raise ConfigError(f"unknown command {cmd!r}")  # pragma: no cover
 
 
-def _check_cas_args(args: argparse.Namespace) -> None:
-    rest: list[str] = args.args
-    if args.expect_absent:
-        if len(rest) != 1:
-            raise ConfigError("cas --expect-absent takes KEY VALUE")
-        args.expected, args.value = None, rest[0]
-    else:
-        if len(rest) != 2:
-            raise ConfigError("cas takes KEY EXPECTED VALUE (or KEY VALUE with --expect-absent)")
-        args.expected, args.value = rest
+def _member_spec(text: str) -> tuple[str, str]:
+    """``ID=HOST:PORT`` of ``members change --add``; argparse turns the error into exit 2."""
+    nid, sep, address = text.partition("=")
+    if not sep or not nid or not address:
+        raise argparse.ArgumentTypeError(f"expected ID=HOST:PORT, got {text!r}")
+    return nid, address
 
 
-def _client_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
-    ca, cert, key = args.tls_ca, args.tls_cert, args.tls_key
-    if ca is None:
-        if cert is not None or key is not None:
-            raise ConfigError("--tls-cert and --tls-key need --tls-ca")
+@dataclass(slots=True)
+class _Options:
+    """The client settings of one command, merged from flags and environment and checked."""
+
+    endpoints: list[str]
+    cluster_id: str
+    timeout: float
+    write_out: str
+    hex: bool
+    consistency: Any = "linearizable"
+    value: bytes = b""
+    expected: bytes | None = None
+
+
+def _options(args: argparse.Namespace, env: Mapping[str, str]) -> _Options:
+    def setting(name: str) -> Any:
+        return client_setting(args, name, env)
+
+    cmd = args.command
+    opts = _Options(
+        endpoints=_endpoints(setting("endpoints")),
+        cluster_id=setting("cluster_id") or "phalanx",
+        timeout=setting("timeout") or 5.0,
+        write_out=setting("write_out") or ("table" if cmd == "status" else "simple"),
+        hex=bool(setting("hex")),
+    )
+    if cmd == "get":
+        consistency = args.consistency or env.get(CONSISTENCY_ENV, "").strip() or "linearizable"
+        if consistency not in CONSISTENCIES:
+            allowed = ", ".join(CONSISTENCIES)
+            raise ConfigError(f"{CONSISTENCY_ENV} must be one of {allowed}, not {consistency!r}")
+        opts.consistency = consistency
+    elif cmd == "put":
+        if args.value is None:
+            opts.value = _stdin_value(opts.hex)
+        else:
+            opts.value = _value_arg(args.value, opts.hex, "VALUE")
+    elif cmd == "cas":
+        rest: list[str] = args.args
+        if args.expect_absent:
+            if len(rest) != 1:
+                raise ConfigError("cas --expect-absent takes KEY VALUE")
+            opts.value = _value_arg(rest[0], opts.hex, "VALUE")
+        else:
+            if len(rest) != 2:
+                raise ConfigError("cas takes KEY EXPECTED VALUE (or KEY VALUE with --expect-absent)")
+            opts.expected = _value_arg(rest[0], opts.hex, "EXPECTED")
+            opts.value = _value_arg(rest[1], opts.hex, "VALUE")
+    return opts
+
+
+def _client_ssl(args: argparse.Namespace, env: Mapping[str, str]) -> ssl.SSLContext | None:
+    from phalanx_aio.cli._tls import tls_context
+
+    def given(name: str) -> tuple[str, str | None]:
+        """(how it was given, path)."""
+        value = _given(args, name)
+        if value is not None:
+            return CLIENT_FLAGS[name].flags[-1], value
+        var = CLIENT_FLAGS[name].env
+        return var, env.get(var, "").strip() or None
+
+    ca, cert, key = given("tls_ca"), given("tls_cert"), given("tls_key")
+    if ca[1] is None:
+        if cert[1] is not None or key[1] is not None:
+            raise ConfigError(f"{cert[0] if cert[1] else key[0]} needs --tls-ca (or PHALANX_TLS_CA)")
         return None
-    if key is not None and cert is None:
-        raise ConfigError("--tls-key needs --tls-cert")
+    if key[1] is not None and cert[1] is None:
+        raise ConfigError(f"{key[0]} needs --tls-cert (or PHALANX_TLS_CERT)")
     from phalanx_aio.transport.grpc import client_ssl_context
 
-    try:
-        return client_ssl_context(ca, certfile=cert, keyfile=key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"TLS setup failed: {exc}") from None
+    cafile, certfile, keyfile = ca[1], cert[1], key[1]
+    return tls_context(
+        lambda: client_ssl_context(cafile, certfile=certfile, keyfile=keyfile), ca=ca, cert=cert, key=key
+    )
 
 
 async def _tls_problem(endpoints: Sequence[str], tls: ssl.SSLContext | None) -> str | None:
     """After a failure: say so if the first endpoint that answers refuses us at the TLS level
     (or speaks TLS to a plain client); ``None`` if TLS is not the problem."""
     for endpoint in endpoints:
-        host, _, port = endpoint.rpartition(":")
-        host = host.strip("[]")
+        try:
+            host, port = parse_address(endpoint)
+        except ValueError:
+            continue
         try:
             probe = tls
             if probe is None:  # does the node speak TLS to a client that does not?
@@ -319,38 +672,37 @@ async def _tls_problem(endpoints: Sequence[str], tls: ssl.SSLContext | None) -> 
     return None
 
 
-async def _main(
-    args: argparse.Namespace, endpoints: list[str], cluster_id: str, tls: ssl.SSLContext | None
-) -> int:
+async def _main(args: argparse.Namespace, opts: _Options, tls: ssl.SSLContext | None) -> int:
     try:
-        kv = KVClient(endpoints, cluster_id=cluster_id, timeout=args.timeout, ssl=tls)
+        kv = KVClient(opts.endpoints, cluster_id=opts.cluster_id, timeout=opts.timeout, ssl=tls)
     except LocalError as exc:
         raise ConfigError(str(exc)) from None
     async with kv:
-        return await _run(args, kv)
+        return await _run(args, kv, opts)
 
 
 def run_client_command(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
     """Run one client subcommand on a fresh event loop; return the exit status. Raises
     :class:`~phalanx_aio.errors.ConfigError` on bad arguments (the caller exits 2)."""
     env = os.environ if environ is None else environ
-    endpoints = _endpoints(args, env)
-    cluster_id = args.cluster_id or env.get(_CLUSTER_ENV) or "phalanx"
-    if args.command == "cas":
-        _check_cas_args(args)
-    tls = _client_ssl(args)
+    opts = _options(args, env)
+    tls = _client_ssl(args, env)
     try:
-        return asyncio.run(_main(args, endpoints, cluster_id, tls))
+        return asyncio.run(_main(args, opts, tls))
     except ConfigError:
         raise
     except RequestRefused as exc:
         print(f"phalanx-aio: refused: {exc}", file=sys.stderr)
     except NotApplied as exc:
-        problem = asyncio.run(_tls_problem(endpoints, tls))
+        problem = asyncio.run(_tls_problem(opts.endpoints, tls))
         if problem is not None:
             print(f"phalanx-aio: {problem}", file=sys.stderr)
         else:
-            print(f"phalanx-aio: not applied (cluster unreachable or leaderless?): {exc}", file=sys.stderr)
+            where = ",".join(opts.endpoints)
+            print(
+                f"phalanx-aio: not applied (cluster at {where} unreachable or leaderless?): {exc}",
+                file=sys.stderr,
+            )
     except OutcomeUnknown as exc:
         print(f"phalanx-aio: outcome unknown: {exc}", file=sys.stderr)
     except PhalanxError as exc:

@@ -22,7 +22,6 @@ from phalanx_aio.errors import ConfigError
 __all__ = ["build_parser", "main"]
 
 
-
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number no smaller than ``minimum``."""
 
@@ -64,7 +63,12 @@ def _range_ms(text: str) -> tuple[float, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
+    from phalanx_aio._version import __version__
+    from phalanx_aio.cli.client_cmds import GLOBAL_PREFIX, add_client_flags
+
     parser = argparse.ArgumentParser(prog="phalanx-aio", description="An asyncio-native Raft framework.")
+    parser.add_argument("--version", action="version", version=f"phalanx-aio {__version__}")
+    add_client_flags(parser, prefix=GLOBAL_PREFIX)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sim = sub.add_parser(
@@ -106,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--loss", type=_probability, default=0.01, help="message loss probability")
     sim.add_argument("--membership", action="store_true", help="also exercise membership changes")
+    sim.add_argument(
+        "--joint-changes",
+        action="store_true",
+        help="with --membership: also change several voters at once (joint consensus)",
+    )
     sim.add_argument("--snapshot-every", type=_non_negative_int, default=0, help="compact every N entries")
     sim.add_argument(
         "--swarm",
@@ -226,6 +235,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
             loss=args.loss,
             mesh=mesh,
             membership=args.membership,
+            joint_changes=args.joint_changes,
             snapshot_every=args.snapshot_every,
             swarm=args.swarm,
             transfers=args.transfers,
@@ -317,6 +327,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from phalanx_aio.cli.client_cmds import CLIENT_COMMANDS, global_flags_given, run_version
+
+        misplaced = global_flags_given(args)
+        if args.command == "version":
+            misplaced = [f for f in misplaced if f != "--write-out"]
+        if misplaced and args.command not in CLIENT_COMMANDS:
+            raise ConfigError(
+                f"{', '.join(misplaced)} before the subcommand belong to the client commands, "
+                f"not to {args.command}"
+            )
+        if args.command == "version":
+            return run_version(args)
         if args.command == "sim":
             return _cmd_sim(args)
         if args.command == "serve":
@@ -327,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from phalanx_aio.cli.backup import run_backup_command
 
             return run_backup_command(args)
-        from phalanx_aio.cli.client_cmds import CLIENT_COMMANDS, run_client_command
+        from phalanx_aio.cli.client_cmds import run_client_command
 
         if args.command in CLIENT_COMMANDS:
             return run_client_command(args)

@@ -1,13 +1,16 @@
 """``phalanx-aio serve``: run one member of a replicated KV cluster until SIGTERM or SIGINT.
 
 Settings come from (lowest to highest precedence) a TOML file (``--config``), ``PHALANX_*``
-environment variables, then command-line flags.
+environment variables, then command-line flags. Every long flag is a TOML key (its name without
+the leading dashes; ``-`` and ``_`` are the same) and an environment variable (``PHALANX_`` and
+the name in capitals, ``-`` as ``_``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -20,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from phalanx_aio._grpc import parse_address
 from phalanx_aio.core.config import Config
 
 if TYPE_CHECKING:
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
 from phalanx_aio.errors import ConfigError, PhalanxError
 
 __all__ = [
+    "DEFAULT_LISTEN",
     "LIMITS",
     "JoinFailed",
     "Limit",
@@ -49,6 +54,10 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "global-mesh-adaptive": Config.global_mesh_adaptive,
 }
 """The timing presets ``serve --preset`` accepts."""
+
+DEFAULT_LISTEN = "127.0.0.1:7000"
+"""Where ``serve`` listens when ``--listen`` is not given (and where the client commands look
+for the local node by default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +134,9 @@ class ServeSettings:
     """NAME[:PORT] whose A/AAAA records list members to join through (port: ours by default)."""
     auto_promote: bool = True
     """When joining: ask for promotion to voter once caught up."""
+    advertise: str | None = None
+    """HOST:PORT the other members and clients reach this node at, when it is not ``listen``
+    (a wildcard bind, a container behind NAT); see :attr:`address`."""
     log_format: str = "text"
     """``text`` or ``json`` (one JSON object per line); see ``phalanx_aio.observability.logs``."""
     log_level: str = "info"
@@ -140,6 +152,11 @@ class ServeSettings:
     def limit(self, name: str) -> float:
         """The value of the limit ``name`` (a key of :data:`LIMITS`): given, or its default."""
         return self.limits.get(name, LIMITS[name].default)
+
+    @property
+    def address(self) -> str:
+        """The address this node gives the cluster: ``advertise``, else ``listen``."""
+        return self.advertise or self.listen
 
     @property
     def joining(self) -> bool:
@@ -165,15 +182,38 @@ _ENV = {
     "log_level": "PHALANX_LOG_LEVEL",
     "max_request_bytes": "PHALANX_MAX_REQUEST_BYTES",
     "bootstrap": "PHALANX_BOOTSTRAP",
+    "advertise": "PHALANX_ADVERTISE",
+    "no_auto_promote": "PHALANX_NO_AUTO_PROMOTE",
 }
 _ENV.update({name: f"PHALANX_{name.upper()}" for name in LIMITS})
+_CONFIG_ENV = "PHALANX_CONFIG"
+_TOML_ALIASES = {"peer": "peers"}
+"""TOML keys that name a setting by another name: ``peer`` is the flag's name, ``peers`` the
+setting's (both are accepted)."""
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """Declare the ``serve`` flags (defaults are None so files and environment can fill in)."""
-    p.add_argument("--config", help="a TOML file with the same settings (keys as the long flags, '-' -> '_')")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a TOML file with the same settings: each key is a long flag without its dashes "
+        "('-' or '_' alike), e.g. data-dir = \"d1\", no-auto-promote = true, peer = [\"n2=h:7002\"] "
+        "(env PHALANX_CONFIG)",
+    )
     p.add_argument("--id", help="this node's id (env PHALANX_ID)")
-    p.add_argument("--listen", help="HOST:PORT to serve peers and clients on (env PHALANX_LISTEN)")
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help=f"where to serve peers and clients; 0.0.0.0 or [::] binds every interface and needs "
+        f"--advertise (default {DEFAULT_LISTEN}; env PHALANX_LISTEN)",
+    )
+    p.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        help="the address other members and clients reach this node at, given to the cluster "
+        "(default: --listen; env PHALANX_ADVERTISE)",
+    )
     p.add_argument(
         "--log-format",
         choices=["text", "json"],
@@ -195,12 +235,18 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--preset",
         choices=list(PRESETS),
         help="timing preset: lan (default), global-mesh (fixed 4-8 s election window) or "
-        "global-mesh-adaptive (election timeout derived from measured round trips)",
+        "global-mesh-adaptive (election timeout derived from measured round trips); env PHALANX_PRESET",
     )
-    p.add_argument("--cluster-id", help="refuse peers and clients of other clusters (default 'phalanx')")
-    p.add_argument("--tls-cert", help="this node's certificate (PEM); enables TLS")
-    p.add_argument("--tls-key", help="the certificate's private key (PEM)")
-    p.add_argument("--tls-ca", help="CA bundle peers' and clients' certificates must chain to (mutual TLS)")
+    p.add_argument(
+        "--cluster-id",
+        help="refuse peers and clients of other clusters (default 'phalanx'; env PHALANX_CLUSTER_ID)",
+    )
+    p.add_argument("--tls-cert", help="this node's certificate (PEM); enables TLS (env PHALANX_TLS_CERT)")
+    p.add_argument("--tls-key", help="the certificate's private key (PEM; env PHALANX_TLS_KEY)")
+    p.add_argument(
+        "--tls-ca",
+        help="CA bundle peers' and clients' certificates must chain to (mutual TLS; env PHALANX_TLS_CA)",
+    )
     p.add_argument(
         "--tls-bind-ids",
         action="store_const",
@@ -248,8 +294,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         )
     p.add_argument(
         "--no-auto-promote",
-        action="store_true",
-        help="with --join/--discover: stay a learner until promoted by hand",
+        action="store_const",
+        const="true",
+        help="with --join/--discover: stay a learner until promoted by hand (env "
+        "PHALANX_NO_AUTO_PROMOTE=true)",
     )
 
 
@@ -266,8 +314,11 @@ def _parse_peers(items: list[str], where: str) -> dict[str, str]:
 
 
 def _check_address(value: str, what: str) -> str:
-    _host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        _host, port = parse_address(value, listen=True)
+    except ValueError as exc:
+        raise ConfigError(f"{what} {value!r} is not HOST:PORT with a port in 1-65535 ({exc})") from None
+    if port == 0:
         raise ConfigError(f"{what} {value!r} is not HOST:PORT with a port in 1-65535")
     return value
 
@@ -360,13 +411,20 @@ async def resolve_members(name: str, port: int) -> list[str]:
 
 async def join_contacts(s: ServeSettings, resolver: Resolver | None = None) -> list[str]:
     """The members to ask when joining: ``--join``'s, or those ``--discover`` finds (minus
-    this node's own address)."""
+    this node's own address: the advertised one, and what it resolves to when it is a name,
+    as a pod's stable DNS name is)."""
     if s.join is not None:
         return [s.join]
     assert s.discover is not None
+    resolve = resolver or resolve_members
     name, port = _split_discover(s.discover)
-    found = await (resolver or resolve_members)(name, int(port or s.listen.rpartition(":")[2]))
-    contacts = [a for a in found if a != s.listen]
+    found = await resolve(name, int(port or s.address.rpartition(":")[2]))
+    own = {s.address, s.listen}
+    host, _, own_port = s.address.rpartition(":")
+    if not _is_ip(host.strip("[]")):
+        with contextlib.suppress(JoinFailed):  # our name does not resolve (yet): nothing to add
+            own.update(await resolve(host, int(own_port)))
+    contacts = [a for a in found if a not in own]
     if not contacts:
         raise JoinFailed(f"--discover {s.discover}: found no other member ({found or 'no records'})")
     return contacts
@@ -377,27 +435,41 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
     one-line reason on anything missing or malformed."""
     env = os.environ if environ is None else environ
     merged: dict[str, Any] = {}
-    if args.config:
-        path = pathlib.Path(args.config)
+    config_file = args.config or env.get(_CONFIG_ENV) or None
+    if config_file:
+        path = pathlib.Path(config_file)
         try:
-            doc = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text())
         except OSError as exc:
             raise ConfigError(f"--config {path}: {exc.strerror or exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"--config {path}: not valid TOML: {exc}") from exc
-        unknown = set(doc) - set(_ENV) - {"peer"}
-        if unknown:
-            raise ConfigError(f"--config {path}: unknown settings {sorted(unknown)}")
+        doc: dict[str, Any] = {}
+        for given, value in raw.items():
+            key = given.replace("-", "_")
+            key = _TOML_ALIASES.get(key, key)
+            if key not in _ENV:
+                raise ConfigError(
+                    f"--config {path}: unknown setting {given!r} (the keys are the long flags of "
+                    "'phalanx-aio serve --help' without their dashes)"
+                )
+            if key in doc:
+                raise ConfigError(f"--config {path}: {given!r} given twice")
+            doc[key] = value
         for key, value in doc.items():
-            if key in ("peers", "peer"):
+            if key == "peers":
                 if isinstance(value, dict):
                     merged["peers"] = {str(k): str(v) for k, v in value.items()}
                 elif isinstance(value, list):
                     merged["peers"] = _parse_peers([str(v) for v in value], str(path))
                 else:
                     raise ConfigError(f"--config {path}: peers must be a table or a list")
-            else:
+            elif isinstance(value, bool):
+                merged[key] = "true" if value else "false"
+            elif isinstance(value, str | int | float):
                 merged[key] = str(value)
+            else:
+                raise ConfigError(f"--config {path}: {key} must be a string, number or boolean")
     for key, var in _ENV.items():
         if var in env and env[var] != "":
             merged[key] = _parse_peers(env[var].split(","), var) if key == "peers" else env[var]
@@ -405,6 +477,7 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
         flag_value = getattr(args, "peer" if key == "peers" else key, None)
         if flag_value is not None:
             merged[key] = _parse_peers(flag_value, "--peer") if key == "peers" else flag_value
+    merged.setdefault("listen", DEFAULT_LISTEN)
     for key in ("id", "listen", "data_dir"):
         if not merged.get(key):
             flag = "--" + key.replace("_", "-")
@@ -423,7 +496,10 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
         http=_check_address(str(merged["http"]), "--http") if merged.get("http") else None,
         join=_check_address(str(merged["join"]), "--join") if merged.get("join") else None,
         discover=_check_discover(str(merged["discover"])) if merged.get("discover") else None,
-        auto_promote=not getattr(args, "no_auto_promote", False),
+        auto_promote=not _check_bool(merged.get("no_auto_promote"), "--no-auto-promote"),
+        advertise=_check_address(str(merged["advertise"]), "--advertise")
+        if merged.get("advertise")
+        else None,
         log_format=str(merged.get("log_format", "text")),
         log_level=str(merged.get("log_level", "info")).lower(),
         max_request_bytes=_check_request_bytes(merged.get("max_request_bytes")),
@@ -440,10 +516,16 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
         raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, not {settings.preset!r}")
     if settings.join and settings.discover:
         raise ConfigError("give --join or --discover, not both")
-    if settings.joining and settings.listen.rpartition(":")[0].strip("[]") in ("", "0.0.0.0", "::"):
+    if settings.advertise is not None and _wildcard(settings.advertise):
         raise ConfigError(
-            f"--listen {settings.listen}: a joining node gives its --listen address to the cluster; "
-            "use an address the other members can reach, not a wildcard"
+            f"--advertise {settings.advertise}: the other members dial this address; give one they "
+            "can reach, not a wildcard"
+        )
+    if _wildcard(settings.listen) and settings.advertise is None:
+        raise ConfigError(
+            f"--listen {settings.listen} binds every interface, but this node gives its address to "
+            "the cluster: add --advertise HOST:PORT, the address the other members reach it at "
+            "(not a wildcard)"
         )
     if settings.joining and settings.peers:
         raise ConfigError("--peer founds a new cluster; --join/--discover join a running one: give one")
@@ -454,6 +536,19 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None
     if settings.tls_bind_ids and not settings.tls_ca:
         raise ConfigError("--tls-bind-ids needs mutual TLS: give --tls-cert and --tls-ca")
     return settings
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _wildcard(address: str) -> bool:
+    """Whether ``HOST:PORT`` names every interface rather than one address."""
+    return address.rpartition(":")[0].strip("[]") in ("", "0.0.0.0", "::")
 
 
 def plaintext_warning(s: ServeSettings) -> str | None:
@@ -481,15 +576,15 @@ def _loopback_only(listen: str) -> bool:
 
 
 def _ssl_contexts(s: ServeSettings) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
-    if not s.tls_cert:
+    cert, key, ca = s.tls_cert, s.tls_key, s.tls_ca
+    if not cert:
         return None, None
+    from phalanx_aio.cli._tls import tls_context
     from phalanx_aio.transport.grpc import client_ssl_context, server_ssl_context
 
-    try:
-        server = server_ssl_context(s.tls_cert, s.tls_key, cafile=s.tls_ca)
-        client = client_ssl_context(s.tls_ca or s.tls_cert, certfile=s.tls_cert, keyfile=s.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"TLS setup failed: {exc}") from exc
+    files = {"ca": ("--tls-ca", ca), "cert": ("--tls-cert", cert), "key": ("--tls-key", key)}
+    server = tls_context(lambda: server_ssl_context(cert, key, cafile=ca), **files)
+    client = tls_context(lambda: client_ssl_context(ca or cert, certfile=cert, keyfile=key), **files)
     return server, client
 
 
@@ -498,14 +593,15 @@ async def serve(
 ) -> None:
     """Run the node until SIGTERM/SIGINT (or until ``ready`` owner cancels us). ``resolver``
     replaces DNS for ``--discover`` (tests)."""
+    from phalanx_aio.kv.metered import MeteredKVService
     from phalanx_aio.kv.service import KVService
     from phalanx_aio.kv.state_machine import KVStateMachine, SessionLimits
     from phalanx_aio.node import NodeEvent, RaftNode, RemovedFromCluster
     from phalanx_aio.observability import (
         HealthService,
-        MeteredKVService,
         NodeMetrics,
         ObservabilityServer,
+        ReflectionService,
         bind_node,
     )
     from phalanx_aio.storage import SQLiteStorage
@@ -537,7 +633,7 @@ async def serve(
         server_ssl=server_ssl,
         client_ssl=client_ssl,
         bind_node_ids=s.tls_bind_ids,
-        extra_handlers=[service, health],
+        extra_handlers=[service, health, ReflectionService()],  # grpcurl works without our protos
         max_connections=int(lim("max_connections")),
         max_connection_rate=lim("max_connection_rate"),
         handshake_timeout=lim("handshake_timeout"),
@@ -577,9 +673,11 @@ async def serve(
         rejoin = already_member and not store_exists
     elif store_exists and s.bootstrap:
         log.info("%s: the store exists; --bootstrap is ignored", s.id)
+    elif s.bootstrap:
+        await _refuse_refounding(s, client_ssl)
     node = RaftNode(
         s.id,
-        address=s.listen,
+        address=s.address,
         peers=peers,
         join=s.joining,
         state_machine=KVStateMachine(limits=session_limits),
@@ -624,7 +722,14 @@ async def serve(
             loop_task: asyncio.Task[None] | None = getattr(node, "_loop_task", None)
             if loop_task is not None:
                 loop_task.add_done_callback(on_loop_done)
-            log.info("%s serving on %s (cluster %s, preset %s)", s.id, s.listen, s.cluster_id, s.preset)
+            log.info(
+                "%s serving on %s%s (cluster %s, preset %s)",
+                s.id,
+                s.listen,
+                f", advertised as {s.advertise}" if s.advertise else "",
+                s.cluster_id,
+                s.preset,
+            )
             if http is not None:
                 try:
                     await http.start()
@@ -663,6 +768,38 @@ async def serve(
 def _report_join_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("joining stopped on an unexpected error", exc_info=task.exception())
+
+
+async def _refuse_refounding(s: ServeSettings, client_ssl: ssl.SSLContext | None) -> None:
+    """``--bootstrap`` with no store: refuse if a member that leads the cluster already knows
+    this node acknowledged entries past the founding one (it was a member and lost its data;
+    founded again it would forget its votes and what it acknowledged). Founders that start
+    together, or a late founder that never acknowledged anything, pass: peers that do not
+    answer within a few seconds are not waited for (the node then votes only for candidates
+    still at the founding entry until it learns of a later commit)."""
+    from phalanx_aio.kv.client import KVClient
+    from phalanx_aio.kv.messages import StatusResponse
+
+    async def ask(address: str) -> StatusResponse:
+        async with KVClient([address], cluster_id=s.cluster_id, ssl=client_ssl, timeout=3.0) as kv:
+            return await kv.status(endpoint=address)
+
+    answers = await asyncio.gather(*(ask(a) for a in s.peers.values()), return_exceptions=True)
+    for st in answers:
+        if not isinstance(st, StatusResponse) or st.role != "leader":
+            continue
+        me = next((m for m in st.members if m.node_id == s.id), None)
+        if me is not None and me.match_index > 1:
+            contact = next((m.address for m in st.members if m.node_id == st.node_id), "")
+            raise ConfigError(
+                f"refusing --bootstrap: cluster {s.cluster_id!r} already exists and its leader "
+                f"{st.node_id} (term {st.term}, commit {st.commit_index}) knows that {s.id} "
+                f"acknowledged entries up to index {me.match_index}, but --data-dir {s.data_dir} "
+                f"holds no store for {s.id}: it lost its data. Founding it again would make it "
+                "forget its votes and what it acknowledged. Start it with an empty --data-dir and "
+                f"--join {contact or 'HOST:PORT'} instead: its old membership is then removed and "
+                "it is added back safely"
+            )
 
 
 async def _members_via(
@@ -709,7 +846,7 @@ async def _join(
                     members = await kv.remove_member(s.id)
                 rejoin = False
                 if not any(m.node_id == s.id for m in members):
-                    members = await kv.add_member(s.id, s.listen)  # the committed configuration
+                    members = await kv.add_member(s.id, s.address)  # the committed configuration
                     log.info("%s added as a learner", s.id)
                 if not s.auto_promote:
                     return

@@ -27,6 +27,7 @@ from typing import (
 
 from phalanx_aio.commands.codec import Codec, SafeCodec
 from phalanx_aio.errors import LocalError, ProtocolError, UnknownCommand, UnsupportedValue
+from phalanx_aio.node._attach import register_state_types
 from phalanx_aio.node.state_machine import StateMachine
 
 if TYPE_CHECKING:
@@ -453,3 +454,6 @@ def _split_snapshot(data: bytes) -> list[tuple[str, bytes]]:
     ):
         raise ProtocolError("a malformed snapshot of replicated objects")
     return [(p[0], p[1]) for p in parts]
+
+
+register_state_types(ReplicatedGroup, (ReplicatedState, ReplicatedGroup))

@@ -8,7 +8,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection, Mapping
 
-__all__ = ["VoteResult", "quorum_index", "quorum_size", "vote_result"]
+__all__ = [
+    "VoteResult",
+    "joint_quorum_index",
+    "joint_vote_result",
+    "quorum_index",
+    "quorum_size",
+    "vote_result",
+]
 
 
 class VoteResult(enum.Enum):
@@ -51,3 +58,27 @@ def vote_result(voters: Collection[str], votes: Mapping[str, bool]) -> VoteResul
     if len(voters) - rejected < q:
         return VoteResult.LOST
     return VoteResult.PENDING
+
+
+def joint_quorum_index(voters: Collection[str], outgoing: Collection[str], acked: Mapping[str, int]) -> int:
+    """:func:`quorum_index` of a possibly joint configuration: the largest value that a
+    majority of ``voters`` and a majority of ``outgoing`` have both reached (thesis §4.3);
+    just that of ``voters`` when ``outgoing`` is empty."""
+    index = quorum_index(voters, acked)
+    if outgoing:
+        index = min(index, quorum_index(outgoing, acked))
+    return index
+
+
+def joint_vote_result(
+    voters: Collection[str], outgoing: Collection[str], votes: Mapping[str, bool]
+) -> VoteResult:
+    """:func:`vote_result` of a possibly joint configuration: WON once both halves are won,
+    LOST once either half is lost."""
+    result = vote_result(voters, votes)
+    if not outgoing or result is VoteResult.LOST:
+        return result
+    other = vote_result(outgoing, votes)
+    if other is VoteResult.LOST:
+        return other
+    return VoteResult.WON if result is other is VoteResult.WON else VoteResult.PENDING

@@ -10,20 +10,30 @@ import enum
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import repeat
 
 from phalanx_aio.core.config import Config
 from phalanx_aio.core.log import RaftLog
-from phalanx_aio.core.membership import ConfChange, ConfHistory, apply_change, decode_conf, encode_conf
+from phalanx_aio.core.membership import (
+    ConfChange,
+    ConfHistory,
+    apply_change,
+    decode_conf,
+    encode_conf,
+    enter_joint,
+    leave_joint,
+    note_removals,
+)
 from phalanx_aio.core.progress import Progress, ProgressState
-from phalanx_aio.core.quorum import VoteResult, quorum_index, vote_result
+from phalanx_aio.core.quorum import VoteResult, joint_quorum_index, joint_vote_result
 from phalanx_aio.core.ready import Ready
 from phalanx_aio.core.types import (
     ConfState,
     Entry,
     EntryType,
     HardState,
+    InitialState,
     Message,
     MessageType,
     Placement,
@@ -81,19 +91,6 @@ class Role(enum.Enum):
     PRE_CANDIDATE = "pre-candidate"
     CANDIDATE = "candidate"
     LEADER = "leader"
-
-
-@dataclass(frozen=True, slots=True)
-class InitialState:
-    """What a node loads from storage at start: hard state, last snapshot, the log after it.
-
-    ``snapshot.meta.conf`` is the configuration at the snapshot index; for a brand-new node
-    joining an existing cluster everything is empty.
-    """
-
-    hard_state: HardState = field(default_factory=HardState)
-    snapshot: Snapshot = field(default_factory=Snapshot)
-    entries: tuple[Entry, ...] = ()
 
 
 def bootstrap_state(voters: Mapping[str, bytes] | Iterable[str]) -> InitialState:
@@ -155,6 +152,7 @@ class Raft:
         state: InitialState | None = None,
         *,
         clock: Callable[[], float] | None = None,
+        founded_now: bool = False,
     ) -> None:
         if not node_id:
             raise LocalError("node id must be a non-empty string")
@@ -207,6 +205,11 @@ class Raft:
         # founding one: the first leader is elected in term 2) refuses votes and pre-votes
         # for this many ticks after it starts, as if it had just heard that leader.
         self._quiet_ticks = config.election_ticks if hs.term > 1 else 0
+        # A store founded in this run (``founded_now``) is a new founder or a member that lost
+        # its data and was founded again. Until it learns of a commit past the founding entry,
+        # it votes only for candidates whose log is still at that entry: one that forgot what
+        # it acknowledged must not help a candidate that lacks it win.
+        self._founded_now = founded_now
         self._hb_sent: dict[int, int] = {}
         self.lead_transferee: str | None = None
         self._votes: dict[str, bool] = {}
@@ -277,15 +280,17 @@ class Raft:
     @property
     def ready_for_conf_change(self) -> bool:
         """True if a leader would accept a membership change now: it has committed an entry
-        of its term and no earlier change is still uncommitted."""
+        of its term, no earlier change is still uncommitted, and it is not in a joint
+        configuration (the entry leaving it is appended by itself)."""
         return (
             self.role is Role.LEADER
             and self._committed_in_term
             and self.confs.last_index <= self.log.committed
+            and not self.confs.current.joint
         )
 
     def _promotable(self) -> bool:
-        return self.id in self.confs.current.voters
+        return self.confs.current.is_voter(self.id)
 
     def status(self) -> Status:
         """A read-only report of this node's state."""
@@ -400,7 +405,7 @@ class Raft:
         if self._tally() is not VoteResult.PENDING:
             return
         last_index, last_term = self.log.last_index(), self.log.last_term()
-        for nid in sorted(self.confs.current.voters):
+        for nid in sorted(self.confs.current.all_voters()):
             if nid != self.id:
                 self._send(
                     Message(
@@ -415,7 +420,8 @@ class Raft:
                 )
 
     def _tally(self) -> VoteResult:
-        result = vote_result(self.confs.current.voters, self._votes)
+        conf = self.confs.current
+        result = joint_vote_result(conf.voters, conf.voters_outgoing, self._votes)
         if result is VoteResult.WON:
             if self.role is Role.PRE_CANDIDATE:
                 # The real election, without a second pre-vote. It is not a transfer: voters
@@ -460,8 +466,10 @@ class Raft:
                 active.add(nid)
             if nid != self.id:
                 pr.recent_active = False
-        voters = self.confs.current.voters
-        return len(voters & active) >= len(voters) // 2 + 1
+        conf = self.confs.current
+        return all(
+            len(half & active) >= len(half) // 2 + 1 for half in (conf.voters, conf.voters_outgoing) if half
+        )
 
     # ------------------------------------------------------------------ RTT-aware timeout
 
@@ -479,10 +487,14 @@ class Raft:
         quorum has enough samples, and on non-leaders."""
         if self.role is not Role.LEADER or not self.cfg.rtt_aware:
             return None
+        conf = self.confs.current
+        rtts = [self._quorum_rtt_of(half) for half in (conf.voters, conf.voters_outgoing) if half]
+        return None if None in rtts else max(r for r in rtts if r is not None)
+
+    def _quorum_rtt_of(self, voters: frozenset[str]) -> int | None:
         cfg = self.cfg
         need = min(_RTT_MIN_SAMPLES, cfg.rtt_window)
         known: list[int] = []
-        voters = self.confs.current.voters
         for nid in voters:
             if nid == self.id:
                 known.append(0)
@@ -767,15 +779,38 @@ class Raft:
         Refused while another change is pending, before the leader committed an entry of its
         own term, during a leadership transfer, or if the change is invalid.
         """
+        self._check_conf_change(1)
+        return self.term, self._append_conf(change, apply_change(self.confs.current, change))
+
+    def propose_joint_change(self, changes: Sequence[ConfChange]) -> tuple[int, int]:
+        """Propose several membership changes at once (leader only; thesis §4.3); returns the
+        ``(term, index)`` of the entry that enters the joint configuration.
+
+        Once that entry is committed, the leader appends the entry that leaves it (C_new) by
+        itself; the change is complete when that one is committed. A leader that is not a
+        voter of C_new goes on leading until then, and steps down after. Changes that only
+        touch learners need no joint configuration and take effect in one entry. Refused as
+        :meth:`propose_conf_change` is, and if the changes are invalid together.
+        """
+        changes = list(changes)
+        self._check_conf_change(len(changes))
+        return self.term, self._append_conf(changes, enter_joint(self.confs.current, changes))
+
+    def _check_conf_change(self, count: int) -> None:
+        """Raise unless this leader may append a membership change of ``count`` changes now."""
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
-        self._check_can_propose(64)
+        self._check_can_propose(64 * max(1, count))
         if not self._committed_in_term:
             raise ProposalDropped("the leader has not yet committed an entry of its term")
         if self.confs.last_index > self.log.committed:
             raise ProposalDropped("another membership change is still pending")
-        new = apply_change(self.confs.current, change)
-        return self.term, self._append(EntryType.CONF, [encode_conf(change, new)])
+
+    def _append_conf(self, change: ConfChange | Sequence[ConfChange] | None, new: ConfState) -> int:
+        """Append the CONF entry for ``change`` resulting in ``new`` (removals noted)."""
+        index = self.log.last_index() + 1
+        new = note_removals(self.confs.current, new, index)
+        return self._append(EntryType.CONF, [encode_conf(change, new)])
 
     def _append(self, etype: EntryType, datas: Sequence[bytes]) -> int:
         """Append entries of one type, in this term, after the last; returns the first's index.
@@ -816,7 +851,8 @@ class Raft:
         if not self._committed_in_term:
             self._reads_before_commit.append((ctx, requester))
             return
-        if self.confs.current.voters == {self.id}:
+        conf = self.confs.current
+        if conf.voters == {self.id} and not conf.joint:
             self._answer_read(self.log.committed, ctx, requester)
             return
         if self.cfg.read_mode == "lease" and self._lease_valid():
@@ -840,7 +876,8 @@ class Raft:
     def _acked_round(self) -> int:
         acks = self._read_acks
         acks[self.id] = self._round
-        return quorum_index(self.confs.current.voters, acks)
+        conf = self.confs.current
+        return joint_quorum_index(conf.voters, conf.voters_outgoing, acks)
 
     def _lease_valid(self) -> bool:
         if self._lease_void:
@@ -987,6 +1024,11 @@ class Raft:
             or (self.vote is None and self.leader is None)
             or (m.type is _PRE_VOTE and m.term > self.term)
         )
+        if self._founded_now:
+            if self.log.committed > 1:
+                self._founded_now = False  # it holds what a leader committed: a member again
+            elif m.index > 1:
+                can_vote = False  # the cluster is past its founding: this node may have lost data
         resp = _VOTE_RESP if m.type is _VOTE else _PRE_VOTE_RESP
         if can_vote and self.log.is_up_to_date(m.index, m.log_term):
             self._send(Message(resp, m.frm, self.id, m.term))
@@ -1029,6 +1071,8 @@ class Raft:
             if self._maybe_commit():
                 if self.role is not Role.LEADER:
                     return  # our own removal committed: we stepped down
+                if m.frm not in self.prs:
+                    return  # the commit left a joint configuration that no longer has it
             elif was_paused and not self._bcast_commit:  # else the pending broadcast reaches it
                 self._send_append(m.frm)
             while self._send_append(m.frm, send_if_empty=False):
@@ -1259,9 +1303,12 @@ class Raft:
             self._release_reads()  # a single-voter quorum needs no answers
 
     def _maybe_commit(self) -> bool:
-        voters = self.confs.current.voters
+        conf = self.confs.current
+        voters = conf.voters
         prs = self.prs
-        idx = quorum_index(voters, {nid: prs[nid].match for nid in voters if nid in prs})
+        idx = joint_quorum_index(
+            voters, conf.voters_outgoing, {nid: pr.match for nid, pr in prs.items() if conf.is_voter(nid)}
+        )
         # §5.4.2: only entries of the current term are committed by counting replicas.
         if idx <= self.log.committed or self.log.term(idx) != self.term:
             return False
@@ -1278,11 +1325,15 @@ class Raft:
             retries, self._retries_before_commit = self._retries_before_commit, []
             for data, ctx, since, req in retries:
                 self._retry(data, ctx, since, req)
-        if self.id not in voters and idx >= self.confs.last_index:
-            # Our removal is committed: tell the others, then step down (thesis §4.2.2).
-            self._bcast_commit = True
-            self._flush()
-            self._become_follower(self.term, None)
+        if idx >= self.confs.last_index:
+            if conf.joint:
+                # C_old,new is committed: append C_new, which needs only the new majority.
+                self._append_conf(None, leave_joint(conf))
+            elif self.id not in voters:
+                # Our removal is committed: tell the others, then step down (thesis §4.2.2).
+                self._bcast_commit = True
+                self._flush()
+                self._become_follower(self.term, None)
         return True
 
     def _apply_conf(self, index: int, conf: ConfState) -> None:

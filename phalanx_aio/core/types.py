@@ -14,6 +14,7 @@ __all__ = [
     "Entry",
     "EntryType",
     "HardState",
+    "InitialState",
     "Message",
     "MessageType",
     "Placement",
@@ -78,20 +79,43 @@ class ConfState:
 
     ``contexts`` maps a member id to bytes its driver attached when it was added (the node's
     address, for example); the core stores and replicates them but never reads them.
-    Invariant: ``voters`` and ``learners`` are disjoint; every key of ``contexts`` is a member.
+
+    A *joint* configuration (Raft thesis §4.3) also names ``voters_outgoing``, the voters of
+    the configuration being left: while it is in force, elections and commitment need a
+    majority of ``voters`` **and** a majority of ``voters_outgoing``.
+
+    Invariants: ``learners`` is disjoint from ``voters`` and from ``voters_outgoing``; every
+    key of ``contexts`` is a member (a voter of either half, or a learner).
     """
 
     voters: frozenset[str] = frozenset()
     learners: frozenset[str] = frozenset()
     contexts: tuple[tuple[str, bytes], ...] = ()
+    voters_outgoing: frozenset[str] = frozenset()
+    removed: tuple[tuple[str, int], ...] = ()
+    """Members removed by earlier changes, each with the index of the CONF entry that removed
+    it (sorted by id; bounded, see :data:`phalanx_aio.core.membership.MAX_REMOVED`)."""
+
+    @property
+    def joint(self) -> bool:
+        """True in a joint configuration (between entering and leaving it)."""
+        return bool(self.voters_outgoing)
 
     def is_member(self, node_id: str) -> bool:
-        """True if ``node_id`` is a voter or a learner."""
-        return node_id in self.voters or node_id in self.learners
+        """True if ``node_id`` is a voter (of either half) or a learner."""
+        return node_id in self.voters or node_id in self.learners or node_id in self.voters_outgoing
+
+    def is_voter(self, node_id: str) -> bool:
+        """True if ``node_id`` votes: a voter of either half of a joint configuration."""
+        return node_id in self.voters or node_id in self.voters_outgoing
+
+    def all_voters(self) -> frozenset[str]:
+        """The voters of both halves (just ``voters`` outside a joint configuration)."""
+        return self.voters | self.voters_outgoing
 
     def members(self) -> frozenset[str]:
-        """Voters and learners together."""
-        return self.voters | self.learners
+        """Voters (of both halves) and learners together."""
+        return self.voters | self.learners | self.voters_outgoing
 
     def context(self, node_id: str) -> bytes:
         """The context attached to ``node_id`` (empty if none)."""
@@ -117,6 +141,19 @@ class Snapshot:
 
     meta: SnapshotMeta = field(default_factory=SnapshotMeta)
     data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class InitialState:
+    """What a node loads from storage at start: hard state, last snapshot, the log after it.
+
+    ``snapshot.meta.conf`` is the configuration at the snapshot index; for a brand-new node
+    joining an existing cluster everything is empty.
+    """
+
+    hard_state: HardState = field(default_factory=HardState)
+    snapshot: Snapshot = field(default_factory=Snapshot)
+    entries: tuple[Entry, ...] = ()
 
 
 class PlacementOutcome(enum.IntEnum):

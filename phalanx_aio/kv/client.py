@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import itertools
 import random
 import ssl as _ssl
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar
@@ -47,6 +46,7 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 from phalanx_aio._deadlines import Deadlines
+from phalanx_aio._grpc import WireBytes, parse_address
 from phalanx_aio.errors import (
     ClosedError,
     LocalError,
@@ -57,6 +57,7 @@ from phalanx_aio.errors import (
     ProtocolError,
     Timeout,
 )
+from phalanx_aio.kv.codec import decode_kv_message, encode_kv_message
 from phalanx_aio.kv.messages import (
     KV_METHODS,
     CompareAndSetRequest,
@@ -69,6 +70,7 @@ from phalanx_aio.kv.messages import (
     KVRequest,
     Member,
     MemberAddRequest,
+    MemberChangeRequest,
     MemberChangeResponse,
     MemberListRequest,
     MemberListResponse,
@@ -84,14 +86,7 @@ from phalanx_aio.kv.messages import (
     TransferLeaderResponse,
 )
 from phalanx_aio.kv.state_machine import SessionExpired
-from phalanx_aio.transport.codec import (
-    KV_STREAM_METHOD,
-    WireBytes,
-    decode_kv_message,
-    decode_kv_stream_responses,
-    encode_kv_message,
-    encode_kv_stream_request,
-)
+from phalanx_aio.kv.stream_codec import KV_STREAM_METHOD, KVStreamCodec
 
 __all__ = ["Consistency", "KVClient", "QuotaExceeded", "RequestRefused", "Unavailable"]
 
@@ -224,6 +219,7 @@ class _StreamConn:
         self._on_end = on_end
         self._error: str | None = None
         self._broken_connection = False
+        self._codec = KVStreamCodec()  # decodes this connection's answers
         self.task = asyncio.get_running_loop().create_task(self._run(channel))
 
     def submit(self, rid: int, data: bytes) -> _StreamItem:
@@ -250,7 +246,7 @@ class _StreamConn:
                         reply = await stream.recv_message()
                         if reply is None:
                             raise ConnectionError("the server ended the stream")
-                        for rid, response in decode_kv_stream_responses(reply.data):
+                        for rid, response in self._codec.decode_responses(reply.data):
                             item = self._pending.pop(rid, None)
                             if item is not None and not item.future.done():
                                 item.future.set_result(response)
@@ -304,20 +300,10 @@ class _StreamConn:
 
 
 def _split_address(address: str) -> tuple[str, int]:
-    if not isinstance(address, str):
-        raise LocalError(f"an endpoint must be a host:port str, not {type(address).__name__}")
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise LocalError(f"endpoint {address!r} is not host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise LocalError(f"endpoint {address!r} has an invalid IPv6 address") from None
-    elif ":" in host:
-        raise LocalError(f"endpoint {address!r}: write an IPv6 host in brackets, as [::1]:port")
-    return host, int(port)
+    try:
+        return parse_address(address)
+    except ValueError as exc:
+        raise LocalError(f"invalid endpoint: {exc}") from None
 
 
 def _key(value: bytes | str, what: str = "key") -> bytes:
@@ -395,6 +381,7 @@ class KVClient:
         self._next = 0
         self._rng = random.Random()
         self._closed = False
+        self._stream_codec = KVStreamCodec()  # encodes this client's Stream requests
 
     async def __aenter__(self) -> KVClient:
         """Return the client (connections open on first use)."""
@@ -508,6 +495,26 @@ class KVClient:
         """Turn the learner ``node_id`` into a voter; return the configuration once committed."""
         response: MemberChangeResponse = await self._call(
             lambda h: MemberPromoteRequest(h, node_id), _Kind.ADMIN
+        )
+        return response.members
+
+    async def change_members(
+        self,
+        *,
+        add: Mapping[str, str] | None = None,
+        add_learners: Mapping[str, str] | None = None,
+        promote: Iterable[str] = (),
+        remove: Iterable[str] = (),
+    ) -> tuple[Member, ...]:
+        """Change several members in one step (:meth:`RaftNode.change_members
+        <phalanx_aio.node.RaftNode.change_members>`: joint consensus when the voters change);
+        return the configuration once the change is complete. Like :meth:`add_member`, not
+        retried once it may have reached the leader."""
+        members = tuple(Member(n, a, False) for n, a in (add or {}).items())
+        members += tuple(Member(n, a, True) for n, a in (add_learners or {}).items())
+        promoted, removed = tuple(promote), tuple(remove)
+        response: MemberChangeResponse = await self._call(
+            lambda h: MemberChangeRequest(h, members, promoted, removed), _Kind.ADMIN
         )
         return response.members
 
@@ -691,7 +698,7 @@ class KVClient:
         :class:`_AttemptFailed` if it produced none. Uses the node's stream when it can."""
         if self._use_stream and type(request) in _STREAM_TYPES:
             rid = next(self._ids)
-            data = encode_kv_stream_request(rid, min(int(budget * 1000), _MAX_TIMEOUT_MS), request)
+            data = self._stream_codec.encode_request(rid, min(int(budget * 1000), _MAX_TIMEOUT_MS), request)
             if len(data) > self.max_request_bytes:
                 raise self._too_large(len(data))
             if len(data) <= _STREAM_ITEM_MAX:

@@ -20,7 +20,7 @@ describes the protocol, the sessions and the outcomes.
 
 Besides the unary methods, the service offers ``Stream``: one long-lived call on which a client
 sends batches of Put, Get, Delete and CompareAndSet requests, each with an id, and gets the
-answers back in batches as they complete (see :data:`~phalanx_aio.transport.codec.KV_STREAM_METHOD`).
+answers back in batches as they complete (see :data:`~phalanx_aio.kv.stream_codec.KV_STREAM_METHOD`).
 Every request on it is handled exactly as by its unary method, concurrently with the others.
 
 No request message may be larger than ``max_request_bytes`` (4 MiB by default): the service
@@ -43,7 +43,7 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 from phalanx_aio._budget import SHED_REASONS, BufferBudget, Call
-from phalanx_aio._grpc_read import Malformed, TooLarge, recv_bounded
+from phalanx_aio._grpc import Malformed, TooLarge, WireBytes, recv_bounded
 from phalanx_aio.errors import (
     ClosedError,
     LocalError,
@@ -54,6 +54,7 @@ from phalanx_aio.errors import (
     ProposalDropped,
     ProtocolError,
 )
+from phalanx_aio.kv.codec import decode_kv_message, encode_kv_message
 from phalanx_aio.kv.messages import (
     KV_METHODS,
     CompareAndSetRequest,
@@ -67,6 +68,7 @@ from phalanx_aio.kv.messages import (
     KVResponse,
     Member,
     MemberAddRequest,
+    MemberChangeRequest,
     MemberChangeResponse,
     MemberListRequest,
     MemberListResponse,
@@ -83,15 +85,8 @@ from phalanx_aio.kv.messages import (
     TransferLeaderResponse,
 )
 from phalanx_aio.kv.state_machine import KVCommand, KVOp, KVStateMachine, SessionExpired, encode_command
+from phalanx_aio.kv.stream_codec import KV_STREAM_METHOD, KVStreamCodec
 from phalanx_aio.node.raft_node import RaftNode
-from phalanx_aio.transport.codec import (
-    KV_STREAM_METHOD,
-    WireBytes,
-    decode_kv_message,
-    decode_kv_stream_requests,
-    encode_kv_message,
-    encode_kv_stream_response,
-)
 
 __all__ = ["DEFAULT_QUOTA_BYTES", "MIN_REQUEST_BYTES", "KVService"]
 
@@ -218,6 +213,7 @@ class KVService:
             MemberAddRequest: self._member_add,
             MemberRemoveRequest: self._member_remove,
             MemberPromoteRequest: self._member_promote,
+            MemberChangeRequest: self._member_change,
             TransferLeaderRequest: self._transfer,
         }
         if node is not None:
@@ -347,6 +343,7 @@ class KVService:
         under_way = 0  # requests read whose answers the sender has not taken yet
         finished = False
         batch_limit = self.max_stream_buffer_bytes
+        codec = KVStreamCodec()  # this call's: what repeats between its items
 
         def spawn(work: Coroutine[Any, Any, None]) -> None:
             task = asyncio.create_task(work)
@@ -377,7 +374,7 @@ class KVService:
                     parts: list[bytes] = []
                     size = taken = 0
                     for rid, response in pending:
-                        item = _encode_answer(rid, response)
+                        item = _encode_answer(codec, rid, response)
                         parts.append(item)
                         size += len(item)
                         taken += 1
@@ -404,7 +401,7 @@ class KVService:
                 if send_task.done():  # the answers cannot be sent: end the call
                     break
                 try:
-                    items = decode_kv_stream_requests(data, max_bytes=self.max_request_bytes)
+                    items = codec.decode_requests(data, max_bytes=self.max_request_bytes)
                 except ProtocolError as exc:
                     self.rejections["malformed"] += 1
                     raise GRPCError(Status.INVALID_ARGUMENT, f"malformed stream batch: {exc}"[:300]) from None
@@ -481,10 +478,17 @@ class KVService:
         address = st.core.conf.context(hint).decode("utf-8", "replace") if hint else ""
         return ResponseHeader(code, message, hint, address, st.term, st.applied)
 
-    def _members(self) -> tuple[Member, ...]:
-        conf = self._require_node().status().core.conf
+    def _members(self, *, with_match: bool = False) -> tuple[Member, ...]:
+        """The configuration; ``with_match``: with each member's match index, on a leader."""
+        core = self._require_node().status().core
+        conf, progress = core.conf, core.progress if with_match else {}
         return tuple(
-            Member(nid, conf.context(nid).decode("utf-8", "replace"), nid in conf.learners)
+            Member(
+                nid,
+                conf.context(nid).decode("utf-8", "replace"),
+                nid in conf.learners,
+                progress[nid].match if nid in progress else 0,
+            )
             for nid in sorted(conf.members())
         )
 
@@ -695,7 +699,7 @@ class KVService:
             commit_index=st.commit,
             applied_index=st.applied,
             last_index=st.last_index,
-            members=self._members(),
+            members=self._members(with_match=True),
             quota_alarm=self.quota_alarm,
             quota_used_bytes=self.quota_used(),
         )
@@ -727,6 +731,24 @@ class KVService:
         await self._run(lambda: node.promote(req.node_id, timeout=timeout), membership=True)
         return MemberChangeResponse(self._header(), self._members())
 
+    async def _member_change(self, req: MemberChangeRequest, timeout: float | None) -> MemberChangeResponse:
+        for nid in [m.node_id for m in req.add] + list(req.promote) + list(req.remove):
+            _check_node_id(nid)
+        if any(not m.address for m in req.add):
+            raise _Refuse(ErrorCode.INVALID_ARGUMENT, "a new member needs an address")
+        if not (req.add or req.promote or req.remove):
+            raise _Refuse(ErrorCode.INVALID_ARGUMENT, "a membership change needs at least one change")
+        node = self._require_leader()
+        voters = {m.node_id: m.address for m in req.add if not m.learner}
+        learners = {m.node_id: m.address for m in req.add if m.learner}
+        await self._run(
+            lambda: node.change_members(
+                add=voters, add_learners=learners, promote=req.promote, remove=req.remove, timeout=timeout
+            ),
+            membership=True,
+        )
+        return MemberChangeResponse(self._header(), self._members())
+
     async def _transfer(self, req: TransferLeaderRequest, timeout: float | None) -> TransferLeaderResponse:
         node = self._require_leader()
         target = req.target or None
@@ -749,14 +771,14 @@ def _refusal(exc: BaseException, membership: bool = False) -> _Refuse | None:
     return None
 
 
-def _encode_answer(rid: int, response: KVResponse) -> bytes:
+def _encode_answer(codec: KVStreamCodec, rid: int, response: KVResponse) -> bytes:
     """One ``StreamResponse`` item (an ``INTERNAL`` answer if ``response`` cannot be encoded)."""
     try:
-        return encode_kv_stream_response(rid, response)
+        return codec.encode_response(rid, response)
     except Exception:
         log.exception("KV service: cannot encode a %s", type(response).__name__)
         failed = type(response)(ResponseHeader(ErrorCode.INTERNAL, "internal server error"))
-        return encode_kv_stream_response(rid, failed)
+        return codec.encode_response(rid, failed)
 
 
 def _answer_within(left: float) -> float:

@@ -164,8 +164,11 @@ def _encode_items(data: Mapping[bytes, bytes]) -> bytes:
     return b"".join(itertools.chain(klens, vlens, kparts, vparts))
 
 
-def _decode_items(data: bytes, pos: int, n: int) -> tuple[dict[bytes, bytes], int]:
-    """The ``n`` keys and values of format 2 at ``pos``, and the position after them."""
+def _decode_items(data: bytes, pos: int, n: int) -> tuple[dict[bytes, bytes], int, int]:
+    """The ``n`` keys and values of format 2 at ``pos``, the position after them, and the
+    bytes of the keys and values together. Built in runs of :data:`_ENCODE_STEP` keys (a few
+    C calls each), so that a worker thread decoding a million keys lets the loop run between
+    runs."""
     end_of_lengths = pos + 8 * n
     if end_of_lengths > len(data):
         raise ProtocolError("truncated KV snapshot (lengths)")
@@ -173,15 +176,23 @@ def _decode_items(data: bytes, pos: int, n: int) -> tuple[dict[bytes, bytes], in
     lengths.frombytes(data[pos:end_of_lengths])
     if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
         lengths.byteswap()
-    offsets = list(itertools.accumulate(lengths, initial=end_of_lengths))
-    end = offsets[-1]
+    klens, vlens = lengths[:n], lengths[n:]
+    kpos = end_of_lengths
+    vpos = kpos + sum(klens)
+    end = vpos + sum(vlens)
     if end > len(data):
         raise ProtocolError("truncated KV snapshot (keys and values)")
-    cuts = list(map(slice, offsets[:-1], offsets[1:]))
-    items = dict(zip(map(data.__getitem__, cuts[:n]), map(data.__getitem__, cuts[n:]), strict=True))
+    items: dict[bytes, bytes] = {}
+    cut = data.__getitem__
+    for i in range(0, n, _ENCODE_STEP):
+        koffs = list(itertools.accumulate(klens[i : i + _ENCODE_STEP], initial=kpos))
+        voffs = list(itertools.accumulate(vlens[i : i + _ENCODE_STEP], initial=vpos))
+        kpos, vpos = koffs[-1], voffs[-1]
+        keys = map(cut, map(slice, koffs[:-1], koffs[1:]))
+        items.update(zip(keys, map(cut, map(slice, voffs[:-1], voffs[1:])), strict=True))
     if len(items) != n:
         raise ProtocolError("KV snapshot holds a key twice")
-    return items, end
+    return items, end, end - end_of_lengths
 
 
 _OPS = {int(op): op for op in KVOp}
@@ -710,49 +721,89 @@ class KVStateMachine(StateMachine):
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a :meth:`snapshot` (of this version or of format 1)."""
-        if data[:8] == _SNAP_MAGIC:
-            _, applied, nkeys, nsess = _SNAP_V2.unpack_from(data)
-            items, pos = _decode_items(data, _SNAP_V2.size, nkeys)
-        else:  # format 1: applied, counts, then each key and value length-prefixed
-            applied, nkeys, nsess = struct.unpack_from(">QII", data)
-            pos = 16
-            items = {}
-            it = _fields(data, pos)
-            for _ in range(nkeys):
-                k, v = next(it), next(it)
-                items[k] = v
-                pos += 8 + len(k) + len(v)
-        sessions: list[tuple[int, str, _Session]] = []
-        for _ in range(nsess):
+        self._install(_decode_snapshot(data))
+
+    def restore_later(self, data: bytes) -> Callable[[], Callable[[], None]]:
+        """:meth:`restore` in two steps: the returned function decodes ``data`` (in a worker
+        thread, in runs of keys so that the loop gets the interpreter between them) and
+        returns the function that installs the result (on the loop: a few assignments)."""
+
+        def decode() -> Callable[[], None]:
+            return functools.partial(self._install, _decode_snapshot(data))
+
+        return decode
+
+    def _install(self, decoded: _Decoded) -> None:
+        self.applied, self._data = decoded.applied, decoded.items
+        self._delta = self._freeze = None  # a build may go on reading the old dictionary
+        self.data_bytes = decoded.data_bytes
+        self.sessions = decoded.sessions
+        self.forgotten = decoded.forgotten
+        self.session_bytes = decoded.session_bytes
+
+
+@dataclass(slots=True)
+class _Decoded:
+    """A snapshot decoded, ready to be installed (:meth:`KVStateMachine.restore_later`)."""
+
+    applied: int
+    items: dict[bytes, bytes]
+    data_bytes: int
+    sessions: dict[str, _Session]
+    forgotten: dict[str, tuple[int, int]]
+    session_bytes: int
+
+
+def _decode_snapshot(data: bytes) -> _Decoded:
+    """Decode a :meth:`KVStateMachine.snapshot` (of this version or of format 1); a pure
+    function of ``data``, safe in a worker thread."""
+    if data[:8] == _SNAP_MAGIC:
+        _, applied, nkeys, nsess = _SNAP_V2.unpack_from(data)
+        items, pos, data_bytes = _decode_items(data, _SNAP_V2.size, nkeys)
+    else:  # format 1: applied, counts, then each key and value length-prefixed
+        applied, nkeys, nsess = struct.unpack_from(">QII", data)
+        pos = 16
+        items = {}
+        it = _fields(data, pos)
+        for _ in range(nkeys):
+            k, v = next(it), next(it)
+            items[k] = v
+            pos += 8 + len(k) + len(v)
+        data_bytes = sum(map(len, items)) + sum(map(len, items.values()))
+    sessions: list[tuple[int, str, _Session]] = []
+    for _ in range(nsess):
+        cid = next(_fields(data, pos))
+        pos += 4 + len(cid)
+        last_used, acked, n = struct.unpack_from(">QQI", data, pos)
+        pos += 20
+        sess = _Session(last_used, {}, acked)
+        for _ in range(n):
+            seq, tag = struct.unpack_from(">QB", data, pos)
+            pos += 9
+            if tag == 3:  # a bytes result (a previous value), length-prefixed
+                value = next(_fields(data, pos))
+                pos += 4 + len(value)
+                sess.remember(seq, value)
+            else:
+                sess.remember(seq, None if tag == 0 else (tag == 1))
+        sessions.append((last_used, cid.decode(), sess))
+    forgotten: dict[str, tuple[int, int]] = {}
+    if data[pos : pos + len(_TOMBSTONES)] == _TOMBSTONES:
+        pos += len(_TOMBSTONES)
+        (count,) = _LEN.unpack_from(data, pos)
+        pos += 4
+        for _ in range(count):
             cid = next(_fields(data, pos))
             pos += 4 + len(cid)
-            last_used, acked, n = struct.unpack_from(">QQI", data, pos)
-            pos += 20
-            sess = _Session(last_used, {}, acked)
-            for _ in range(n):
-                seq, tag = struct.unpack_from(">QB", data, pos)
-                pos += 9
-                if tag == 3:  # a bytes result (a previous value), length-prefixed
-                    value = next(_fields(data, pos))
-                    pos += 4 + len(value)
-                    sess.remember(seq, value)
-                else:
-                    sess.remember(seq, None if tag == 0 else (tag == 1))
-            sessions.append((last_used, cid.decode(), sess))
-        forgotten: dict[str, tuple[int, int]] = {}
-        if data[pos : pos + len(_TOMBSTONES)] == _TOMBSTONES:
-            pos += len(_TOMBSTONES)
-            (count,) = _LEN.unpack_from(data, pos)
-            pos += 4
-            for _ in range(count):
-                cid = next(_fields(data, pos))
-                pos += 4 + len(cid)
-                forgotten[cid.decode()] = _TOMB.unpack_from(data, pos)
-                pos += _TOMB.size
-        sessions.sort(key=lambda item: (item[0], item[1]))  # least recently used first, as applied
-        self.applied, self._data = applied, items
-        self._delta = self._freeze = None  # a build may go on reading the old dictionary
-        self.data_bytes = sum(map(len, items)) + sum(map(len, items.values()))
-        self.sessions = {cid: sess for _, cid, sess in sessions}
-        self.forgotten = forgotten
-        self.session_bytes = sum(_session_cost(cid, sess) for cid, sess in self.sessions.items())
+            forgotten[cid.decode()] = _TOMB.unpack_from(data, pos)
+            pos += _TOMB.size
+    sessions.sort(key=lambda item: (item[0], item[1]))  # least recently used first, as applied
+    by_id = {cid: sess for _, cid, sess in sessions}
+    return _Decoded(
+        applied,
+        items,
+        data_bytes,
+        by_id,
+        forgotten,
+        sum(_session_cost(cid, sess) for cid, sess in by_id.items()),
+    )

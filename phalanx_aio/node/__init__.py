@@ -1,5 +1,6 @@
 """The asyncio driver: :class:`RaftNode` runs one core in one task and serves applications."""
 
+from phalanx_aio.node._envelope import command_of
 from phalanx_aio.node._leader_work import EventStream, LeaderWork
 from phalanx_aio.node.events import (
     ElectionStarted,
@@ -38,6 +39,7 @@ __all__ = [
     "SnapshotTaken",
     "StateMachine",
     "TermChanged",
+    "command_of",
     "run",
     "tune_gc",
     "uvloop_available",

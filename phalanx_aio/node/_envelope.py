@@ -63,3 +63,10 @@ def unwrap(data: bytes) -> tuple[str | None, int, bytes]:
     except UnicodeDecodeError:
         return None, 0, data
     return origin, _REQ.unpack_from(data, 2 + n)[0], data[end:]
+
+
+def command_of(data: bytes) -> bytes:
+    """The state machine command in the data of a NORMAL log entry written by a
+    :class:`~phalanx_aio.RaftNode` (the node wraps each command with who proposed it; data with
+    no wrapping is returned as it is). For tools that replay a log, such as ``restore``."""
+    return unwrap(data)[2]

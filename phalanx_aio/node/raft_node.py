@@ -19,59 +19,55 @@ import itertools
 import logging
 import os
 import random
-from collections import deque
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from phalanx_aio._deadlines import Deadlines
-from phalanx_aio.commands._attach import attach_state
 from phalanx_aio.core.config import Config
-from phalanx_aio.core.membership import ConfChange, ConfChangeType, decode_conf
-from phalanx_aio.core.raft import Raft, Role, Status, bootstrap_state
+from phalanx_aio.core.membership import ConfChange, ConfChangeType
+from phalanx_aio.core.raft import Raft, Role, bootstrap_state
 from phalanx_aio.core.types import (
-    ConfState,
-    Entry,
-    EntryType,
-    HardState,
     Message,
-    Placement,
-    PlacementOutcome,
-    Snapshot,
 )
 from phalanx_aio.errors import (
     ClosedError,
     LocalError,
-    NotApplied,
     NotLeader,
-    OutcomeUnknown,
     PhalanxError,
     ProposalDropped,
-    ProtocolError,
-    StorageError,
     Timeout,
 )
 from phalanx_aio.node import _envelope
-from phalanx_aio.node._forwards import Forward, Forwards
+from phalanx_aio.node._attach import attach_state
+from phalanx_aio.node._futures import Batch
+from phalanx_aio.node._items import (
+    STOP,
+    TICK,
+    WAKE,
+    ConfRequest,
+    Item,
+    Messages,
+    ReadRequest,
+    Removed,
+    SnapshotStatus,
+    TransferRequest,
+    Unreachable,
+)
 from phalanx_aio.node._leader_work import EventStream, LeaderFn, LeaderWork, Subscriptions
+from phalanx_aio.node._observe import EventSource
 from phalanx_aio.node._reads import Reads
+from phalanx_aio.node._state import LatencyObserver, NodeLogger
+from phalanx_aio.node._steps import LoopSteps
 from phalanx_aio.node.events import (
-    ElectionStarted,
-    ElectionWon,
     EventListener,
-    LeaderChanged,
-    MembershipChanged,
-    NodeEvent,
-    RemovedFromCluster,
-    RoleChanged,
     SnapshotRestored,
     SnapshotSent,
-    SnapshotTaken,
-    TermChanged,
 )
 from phalanx_aio.node.state_machine import StateMachine
+from phalanx_aio.node.status import NodeStatus
 from phalanx_aio.storage.base import Storage
 from phalanx_aio.transport.base import Transport
 
@@ -81,127 +77,16 @@ log = logging.getLogger("phalanx_aio.node")
 
 T = TypeVar("T")
 
-_TICK: Final = 0
-_MSGS: Final = 1
-_PROPOSE: Final = 2
-_READ: Final = 3
-_CONF: Final = 4
-_TRANSFER: Final = 5
-_UNREACHABLE: Final = 6
-_SNAP_STATUS: Final = 7
-_STOP: Final = 8
-_PERSISTED: Final = 9  # (kind, index, term): the background write of the leader's entries is durable
-_WRITE_FAILED: Final = 10  # (kind, exception): the background write failed for good
-_REMOVED: Final = 11  # (kind, peer, index): a peer says a committed change removed this node
-_SNAP_BUILT: Final = 12  # (kind, index, data or exception): a snapshot built off the loop
-_WAKE_PROPOSE: Final = (_PROPOSE,)  # proposals wait in RaftNode._carry; this only wakes the loop
+
 _COMMAND_TYPES: Final = (bytes, bytearray, memoryview)
 
-# Work bounds of one loop turn, so that a turn (one storage write, one burst of sends) stays
-# short and ticks, heartbeats and peer messages keep flowing under any load: at most this many
-# proposals (or appended entries received), and bytes of proposals. Within that, the number
-# adapts so that a turn takes at most about two ticks (a fifth of the shortest LAN election
-# timeout): halved after a longer turn, grown by a quarter after a full one that was quick
-# enough (see RaftNode._adapt_turn).
-_TURN_MAX_PROPOSALS: Final = 4096
-_TURN_MIN_PROPOSALS: Final = 256
-_TURN_MAX_BYTES: Final = 512 << 10
-
-# A leader writes its own entries in the background while its loop goes on (RaftNode._write_behind).
-# Entries handed over while a write is in flight wait for the next one (one fsync for all of
-# them); past this many, the loop waits for the disk instead of taking more proposals.
-_WRITE_BEHIND_MAX_ENTRIES: Final = 4 * _TURN_MAX_PROPOSALS
-_WRITE_BEHIND_MAX_BYTES: Final = 64 << 20  # the same bound, for large commands
-
 _data_of = attrgetter("data")
-_FREE_STEP: Final = 32_768  # compacted entries freed per loop turn (see _free_compacted)
-
-# A local snapshot that a full disk refused is written again after this delay, doubled after
-# each failure up to the maximum (seconds); meanwhile the store keeps the entries it covers.
-_SNAP_RETRY_MIN: Final = 0.5
-_SNAP_RETRY_MAX: Final = 30.0
-
 # The request id of an envelope, packed after the proposer's prefix and read back (_envelope).
 _pack_request = _envelope.pack_request
 _unpack_request = _envelope.unpack_request
 
 
-class _Batch:
-    """The outcomes of one ``propose_many`` call, whose commands have the consecutive request
-    ids ``first``, ``first + 1``, ...; ``fut`` completes once every command has one."""
-
-    __slots__ = ("errors", "first", "fut", "left", "results")
-
-    def __init__(self, first: int, n: int, fut: asyncio.Future[None]) -> None:
-        self.first = first
-        self.results: list[Any] = [None] * n
-        self.errors: dict[int, BaseException] = {}
-        self.left = n
-        self.fut = fut
-
-    def settle(self, req: int, value: Any, exc: BaseException | None) -> None:
-        """Record the outcome of request ``req`` (once: the caller took ``req`` out of the
-        node's pending table first)."""
-        i = req - self.first
-        if exc is not None:
-            self.errors[i] = exc
-        else:
-            self.results[i] = value
-        self.left -= 1
-        if self.left == 0 and not self.fut.done():
-            self.fut.set_result(None)
-
-
-def _settle(w: asyncio.Future[Any] | _Batch, req: int, value: Any, exc: BaseException | None) -> None:
-    """Give request ``req`` its outcome, whether it waits alone or in a batch (once: a
-    future already done, e.g. timed out, keeps its outcome)."""
-    if isinstance(w, _Batch):
-        w.settle(req, value, exc)
-    elif not w.done():
-        if exc is None:
-            w.set_result(value)
-        else:
-            w.set_exception(exc)
-
-
-@dataclass(frozen=True, slots=True)
-class NodeStatus:
-    """A report of one node's state (``RaftNode.status()``)."""
-
-    id: str
-    role: str
-    term: int
-    leader: str | None
-    commit: int
-    applied: int
-    first_index: int
-    last_index: int
-    voters: tuple[str, ...]
-    learners: tuple[str, ...]
-    healthy: bool
-    """False while storage refuses writes (disk full); the node then acknowledges nothing."""
-    pending_proposals: int
-    core: Status
-    """The core's own status (per-follower progress on a leader)."""
-    removed_at: int | None = None
-    """The log index of the committed change that removed this node, once a member said so
-    (see :class:`~phalanx_aio.node.events.RemovedFromCluster`); None otherwise."""
-
-
-class _NodeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Puts the node id and term on every record."""
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        node = self.extra["node"] if self.extra else None
-        extra = dict(kwargs.get("extra") or {})
-        extra.setdefault("node_id", getattr(node, "id", "?"))
-        core = getattr(node, "_core", None)
-        extra.setdefault("term", core.term if core is not None else 0)
-        kwargs["extra"] = extra
-        return f"[{extra['node_id']} t{extra['term']}] {msg}", kwargs
-
-
-class RaftNode:
+class RaftNode(LoopSteps, EventSource):
     """One member of a Raft cluster, embedded in an asyncio application.
 
     Use it as ``async with RaftNode(...) as node:`` (or ``await node.start()`` and
@@ -260,27 +145,20 @@ class RaftNode:
         self._storage = storage
         self._transport = transport
         self._join = join
-        self._snapshot_every = snapshot_every
-        # Bytes of commands applied since the last snapshot; one is due past the larger of
-        # snapshot_bytes and the last snapshot's size (so large values cannot grow the log for
-        # long, and snapshot work stays in proportion to the log it saves).
-        self._snapshot_bytes = snapshot_bytes
-        self._log_bytes = 0
-        self._log_bytes_due = snapshot_bytes
+        base_seed = seed if seed is not None else int.from_bytes(os.urandom(8), "big")
+        self._init_snapshots(snapshot_every, snapshot_bytes, base_seed)
+        self._init_proposals(node_id)
+        self._init_writer()
+        self._init_membership()
         self._max_pending = max_pending
         # Bytes of the commands whose proposers wait (propose, propose_many): past
         # max_pending_bytes a new proposal is refused, unless nothing waits (one always goes).
         self._max_pending_bytes = max_pending_bytes
         self._pending_bytes = 0
         self._default_timeout = default_timeout
-        base_seed = seed if seed is not None else int.from_bytes(os.urandom(8), "big")
         self._rng = random.Random(base_seed)
-        # Snapshot timing has its own generator, so it does not shift the core's draws.
-        self._snap_rng = random.Random(base_seed ^ 0x5EED)
-        self._snapshot_due = self._next_snapshot_due()
-        self._log_bytes_due = self._next_bytes_due(0)
         self._core: Raft | None = None
-        self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._loop_task: asyncio.Task[None] | None = None
         self._ticker_task: asyncio.Task[None] | None = None
         self._req_ids = itertools.count(1)
@@ -291,60 +169,12 @@ class RaftNode:
         # tell this run's own entries apart when they are applied.
         self._own = _envelope.prefix(_envelope.run_origin(node_id, self._nonce))
         self._other = self._own  # the prefix of the last other proposer's entries applied
-        # This node's proposals forwarded to a leader and not answered yet (see _forwards).
-        self._forwards = Forwards()
         self._sweep_in = 0  # ticks until forwards and reads nobody waits for are forgotten
-        # Nodes that answered a forward in this run: they check retries for earlier copies (a
-        # leader of an earlier release would append a retry again), and (leader, term) last
-        # probed to find out.
-        self._answering: set[str] = {node_id}
-        self._probed: tuple[str, int] | None = None
-        # request id -> future of a proposal made on this node (matched by envelope), or the
-        # _Batch of a propose_many call. An entry leaves once the request has its outcome.
-        self._pending: dict[int, asyncio.Future[Any] | _Batch] = {}
-        # Proposals (request id, wrapped command) not yet handed to the core, oldest first;
-        # the loop takes them in bounded turns (see _TURN_MAX_PROPOSALS). _wake_queued: a
-        # _WAKE_PROPOSE item is in the queue (so one item wakes the loop for many proposals).
-        self._carry: deque[tuple[int, bytes]] = deque()
-        # Proposals handed to the core while no leader was known (an election): request id ->
-        # wrapped command, proposed as soon as a leader is known, unless their caller gave up.
-        self._leaderless: dict[int, bytes] = {}
-        self._wake_queued = False
-        self._turn_cap = _TURN_MAX_PROPOSALS
         self._deadlines = Deadlines(
             lambda what, limit: Timeout(
                 f"{node_id}: {what} not finished within {limit} s; its outcome is unknown"
             )
         )
-        # The term and vote storage holds, and a newer hard state that only moved the commit
-        # index, not saved on its own (the commit index need not be durable).
-        self._saved_tv: tuple[int, str | None] = (0, None)
-        self._unsaved_hs: HardState | None = None
-        # The leader's own entries handed to the background writer and not yet written (with
-        # the hard state to write along), and the writer task while it runs.
-        self._behind: list[Entry] = []
-        self._behind_bytes = 0  # their command bytes (the wait for the disk is bounded in both)
-        self._behind_hs: HardState | None = None
-        self._behind_snap: Snapshot | None = None  # a local snapshot to store, then compact
-        # A local snapshot the store could not take for lack of space, to try again at that
-        # loop time (the store still holds every entry it covers), and the next delay.
-        self._snap_retry: Snapshot | None = None
-        self._snap_retry_at = 0.0
-        self._snap_retry_delay = _SNAP_RETRY_MIN
-        # A snapshot being encoded in a worker thread (StateMachine.snapshot_later).
-        self._snap_building = False
-        self._snap_task: asyncio.Task[None] | None = None
-        # Lists of entries a compaction dropped, freed a step per loop turn: freeing a
-        # million entries in one go would stall the loop.
-        self._compacted: list[list[Entry]] = []
-        self._writer: asyncio.Task[None] | None = None
-        # Proposals of this node placed in the log (appended here as leader, or placed by the
-        # leader they were forwarded to) and not yet committed (or found overwritten), one
-        # batch per turn or forward: (first index, term, [(request id, data), ...]) at
-        # consecutive indexes. Each leaves once committed entries pass its end.
-        self._placed: list[tuple[int, int, list[tuple[int, bytes]]]] = []
-        self._conf_waiters: dict[int, tuple[int, asyncio.Future[None]]] = {}
-        self._deferred_conf: list[tuple[ConfChange, asyncio.Future[Any]]] = []
         self._reads = Reads(self._nonce, max_pending_reads)
         self._leader_changed = asyncio.Event()
         self._last_leader: str | None = None
@@ -353,12 +183,10 @@ class RaftNode:
         self._hand_over_on_close = hand_over_on_close
         self._failure: BaseException | None = None
         self._healthy = True
-        self._peers_conf: ConfState | None = None
-        self._removed_members: dict[str, int] = {}  # former members -> index of their removal
-        self._removed_at: int | None = None  # set once a member says this node was removed
-        self.log = _NodeLogger(log, {"node": self})
+        self.log = NodeLogger(log, {"node": self})
         # Event listeners (see events.py); events are built only while this list is non-empty.
         self._listeners: list[EventListener] = [on_event] if on_event is not None else []
+        self._latency: LatencyObserver | None = None  # set_latency_observer
         self._seen: tuple[int, Role, str | None] = (0, Role.FOLLOWER, None)
         self._subscriptions = Subscriptions()  # while_leader() and events(), ended by aclose()
 
@@ -392,12 +220,19 @@ class RaftNode:
         # Leases are timed on the loop's monotonic clock, in ticks: a stalled loop misses ticks,
         # and its lease must not last longer for it.
         loop_time, interval = asyncio.get_running_loop().time, self.config.tick_interval
-        self._core = Raft(self.id, self.config, self._rng, state, clock=lambda: loop_time() / interval)
+        self._core = Raft(
+            self.id,
+            self.config,
+            self._rng,
+            state,
+            clock=lambda: loop_time() / interval,
+            founded_now=stored.created and not self._join,
+        )
         self._saved_tv = (state.hard_state.term, state.hard_state.vote)
         self._seen = (self._core.term, self._core.role, self._core.leader)
         snap = state.snapshot
         if snap.meta.index > 0:
-            self._sm.restore(snap.data)
+            await self._restore_state(snap.data)
             if self._listeners:
                 self._emit(SnapshotRestored(self.id, self._core.term, snap.meta.index, "storage"))
         if self._transport is None:
@@ -405,6 +240,8 @@ class RaftNode:
 
             self._transport = GrpcTransport(node_id=self.id, cluster_id=self.cluster_id, listen=self.address)
         self._update_peers(self._core.conf)
+        # Removed members are part of the configuration (snapshots included): known at once.
+        self._note_removals(self._core.confs.at(self._core.log.committed))
         await self._transport.start(self)
         self._loop_task = asyncio.create_task(self._run(), name=f"phalanx-loop-{self.id}")
         self._ticker_task = asyncio.create_task(self._ticker(), name=f"phalanx-ticker-{self.id}")
@@ -453,7 +290,7 @@ class RaftNode:
         await self._subscriptions.aclose()  # leader work cancelled (and awaited), event streams end
         tasks = [t for t in (self._ticker_task, self._loop_task) if t is not None]
         if self._loop_task is not None:
-            self._queue.put_nowait((_STOP,))
+            self._queue.put_nowait(STOP)
         try:
             if self._ticker_task is not None:
                 self._ticker_task.cancel()
@@ -526,6 +363,7 @@ class RaftNode:
             pending_proposals=len(self._pending),
             core=st,
             removed_at=self._removed_at,
+            voters_outgoing=tuple(sorted(st.conf.voters_outgoing)),
         )
 
     async def wait_for_leader(
@@ -560,6 +398,28 @@ class RaftNode:
             # Nobody watched until now: start from the present, report no stale changes.
             self._seen = (self._core.term, self._core.role, self._core.leader)
         self._listeners.append(listener)
+
+    def set_latency_observer(self, observer: LatencyObserver | None) -> None:
+        """Call ``observer(kind, seconds)`` with how long each of these took (``None`` stops):
+
+        * ``"propose"``: a :meth:`propose` or :meth:`propose_many` call that succeeded, from
+          the call to its result (committed and applied on this node);
+        * ``"storage_save"``: one write of entries and hard state to storage, its fsync
+          included (in the loop, or in the background writer);
+        * ``"apply"``: applying one batch of committed entries to the state machine (one
+          loop turn's worth).
+
+        It runs in the node's tasks and must be quick; what it raises is logged and ignored.
+        :class:`~phalanx_aio.observability.NodeMetrics` turns these into histograms."""
+        if observer is not None and not callable(observer):
+            raise LocalError(f"a latency observer must be callable, not {type(observer).__name__}")
+        self._latency = observer
+
+    def _report_latency(self, observer: LatencyObserver, kind: str, started: float) -> None:
+        try:
+            observer(kind, time.perf_counter() - started)
+        except Exception:
+            self.log.exception("the latency observer raised; ignored")
 
     def remove_listener(self, listener: EventListener) -> None:
         """Stop calling ``listener``; raises :class:`LocalError` if it was not added."""
@@ -609,43 +469,6 @@ class RaftNode:
         self._check_subscribable()
         return EventStream(self, self._subscriptions, max_queue=max_queue)
 
-    def _check_subscribable(self) -> None:
-        if self._closed or self._failure is not None or self._subscriptions.closed:
-            raise ClosedError(f"node {self.id} is closed")
-
-    def _leader_term(self) -> int | None:
-        """The term this node leads, or ``None`` (not the leader, closed or stopped)."""
-        core = self._core
-        if core is None or self._closed or self._failure is not None or not core.is_leader:
-            return None
-        return core.term
-
-    def _emit(self, event: NodeEvent) -> None:
-        for listener in tuple(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                self.log.exception("event listener %r failed on %r", listener, event)
-
-    def _observe(self, core: Raft) -> None:
-        """Report how the core's term, role and leader changed since the last observation
-        (called after every input while someone listens)."""
-        term, role, leader = core.term, core.role, core.leader
-        seen_term, seen_role, seen_leader = self._seen
-        if term == seen_term and role is seen_role and leader == seen_leader:
-            return
-        self._seen = (term, role, leader)
-        if term != seen_term:
-            self._emit(TermChanged(self.id, term, seen_term))
-            if core.vote == self.id:  # a node votes for itself only in its own campaign
-                self._emit(ElectionStarted(self.id, term))
-        if role is not seen_role:
-            self._emit(RoleChanged(self.id, term, role.value, seen_role.value))
-            if role is Role.LEADER:
-                self._emit(ElectionWon(self.id, term))
-        if leader != seen_leader:
-            self._emit(LeaderChanged(self.id, term, leader, seen_leader))
-
     # ------------------------------------------------------------------ operations
 
     async def propose(self, command: bytes, *, timeout: float | None = None) -> Any:
@@ -674,11 +497,13 @@ class RaftNode:
         self._carry.append((req, self._own + _pack_request(req) + bytes(command)))
         if not self._wake_queued:
             self._wake_queued = True
-            self._queue.put_nowait(_WAKE_PROPOSE)
+            self._queue.put_nowait(WAKE)
         limit = timeout if timeout is not None else self._default_timeout
         waiters = self._deadlines.add(loop, fut, limit, "proposal")
+        observer = self._latency
+        started = time.perf_counter() if observer is not None else 0.0
         try:
-            return await fut
+            result = await fut
         except BaseException as exc:
             if self._leaderless and self._not_proposed((req,)) and isinstance(exc, Timeout):
                 raise NotLeader(None, f"{self.id}: no leader known within {limit} s") from None
@@ -687,6 +512,9 @@ class RaftNode:
             del waiters[fut]
             pending.pop(req, None)
             self._pending_bytes -= size
+        if observer is not None:
+            self._report_latency(observer, "propose", started)
+        return result
 
     async def propose_many(
         self,
@@ -736,7 +564,7 @@ class RaftNode:
             next(self._req_ids)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        batch = _Batch(first, n, fut)
+        batch = Batch(first, n, fut)
         own = self._own
         items = [(req, own + _pack_request(req) + bytes(c)) for req, c in enumerate(cmds, first)]
         for req, _ in items:
@@ -744,9 +572,11 @@ class RaftNode:
         self._carry.extend(items)
         if not self._wake_queued:
             self._wake_queued = True
-            self._queue.put_nowait(_WAKE_PROPOSE)
+            self._queue.put_nowait(WAKE)
         limit = timeout if timeout is not None else self._default_timeout
         waiters = self._deadlines.add(loop, fut, limit, f"batch of {n} proposals")
+        observer = self._latency
+        started = time.perf_counter() if observer is not None else 0.0
         try:
             try:
                 await fut
@@ -774,6 +604,8 @@ class RaftNode:
             for i, err in batch.errors.items():
                 results[i] = err
             return results
+        if observer is not None:
+            self._report_latency(observer, "propose", started)
         return batch.results
 
     async def read(self, fn: Callable[[Any], T], *, timeout: float | None = None) -> T:
@@ -787,7 +619,7 @@ class RaftNode:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         ctx = self._reads.add(fn, fut, self.id)
         if ctx is not None:  # a new group of reads, asked of the core at the loop's next turn
-            self._queue.put_nowait((_READ, ctx))
+            self._queue.put_nowait(ReadRequest(ctx))
         result: T = await self._await(fut, timeout, "read")
         return result
 
@@ -812,15 +644,47 @@ class RaftNode:
         until it leads. Leader only. Returns the new leader's id."""
         self._check_open()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((_TRANSFER, target, fut))
+        self._queue.put_nowait(TransferRequest(target, fut))
         chosen: str = await self._await(fut, timeout, "transfer")
         limit = timeout if timeout is not None else 2 * self.config.election_seconds()[1]
         return await self.wait_for_leader(limit, leader=chosen)
 
-    async def _conf_change(self, change: ConfChange, timeout: float | None) -> None:
+    async def change_members(
+        self,
+        *,
+        add: Mapping[str, str] | None = None,
+        add_learners: Mapping[str, str] | None = None,
+        promote: Iterable[str] = (),
+        remove: Iterable[str] = (),
+        timeout: float | None = None,
+    ) -> None:
+        """Change several members in one step (joint consensus, Raft thesis §4.3): add
+        voters (``add``: id -> address) and learners (``add_learners``), promote learners,
+        remove voters or learners. Leader only.
+
+        When the set of voters changes, the leader first commits the joint configuration
+        C_old,new, in which every decision needs a majority of the old voters *and* one of the
+        new, then by itself the new configuration; this returns once that is committed. From
+        the moment C_old,new is committed the change cannot be undone (every later leader
+        completes it), so a leader that is not a voter of the new configuration returns then:
+        it goes on replicating until the others stop listening to it, and one of them leads.
+        Changes that only touch learners take one entry. Each node may be named once; a voter
+        cannot become a learner in one step. Prefer promoting caught-up learners over adding
+        voters, as with single changes (a new voter with an empty log slows commits).
+        """
+        kinds = ConfChangeType
+        changes = [ConfChange(kinds.ADD_VOTER, nid, addr.encode()) for nid, addr in (add or {}).items()]
+        changes += [ConfChange(kinds.ADD_LEARNER, n, a.encode()) for n, a in (add_learners or {}).items()]
+        changes += [ConfChange(kinds.PROMOTE, nid) for nid in promote]
+        changes += [ConfChange(kinds.REMOVE, nid) for nid in remove]
+        if not changes:
+            raise LocalError("change_members needs at least one change")
+        await self._conf_change(tuple(changes), timeout)
+
+    async def _conf_change(self, change: ConfChange | tuple[ConfChange, ...], timeout: float | None) -> None:
         self._check_open()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((_CONF, change, fut))
+        self._queue.put_nowait(ConfRequest(change, fut))
         await self._await(fut, timeout, "membership change")
 
     async def _await(self, fut: asyncio.Future[Any], timeout: float | None, what: str) -> Any:
@@ -846,20 +710,20 @@ class RaftNode:
 
     def on_messages(self, sender: str, messages: Sequence[Message]) -> None:
         """Transport callback: queue messages for the loop."""
-        self._queue.put_nowait((_MSGS, sender, messages))
+        self._queue.put_nowait(Messages(sender, messages))
 
     def on_unreachable(self, peer: str) -> None:
         """Transport callback: ``peer`` could not be reached."""
-        self._queue.put_nowait((_UNREACHABLE, peer))
+        self._queue.put_nowait(Unreachable(peer))
 
     def on_removed(self, peer: str, index: int) -> None:
         """Transport callback: ``peer`` refused our messages, saying that the committed change
         at ``index`` removed this node."""
-        self._queue.put_nowait((_REMOVED, peer, index))
+        self._queue.put_nowait(Removed(peer, index))
 
     def on_snapshot_status(self, peer: str, ok: bool) -> None:
         """Transport callback: a snapshot to ``peer`` was delivered or failed."""
-        self._queue.put_nowait((_SNAP_STATUS, peer, ok))
+        self._queue.put_nowait(SnapshotStatus(peer, ok))
         if self._listeners:
             self._emit(SnapshotSent(self.id, self._core.term if self._core is not None else 0, peer, ok))
 
@@ -876,43 +740,26 @@ class RaftNode:
                 await asyncio.sleep(delay)
             else:
                 next_at = loop.time()  # fell behind: do not burst ticks
-            self._queue.put_nowait((_TICK,))
+            self._queue.put_nowait(TICK)
 
     async def _run(self) -> None:
+        """The loop: take what is queued, hand each item to the core, propose what waits, then
+        persist, send and apply what the core produced (:meth:`_process_ready`)."""
         core = self._require_core()
-        queue = self._queue
         listeners = self._listeners  # mutated in place by add_listener/remove_listener
         carry = self._carry
+        handlers = self._handlers()
         loop = asyncio.get_running_loop()
         try:
             while True:
-                if carry:
-                    # Proposals left over from the last turn: do not wait for more input, but
-                    # yield once, so the ticker and the transport get their share of the loop.
-                    await asyncio.sleep(0)
-                    batch = []
-                else:
-                    batch = [await queue.get()]
-                # Take what is queued, but no more appended entries than one turn may persist:
-                # the rest (in order) waits for the next turn.
-                received = 0
-                cap = self._turn_cap
-                while not queue.empty():
-                    ev = queue.get_nowait()
-                    batch.append(ev)
-                    if ev[0] == _MSGS:
-                        received += sum(len(m.entries) for m in ev[2])
-                        if received >= cap:
-                            break
-                self._wake_queued = False  # if a wake-up item is left, it only costs a turn
+                batch, received = await self._next_items()
                 t0 = loop.time()
-                for ev in batch:
-                    kind = ev[0]
-                    if kind == _STOP:
+                for item in batch:
+                    if item is STOP:
                         await self._drain_writes()  # never abandon the leader's own write
                         return
-                    if kind != _PROPOSE:
-                        self._handle(core, ev)
+                    if item is not WAKE:
+                        handlers[type(item)](core, item)
                         if listeners:
                             self._observe(core)
                 taken = 0
@@ -934,691 +781,26 @@ class RaftNode:
             self._fail_all(ClosedError(f"node {self.id} stopped: {exc}"))
             raise
 
-    def _handle(self, core: Raft, ev: tuple[Any, ...]) -> None:
-        kind = ev[0]
-        if kind == _TICK:
-            core.tick()
-            if self._snap_retry is not None:
-                self._retry_snapshot()
-            self._sweep_in -= 1
-            if self._sweep_in <= 0:  # forget what nobody waits for any more (lost answers)
-                self._sweep_in = self.config.election_ticks
-                self._forwards.sweep(self._pending)
-                self._reads.sweep()
-        elif kind == _MSGS:
-            for m in ev[2]:
-                try:
-                    core.step(m)
-                except PhalanxError as exc:
-                    self.log.warning("rejected a message from %s: %s", ev[1], exc)
-        elif kind == _READ:
-            ctx = ev[1]
-            if self._reads.take(ctx):
-                try:
-                    core.read_index(ctx)
-                except NotLeader as exc:
-                    if not self.config.forward_proposals:
-                        self._reads.fail(ctx, exc)
-                    # else no leader known: asked again once one is (_reissue_reads)
-                except NotApplied as exc:
-                    self._reads.fail(ctx, exc)
-        elif kind == _CONF:
-            if core.is_leader and not core.ready_for_conf_change:
-                # Transient: a new leader's first commit, or the previous change, is on its way.
-                self._deferred_conf.append((ev[1], ev[2]))
-            else:
-                self._start_conf_change(core, ev[1], ev[2])
-        elif kind == _TRANSFER:
-            target, fut = ev[1], ev[2]
-            try:
-                target = target or self._best_transferee(core)
-                core.transfer_leadership(target)
-            except PhalanxError as exc:
-                _set_exc(fut, exc)
-            else:
-                _set_result(fut, target)
-        elif kind == _UNREACHABLE:
-            core.report_unreachable(ev[1])
-        elif kind == _SNAP_STATUS:
-            core.report_snapshot(ev[1], ev[2])
-        elif kind == _PERSISTED:
-            core.persisted(ev[1], ev[2])
-        elif kind == _WRITE_FAILED:
-            raise ev[1]
-        elif kind == _REMOVED:
-            self._on_removed(core, ev[1], ev[2])
-        elif kind == _SNAP_BUILT:
-            self._snapshot_built(core, ev[1], ev[2])
-
-    def _on_removed(self, core: Raft, peer: str, index: int) -> None:
-        """Believe ``peer`` unless this node knows a configuration, from ``index`` on, that
-        includes it (it was added again), or knows none at all (it is joining)."""
-        conf = core.conf
-        if self._removed_at is not None or not conf.members():
-            return
-        if core.confs.last_index >= index and conf.is_member(self.id):
-            return
-        self._removed_at = index
-        self.log.error(
-            "%s says this node was removed from the cluster by the change at index %d; it should be "
-            "stopped (or added again)",
-            peer,
-            index,
-        )
-        if self._listeners:
-            self._emit(RemovedFromCluster(self.id, core.term, index, peer))
-
-    def _start_conf_change(self, core: Raft, change: ConfChange, fut: asyncio.Future[Any]) -> None:
-        if fut.done():
-            return
-        try:
-            term, index = core.propose_conf_change(change)
-        except PhalanxError as exc:
-            _set_exc(fut, exc)
+    async def _next_items(self) -> tuple[list[Item], int]:
+        """What is queued (waiting for one item, unless proposals are left from the last turn),
+        but no more appended entries received than one turn may persist: the rest, in order,
+        waits for the next turn. Also how many entries the messages taken carry."""
+        queue = self._queue
+        if self._carry:
+            # Proposals left over from the last turn: do not wait for more input, but yield
+            # once, so the ticker and the transport get their share of the loop.
+            await asyncio.sleep(0)
+            batch: list[Item] = []
         else:
-            self._conf_waiters[index] = (term, fut)
-
-    def _retry_deferred_conf(self, core: Raft) -> None:
-        """Start deferred membership changes once the leader can accept them, one at a time;
-        fail them at once if this node stopped leading."""
-        while self._deferred_conf and (core.ready_for_conf_change or not core.is_leader):
-            change, fut = self._deferred_conf.pop(0)
-            self._start_conf_change(core, change, fut)
-
-    def _best_transferee(self, core: Raft) -> str:
-        candidates = [
-            (pr.match, nid) for nid, pr in core.prs.items() if nid != self.id and nid in core.conf.voters
-        ]
-        if not core.is_leader:
-            raise NotLeader(core.leader)
-        if not candidates:
-            raise ProposalDropped("no other voter to transfer leadership to")
-        return max(candidates)[1]
-
-    def _adapt_turn(self, work: int, seconds: float) -> None:
-        """Adjust the proposals taken per turn so that a turn lasts at most about two ticks."""
+            batch = [await queue.get()]
+        received = 0
         cap = self._turn_cap
-        if seconds > 2 * self.config.tick_interval:
-            self._turn_cap = max(_TURN_MIN_PROPOSALS, min(cap, work) // 2)
-        elif work >= cap:
-            self._turn_cap = min(_TURN_MAX_PROPOSALS, cap + cap // 4)
-
-    def _take_proposals(self) -> list[tuple[int, bytes]]:
-        """The oldest queued proposals, within one turn's bounds (at least one)."""
-        carry = self._carry
-        cap = min(self._turn_cap, _TURN_MAX_PROPOSALS)
-        if len(carry) <= cap and sum(map(len, map(itemgetter(1), carry))) <= _TURN_MAX_BYTES:
-            out = list(carry)
-            carry.clear()
-            return out
-        out = []
-        size = 0
-        while carry and len(out) < cap and size < _TURN_MAX_BYTES:
-            item = carry.popleft()
-            out.append(item)
-            size += len(item[1])
-        return out
-
-    def _propose_batch(self, core: Raft, proposals: list[tuple[int, bytes]]) -> None:
-        # Proposals whose caller gave up (timed out, cancelled) go in too: their outcome was
-        # unknown to the caller, and filtering them out costs more than applying them.
-        ctx = self._forwards.new_context()
-        try:
-            placed = core.propose_batch(list(map(itemgetter(1), proposals)), context=ctx)
-        except NotLeader as exc:
-            if not self.config.forward_proposals:
-                self._settle_all(proposals, exc)
-                return
-            # No leader known (an election is on): they wait for one, within their deadline.
-            self._leaderless.update(proposals)
-            return
-        except NotApplied as exc:
-            self._settle_all(proposals, exc)
-            return
-        if placed is not None:  # on the leader: at consecutive indexes, in order
-            term, first = placed
-            self._placed.append((first, term, proposals))
-        else:  # forwarded: the leader answers with a Placement for ctx
-            leader = core.leader or ""
-            self._forwards.sent(ctx, Forward(proposals, core.log.committed + 1, core.term, leader, False))
-
-    def _propose_leaderless(self, core: Raft) -> None:
-        """A leader is known again: propose what waited for one (callers still waiting only:
-        the others were told it was not proposed)."""
-        held, self._leaderless = self._leaderless, {}
-        pending = self._pending
-        live = [(req, data) for req, data in held.items() if req in pending]
-        if live:
-            self._propose_batch(core, live)
-
-    def _not_proposed(self, reqs: Iterable[int]) -> bool:
-        """Forget requests that still wait for a leader (their caller gave up); True if every
-        one of them did (none was ever proposed)."""
-        held = self._leaderless
-        return all([held.pop(req, None) is not None for req in reqs])
-
-    def _settle_all(self, proposals: Iterable[tuple[int, bytes]], exc: BaseException) -> None:
-        """Fail every proposal in ``proposals`` whose caller still waits with ``exc``."""
-        pending = self._pending
-        for req, _ in proposals:
-            w = pending.pop(req, None)
-            if w is not None:
-                _settle(w, req, None, exc)
-
-    def _on_placement(self, core: Raft, p: Placement) -> None:
-        """The leader's answer to one of this node's forwards (or to a retry)."""
-        fwd = self._forwards.answered(p.context)
-        if fwd is None:
-            return
-        self._answering.add(fwd.leader)
-        outcome = p.outcome
-        if outcome is PlacementOutcome.PLACED:
-            self._place(core, p.index, p.term, fwd.proposals)
-        elif outcome is PlacementOutcome.NOT_LEADER:
-            self._forwards.refused(fwd)  # appended nowhere by this attempt: again, next term
-        elif outcome is PlacementOutcome.DROPPED:
-            self._settle_all(fwd.proposals, ProposalDropped("the leader refused the forwarded proposal"))
-        else:
-            self._settle_all(
-                fwd.proposals,
-                OutcomeUnknown(
-                    "the leader could not tell whether an earlier copy of the forwarded proposal "
-                    "commits (its log is compacted past it); outcome unknown"
-                ),
-            )
-
-    def _place(self, core: Raft, first: int, term: int, proposals: list[tuple[int, bytes]]) -> None:
-        """Proposals sit at consecutive indexes from ``first``, in ``term``: wait for that
-        entry to commit, or settle them at once if this node applied past it already."""
-        applied = core.log.applied
-        if first > applied:
-            self._placed.append((first, term, proposals))
-            return
-        # Applied already: an entry of ours would have settled its caller (by its envelope).
-        # Those still waiting found another entry there (overwritten: not applied), or this
-        # node got that index in a snapshot (outcome unknown).
-        split = min(len(proposals), applied - first + 1)
-        for index, (req, _) in enumerate(proposals[:split], first):
-            w = self._pending.pop(req, None)
-            if w is None:
-                continue
-            held = core.log.term(index)
-            exc: PhalanxError
-            if held is not None and held != term and index > core.log.snap_index:
-                exc = NotApplied(f"entry {index} was overwritten by a new leader; not applied")
-            else:
-                exc = OutcomeUnknown(f"entry {index} reached this node in a snapshot; outcome unknown")
-            _settle(w, req, None, exc)
-        if split < len(proposals):
-            self._placed.append((first + split, term, proposals[split:]))
-
-    def _renew_forwards(self, core: Raft) -> None:
-        """Once a leader of a newer term is known: send again the forwards it must see."""
-        forwards, leader, term = self._forwards, core.leader, core.term
-        assert leader is not None
-        may_retry = leader in self._answering
-        if not may_retry and self._probed != (leader, term) and forwards.retries_waiting(term):
-            # Retries go only to a leader known to check them for earlier copies: ask it an
-            # empty forward first (a leader of an earlier release would not answer it).
-            self._probed = (leader, term)
-            ctx = forwards.new_context()
-            with contextlib.suppress(NotApplied):
-                core.propose_batch((), context=ctx)
-                forwards.sent(ctx, Forward([], core.log.committed + 1, term, leader, False))
-        due = forwards.due(term, may_retry)
-        pending = self._pending
-        for fwd in due:
-            live = [(req, data) for req, data in fwd.proposals if req in pending]
-            if not live:
-                continue
-            if not fwd.retry:  # refused, appended nowhere: forward it as it was
-                self._propose_batch(core, live)
-                continue
-            for item in live:
-                ctx = self._forwards.new_context()
-                try:
-                    core.repropose(item[1], ctx, fwd.since)
-                except NotApplied:
-                    # No leader after all (it changed within this turn): next term.
-                    self._forwards.refused(Forward([item], fwd.since, term, leader, True))
-                else:
-                    self._forwards.sent(ctx, Forward([item], fwd.since, term, leader, True))
-
-    def _covered_by_snapshot(self, index: int) -> None:
-        """A snapshot from the leader replaced this node's log up to ``index``: proposals
-        placed there have an unknown outcome (their entries are not applied one by one)."""
-        kept = []
-        for first, term, proposals in self._placed:
-            n = max(0, min(len(proposals), index - first + 1))  # how many the snapshot covers
-            if n:
-                self._settle_all(
-                    proposals[:n],
-                    OutcomeUnknown(f"the entries up to {index} arrived in a snapshot; outcome unknown"),
-                )
-            if n < len(proposals):
-                kept.append((first + n, term, proposals[n:]))
-        self._placed = kept
-
-    def _check_placed(self, committed: Sequence[Entry]) -> None:
-        """Fail this node's proposals whose entries a new leader overwrote, as ``committed``
-        (consecutive entries) reaches them; forget the batches it passes.
-
-        A proposal's entry survived if the committed entry at its index has the term it was
-        appended in (one leader per term, which never overwrites its own entries). Terms never
-        decrease along the log, so a batch whose first and last committed entries have its
-        term survived whole: the check costs two comparisons per batch, not one per entry.
-        """
-        lo, hi = committed[0].index, committed[-1].index
-        kept = []
-        # Every batch, not only the oldest: after losing and regaining leadership this node
-        # may have placed a batch below an older one (its log was truncated in between).
-        for batch in self._placed:
-            first, term, proposals = batch
-            last = first + len(proposals) - 1
-            a, b = max(first, lo), min(last, hi)
-            if a <= b and (committed[a - lo].term != term or committed[b - lo].term != term):
-                for index in range(a, b + 1):
-                    e = committed[index - lo]
-                    if e.term != term:
-                        req = proposals[index - first][0]
-                        waiter = self._pending.pop(req, None)
-                        if waiter is not None:
-                            exc = NotApplied(f"entry {index} was overwritten by a new leader; not applied")
-                            _settle(waiter, req, None, exc)
-            if last > hi:
-                kept.append(batch)
-        self._placed = kept
-
-    async def _process_ready(self, core: Raft) -> None:
-        while core.has_ready():
-            rd = core.ready()
-            # A leader's appends may leave before its own write (thesis §10.2.1): the core
-            # counts its own copy once advance() reports it durable.
-            early = rd.send_before_persist
-            if early:
-                if core.conf is not self._peers_conf:
-                    self._update_peers(core.conf)  # membership takes effect when appended
-                if rd.messages:
-                    assert self._transport is not None
-                    self._transport.send(rd.messages)
-            if rd.snapshot is not None:
-                # Restore before saving: a snapshot the state machine cannot read stops the
-                # node with its store as it was, rather than saved and unreadable at restart.
-                self._restore(rd.snapshot)
-            hs = rd.hard_state
-            # A leader's own entries (its term and vote already durable, so only entries and
-            # the commit index to write) are written in the background: the loop goes on
-            # stepping, ticking and sending meanwhile, and the core counts them once the
-            # _PERSISTED event reports them durable.
-            behind = early and bool(rd.entries)
-            if behind:
-                self._write_behind(rd.entries, hs if hs is not None else self._unsaved_hs)
-                self._unsaved_hs = None
-            elif (
-                rd.entries
-                or rd.snapshot is not None
-                or (hs is not None and (hs.term, hs.vote) != self._saved_tv)
-            ):
-                await self._drain_writes()  # the store applies writes in order
-                await self._persist(rd.entries, hs if hs is not None else self._unsaved_hs, rd.snapshot)
-                if hs is not None:
-                    self._saved_tv = (hs.term, hs.vote)
-                self._unsaved_hs = None
-            elif hs is not None:
-                # Only the commit index moved: no write, no fsync (it need not be durable; a
-                # restart learns it again). The next write carries it along.
-                self._unsaved_hs = hs
-            if not early:
-                if core.conf is not self._peers_conf:
-                    self._update_peers(core.conf)  # membership takes effect when appended
-                if rd.messages:
-                    assert self._transport is not None
-                    self._transport.send(rd.messages)
-            if rd.snapshot is not None:
-                if self._placed:
-                    self._covered_by_snapshot(rd.snapshot.meta.index)
-                if self._listeners:
-                    self._emit(SnapshotRestored(self.id, core.term, rd.snapshot.meta.index, "leader"))
-            for placement in rd.placements:  # before applying: the entries may be in this Ready
-                self._on_placement(core, placement)
-            committed = rd.committed_entries
-            if committed:
-                if self._placed:
-                    self._check_placed(committed)
-                self._apply(committed)
-            reads = self._reads
-            for rs in rd.read_states:
-                reads.confirmed(rs.index, rs.context)
-            for ctx in rd.dropped_reads:
-                reads.fail(ctx, NotLeader(core.leader, "leadership changed before the read was confirmed"))
-            core.advance(rd, entries_durable=not behind)
-            reads.serve(core.log.applied, self._sm)
-            if core.leader is not None and len(self._forwards):
-                self._renew_forwards(core)
-            if self._deferred_conf:
-                self._retry_deferred_conf(core)
-            if core.leader != self._last_leader:
-                self._last_leader = core.leader
-                self._leader_changed.set()
-                self.log.info("leader is now %s", core.leader)
-                if core.leader is not None and len(self._reads):
-                    self._reissue_reads(core)
-                if core.leader is not None and self._leaderless:
-                    self._propose_leaderless(core)
-            log_ = core.log
-            if committed:
-                self._log_bytes += sum(map(len, map(_data_of, committed)))
-            if rd.snapshot is not None:
-                self._log_bytes = 0
-            # Snapshot only entries this node holds durably (the background write may lag).
-            if (
-                log_.applied - log_.snap_index >= self._snapshot_due or self._log_bytes >= self._log_bytes_due
-            ) and log_.snap_index < log_.applied < log_.unstable:
-                self._take_snapshot(core)
-            if (
-                self._behind_bytes >= _WRITE_BEHIND_MAX_BYTES
-                or len(self._behind) >= _WRITE_BEHIND_MAX_ENTRIES
-            ):
-                await self._drain_writes()  # the disk is the bottleneck: stop taking more
-
-    def _write_behind(self, entries: Sequence[Entry], hard_state: HardState | None) -> None:
-        """Queue the leader's own ``entries`` (and ``hard_state``) for the background writer."""
-        self._behind.extend(entries)
-        self._behind_bytes += sum(map(len, map(_data_of, entries)))
-        if hard_state is not None:
-            self._behind_hs = hard_state
-        self._start_writer()
-
-    def _start_writer(self) -> None:
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(
-                self._run_writer(), name=f"phalanx-writer-{self.id}"
-            )
-
-    async def _run_writer(self) -> None:
-        """Write what :meth:`_write_behind` queued, all of it per write (one fsync), until
-        nothing is left; report each write to the loop. A write that fails for good stops
-        the node (through the loop, which owns the core)."""
-        try:
-            while self._behind or self._behind_snap is not None:
-                snap, self._behind_snap = self._behind_snap, None
-                if snap is not None:
-                    # Entries up to the snapshot are durable already (the loop took it only
-                    # then); newer ones may be stored before or after it.
-                    await self._save_local_snapshot(snap)
-                if not self._behind:
-                    continue
-                entries, hs = self._behind, self._behind_hs
-                self._behind, self._behind_hs, self._behind_bytes = [], None, 0
-                await self._persist(entries, hs, None)
-                last = entries[-1]
-                self._queue.put_nowait((_PERSISTED, last.index, last.term))
-        except Exception as exc:
-            self._behind.clear()
-            self._behind_bytes = 0
-            self._queue.put_nowait((_WRITE_FAILED, exc))
-        finally:
-            self._writer = None
-
-    async def _save_local_snapshot(self, snap: Snapshot) -> None:
-        """Store a snapshot this node took. A full disk, or a state too big for the store,
-        skips it rather than stopping the node: nothing was written, the store keeps every
-        entry the snapshot covers (a restart replays them), and only the log stays longer.
-        After a full disk the same snapshot is tried again later (unless a newer one is taken
-        first); a snapshot too big is not, the next one is taken when due. Any other storage
-        failure stops the node, as every failed write does."""
-        try:
-            await self._storage.save_snapshot(snap)
-        except StorageError as exc:
-            if self._storage.failed or self._closed:
-                raise
-            full = not self._storage.healthy
-            delay = self._snap_retry_delay
-            self.log.error(
-                "could not store the snapshot at index %d (%d bytes): %s; the log is not compacted%s",
-                snap.meta.index,
-                len(snap.data),
-                exc,
-                f", trying again in {delay:g} s" if full else "",
-            )
-            if full:
-                self._healthy = False
-                if self._behind_snap is None:  # else a newer snapshot supersedes it
-                    self._snap_retry = snap
-                    self._snap_retry_at = asyncio.get_running_loop().time() + delay
-                    self._snap_retry_delay = min(delay * 2, _SNAP_RETRY_MAX)
-            return
-        if self._snap_retry_delay > _SNAP_RETRY_MIN:
-            self.log.warning("stored the snapshot at index %d; the log is compacted again", snap.meta.index)
-        self._snap_retry_delay = _SNAP_RETRY_MIN
-        if self._storage.healthy:
-            self._healthy = True
-        if self._listeners:
-            term = self._core.term if self._core is not None else snap.meta.term
-            self._emit(SnapshotTaken(self.id, term, snap.meta.index, len(snap.data)))
-
-    def _retry_snapshot(self) -> None:
-        """Hand a snapshot a full disk refused to the writer again, once its delay passed."""
-        snap = self._snap_retry
-        if snap is None or asyncio.get_running_loop().time() < self._snap_retry_at:
-            return
-        self._snap_retry = None
-        if self._behind_snap is None:
-            self._behind_snap = snap
-            self._start_writer()
-
-    async def _drain_writes(self) -> None:
-        """Wait until the background writer has written everything queued."""
-        while self._writer is not None:
-            await asyncio.shield(self._writer)
-
-    async def _persist(
-        self, entries: Sequence[Entry], hard_state: HardState | None, snapshot: Snapshot | None
-    ) -> None:
-        delay = 0.05
-        while True:
-            try:
-                await self._storage.save(hard_state=hard_state, entries=entries, snapshot=snapshot)
-            except StorageError as exc:
-                if self._storage.healthy or self._storage.failed or self._closed:
-                    raise  # not a full disk: the store refuses writes for good
-                if self._healthy:
-                    self.log.error(
-                        "storage refuses writes (%s); this node's copy counts for nothing until it recovers",
-                        exc,
-                    )
-                self._healthy = False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                continue
-            if not self._healthy:
-                self.log.warning("storage writes succeed again")
-            self._healthy = True
-            return
-
-    def _take_snapshot(self, core: Raft) -> None:
-        """Snapshot the state machine at the applied index and compact the log up to it: at
-        once with ``snapshot()``, or, if the state machine offers ``snapshot_later()``, from a
-        copy encoded in a worker thread while the loop goes on (one build at a time)."""
-        if self._snap_building:
-            return
-        snapshot_later = getattr(self._sm, "snapshot_later", None)
-        later = snapshot_later() if snapshot_later is not None else None
-        if later is None:
-            self._compact(core, core.log.applied, self._sm.snapshot())
-            return
-        # A copy is taken now; it is encoded in a worker thread, and the log compacted up to
-        # this index once the loop gets the bytes (_SNAP_BUILT).
-        self._snap_building = True
-        index = core.log.applied
-
-        async def build() -> None:
-            try:
-                result: bytes | BaseException = await asyncio.to_thread(later)
-            except Exception as exc:
-                result = exc
-            self._queue.put_nowait((_SNAP_BUILT, index, result))
-
-        self._snap_task = asyncio.get_running_loop().create_task(build(), name=f"phalanx-snapshot-{self.id}")
-
-    def _snapshot_built(self, core: Raft, index: int, result: bytes | BaseException) -> None:
-        self._snap_building = False
-        self._snap_task = None
-        if isinstance(result, BaseException):
-            self.log.error("the state machine could not build its snapshot at index %d: %r", index, result)
-            self._snapshot_due = self._next_snapshot_due()  # try again later, not at once
-            self._log_bytes = 0
-            return
-        if index > core.log.snap_index:  # else a snapshot from the leader superseded it
-            self._compact(core, index, result)
-
-    def _compact(self, core: Raft, index: int, data: bytes) -> None:
-        """Compact the core's log up to ``index`` with the snapshot ``data``; the writer task
-        stores the snapshot and deletes the entries it covers, so the loop does not wait (a
-        large delete takes tens of milliseconds). The next one is due after another
-        ``snapshot_every`` entries plus a random quarter of that, so that members do not all
-        compact at the same moment."""
-        self._behind_snap = snap = core.compact(index, data, release=self._compacted.append)
-        self._log_bytes = 0
-        self._log_bytes_due = self._next_bytes_due(len(snap.data))
-        self._snap_retry = None  # a snapshot a full disk refused is superseded
-        self._snapshot_due = self._next_snapshot_due()
-        self._start_writer()
-
-    def _free_compacted(self) -> None:
-        """Free up to :data:`_FREE_STEP` of the entries compactions dropped (from the end of
-        each list, so that the lists are never copied)."""
-        lists = self._compacted
-        old = lists[-1]
-        del old[-_FREE_STEP:]
-        if not old:
-            lists.pop()
-
-    def _next_bytes_due(self, last_size: int) -> int:
-        """Bytes of log before the next snapshot: the larger of ``snapshot_bytes`` and the
-        last snapshot's size, plus a random quarter (so members do not all compact at once)."""
-        base = max(self._snapshot_bytes, last_size)
-        return base + self._snap_rng.randrange(base // 4 + 1)
-
-    def _next_snapshot_due(self) -> int:
-        """Applied entries between two snapshots: ``snapshot_every`` plus a random quarter."""
-        return self._snapshot_every + self._snap_rng.randrange(self._snapshot_every // 4 + 1)
-
-    def _apply(self, committed: Sequence[Entry]) -> None:
-        """Apply committed entries in order; give this node's proposers their outcomes."""
-        sm_apply, pending, own, other = self._sm.apply, self._pending, self._own, self._other
-        start, other_start = len(own) + 8, len(other) + 8
-        for e in committed:
-            if e.type is not EntryType.NORMAL:
-                self._apply_other(e)
-                continue
-            data = e.data
-            # Envelopes recognised by their prefix, as unwrap would find them: this node's
-            # own, then those of the last other proposer seen (a follower's leader).
-            mine = data.startswith(own) and len(data) >= start
-            if mine:
-                command = data[start:]
-            elif data.startswith(other) and len(data) >= other_start:
-                command = data[other_start:]
-            else:
-                origin, _, command = _envelope.unwrap(data)
-                if origin is not None:
-                    other = self._other = _envelope.prefix(origin)
-                    other_start = len(other) + 8
-            try:
-                result: Any = sm_apply(command)
-                error: BaseException | None = None
-            except Exception as exc:
-                result, error = None, exc
-                self.log.warning("state machine raised on entry %d: %r", e.index, exc)
-            if mine:
-                req = _unpack_request(data, start - 8)[0]
-                waiter = pending.pop(req, None)
-                if waiter is not None:
-                    _settle(waiter, req, result, error)
-
-    def _apply_other(self, e: Entry) -> None:
-        """Apply a membership change (a new leader's empty entry needs nothing)."""
-        if e.type is EntryType.CONF:
-            change, conf = decode_conf(e.data)
-            if change is not None:
-                self._note_removal(e.index, change)
-            if self._listeners:
-                term = self._core.term if self._core is not None else e.term
-                voters, learners = tuple(sorted(conf.voters)), tuple(sorted(conf.learners))
-                self._emit(MembershipChanged(self.id, term, e.index, change, voters, learners))
-            w = self._conf_waiters.pop(e.index, None)
-            if w is not None:
-                if w[0] == e.term:
-                    _set_result(w[1], None)
-                else:
-                    _set_exc(w[1], NotApplied("membership change overwritten by a new leader"))
-
-    def _note_removal(self, index: int, change: ConfChange) -> None:
-        """Keep the transport's list of removed members (committed removals only: a change
-        that is merely appended may still be overwritten)."""
-        removed = self._removed_members
-        if change.type is ConfChangeType.REMOVE:
-            removed[change.node_id] = index
-        elif removed.pop(change.node_id, None) is None:
-            return
-        if self._transport is not None:
-            self._transport.set_removed(removed)
-
-    def _reissue_reads(self, core: Raft) -> None:
-        """Ask the new leader again for every read not yet confirmed: one forwarded to a
-        leader that died is never answered. Reads are side-effect free, so asking twice is
-        harmless (the first confirmation serves it; a later one finds it gone)."""
-        for ctx in self._reads.unconfirmed():
-            try:
-                core.read_index(ctx)
-            except NotApplied as exc:
-                self._reads.fail(ctx, exc)
-
-    def _restore(self, snap: Snapshot) -> None:
-        try:
-            self._sm.restore(snap.data)
-        except Exception as exc:
-            raise ProtocolError(
-                f"{self.id}: the state machine cannot restore the snapshot at index {snap.meta.index} "
-                f"(term {snap.meta.term}) sent by {self._core.leader if self._core else None}: {exc!r}; "
-                "the node stops without saving it"
-            ) from exc
-
-    def _update_peers(self, conf: ConfState) -> None:
-        self._peers_conf = conf
-        if self._transport is None:
-            return
-        if not conf.members():
-            # A joining node knows no configuration yet: talk to the members it was given.
-            self._transport.set_peers(self._initial_peers)
-            return
-        peers = {nid: conf.context(nid).decode(errors="replace") for nid in conf.members() if nid != self.id}
-        self._transport.set_peers(peers)
-
-    def _fail_all(self, exc: BaseException) -> None:
-        waiting = list(self._pending.items())
-        self._pending.clear()
-        for req, w in waiting:
-            _settle(w, req, None, exc)
-        self._carry.clear()
-        self._leaderless.clear()
-        self._forwards.clear()
-        self._reads.fail_all(exc)
-        for _, fut3 in list(self._conf_waiters.values()):
-            _set_exc(fut3, exc)
-        self._conf_waiters.clear()
-        for _, fut4 in self._deferred_conf:
-            _set_exc(fut4, exc)
-        self._deferred_conf.clear()
-        self._leader_changed.set()
-
-
-def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _set_exc(fut: asyncio.Future[Any], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
+        while not queue.empty():
+            item = queue.get_nowait()
+            batch.append(item)
+            if type(item) is Messages:
+                received += sum(len(m.entries) for m in item.messages)
+                if received >= cap:
+                    break
+        self._wake_queued = False  # if a wake-up item is left, it only costs a turn
+        return batch, received

@@ -32,10 +32,9 @@ def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> tuple[int, int,
     Every proposal allocates a few objects (a future, a log entry, tuples), and CPython
     starts a collection every 700 net allocations; every tenth of those also scans the
     middle generation, every hundredth the whole heap, which holds the log's entries and
-    every waiting caller. Under load a leader spent 0.18 CPU seconds per second collecting
-    (``benchmarks/cluster.py``, 10,000 proposals in flight); with a young generation of
-    20,000 objects, 0.04, and it commits 18 % more (83,600 against 98,900 commands per
-    second in the same run; see the performance page).
+    every waiting caller. Under load a leader spent a large share of its CPU collecting; a
+    young generation of 20,000 objects cuts that share and raises throughput (the figures are
+    on the performance page).
     Reference counting still frees almost everything at once: only cyclic garbage waits
     longer. This is a process-wide setting, so the library never changes it on its own:
     :func:`run` calls this, and a program with its own event loop runner can call it

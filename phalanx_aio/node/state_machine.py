@@ -39,3 +39,13 @@ class StateMachine(abc.ABC):
     def restore(self, data: bytes) -> None:
         """Replace the whole state with one produced by :meth:`snapshot` (possibly on another
         member)."""
+
+    def restore_later(self, data: bytes) -> Callable[[], Callable[[], None]] | None:
+        """Optional: split :meth:`restore` in two, so that a large snapshot received from the
+        leader is decoded without stalling the event loop. Return a function the node runs in
+        a worker thread: it decodes ``data`` without touching the live state (raising if it
+        cannot), and returns a function the node then calls on its loop to install the result
+        (quickly: swapping references, not copying). The node's Raft work waits meanwhile, but
+        the loop (the transport, the application's other tasks) goes on. The default, None,
+        means the node calls :meth:`restore` on its loop."""
+        return None

@@ -13,7 +13,7 @@ node's own port, whether the node can serve:
 
 ``Watch`` sends the status at once, then each change (looked at every ``watch_interval``
 seconds) until the client goes away. The messages are encoded by
-:mod:`phalanx_aio.transport.codec`.
+:mod:`phalanx_aio.observability._health_codec`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ import grpclib.server
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
+from phalanx_aio._grpc import WireBytes
 from phalanx_aio.errors import LocalError, ProtocolError
 from phalanx_aio.node.raft_node import RaftNode
-from phalanx_aio.transport.codec import WireBytes, decode_health_request, encode_health_response
+from phalanx_aio.observability._health_codec import decode_health_request, encode_health_response
 
 __all__ = ["CHECK_METHOD", "NOT_SERVING", "SERVICE_UNKNOWN", "SERVING", "WATCH_METHOD", "HealthService"]
 

@@ -5,7 +5,7 @@ a load balancer's health check and a Prometheus scraper on a trusted network, no
 
 * ``/healthz``: ``200 ok`` if the node runs, is healthy and knows a leader; otherwise ``503``
   with the reason.
-* ``/status``: the node's :class:`~phalanx_aio.node.raft_node.NodeStatus` as JSON (without the
+* ``/status``: the node's :class:`~phalanx_aio.node.NodeStatus` as JSON (without the
   core's per-follower progress); ``503`` if the node is not running.
 * ``/metrics``: :class:`~phalanx_aio.observability.metrics.NodeMetrics` in the Prometheus text
   format.

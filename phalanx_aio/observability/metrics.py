@@ -2,34 +2,37 @@
 
 :class:`NodeMetrics` counts the node's events exactly: it listens to them (elections, leader
 and term changes, membership changes, snapshots; see :mod:`phalanx_aio.node.events`), so no
-change between two scrapes is lost. At every scrape it reads
-:meth:`RaftNode.status() <phalanx_aio.node.RaftNode.status>` into gauges and the transport's
-counters into two metric families. :class:`MeteredKVService` is a
-:class:`~phalanx_aio.kv.KVService` that times and counts the writes it proposes and counts the
-requests it refuses (another cluster, bad input).
+change between two scrapes is lost. It times proposals, storage writes and applies inside the
+node (:meth:`RaftNode.set_latency_observer <phalanx_aio.node.RaftNode.set_latency_observer>`).
+Everything read from the node's state (:meth:`RaftNode.status()
+<phalanx_aio.node.RaftNode.status>`, the transport's and the KV service's counters) is read by
+collectors when the registry is collected, so the values are current however the registry is
+exposed: :meth:`NodeMetrics.exposition`, ``prometheus_client.generate_latest(registry)`` or an
+ASGI or WSGI app mounted on the registry. The registry also carries the process's metrics
+(``process_*``, ``python_*``) and ``phalanx_build_info``. :class:`~phalanx_aio.kv.MeteredKVService`
+reports the KV service's writes and refusals to :meth:`NodeMetrics.observe_write` and
+:meth:`NodeMetrics.observe_refusal`.
 """
 
 from __future__ import annotations
 
-import time
+import platform
 from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from phalanx_aio.core.membership import ConfChangeType
 from phalanx_aio.errors import PhalanxError
-from phalanx_aio.kv.messages import (
-    CompareAndSetRequest,
-    DeleteRequest,
-    ErrorCode,
-    KVRequest,
-    KVResponse,
-    PutRequest,
-)
-from phalanx_aio.kv.service import DEFAULT_QUOTA_BYTES, KVService
 from phalanx_aio.node.events import (
     ElectionStarted,
     ElectionWon,
@@ -43,7 +46,16 @@ from phalanx_aio.node.events import (
 )
 from phalanx_aio.node.raft_node import NodeStatus, RaftNode
 
-__all__ = ["MEMBERSHIP_CHANGES", "ROLES", "SNAPSHOT_EVENTS", "MeteredKVService", "NodeMetrics"]
+__all__ = [
+    "KV_REFUSALS",
+    "LATENCIES",
+    "MEMBERSHIP_CHANGES",
+    "ROLES",
+    "SNAPSHOT_EVENTS",
+    "TRANSPORT_VOLUMES",
+    "WRITE_OUTCOMES",
+    "NodeMetrics",
+]
 
 ROLES: Final = ("leader", "follower", "candidate", "pre-candidate")
 """The values of the ``role`` label of ``phalanx_role``."""
@@ -54,16 +66,127 @@ MEMBERSHIP_CHANGES: Final = ("bootstrap", *(t.value for t in ConfChangeType))
 SNAPSHOT_EVENTS: Final = ("taken", "restored", "sent", "send_failed")
 """The values of the ``event`` label of ``phalanx_snapshots_total``."""
 
-_WRITES: Final = (PutRequest, DeleteRequest, CompareAndSetRequest)
-_NOT_PROPOSED: Final = frozenset({ErrorCode.NOT_LEADER, ErrorCode.WRONG_CLUSTER, ErrorCode.INVALID_ARGUMENT})
-_REFUSALS: Final = {ErrorCode.WRONG_CLUSTER: "cluster", ErrorCode.INVALID_ARGUMENT: "invalid"}
+WRITE_OUTCOMES: Final = ("ok", "failed")
+"""The values of the ``outcome`` label of ``phalanx_proposals_total``."""
+
+KV_REFUSALS: Final = ("cluster", "invalid")
+"""The values of the ``reason`` label of ``phalanx_kv_rejected_total``: a request naming another
+cluster, a request with bad input."""
 _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_FINE_BUCKETS: Final = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    10.0,
+)
+
+LATENCIES: Final = {
+    "propose": (
+        "phalanx_propose_seconds",
+        "RaftNode.propose/propose_many calls that succeeded, from the call to the result "
+        "(committed and applied on this node).",
+    ),
+    "storage_save": (
+        "phalanx_storage_save_seconds",
+        "One write of log entries and hard state to storage, fsync included.",
+    ),
+    "apply": (
+        "phalanx_apply_seconds",
+        "Applying one batch of committed entries (one loop turn's worth) to the state machine.",
+    ),
+}
+"""The node's latency histograms: the kind :meth:`RaftNode.set_latency_observer` reports -> (the
+histogram's name, its help)."""
+
+TRANSPORT_VOLUMES: Final = {"bytes": "phalanx_transport_bytes", "frames": "phalanx_transport_frames"}
+"""The transport's volume counters, each with a ``direction`` label (``sent``, ``received``);
+``messages`` stays among the events (``messages_sent``, ``messages_received``)."""
+
+
+class _StatusCollector(Collector):
+    """The gauges read from :meth:`RaftNode.status` each time the registry is collected."""
+
+    def __init__(self, node: RaftNode) -> None:
+        self._node = node
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            st: NodeStatus | None = self._node.status()
+        except PhalanxError:
+            st = None
+        healthy = GaugeMetricFamily("phalanx_healthy", "1 unless storage refuses writes or the node failed.")
+        healthy.add_metric([], 1 if st is not None and st.healthy else 0)
+        yield healthy
+        is_leader = GaugeMetricFamily("phalanx_is_leader", "1 if this node is the leader.")
+        is_leader.add_metric([], 1 if st is not None and st.role == "leader" else 0)
+        yield is_leader
+        role = GaugeMetricFamily(
+            "phalanx_role", "1 for the node's current role, 0 for the others.", labels=["role"]
+        )
+        current = st.role if st is not None else None
+        for name in sorted({*ROLES, *([current] if current else [])}):
+            role.add_metric([name], 1 if name == current else 0)
+        yield role
+        if st is None:
+            return
+        for name, help_text, value in (
+            ("phalanx_term", "The node's current term.", st.term),
+            ("phalanx_commit_index", "The highest log index known committed.", st.commit),
+            ("phalanx_applied_index", "The highest log index applied.", st.applied),
+            ("phalanx_last_index", "The index of the last log entry.", st.last_index),
+            ("phalanx_first_index", "The index of the first entry kept in the log.", st.first_index),
+            ("phalanx_voters", "Voters in the configuration.", len(st.voters)),
+            ("phalanx_learners", "Learners in the configuration.", len(st.learners)),
+            ("phalanx_pending_proposals", "Proposals waiting to be applied.", st.pending_proposals),
+        ):
+            yield GaugeMetricFamily(name, help_text, value=value)
+
+
+def _build_info() -> dict[str, str]:
+    import importlib.metadata
+
+    from phalanx_aio._version import __version__
+
+    info = {"version": __version__, "python": platform.python_version()}
+    for dist in ("grpclib", "aiosqlite"):
+        try:
+            info[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+            info[dist] = ""
+    return info
+
+
+class _BuildInfoCollector(Collector):
+    def __init__(self) -> None:
+        self._info = _build_info()
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "phalanx_build_info",
+            "Always 1; the labels say which phalanx_aio, Python and I/O libraries run.",
+            labels=list(self._info),
+        )
+        family.add_metric(list(self._info.values()), 1)
+        yield family
 
 
 class _TransportCollector(Collector):
-    """Turns the transport's counters (``GrpcTransport.stats``) into two metric families at
-    scrape time: ``phalanx_transport_rejected_total{reason}`` for the ``rejected_*`` counters and
-    ``phalanx_transport_events_total{event}`` for the rest."""
+    """Turns the transport's counters (``GrpcTransport.stats``) into metric families at scrape
+    time: ``phalanx_transport_rejected_total{reason}`` for the ``rejected_*`` counters,
+    ``phalanx_transport_bytes_total{direction}`` and ``phalanx_transport_frames_total{direction}``
+    for the volumes, and ``phalanx_transport_events_total{event}`` for the rest."""
 
     def __init__(self, stats: Callable[[], Mapping[str, int]]) -> None:
         self._stats = stats
@@ -77,12 +200,22 @@ class _TransportCollector(Collector):
         events = CounterMetricFamily(
             "phalanx_transport_events", "The transport's other counters, by event.", labels=["event"]
         )
+        volumes = {
+            kind: CounterMetricFamily(
+                name, f"{kind.capitalize()} of peer messages, by direction.", labels=["direction"]
+            )
+            for kind, name in TRANSPORT_VOLUMES.items()
+        }
         for key, value in sorted(self._stats().items()):
+            kind, _, direction = key.partition("_")
             if key.startswith("rejected_"):
                 rejected.add_metric([key.removeprefix("rejected_")], value)
+            elif kind in volumes and direction in ("sent", "received"):
+                volumes[kind].add_metric([direction], value)
             else:
                 events.add_metric([key], value)
         yield rejected
+        yield from volumes.values()
         yield events
 
 
@@ -159,27 +292,15 @@ class NodeMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         """The registry every metric of this node lives in (no process-global state)."""
         r = self.registry
-        self.term = Gauge("phalanx_term", "The node's current term.", registry=r)
-        self.commit_index = Gauge(
-            "phalanx_commit_index", "The highest log index known committed.", registry=r
-        )
-        self.applied_index = Gauge("phalanx_applied_index", "The highest log index applied.", registry=r)
-        self.last_index = Gauge("phalanx_last_index", "The index of the last log entry.", registry=r)
-        self.first_index = Gauge(
-            "phalanx_first_index", "The index of the first entry kept in the log.", registry=r
-        )
-        self.role = Gauge(
-            "phalanx_role", "1 for the node's current role, 0 for the others.", ["role"], registry=r
-        )
-        self.is_leader = Gauge("phalanx_is_leader", "1 if this node is the leader.", registry=r)
-        self.healthy = Gauge(
-            "phalanx_healthy", "1 unless storage refuses writes or the node failed.", registry=r
-        )
-        self.voters = Gauge("phalanx_voters", "Voters in the configuration.", registry=r)
-        self.learners = Gauge("phalanx_learners", "Learners in the configuration.", registry=r)
-        self.pending_proposals = Gauge(
-            "phalanx_pending_proposals", "Proposals waiting to be applied.", registry=r
-        )
+        r.register(_StatusCollector(node))  # gauges read from the node at collection
+        r.register(_BuildInfoCollector())
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        PlatformCollector(registry=r)  # python_info
+        self.latency = {
+            kind: Histogram(name, help_text, buckets=_FINE_BUCKETS, registry=r)
+            for kind, (name, help_text) in LATENCIES.items()
+        }
+        """The latency histograms, by the kind the node reports (see :data:`LATENCIES`)."""
         self.proposals = Counter(
             "phalanx_proposals",
             "Writes this node proposed as leader, by outcome (ok, or failed: not applied or unknown).",
@@ -222,21 +343,26 @@ class NodeMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        for outcome in ("ok", "failed"):
+        for outcome in WRITE_OUTCOMES:
             self.proposals.labels(outcome)
-        for reason in _REFUSALS.values():
+        for reason in KV_REFUSALS:
             self.kv_rejected.labels(reason)
         for change in MEMBERSHIP_CHANGES:
             self.membership_changes.labels(change)
         for event in SNAPSHOT_EVENTS:
             self.snapshots.labels(event)
-        for role in ROLES:
-            self.role.labels(role).set(0)
         if transport_stats is not None:
             r.register(_TransportCollector(transport_stats))
         r.register(_KVCollector(node, kv_stats))
         self._last_known_leader: str | None = None
         node.add_listener(self.on_event)
+        node.set_latency_observer(self.observe_latency)
+
+    def observe_latency(self, kind: str, seconds: float) -> None:
+        """Record one latency the node reports (registered with the node by the constructor)."""
+        histogram = self.latency.get(kind)
+        if histogram is not None:
+            histogram.observe(seconds)
 
     def on_event(self, event: NodeEvent) -> None:
         """Count one node event (registered with the node by the constructor)."""
@@ -261,92 +387,24 @@ class NodeMetrics:
             self.snapshots.labels("sent" if event.ok else "send_failed").inc()
 
     def sample(self) -> NodeStatus | None:
-        """Read the node's status into the gauges; return it, or ``None`` if the node is not
-        running."""
+        """The node's status, or ``None`` if the node is not running. (The gauges read the node
+        themselves whenever the registry is collected; nothing needs to call this first.)"""
         try:
-            st = self.node.status()
+            return self.node.status()
         except PhalanxError:
-            self.healthy.set(0)
-            self.is_leader.set(0)
             return None
-        self.term.set(st.term)
-        self.commit_index.set(st.commit)
-        self.applied_index.set(st.applied)
-        self.last_index.set(st.last_index)
-        self.first_index.set(st.first_index)
-        for role in {*ROLES, st.role}:
-            self.role.labels(role).set(1 if role == st.role else 0)
-        self.is_leader.set(1 if st.role == "leader" else 0)
-        self.healthy.set(1 if st.healthy else 0)
-        self.voters.set(len(st.voters))
-        self.learners.set(len(st.learners))
-        self.pending_proposals.set(st.pending_proposals)
-        return st
 
-    def observe_write(self, code: ErrorCode, seconds: float) -> None:
-        """Count one write the KV service answered with ``code`` after ``seconds``."""
-        if code is ErrorCode.OK:
-            self.proposals.labels("ok").inc()
+    def observe_write(self, outcome: str, seconds: float) -> None:
+        """Count one proposed write answered after ``seconds``: ``outcome`` is ``"ok"`` (applied;
+        its latency is observed) or ``"failed"`` (one of :data:`WRITE_OUTCOMES`)."""
+        self.proposals.labels(outcome).inc()
+        if outcome == "ok":
             self.commit_latency.observe(seconds)
-        elif code not in _NOT_PROPOSED:
-            self.proposals.labels("failed").inc()
 
-    def observe_refusal(self, code: ErrorCode) -> None:
-        """Count a request the KV service refused with ``code`` (only ``WRONG_CLUSTER`` and
-        ``INVALID_ARGUMENT`` are counted)."""
-        reason = _REFUSALS.get(code)
-        if reason is not None:
-            self.kv_rejected.labels(reason).inc()
+    def observe_refusal(self, reason: str) -> None:
+        """Count a request refused before reaching the node (one of :data:`KV_REFUSALS`)."""
+        self.kv_rejected.labels(reason).inc()
 
     def exposition(self) -> bytes:
-        """Sample the node, then render every metric in the Prometheus text format."""
-        self.sample()
+        """Every metric in the Prometheus text format, gauges read from the node now."""
         return generate_latest(self.registry)
-
-
-class MeteredKVService(KVService):
-    """A :class:`~phalanx_aio.kv.KVService` that reports each write (put, delete, cas) to
-    :meth:`NodeMetrics.observe_write` and each request refused for naming another cluster or for
-    bad input to :meth:`NodeMetrics.observe_refusal`. Writes refused before being proposed are
-    not counted as proposals."""
-
-    def __init__(
-        self,
-        *,
-        max_key_bytes: int = 64 << 10,
-        max_value_bytes: int = 1 << 20,
-        max_request_bytes: int = 4 << 20,
-        max_stream_inflight: int = 10_000,
-        max_stream_buffer_bytes: int = 4 << 20,
-        max_connection_buffer_bytes: int = 64 << 20,
-        max_buffer_bytes: int = 256 << 20,
-        stall_timeout: float = 30.0,
-        quota_bytes: int = DEFAULT_QUOTA_BYTES,
-    ) -> None:
-        super().__init__(
-            max_key_bytes=max_key_bytes,
-            max_value_bytes=max_value_bytes,
-            max_request_bytes=max_request_bytes,
-            max_stream_inflight=max_stream_inflight,
-            max_stream_buffer_bytes=max_stream_buffer_bytes,
-            max_connection_buffer_bytes=max_connection_buffer_bytes,
-            max_buffer_bytes=max_buffer_bytes,
-            stall_timeout=stall_timeout,
-            quota_bytes=quota_bytes,
-        )
-        self.metrics: NodeMetrics | None = None
-        """Where writes are reported; set it once the node exists."""
-
-    async def handle(self, request: KVRequest, *, timeout: float | None = None) -> KVResponse:
-        """Answer like :meth:`KVService.handle`, counting what is reported to :attr:`metrics`."""
-        metrics = self.metrics
-        if metrics is None:
-            return await super().handle(request, timeout=timeout)
-        start = time.perf_counter()
-        response = await super().handle(request, timeout=timeout)
-        code = response.header.error
-        if isinstance(request, _WRITES):
-            metrics.observe_write(code, time.perf_counter() - start)
-        if code in _REFUSALS:
-            metrics.observe_refusal(code)
-        return response

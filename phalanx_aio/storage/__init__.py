@@ -8,7 +8,8 @@ with :meth:`Storage.read_snapshot` to send it to a follower. The core keeps the 
 memory and never awaits storage.
 
 Two implementations share one contract: :class:`MemoryStorage` (tests, simulation) and
-:class:`SQLiteStorage` (a SQLite database in WAL mode, through aiosqlite).
+:class:`SQLiteStorage` (a SQLite database in WAL mode, through aiosqlite; its layout, creation,
+header checks and migration are the public module :mod:`phalanx_aio.storage.schema`).
 """
 
 from phalanx_aio.storage.base import Storage, StoredState

@@ -127,11 +127,16 @@ def identity_crc(schema_version: int, node_id: str, cluster_id: str) -> int:
 
 def encode_conf_state(conf: ConfState) -> bytes:
     """A canonical encoding of ``conf`` that keeps the order of ``contexts`` (so it round-trips)."""
-    doc = {
+    doc: dict[str, object] = {
         "voters": sorted(conf.voters),
         "learners": sorted(conf.learners),
         "contexts": [[nid, ctx.hex()] for nid, ctx in conf.contexts],
     }
+    # Written only when present: a configuration without them encodes as before.
+    if conf.voters_outgoing:
+        doc["voters_outgoing"] = sorted(conf.voters_outgoing)
+    if conf.removed:
+        doc["removed"] = [[nid, index] for nid, index in conf.removed]
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
@@ -142,9 +147,13 @@ def decode_conf_state(raw: bytes) -> ConfState:
         voters = frozenset(_strs(doc["voters"]))
         learners = frozenset(_strs(doc["learners"]))
         contexts = tuple((str(nid), bytes.fromhex(ctx)) for nid, ctx in doc["contexts"])
+        outgoing = frozenset(_strs(doc.get("voters_outgoing", [])))
+        removed = tuple((str(nid), int(index)) for nid, index in doc.get("removed", []))
     except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise ValueError(f"malformed configuration: {exc}") from exc
-    return ConfState(voters=voters, learners=learners, contexts=contexts)
+    return ConfState(
+        voters=voters, learners=learners, contexts=contexts, voters_outgoing=outgoing, removed=removed
+    )
 
 
 def _strs(items: object) -> list[str]:

@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from phalanx_aio.core.raft import InitialState
-from phalanx_aio.core.types import Entry, EntryType, HardState, Snapshot
+from phalanx_aio.core.types import Entry, EntryType, HardState, InitialState, Snapshot
 from phalanx_aio.errors import ClosedError, LocalError, StorageError
 
 __all__ = ["LogShape", "Storage", "StoredState"]

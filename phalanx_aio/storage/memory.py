@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from phalanx_aio.core.raft import InitialState
-from phalanx_aio.core.types import Entry, HardState, Snapshot
+from phalanx_aio.core.types import Entry, HardState, InitialState, Snapshot
 from phalanx_aio.errors import LocalError, StorageError
 from phalanx_aio.storage.base import LogShape, Storage, StoredState, check_ids, closed_error
 

@@ -21,35 +21,30 @@ call on aiosqlite's worker thread: one thread hop per ``Ready``, whatever it hol
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 import pathlib
 import sqlite3
-import struct
 import sys
-import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Literal, TypeVar, cast
+from collections.abc import Callable, Sequence
+from typing import Literal, TypeVar
 
 import aiosqlite
 
 from phalanx_aio._entry_batch import EncodeError
-from phalanx_aio.core.raft import InitialState
-from phalanx_aio.core.types import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
-from phalanx_aio.errors import ConfigError, LocalError, ProtocolError, StorageError
+from phalanx_aio.core.types import Entry, HardState, InitialState, Snapshot
+from phalanx_aio.errors import ConfigError, LocalError, StorageError
+from phalanx_aio.storage._aiosqlite import daemonize, run_on_thread
 from phalanx_aio.storage._codec import (
-    batch_crc,
     batch_rows,
-    decode_batch,
-    decode_conf_state,
-    encode_conf_state,
-    entry_crc,
-    entry_crcs,
-    hard_state_crc,
     hard_state_row,
-    identity_crc,
-    snapshot_crc,
+)
+from phalanx_aio.storage._loaders import (
+    batch_entries,
+    gc_paused,
+    load_batches,
+    load_entry_rows,
+    load_hard_state,
+    load_snapshot,
 )
 from phalanx_aio.storage.base import (
     LogShape,
@@ -59,58 +54,32 @@ from phalanx_aio.storage.base import (
     check_loaded_log,
     closed_error,
 )
+from phalanx_aio.storage.schema import (
+    APPLICATION_ID,
+    INSERT_BATCH,
+    PUT_HARD_STATE,
+    PUT_SNAPSHOT,
+    SCHEMA_VERSION,
+    check_header,
+    check_identity,
+    create_store,
+    describe,
+    pragmas,
+    snapshot_row,
+    upgrade_store,
+)
 
 if sys.platform != "win32":
     import fcntl
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStorage"]
 
-SCHEMA_VERSION = 2
-"""The on-disk layout this code writes (kept in the header's ``user_version``); stores of
-version 1 are read too, and converted when opened."""
-APPLICATION_ID = 0x50484C58
-"""SQLite ``application_id`` of a phalanx_aio store ("PHLX")."""
-
-_CREATE_BATCHES = (
-    "CREATE TABLE entry_batches (first INTEGER PRIMARY KEY, last INTEGER NOT NULL,"
-    " data BLOB NOT NULL, crc INTEGER NOT NULL)"
-)
-SCHEMA = (
-    "CREATE TABLE identity (k INTEGER PRIMARY KEY CHECK (k = 1), schema_version INTEGER NOT NULL,"
-    " node_id TEXT NOT NULL, cluster_id TEXT NOT NULL, crc INTEGER NOT NULL)",
-    "CREATE TABLE hard_state (k INTEGER PRIMARY KEY CHECK (k = 1), term INTEGER NOT NULL, vote TEXT,"
-    " commit_index INTEGER NOT NULL, crc INTEGER NOT NULL)",
-    "CREATE TABLE snapshot (k INTEGER PRIMARY KEY CHECK (k = 1), idx INTEGER NOT NULL,"
-    " term INTEGER NOT NULL, conf BLOB NOT NULL, data BLOB NOT NULL, crc INTEGER NOT NULL)",
-    _CREATE_BATCHES,
-)
-"""The statements that create an empty store (shared with the benchmark's baseline)."""
-
-INSERT_BATCH = "INSERT INTO entry_batches (first, last, data, crc) VALUES (?, ?, ?, ?)"
 ROW_ENTRIES = 1024
 """The most log entries one row of ``entry_batches`` holds."""
-_PUT_HARD_STATE = (
-    "INSERT OR REPLACE INTO hard_state (k, term, vote, commit_index, crc) VALUES (1, ?, ?, ?, ?)"
-)
-_PUT_SNAPSHOT = "INSERT OR REPLACE INTO snapshot (k, idx, term, conf, data, crc) VALUES (1, ?, ?, ?, ?, ?)"
-
 _SQLITE_FULL = 13
 _SQLITE_TOOBIG = 18
 _MAX_PAGES = 0xFFFFFFFE  # SQLite's own ceiling; asking for more is clamped
-_HEADER_MAGIC = b"SQLite format 3\x00"
-_ENTRY_TYPES = {int(t): t for t in EntryType}
-_LOAD_CHUNK = 65_536  # schema 1 rows (one entry each) read and checked at a time
-_LOAD_BATCHES = 64  # entry_batches rows read at a time
-_READABLE_VERSIONS = (1, SCHEMA_VERSION)
 _T = TypeVar("_T")
-
-
-def _pragmas(synchronous: str) -> list[str]:
-    """The per-connection settings of a store (also used by the benchmark's baseline)."""
-    out = [f"PRAGMA synchronous={synchronous}"]
-    if sys.platform == "darwin":  # fsync() does not reach the platter on macOS; F_FULLFSYNC does
-        out += ["PRAGMA fullfsync=ON", "PRAGMA checkpoint_fullfsync=ON"]
-    return out
 
 
 class SQLiteStorage(Storage):
@@ -219,11 +188,9 @@ class SQLiteStorage(Storage):
             return conn
 
         db = aiosqlite.Connection(connector, 64)
-        thread = getattr(db, "_thread", None)
-        if isinstance(thread, threading.Thread):
-            # A store that is never closed must not keep the interpreter alive at exit. Ending
-            # the thread there is no worse than a crash, which the store is built to survive.
-            thread.daemon = True
+        # A store that is never closed must not keep the interpreter alive at exit. Ending the
+        # thread there is no worse than a crash, which the store is built to survive.
+        daemonize(db)
         await db
         if failed:
             await db.close()
@@ -251,18 +218,18 @@ class SQLiteStorage(Storage):
         created = False
         try:
             if not os.path.lexists(path):
-                self._create_sync(node_id, cluster_id)
+                create_store(path, node_id, cluster_id)
                 created = True
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
             raise StorageError(f"{path}: cannot open the store: {exc.strerror or exc}") from exc
         try:
             self._lock(fd)
-            version = _check_header(path, fd)
+            version = check_header(path, fd)
             state, shape = self._verify_sync(node_id, cluster_id, version)
             conn = self._connect_rw()
             if version != SCHEMA_VERSION:
-                self._upgrade_sync(conn, node_id, cluster_id, state.entries)
+                upgrade_store(path, conn, node_id, cluster_id, state.entries, ROW_ENTRIES)
         except BaseException:
             os.close(fd)
             self._lock_fd = None
@@ -286,48 +253,6 @@ class SQLiteStorage(Storage):
         if fd is not None:
             os.close(fd)  # closing the descriptor releases the flock
 
-    def _create_sync(self, node_id: str, cluster_id: str) -> None:
-        """Build a complete empty store under a temporary name, then rename it into place, so
-        that the store's path never holds a half-initialised database."""
-        path = self._path
-        tmp = path + ".creating"
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            if os.path.lexists(tmp + suffix):
-                os.remove(tmp + suffix)  # left by a creation that crashed: never a live store
-        try:
-            conn = sqlite3.connect(tmp, isolation_level=None)
-            try:
-                for pragma in _pragmas("FULL"):
-                    conn.execute(pragma)
-                conn.execute("BEGIN IMMEDIATE")
-                for stmt in SCHEMA:
-                    conn.execute(stmt)
-                conn.execute(
-                    "INSERT INTO identity VALUES (1, ?, ?, ?, ?)",
-                    (SCHEMA_VERSION, node_id, cluster_id, identity_crc(SCHEMA_VERSION, node_id, cluster_id)),
-                )
-                conn.execute(_PUT_HARD_STATE, hard_state_row(HardState()))
-                conn.execute(_PUT_SNAPSHOT, _snapshot_row(Snapshot()))
-                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                conn.execute("COMMIT")
-                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                if mode != "wal":
-                    raise StorageError(f"{path}: SQLite refused WAL journal mode (got {mode!r})")
-            finally:
-                conn.close()
-            if os.path.lexists(tmp + "-wal") and os.path.getsize(tmp + "-wal") > 0:
-                raise StorageError(f"{tmp}: the new database was not fully checkpointed")
-            for suffix in ("-wal", "-shm"):
-                if os.path.lexists(tmp + suffix):
-                    os.remove(tmp + suffix)
-            os.rename(tmp, path)
-            _fsync_dir(os.path.dirname(os.path.abspath(path)))
-        except sqlite3.Error as exc:
-            raise StorageError(f"{path}: cannot create the store: {exc}") from exc
-        except OSError as exc:
-            raise StorageError(f"{path}: cannot create the store: {exc.strerror or exc}") from exc
-
     def _verify_sync(self, node_id: str, cluster_id: str, version: int) -> tuple[InitialState, LogShape]:
         """Read and check everything on a read-only connection (it never writes the file).
 
@@ -348,54 +273,23 @@ class SQLiteStorage(Storage):
                         raise StorageError(
                             f"{path}: the database is corrupt (SQLite quick_check: {'; '.join(problems)})"
                         )
-                _check_identity(path, conn, node_id, cluster_id, version)
-                hard_state = _load_hard_state(path, conn)
-                snapshot = _load_snapshot(path, conn)
-                with _gc_paused():
+                check_identity(path, conn, node_id, cluster_id, version)
+                hard_state = load_hard_state(path, conn)
+                snapshot = load_snapshot(path, conn)
+                with gc_paused():
                     if version == 1:
-                        entries = _load_entry_rows(path, conn)
+                        entries = load_entry_rows(path, conn)
                     else:
-                        entries = _load_batches(path, conn, snapshot.meta.index)
+                        entries = load_batches(path, conn, snapshot.meta.index)
                 conn.execute("COMMIT")
             finally:
                 conn.close()
         except sqlite3.Error as exc:
-            raise StorageError(f"{path}: {_describe(exc)}") from exc
+            raise StorageError(f"{path}: {describe(exc)}") from exc
         except ValueError as exc:  # e.g. a value SQLite cannot convert: damage it did not notice
             raise StorageError(f"{path}: the database is corrupt ({exc})") from exc
         shape = check_loaded_log(path, hard_state, snapshot, entries)
         return InitialState(hard_state, snapshot, tuple(entries)), shape
-
-    def _upgrade_sync(
-        self, conn: sqlite3.Connection, node_id: str, cluster_id: str, entries: Sequence[Entry]
-    ) -> None:
-        """Convert a verified schema 1 store to the current layout in one transaction: either
-        all of it is converted or, if anything fails (a full disk), the file is unchanged."""
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(_CREATE_BATCHES)
-                conn.executemany(INSERT_BATCH, batch_rows(entries, ROW_ENTRIES))
-                conn.execute("DROP TABLE entries")
-                conn.execute(
-                    "UPDATE identity SET schema_version = ?, crc = ? WHERE k = 1",
-                    (SCHEMA_VERSION, identity_crc(SCHEMA_VERSION, node_id, cluster_id)),
-                )
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StorageError(
-                f"{self._path}: converting the store from schema version 1 to {SCHEMA_VERSION} failed "
-                f"({_describe(exc)}); the file is unchanged"
-            ) from exc
-        except BaseException:
-            conn.close()
-            raise
 
     def _connect_rw(self) -> sqlite3.Connection:
         path = self._path
@@ -405,7 +299,7 @@ class SQLiteStorage(Storage):
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if mode != "wal":
                     raise StorageError(f"{path}: SQLite refused WAL journal mode (got {mode!r})")
-                for pragma in _pragmas(self._synchronous):
+                for pragma in pragmas(self._synchronous):
                     conn.execute(pragma)
                 if self._max_pages is not None:
                     conn.execute(f"PRAGMA max_page_count={int(self._max_pages)}")
@@ -413,7 +307,7 @@ class SQLiteStorage(Storage):
                 conn.close()
                 raise
         except sqlite3.Error as exc:
-            raise StorageError(f"{path}: {_describe(exc)}") from exc
+            raise StorageError(f"{path}: {describe(exc)}") from exc
         except ValueError as exc:  # an undecodable error message from a damaged schema
             raise StorageError(f"{path}: the database is corrupt ({exc})") from exc
         return conn
@@ -425,9 +319,7 @@ class SQLiteStorage(Storage):
         db = self._db
         if db is None:
             raise closed_error(self._path)
-        # aiosqlite has no public "run this on the connection thread"; _execute is exactly that.
-        run = cast("Callable[[Callable[[], _T]], Awaitable[_T]]", db._execute)
-        return await run(fn)
+        return await run_on_thread(db, fn)
 
     async def save(
         self,
@@ -453,13 +345,13 @@ class SQLiteStorage(Storage):
             try:
                 if snapshot is not None:
                     conn.execute("DELETE FROM entry_batches")
-                    conn.execute(_PUT_SNAPSHOT, _snapshot_row(snapshot))
+                    conn.execute(PUT_SNAPSHOT, snapshot_row(snapshot))
                 if entries:
                     if delete_from is not None:
                         self._truncate(conn, delete_from)
                     conn.executemany(INSERT_BATCH, batch_rows(entries, ROW_ENTRIES))
                 if hard_state is not None:
-                    conn.execute(_PUT_HARD_STATE, hard_state_row(hard_state))
+                    conn.execute(PUT_HARD_STATE, hard_state_row(hard_state))
                 conn.execute("COMMIT")
             except BaseException:
                 self._rollback(conn)
@@ -481,7 +373,7 @@ class SQLiteStorage(Storage):
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute(_PUT_SNAPSHOT, _snapshot_row(snapshot))
+                conn.execute(PUT_SNAPSHOT, snapshot_row(snapshot))
                 # A row that straddles the snapshot's index stays whole; loading skips the entries
                 # it holds up to the snapshot, and the next compaction deletes it.
                 conn.execute("DELETE FROM entry_batches WHERE last <= ?", (snapshot.meta.index,))
@@ -501,7 +393,7 @@ class SQLiteStorage(Storage):
     def _read_snapshot_sync(self) -> Snapshot | None:
         conn = self._connection()
         try:
-            snap = _load_snapshot(self._path, conn)
+            snap = load_snapshot(self._path, conn)
         except sqlite3.Error as exc:
             raise self._write_failed("reading the snapshot", exc) from exc
         except StorageError as exc:
@@ -561,7 +453,7 @@ class SQLiteStorage(Storage):
         """The entries of a row read while running; damage found makes the store fail."""
         first, last, data, crc = row
         try:
-            return _batch_entries(self._path, first, last, data, crc)
+            return batch_entries(self._path, first, last, data, crc)
         except StorageError as err:
             self._failed = err
             raise
@@ -601,264 +493,7 @@ class SQLiteStorage(Storage):
             err = StorageError(f"{self._path}: {what} failed: a value is too big for SQLite ({exc})")
         else:
             err = StorageError(
-                f"{self._path}: {what} failed: {_describe(exc)}; the store refuses writes until it is "
-                "reopened"
+                f"{self._path}: {what} failed: {describe(exc)}; the store refuses writes until it is reopened"
             )
             self._failed = err
         return err
-
-
-# ---------------------------------------------------------------------- verification helpers
-
-
-def _describe(exc: sqlite3.Error) -> str:
-    msg = str(exc)
-    if "file is not a database" in msg:
-        return f"not a SQLite database, or its header is damaged ({msg})"
-    if "malformed" in msg:
-        return f"the database is corrupt ({msg})"
-    if "no such table" in msg or "no such column" in msg:
-        return f"not a phalanx_aio store, or its schema is damaged ({msg})"
-    return msg
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make a rename in ``directory`` durable."""
-    if sys.platform == "win32":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _check_header(path: str, fd: int) -> int:
-    """Check the 100-byte SQLite header before SQLite itself reads the file; return the schema
-    version it names."""
-    size = os.fstat(fd).st_size
-    if size == 0:
-        raise StorageError(f"{path}: the file is empty (truncated to zero bytes?)")
-    head = os.pread(fd, 100, 0)
-    if len(head) < 100:
-        raise StorageError(f"{path}: the file is only {size} bytes long: truncated, or not a database")
-    if head[:16] != _HEADER_MAGIC:
-        raise StorageError(f"{path}: not a SQLite database, or its header is damaged (bad magic bytes)")
-    page_size = int.from_bytes(head[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    if page_size < 512 or page_size & (page_size - 1):
-        raise StorageError(f"{path}: the database header is damaged (page size {page_size})")
-    app_id = int.from_bytes(head[68:72], "big")
-    if app_id != APPLICATION_ID:
-        raise StorageError(
-            f"{path}: not a phalanx_aio store (SQLite application id 0x{app_id:08x}, "
-            f"expected 0x{APPLICATION_ID:08x})"
-        )
-    version = int.from_bytes(head[60:64], "big")
-    if version not in _READABLE_VERSIONS:
-        raise StorageError(_unknown_version(path, version))
-    if head[18] != 2 or head[19] != 2:
-        raise StorageError(f"{path}: the database is not in WAL mode (damaged header?)")
-    wal = path + "-wal"
-    if os.path.exists(wal) and os.path.getsize(wal) > 0:
-        return version  # pages may live in the WAL: SQLite and the checks below judge the whole
-    if size % page_size:
-        raise StorageError(
-            f"{path}: the file is truncated or damaged: {size} bytes is not a whole number of "
-            f"{page_size}-byte pages"
-        )
-    pages = int.from_bytes(head[28:32], "big")
-    if head[24:28] == head[92:96] and pages * page_size > size:
-        raise StorageError(
-            f"{path}: the file is truncated: its header says {pages} pages of {page_size} bytes "
-            f"({pages * page_size} bytes) but it has {size}"
-        )
-    return version
-
-
-def _unknown_version(path: str, version: object) -> str:
-    return (
-        f"{path}: unknown schema version {version!r} (this phalanx_aio reads versions "
-        f"{', '.join(map(str, _READABLE_VERSIONS))})"
-    )
-
-
-def _one_row(path: str, conn: sqlite3.Connection, table: str, columns: str) -> tuple[object, ...]:
-    rows = conn.execute(f"SELECT {columns} FROM {table}").fetchall()
-    if len(rows) != 1:
-        raise StorageError(f"{path}: the {table} table has {len(rows)} rows instead of 1 (damaged store)")
-    return tuple(rows[0])
-
-
-def _text(value: object) -> str | None:
-    """A TEXT column read as bytes, decoded; None if it is not valid UTF-8 text."""
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    return value if isinstance(value, str) else None
-
-
-def _check_identity(
-    path: str, conn: sqlite3.Connection, node_id: str, cluster_id: str, header_version: int
-) -> None:
-    version, raw_node, raw_cluster, crc = _one_row(
-        path, conn, "identity", "schema_version, node_id, cluster_id, crc"
-    )
-    node, cluster = _text(raw_node), _text(raw_cluster)
-    if (
-        not isinstance(version, int)
-        or node is None
-        or cluster is None
-        or crc != identity_crc(version, node, cluster)
-    ):
-        raise StorageError(f"{path}: the identity row fails its checksum (corrupt)")
-    if version != header_version:
-        raise StorageError(
-            f"{path}: the identity row says schema version {version} but the header says "
-            f"{header_version} (damaged store)"
-        )
-    if (node, cluster) != (node_id, cluster_id):
-        raise StorageError(
-            f"{path}: the store belongs to node {node!r} of cluster {cluster!r}, not to node {node_id!r} "
-            f"of cluster {cluster_id!r}"
-        )
-
-
-def _load_hard_state(path: str, conn: sqlite3.Connection) -> HardState:
-    term, raw_vote, commit, crc = _one_row(path, conn, "hard_state", "term, vote, commit_index, crc")
-    vote = None if raw_vote is None else _text(raw_vote)
-    if (
-        not (isinstance(term, int) and isinstance(commit, int) and (raw_vote is None or vote is not None))
-        or term < 0
-        or commit < 0
-        or crc != hard_state_crc(term, vote, commit)
-    ):
-        raise StorageError(f"{path}: the hard state row fails its checksum (corrupt)")
-    return HardState(term, vote, commit)
-
-
-def _snapshot_row(snapshot: Snapshot) -> tuple[int, int, bytes, bytes, int]:
-    meta = snapshot.meta
-    conf = encode_conf_state(meta.conf)
-    data = bytes(snapshot.data)
-    return (meta.index, meta.term, conf, data, snapshot_crc(meta.index, meta.term, conf, data))
-
-
-def _load_snapshot(path: str, conn: sqlite3.Connection) -> Snapshot:
-    index, term, conf, data, crc = _one_row(path, conn, "snapshot", "idx, term, conf, data, crc")
-    if (
-        not (isinstance(index, int) and isinstance(term, int) and isinstance(conf, bytes))
-        or not isinstance(data, bytes)
-        or index < 0
-        or term < 0
-        or crc != snapshot_crc(index, term, conf, data)
-    ):
-        raise StorageError(f"{path}: the snapshot row fails its checksum (corrupt snapshot or metadata)")
-    try:
-        conf_state = decode_conf_state(conf) if index > 0 else ConfState()
-    except ValueError as exc:
-        raise StorageError(f"{path}: the snapshot's configuration is malformed: {exc}") from exc
-    return Snapshot(SnapshotMeta(index, term, conf_state), data)
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while the log is loaded (a million new objects
-    would otherwise trigger many collections that find nothing); restore it as it was."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _load_batches(path: str, conn: sqlite3.Connection, snap_index: int) -> list[Entry]:
-    """Every stored entry after the snapshot (``snap_index``), each row checked against its
-    checksum and its claimed indexes before its entries are returned.
-
-    The first row may hold entries up to the snapshot's index as well (compaction deletes
-    whole rows only): those are skipped. Entries of one term share one ``int`` for it.
-    """
-    entries: list[Entry] = []
-    terms: dict[int, int] = {}
-    cursor = conn.execute("SELECT first, last, data, crc FROM entry_batches ORDER BY first")
-    while rows := cursor.fetchmany(_LOAD_BATCHES):
-        for first, last, data, crc in rows:
-            batch = _batch_entries(path, first, last, data, crc, terms)
-            if not entries and first <= snap_index < last:
-                batch = batch[snap_index - first + 1 :]
-            entries += batch
-    return entries
-
-
-def _batch_entries(
-    path: str, first: object, last: object, data: object, crc: object, terms: dict[int, int] | None = None
-) -> tuple[Entry, ...]:
-    """The entries of one ``entry_batches`` row, or :class:`StorageError` if it fails a check."""
-    if not (type(first) is int and type(last) is int and type(data) is bytes):
-        raise StorageError(
-            f"{path}: the row of log entries {first!r}..{last!r} has damaged columns (corrupt row)"
-        )
-    try:
-        ok = crc == batch_crc(first, last, data)
-    except (struct.error, OverflowError):
-        ok = False
-    if not ok:
-        raise StorageError(f"{path}: log entries {first}..{last} fail their checksum (corrupt row)")
-    try:
-        return decode_batch(data, first, last, terms)
-    except (ProtocolError, ValueError) as exc:
-        raise StorageError(f"{path}: log entries {first}..{last} are malformed: {exc}") from exc
-
-
-def _load_entry_rows(path: str, conn: sqlite3.Connection) -> list[Entry]:
-    """Every entry of a schema 1 store (one row per entry), each checked against its checksum
-    before it is returned.
-
-    Rows are read and checked in chunks, column by column (``map`` over C functions rather than
-    Python code per row). A chunk that fails the bulk check is checked again row by row, so that the
-    error names the first bad entry; no entry of a failing chunk is returned.
-    """
-    entries: list[Entry] = []
-    terms: dict[int, int] = {}
-    cursor = conn.execute("SELECT idx, term, type, data, crc FROM entries ORDER BY idx")
-    while rows := cursor.fetchmany(_LOAD_CHUNK):
-        entries += _checked_entries(path, rows, terms)
-    return entries
-
-
-def _checked_entries(path: str, rows: list[tuple[object, ...]], terms_seen: dict[int, int]) -> list[Entry]:
-    """The entries of ``rows`` once all of them passed their checks.
-
-    Entries of one term share one ``int`` object for it (``terms_seen``): SQLite hands out a
-    new one per row, which costs 32 bytes per entry once terms pass 256.
-    """
-    try:
-        idx, terms, types, datas, crcs = zip(*rows, strict=True)
-        kinds = list(map(_ENTRY_TYPES.get, types))
-        ok = entry_crcs(idx, terms, types, datas) == list(crcs) and None not in kinds
-    except (TypeError, ValueError, struct.error, OverflowError):
-        ok = False
-    if not ok:
-        _check_rows_one_by_one(path, rows)
-        raise StorageError(f"{path}: a log entry fails its checksum (corrupt row)")  # not reached
-    shared_terms = map(terms_seen.setdefault, terms, terms)
-    return list(map(Entry, shared_terms, idx, kinds, datas))  # type: ignore[arg-type]
-
-
-def _check_rows_one_by_one(path: str, rows: list[tuple[object, ...]]) -> None:
-    """Raise :class:`StorageError` naming the first row that fails its checks."""
-    types = _ENTRY_TYPES
-    for index, term, type_, data, crc in rows:
-        try:
-            ok = type(data) is bytes and crc == entry_crc(index, term, type_, data)  # type: ignore[arg-type]
-        except (TypeError, struct.error, OverflowError):
-            ok = False
-        if not ok:
-            raise StorageError(f"{path}: log entry {index} fails its checksum (corrupt row)")
-        if types.get(type_) is None:  # type: ignore[call-overload]
-            raise StorageError(f"{path}: log entry {index} has an unknown type {type_!r}")

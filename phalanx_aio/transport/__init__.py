@@ -1,5 +1,5 @@
 """The gRPC transport: how nodes carry core messages to each other.
 
-:mod:`phalanx_aio.transport.codec` turns core messages into wire frames and back; it is the
-only module that touches the generated protobuf code in ``_proto`` (see ``docs/wire.md``).
+:mod:`phalanx_aio.transport.codec` turns core messages into wire frames and back and
+:mod:`phalanx_aio.transport.chunks` carries snapshots (see ``docs/wire.md``).
 """

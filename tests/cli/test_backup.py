@@ -26,7 +26,7 @@ from phalanx_aio.errors import ConfigError, StorageError
 from phalanx_aio.kv import KVClient, KVStateMachine
 from phalanx_aio.kv.state_machine import KVCommand, KVOp, encode_command
 from phalanx_aio.node import _envelope
-from tests.kv.test_service_cluster import CLUSTER, DEADLINE, KVCluster
+from tests.kv.cluster import CLUSTER, DEADLINE, KVCluster
 
 
 @pytest.fixture

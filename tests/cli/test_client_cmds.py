@@ -12,7 +12,7 @@ import pytest
 
 from phalanx_aio._net import free_loopback_ports as free_ports
 from phalanx_aio.cli.main import main
-from tests.kv.test_service_cluster import CLUSTER, DEADLINE, KVCluster, kv_cluster
+from tests.kv.cluster import CLUSTER, DEADLINE, KVCluster, kv_cluster
 
 __all__ = ["kv_cluster"]  # the fixture, imported for use here
 
@@ -21,6 +21,26 @@ async def cli(c: KVCluster | None, *argv: str, endpoints: str | None = None) -> 
     eps = endpoints if endpoints is not None else ",".join(c.addr.values()) if c else ""
     args = [*argv, "--endpoints", eps, "--cluster-id", CLUSTER, "--timeout", str(DEADLINE)]
     return await asyncio.to_thread(main, args)
+
+
+async def test_members_change(kv_cluster: KVCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    """Several changes in one call: learners only (one entry), then a voter removed, which
+    goes through a joint configuration and ends with two voters."""
+    c = kv_cluster
+    leader = await c.leader()
+    a, b = (f"127.0.0.1:{port}" for port in free_ports(2))
+    assert await cli(c, "members", "change", "--add-learner", f"n4={a}", "--add-learner", f"n5={b}") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"n4 {a} learner" in out and f"n5 {b} learner" in out
+    victim = next(n for n in c.ids if n != leader.id)
+    assert await cli(c, "members", "change", "--remove", "n4", "--remove", "n5", "--remove", victim) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"{n} {c.addr[n]} voter" for n in sorted(c.ids) if n != victim]
+    st = leader.status()
+    assert victim not in st.voters and st.voters_outgoing == ()
+    with pytest.raises(SystemExit) as exc:
+        await cli(c, "members", "change", "--add", "bad-spec")
+    assert exc.value.code == 2 and "expected ID=HOST:PORT" in capsys.readouterr().err
 
 
 async def test_put_get_delete_cas(kv_cluster: KVCluster, capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,7 +122,7 @@ def test_endpoints_from_environment(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["get", "k"], "--endpoints is required"),
+        (["get", "k", "--endpoints", ","], "--endpoints names no endpoint"),
         (["put", "k", "v", "--endpoints", "nohost"], "not host:port"),
         (["cas", "k", "only-one", "--endpoints", "h:1"], "cas takes KEY EXPECTED VALUE"),
         (["cas", "k", "a", "b", "--expect-absent", "--endpoints", "h:1"], "--expect-absent takes"),
@@ -120,8 +140,9 @@ def test_bad_arguments_exit_2(
 @pytest.mark.parametrize(
     "argv",
     [
-        ["put", "k"],
+        ["put"],
         ["get", "k", "--consistency", "eventual"],
+        ["get", "k", "-w", "yaml"],
         ["members"],
         ["members", "add", "n4"],
         ["status", "--timeout", "-1"],
@@ -132,3 +153,57 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
         main(argv)
     assert info.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+async def test_write_out_hex_and_standard_input(
+    kv_cluster: KVCluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import json
+
+    c = kv_cluster
+    await c.leader()
+    await c.follower()
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\x00\xffbinary\n")))
+    assert await cli(c, "put", "bin") == 0  # the value is standard input, byte for byte
+    assert capsys.readouterr().out == "OK\n"
+    assert await cli(c, "get", "bin", "--hex") == 0
+    assert capsys.readouterr().out == "00ff62696e6172790a\n"
+    assert await cli(c, "--hex", "put", "h", "c3a9 00") == 0
+    capsys.readouterr()
+    assert await cli(c, "get", "h", "-w", "json") == 0  # valid UTF-8: shown as text
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["value"], shown["encoding"]) == ("\u00e9\x00", "utf-8")
+    assert await cli(c, "get", "h", "-w", "json", "--hex") == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == {"key": "h", "found": True, "value": "c3a900", "encoding": "hex"}
+    assert await cli(c, "get", "bin", "-w", "json") == 0  # not UTF-8: shown in hexadecimal
+    assert json.loads(capsys.readouterr().out)["encoding"] == "hex"
+    assert await cli(c, "put", "t", "text") == 0
+    capsys.readouterr()
+    assert await cli(c, "get", "t", "-w", "json") == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "key": "t",
+        "found": True,
+        "value": "text",
+        "encoding": "utf-8",
+    }
+    assert await cli(c, "get", "t", "-w", "table") == 0
+    assert capsys.readouterr().out.splitlines() == ["KEY  VALUE", "t    text"]
+    assert await cli(c, "get", "nope", "-w", "json") == 3
+    assert json.loads(capsys.readouterr().out) == {"key": "nope", "found": False}
+
+    assert await cli(c, "-w", "json", "members", "list") == 0
+    members = json.loads(capsys.readouterr().out)
+    assert members == [{"id": n, "address": c.addr[n], "kind": "voter"} for n in ("n1", "n2", "n3")]
+    assert await cli(c, "members", "list", "-w", "table") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ID", "ADDRESS", "KIND"] and len(lines) == 4
+
+    assert await cli(c, "status", "-w", "json") == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["leader"] in c.ids and {m["id"] for m in status["members"]} == {"n1", "n2", "n3"}
+    assert all(m["kind"] == "voter" and isinstance(m["term"], int) for m in status["members"])
+    assert await cli(c, "status", "-w", "simple") == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [r[0] for r in rows] == ["n1", "n2", "n3"] and all(len(r) == 8 for r in rows)

@@ -17,10 +17,11 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.protocol import H2Protocol
 
+from phalanx_aio._grpc import WireBytes
 from phalanx_aio.cli.demo import LocalCluster
 from phalanx_aio.kv import KVClient
 from phalanx_aio.kv import messages as m
-from phalanx_aio.transport.codec import WireBytes, encode_kv_message
+from phalanx_aio.kv.codec import encode_kv_message
 
 pytestmark = pytest.mark.slow
 

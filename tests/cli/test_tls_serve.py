@@ -18,7 +18,7 @@ import pytest
 
 from phalanx_aio._net import free_loopback_ports
 from phalanx_aio.cli.main import main
-from tests.transport.test_grpc_tls import OPENSSL, _make_ca, _make_leaf
+from tests.transport.tls_harness import OPENSSL, make_ca, make_leaf
 
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="the openssl command is needed to make certificates")
 
@@ -80,10 +80,10 @@ class TLSCluster:
 def cluster(tmp_path: pathlib.Path) -> Iterator[TLSCluster]:
     pki = tmp_path / "pki"
     pki.mkdir()
-    _make_ca(pki, "ca")
-    _make_leaf(pki, "node", "ca")  # one certificate for every node and the client: SAN 127.0.0.1
-    _make_ca(pki, "rogue-ca")
-    _make_leaf(pki, "rogue", "rogue-ca")
+    make_ca(pki, "ca")
+    make_leaf(pki, "node", "ca")  # one certificate for every node and the client: SAN 127.0.0.1
+    make_ca(pki, "rogue-ca")
+    make_leaf(pki, "rogue", "rogue-ca")
     c = TLSCluster(pki, tmp_path)
     c.start()
     try:
@@ -143,9 +143,9 @@ def test_mutual_tls_cluster_serves_clients_with_certificates_only(
 @pytest.mark.parametrize(
     ("tls", "message"),
     [
-        (["--tls-cert", "c.pem"], "--tls-cert and --tls-key need --tls-ca"),
+        (["--tls-cert", "c.pem"], "--tls-cert needs --tls-ca"),
         (["--tls-ca", "ca.pem", "--tls-key", "k.pem"], "--tls-key needs --tls-cert"),
-        (["--tls-ca", "/nonexistent/ca.pem"], "TLS setup failed"),
+        (["--tls-ca", "/nonexistent/ca.pem"], "TLS setup failed: --tls-ca /nonexistent/ca.pem: no such file"),
     ],
 )
 def test_client_tls_arguments_are_checked(
@@ -160,9 +160,9 @@ def test_node_ids_bound_to_certificates(tmp_path: pathlib.Path, capsys: pytest.C
     """With --tls-bind-ids and a certificate per node naming it, the cluster forms and serves."""
     pki = tmp_path / "pki"
     pki.mkdir()
-    _make_ca(pki, "ca")
+    make_ca(pki, "ca")
     for name in ("node", *IDS):  # "node" is the client's
-        _make_leaf(pki, name, "ca")
+        make_leaf(pki, name, "ca")
     c = TLSCluster(pki, tmp_path, bind_ids=True)
     c.start()
     try:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from phalanx_aio import RaftNode
-from tests.node.conftest import DEADLINE, Harness
+from tests.node.harness import DEADLINE, Harness
 
 
 class ObjectHarness(Harness):

@@ -10,7 +10,7 @@ import pytest
 from phalanx_aio import LocalError, RaftNode, ReplicatedState, UnknownCommand, UnsupportedValue, command
 from phalanx_aio.commands import ReplicatedGroup
 from tests.commands.harness import ObjectHarness, start_all, started
-from tests.node.conftest import DEADLINE
+from tests.node.harness import DEADLINE
 
 
 class Inventory(ReplicatedState):

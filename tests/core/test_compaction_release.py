@@ -3,9 +3,8 @@ call, so a driver can free a long log in steps; the log is the same either way."
 
 from __future__ import annotations
 
-from harness import Network
-
 from phalanx_aio.core import Config, Entry
+from tests.core.harness import Network
 
 CFG = Config.lan(eager_commit=True)
 

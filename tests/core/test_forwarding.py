@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import random
 
-from harness import Network, by_type, drain, elect, new_raft
-
 from phalanx_aio.core import (
     Config,
     Entry,
@@ -18,6 +16,7 @@ from phalanx_aio.core import (
     Raft,
     Ready,
 )
+from tests.core.harness import Network, by_type, drain, elect, new_raft
 
 CFG = Config.lan(eager_commit=True)
 LEASE = Config.lan(eager_commit=True, read_mode="lease")

@@ -12,7 +12,9 @@ import random
 from collections import Counter
 
 import pytest
-from harness import (
+
+from phalanx_aio.core import Config, Entry, EntryType, Message, MessageType, Raft, Role
+from tests.core.harness import (
     PAPER,
     Network,
     by_type,
@@ -23,8 +25,6 @@ from harness import (
     log_state,
     new_raft,
 )
-
-from phalanx_aio.core import Config, Entry, EntryType, Message, MessageType, Raft, Role
 
 APP = MessageType.APP
 APP_RESP = MessageType.APP_RESP

@@ -13,10 +13,10 @@ import random
 import re
 
 import pytest
-from harness import Network, by_type, drain, ids
 
 from phalanx_aio.core import Config, Message, MessageType, Raft, Role
 from phalanx_aio.errors import ConfigError
+from tests.core.harness import Network, by_type, drain, ids
 
 HEARTBEAT = MessageType.HEARTBEAT
 HEARTBEAT_RESP = MessageType.HEARTBEAT_RESP

@@ -24,10 +24,10 @@ import os
 from pathlib import Path
 
 import pytest
-from harness import PAPER, Network
 
 from phalanx_aio.core import ConfChange, ConfChangeType, Config
 from phalanx_aio.errors import PhalanxError
+from tests.core.harness import PAPER, Network
 
 SCRIPTS = Path(__file__).parent / "scripts"
 # The scripts show etcd's eager commit broadcast; lazy_commit.txt switches it off as the

@@ -21,19 +21,15 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.metadata import decode_grpc_message
 
 from phalanx_aio import RaftNode, SQLiteStorage
+from phalanx_aio._grpc import WireBytes
 from phalanx_aio._net import free_loopback_ports
 from phalanx_aio.errors import LocalError
 from phalanx_aio.kv import KVClient, KVService, KVStateMachine
 from phalanx_aio.kv import messages as m
-from phalanx_aio.transport.codec import (
-    KV_STREAM_METHOD,
-    WireBytes,
-    decode_kv_stream_responses,
-    encode_kv_stream_request,
-)
+from phalanx_aio.kv.stream_codec import KV_STREAM_METHOD, decode_kv_stream_responses, encode_kv_stream_request
 from phalanx_aio.transport.grpc import GrpcTransport
 from tests.helpers import find_leader
-from tests.kv.test_service_cluster import CFG, CLUSTER, DEADLINE, grpc_call, hdr
+from tests.kv.cluster import CFG, CLUSTER, DEADLINE, grpc_call, hdr
 
 BIG = 256 << 10
 """The value every read returns: one answer is a little over 256 KiB."""

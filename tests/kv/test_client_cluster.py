@@ -12,7 +12,7 @@ from phalanx_aio._net import free_loopback_ports
 from phalanx_aio.errors import ClosedError, LocalError, NotApplied, NotLeader, OutcomeUnknown
 from phalanx_aio.kv import ErrorCode, KVClient, RequestRefused, SessionExpired, Unavailable
 from phalanx_aio.kv.client import _AttemptFailed
-from tests.kv.test_service_cluster import CLUSTER, DEADLINE, KVCluster, kv_cluster
+from tests.kv.cluster import CLUSTER, DEADLINE, KVCluster, kv_cluster
 
 __all__ = ["kv_cluster"]  # the fixture, imported for use here
 

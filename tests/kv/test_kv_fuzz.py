@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from phalanx_aio import RaftNode
 from phalanx_aio.errors import ProtocolError
+from phalanx_aio.kv.codec import EncodeError, decode_kv_message, encode_kv_message
 from phalanx_aio.kv.messages import (
     KV_METHODS,
     CompareAndSetRequest,
@@ -42,13 +43,10 @@ from phalanx_aio.kv.messages import (
     StatusRequest,
     TransferLeaderRequest,
 )
-from phalanx_aio.transport.codec import (
+from phalanx_aio.kv.stream_codec import (
     KV_STREAM_METHOD,
-    EncodeError,
-    decode_kv_message,
     decode_kv_stream_requests,
     decode_kv_stream_responses,
-    encode_kv_message,
     encode_kv_stream_request,
 )
 from tests.helpers import find_leader

@@ -10,7 +10,7 @@ import pytest
 from phalanx_aio.kv import ErrorCode, KVService, KVStateMachine, QuotaExceeded
 from phalanx_aio.kv.client import KVClient
 from phalanx_aio.kv.state_machine import KVCommand, KVOp, encode_command
-from tests.kv.test_service_cluster import KVCluster
+from tests.kv.cluster import KVCluster
 
 
 def test_the_state_machine_counts_its_bytes_through_every_change_and_a_restore() -> None:

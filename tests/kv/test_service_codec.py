@@ -7,19 +7,16 @@ from typing import Any
 
 import pytest
 
+from phalanx_aio._proto.phalanx import v1 as pb
 from phalanx_aio.errors import LocalError, ProtocolError
 from phalanx_aio.kv import messages as m
-from phalanx_aio.transport._proto.phalanx import v1 as pb
-from phalanx_aio.transport.codec import (
-    KV_STREAM_METHOD,
-    EncodeError,
-    decode_kv_message,
-    encode_kv_message,
-)
+from phalanx_aio.kv.codec import EncodeError, decode_kv_message, encode_kv_message
+from phalanx_aio.kv.stream_codec import KV_STREAM_METHOD
+from tests.proto_services import proto_methods
 
 RQ = m.RequestHeader("c1", "client-7", 2**64 - 1, 41)
 RS = m.ResponseHeader(m.ErrorCode.NOT_LEADER, "not me", "n2", "127.0.0.1:7002", 9, 2**63)
-MEMBERS = (m.Member("n1", "[::1]:7001"), m.Member("n4", "h:1", learner=True))
+MEMBERS = (m.Member("n1", "[::1]:7001", match_index=1 << 40), m.Member("n4", "h:1", learner=True))
 
 SAMPLES: list[Any] = [
     m.PutRequest(RQ, b"k", b"v"),
@@ -44,6 +41,8 @@ SAMPLES: list[Any] = [
     m.MemberAddRequest(RQ, "n4", "h:1", learner=False),
     m.MemberRemoveRequest(RQ, "n4"),
     m.MemberPromoteRequest(RQ, "n4"),
+    m.MemberChangeRequest(RQ, (m.Member("n4", "h:4", True), m.Member("n5", "h:5")), ("n6",), ("n1", "n2")),
+    m.MemberChangeRequest(RQ),
     m.MemberChangeResponse(RS, ()),
     m.TransferLeaderRequest(RQ, ""),
     m.TransferLeaderResponse(m.ResponseHeader(m.ErrorCode.INTERNAL), "n3"),
@@ -60,7 +59,7 @@ def test_every_method_type_is_covered_and_paths_match_the_proto() -> None:
     covered = {type(x) for x in SAMPLES}
     for req, resp in m.KV_METHODS.values():
         assert req in covered and resp in covered
-    generated = set(pb.KvBase().__mapping__())
+    generated = set(proto_methods("KV"))
     assert set(m.KV_METHODS) | {KV_STREAM_METHOD} == generated
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from phalanx_aio.errors import ProtocolError
 from phalanx_aio.kv import KVCommand, KVOp, KVStateMachine, encode_command
 
 KEYS = [b"a", b"b", b"c", b"d", b"e"]
@@ -132,3 +134,32 @@ def test_a_second_snapshot_while_a_build_runs_is_correct() -> None:
     assert sm.snapshot() == ref.snapshot()
     first()
     _assert_same(sm, ref)
+
+
+def test_restore_later_decodes_apart_and_installs_the_same_state() -> None:
+    sm = KVStateMachine()
+    for i in range(40_000):  # more than one run of the stepped decoder
+        sm.apply(_cmd(KVOp.PUT, b"k%d" % i, b"v" * (i % 7), None))
+    sm.apply(encode_command(KVCommand(KVOp.PUT, b"s", b"1", client_id="c", seq=1)))
+    data = sm.snapshot()
+    target = KVStateMachine()
+    target.apply(_cmd(KVOp.PUT, b"old", b"x", None))
+    install = target.restore_later(data)()
+    assert target.get(b"old") == b"x"  # decoding touched nothing live
+    install()
+    ref = KVStateMachine()
+    ref.restore(data)
+    _assert_same(target, ref)
+    assert target.snapshot() == ref.snapshot() == data
+    assert target.data_bytes == sm.data_bytes and target.session_bytes == sm.session_bytes
+
+
+def test_restore_later_refuses_a_bad_snapshot_before_touching_the_state() -> None:
+    sm = KVStateMachine()
+    for i in range(100):
+        sm.apply(_cmd(KVOp.PUT, b"k%d" % i, b"v", None))
+    target = KVStateMachine()
+    target.apply(_cmd(KVOp.PUT, b"keep", b"1", None))
+    with pytest.raises(ProtocolError):
+        target.restore_later(sm.snapshot()[:-300])()
+    assert dict(target.data) == {b"keep": b"1"}

@@ -12,17 +12,13 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
+from phalanx_aio._grpc import WireBytes
 from phalanx_aio.errors import ClosedError, LocalError, OutcomeUnknown
 from phalanx_aio.kv import ErrorCode, KVClient, KVService, RequestRefused
 from phalanx_aio.kv import messages as m
 from phalanx_aio.kv.client import _AttemptFailed, _StreamConn
-from phalanx_aio.transport.codec import (
-    KV_STREAM_METHOD,
-    WireBytes,
-    decode_kv_stream_responses,
-    encode_kv_stream_request,
-)
-from tests.kv.test_service_cluster import CLUSTER, DEADLINE, KVCluster, grpc_call, hdr, kv_cluster
+from phalanx_aio.kv.stream_codec import KV_STREAM_METHOD, decode_kv_stream_responses, encode_kv_stream_request
+from tests.kv.cluster import CLUSTER, DEADLINE, KVCluster, grpc_call, hdr, kv_cluster
 
 __all__ = ["kv_cluster"]  # the fixture, imported for use here
 

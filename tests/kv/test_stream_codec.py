@@ -10,16 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from phalanx_aio._proto.phalanx import v1 as pb
 from phalanx_aio.errors import ProtocolError
 from phalanx_aio.kv import messages as m
-from phalanx_aio.transport._proto.phalanx import v1 as pb
-from phalanx_aio.transport.codec import (
+from phalanx_aio.kv.codec import EncodeError, decode_kv_message, encode_kv_message
+from phalanx_aio.kv.stream_codec import (
     KV_STREAM_MAX_ITEMS,
-    EncodeError,
-    decode_kv_message,
     decode_kv_stream_requests,
     decode_kv_stream_responses,
-    encode_kv_message,
     encode_kv_stream_request,
     encode_kv_stream_response,
 )

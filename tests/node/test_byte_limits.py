@@ -9,7 +9,7 @@ import pytest
 
 from phalanx_aio.core import Config
 from phalanx_aio.errors import ProposalDropped
-from tests.node.conftest import DEADLINE, FAST, Harness
+from tests.node.harness import DEADLINE, FAST, Harness
 
 
 async def test_large_commands_bring_a_snapshot_long_before_snapshot_every_entries() -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from phalanx_aio import Config, RaftNode, SQLiteStorage
 from phalanx_aio._net import free_loopback_ports
-from tests.node.conftest import Counter
+from tests.node.harness import Counter
 
 CFG = Config.lan(tick_interval=0.02)
 RUNS = 100

@@ -14,7 +14,7 @@ import pytest
 from phalanx_aio import Config, RaftNode, SQLiteStorage
 from phalanx_aio._net import free_loopback_ports
 from tests.helpers import find_leader, poll_until
-from tests.node.conftest import DEADLINE, Counter
+from tests.node.harness import DEADLINE, Counter
 
 CFG = Config.lan(tick_interval=0.02)
 

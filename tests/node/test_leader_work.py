@@ -20,7 +20,7 @@ from phalanx_aio import (
     RaftNode,
     RoleChanged,
 )
-from tests.node.conftest import Harness
+from tests.node.harness import Harness
 
 
 class Runs:

@@ -12,7 +12,7 @@ import pytest
 from phalanx_aio.core.types import Entry, EntryType
 from phalanx_aio.errors import ClosedError, NotApplied, NotLeader, ProposalDropped, Timeout
 from phalanx_aio.node import RaftNode, RemovedFromCluster
-from tests.node.conftest import DEADLINE, FAST, Counter, Harness
+from tests.node.harness import DEADLINE, FAST, Counter, Harness
 
 
 async def test_elects_replicates_and_applies_everywhere(cluster: Harness) -> None:

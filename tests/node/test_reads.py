@@ -8,7 +8,7 @@ import pytest
 
 from phalanx_aio.core import Message, MessageType
 from phalanx_aio.errors import ProposalDropped, Timeout
-from tests.node.conftest import DEADLINE, Harness
+from tests.node.harness import DEADLINE, Harness
 
 
 async def test_reads_asked_together_share_one_read_index() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from phalanx_aio.core import Config, Message, MessageType
 from phalanx_aio.errors import NotApplied, PhalanxError, ProposalDropped, Timeout
-from tests.node.conftest import DEADLINE, Harness
+from tests.node.harness import DEADLINE, Harness
 
 
 async def _cluster() -> Harness:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from phalanx_aio.core.types import Snapshot
 from phalanx_aio.errors import StorageError
 from phalanx_aio.storage import MemoryStorage
-from tests.node.conftest import DEADLINE, Harness
+from tests.node.harness import DEADLINE, Harness
 
 
 class SnapshotRefusingStorage(MemoryStorage):

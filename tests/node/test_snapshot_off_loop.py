@@ -3,12 +3,13 @@ the node go on while the snapshot is encoded (issue 17, part 6)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 
 from phalanx_aio.kv import KVStateMachine
 from phalanx_aio.kv.state_machine import KVCommand, KVOp, encode_command
-from tests.node.conftest import DEADLINE, Counter, Harness
+from tests.node.harness import DEADLINE, Counter, Harness
 
 
 class SlowSnapshots(Counter):
@@ -94,4 +95,97 @@ async def test_snapshots_under_writes_leave_every_member_with_the_same_state() -
             log = node._require_core().log
             assert not log.entries or log.entries[0].index == log.snap_index + 1
     finally:
+        await h.aclose()
+
+
+class ThreadedRestores(KVStateMachine):
+    """Records the thread each snapshot was decoded in."""
+
+    decoded_in: list[str]
+
+    def restore_later(self, data: bytes) -> Callable[[], Callable[[], None]]:
+        decode = super().restore_later(data)
+
+        def traced() -> Callable[[], None]:
+            self.decoded_in.append(threading.current_thread().name)
+            return decode()
+
+        return traced
+
+
+async def test_a_snapshot_from_the_leader_is_decoded_in_a_worker_thread() -> None:
+    h = Harness(["n1", "n2", "n3"], snapshot_every=100)
+    try:
+        sms = {nid: ThreadedRestores() for nid in h.ids}
+        for sm in sms.values():
+            sm.decoded_in = []
+        for nid in h.ids:
+            await h.make(nid, state_machine=sms[nid]).start()
+        leader = await h.leader()
+        behind = next(n for n in h.ids if n != leader.id)
+        await h.stop(behind)
+        cmds = [encode_command(KVCommand(KVOp.PUT, b"k%d" % i, b"v%d" % i)) for i in range(600)]
+        for i in range(0, len(cmds), 50):
+            await leader.propose_many(cmds[i : i + 50], timeout=DEADLINE)
+        await h.until(lambda: h.stores[leader.id]._snapshot.meta.index >= 300)
+        fresh = ThreadedRestores()
+        fresh.decoded_in = []
+        await h.make(behind, state_machine=fresh).start()  # its log lacks what was compacted
+        await h.until(lambda: dict(fresh.data) == dict(sms[leader.id].data) and len(fresh.data) == 600)
+        assert fresh.decoded_in and threading.main_thread().name not in fresh.decoded_in
+    finally:
+        await h.aclose()
+
+
+class SlowRestores(KVStateMachine):
+    """Its decode waits for the test (in the worker thread)."""
+
+    release = threading.Event()
+    started = threading.Event()
+
+    def restore_later(self, data: bytes) -> Callable[[], Callable[[], None]]:
+        decode = super().restore_later(data)
+
+        def slow() -> Callable[[], None]:
+            SlowRestores.started.set()
+            assert SlowRestores.release.wait(30)
+            return decode()
+
+        return slow
+
+
+async def test_a_long_decode_does_not_make_the_follower_campaign() -> None:
+    """While its Raft work waits for a decode, ticks and the leader's messages queue up;
+    handled in the order they came once the state is installed, they do not make the
+    follower campaign (five election timeouts pass meanwhile)."""
+    SlowRestores.release.clear()
+    SlowRestores.started.clear()
+    h = Harness(["n1", "n2", "n3"], snapshot_every=50)
+    try:
+        sms = {nid: KVStateMachine() for nid in h.ids}
+        for nid in h.ids:
+            await h.make(nid, state_machine=sms[nid]).start()
+        leader = await h.leader()
+        behind = next(n for n in h.ids if n != leader.id)
+        await h.stop(behind)
+        cmds = [encode_command(KVCommand(KVOp.PUT, b"k%d" % i, b"v")) for i in range(300)]
+        for i in range(0, len(cmds), 50):
+            await leader.propose_many(cmds[i : i + 50], timeout=DEADLINE)
+        await h.until(lambda: h.stores[leader.id]._snapshot.meta.index >= 100)
+        slow = SlowRestores()
+        node = h.make(behind, state_machine=slow)
+        campaigns: list[object] = []
+        node.add_listener(lambda ev: campaigns.append(ev) if type(ev).__name__ == "ElectionStarted" else None)
+        await node.start()
+        await h.until(SlowRestores.started.is_set)
+        # Five election timeouts at most (tick 10 ms, at most 20 ticks each) pass meanwhile.
+        await asyncio.sleep(5 * 20 * 0.01)
+        SlowRestores.release.set()
+        await h.until(lambda: len(slow.data) == 300)
+        await leader.propose(encode_command(KVCommand(KVOp.PUT, b"after", b"1")), timeout=DEADLINE)
+        await h.until(lambda: slow.get(b"after") == b"1")
+        assert campaigns == []
+        assert leader.is_leader
+    finally:
+        SlowRestores.release.set()
         await h.aclose()

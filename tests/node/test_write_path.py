@@ -12,10 +12,10 @@ import pytest
 
 from phalanx_aio.core.types import Entry, HardState, Snapshot
 from phalanx_aio.errors import ClosedError, LocalError, NotLeader, ProposalDropped, StorageError, Timeout
-from phalanx_aio.node import raft_node as raft_node_module
+from phalanx_aio.node import _proposals as proposals_module
 from phalanx_aio.node.raft_node import RaftNode
 from phalanx_aio.storage import MemoryStorage
-from tests.node.conftest import DEADLINE, FAST, Counter, Harness
+from tests.node.harness import DEADLINE, FAST, Counter, Harness
 
 Save = tuple[HardState | None, tuple[Entry, ...], Snapshot | None]
 
@@ -131,7 +131,7 @@ async def test_a_big_backlog_is_taken_in_bounded_turns(
 ) -> None:
     leader = await cluster.leader()
     saves = record_saves(cluster.stores[leader.id])
-    monkeypatch.setattr(raft_node_module, "_TURN_MAX_PROPOSALS", 40)
+    monkeypatch.setattr(proposals_module, "TURN_MAX_PROPOSALS", 40)
     results = await leader.propose_many([b"incr 1"] * 400, timeout=DEADLINE)
     assert results == list(range(1, 401))
     sizes = [len(entries) for _, entries, _ in saves if entries]
@@ -223,15 +223,15 @@ def test_the_turn_bound_adapts_to_how_long_turns_take() -> None:
         storage=MemoryStorage("a"),
         config=Config.lan(tick_interval=0.05),
     )
-    top = raft_node_module._TURN_MAX_PROPOSALS
+    top = proposals_module.TURN_MAX_PROPOSALS
     assert node._turn_cap == top
     node._adapt_turn(top, 0.5)  # a slow full turn: halve
     assert node._turn_cap == top // 2
     for _ in range(20):
         node._adapt_turn(node._turn_cap, 1.0)
-    assert node._turn_cap == raft_node_module._TURN_MIN_PROPOSALS  # never below the floor
+    assert node._turn_cap == proposals_module.TURN_MIN_PROPOSALS  # never below the floor
     node._adapt_turn(10, 0.01)  # a quick turn that was not full: no change
-    assert node._turn_cap == raft_node_module._TURN_MIN_PROPOSALS
+    assert node._turn_cap == proposals_module.TURN_MIN_PROPOSALS
     for _ in range(50):
         node._adapt_turn(node._turn_cap, 0.01)  # quick full turns: grow back to the top
     assert node._turn_cap == top

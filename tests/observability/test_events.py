@@ -30,7 +30,7 @@ from phalanx_aio.core.membership import ConfChangeType
 from phalanx_aio.core.types import Message, MessageType
 from phalanx_aio.observability import NodeMetrics
 from phalanx_aio.transport.memory import MemoryNetwork, MemoryTransport
-from tests.node.conftest import Harness
+from tests.node.harness import Harness
 
 IDS = ["n1", "n2", "n3"]
 _LEADER_MSGS = {MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP}

@@ -11,13 +11,13 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 from phalanx_aio import Config, MemoryStorage, RaftNode
+from phalanx_aio._grpc import WireBytes
 from phalanx_aio._net import free_loopback_ports
 from phalanx_aio.observability import HealthService
 from phalanx_aio.observability.grpc_health import CHECK_METHOD, NOT_SERVING, SERVING, WATCH_METHOD
-from phalanx_aio.transport.codec import WireBytes
 from phalanx_aio.transport.grpc import GrpcTransport
 from tests.helpers import poll_until
-from tests.node.conftest import Counter
+from tests.node.harness import Counter
 
 
 def _request(service: str) -> bytes:

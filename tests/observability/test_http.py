@@ -16,10 +16,10 @@ from phalanx_aio._net import free_loopback_ports
 from phalanx_aio.cli.main import build_parser
 from phalanx_aio.cli.serve import resolve_settings
 from phalanx_aio.errors import ConfigError
-from phalanx_aio.kv import KVClient, KVStateMachine
+from phalanx_aio.kv import KVClient, KVStateMachine, MeteredKVService
 from phalanx_aio.kv.client import RequestRefused
 from phalanx_aio.kv.messages import ErrorCode
-from phalanx_aio.observability import MeteredKVService, NodeMetrics, ObservabilityServer
+from phalanx_aio.observability import NodeMetrics, ObservabilityServer
 from phalanx_aio.transport.grpc import GrpcTransport
 
 DEADLINE = 15.0

@@ -28,7 +28,7 @@ from phalanx_aio.observability import (
 )
 from phalanx_aio.transport.grpc import GrpcTransport
 from tests.helpers import poll_until
-from tests.node.conftest import Harness
+from tests.node.harness import Harness
 
 DEADLINE = 15.0
 

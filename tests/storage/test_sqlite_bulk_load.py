@@ -18,6 +18,7 @@ import pytest
 from phalanx_aio import Entry, EntryType, HardState, StorageError
 from phalanx_aio._entry_batch import EncodeError
 from phalanx_aio.storage import SQLiteStorage
+from phalanx_aio.storage import _loaders as loaders_module
 from phalanx_aio.storage import sqlite as sqlite_module
 from phalanx_aio.storage._codec import batch_crc, batch_rows, decode_batch, entry_crc, entry_crcs
 from tests.storage.sqlite_rows import batch_row, blob, read_log, records, to_schema_1
@@ -102,14 +103,14 @@ def small_rows(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Store ROWS entries per row and load LOADED rows at a time: a test log spans many rows and
     many chunks."""
     monkeypatch.setattr(sqlite_module, "ROW_ENTRIES", ROWS)
-    monkeypatch.setattr(sqlite_module, "_LOAD_BATCHES", LOADED)
+    monkeypatch.setattr(loaders_module, "_LOAD_BATCHES", LOADED)
     yield
 
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Load the log a few rows at a time, so that a test log spans many chunks."""
-    monkeypatch.setattr(sqlite_module, "_LOAD_CHUNK", CHUNK)
+    monkeypatch.setattr(loaders_module, "_LOAD_CHUNK", CHUNK)
     yield
 
 

@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import storage_crash_workload as workload
 
 from phalanx_aio import HardState, InitialState
 from phalanx_aio.storage import SQLiteStorage
+from tests.storage import storage_crash_workload as workload
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 

@@ -258,7 +258,13 @@ async def test_compaction(backend: Backend, store: Storage) -> None:
 
 async def test_snapshot_round_trip_keeps_configuration(backend: Backend, store: Storage) -> None:
     data = random.Random(7).randbytes(300_000)
-    for i, conf in enumerate((CONF, ConfState(), ConfState(voters=frozenset({"only"})))):
+    joint = ConfState(
+        voters=frozenset({"n1", "n5"}),
+        contexts=(("n5", b"e"), ("n2", b"b")),
+        voters_outgoing=frozenset({"n1", "n2"}),
+        removed=(("n3", 12), ("n7", 40)),
+    )
+    for i, conf in enumerate((CONF, ConfState(), ConfState(voters=frozenset({"only"})), joint)):
         s = snap(50 + i, 4, data, conf)
         await store.save(snapshot=s, hard_state=HardState(4, None, s.meta.index))
         assert await store.read_snapshot() == s

@@ -11,12 +11,13 @@ import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transport_strategies import frames
 
 from phalanx_aio.core.types import Entry, Message, MessageType, Snapshot, SnapshotMeta
 from phalanx_aio.errors import ProtocolError
 from phalanx_aio.transport import codec
-from phalanx_aio.transport.codec import Limits, SnapshotAssembler, decode_frame, encode_frame
+from phalanx_aio.transport.chunks import SnapshotAssembler, snapshot_chunks
+from phalanx_aio.transport.codec import Limits, decode_frame, encode_frame
+from tests.transport.transport_strategies import frames
 
 SETTINGS = settings(
     derandomize=True,
@@ -127,7 +128,7 @@ def test_other_decoders_on_random_bytes(data: bytes) -> None:
 
 def test_mutated_snapshot_chunks() -> None:
     m = Message(MessageType.SNAP, "n2", "n1", 1, snapshot=Snapshot(data=bytes(range(200))))
-    chunks = list(codec.snapshot_chunks("c", "n1", m, chunk_bytes=64))
+    chunks = list(snapshot_chunks("c", "n1", m, chunk_bytes=64))
     rng = random.Random(7)
     completed = 0
     for _ in range(600):

@@ -8,12 +8,12 @@ import grpclib.encoding.proto
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transport_strategies import entries, frames, from_pb, messages, to_pb
 
+from phalanx_aio._grpc import WireBytes
+from phalanx_aio._proto.phalanx import v1 as pb
 from phalanx_aio.core.types import ConfState, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMeta
 from phalanx_aio.errors import LocalError, ProtocolError
 from phalanx_aio.transport import codec
-from phalanx_aio.transport._proto.phalanx import v1 as pb
 from phalanx_aio.transport.codec import (
     Frame,
     Limits,
@@ -23,6 +23,8 @@ from phalanx_aio.transport.codec import (
     encode_frame,
     encode_frames,
 )
+from tests.proto_services import proto_methods
+from tests.transport.transport_strategies import entries, frames, from_pb, messages, to_pb
 
 SETTINGS = settings(
     derandomize=True,
@@ -133,6 +135,25 @@ def test_snapshot_with_everything_round_trips() -> None:
     assert decode_frame(encode_frame("c", "n1", [empty])).messages == [empty]
 
 
+def test_a_joint_configuration_and_removals_travel_in_a_snapshot() -> None:
+    conf = ConfState(
+        voters=frozenset({"n1", "n4"}),
+        learners=frozenset({"n5"}),
+        contexts=(("n2", b"old"), ("n4", b"new")),
+        voters_outgoing=frozenset({"n1", "n2"}),
+        removed=(("n3", 17), ("n9", 1 << 40)),
+    )
+    m = Message(MessageType.SNAP, "n4", "n1", 9, snapshot=Snapshot(SnapshotMeta(20, 3, conf), b"s"))
+    assert decode_frame(encode_frame("c", "n1", [m])).messages == [m]
+    for bad_conf in (
+        ConfState(voters=frozenset({"n1"}), learners=frozenset({"n2"}), voters_outgoing=frozenset({"n2"})),
+        ConfState(voters_outgoing=frozenset({"n2"})),
+    ):
+        bad = Message(MessageType.SNAP, "n4", "n1", 9, snapshot=Snapshot(SnapshotMeta(20, 3, bad_conf)))
+        with pytest.raises(codec.EncodeError):
+            encode_frame("c", "n1", [bad])
+
+
 def test_empty_frame_is_a_hello() -> None:
     assert decode_frame(encode_frame("cluster-a", "n1", [])) == ("cluster-a", "n1", [])
     assert encode_frames("cluster-a", "n1", []) == [encode_frame("cluster-a", "n1", [])]
@@ -171,14 +192,14 @@ def test_acks_round_trip() -> None:
 def test_wire_bytes_passes_through_grpclib_codec() -> None:
     proto_codec = grpclib.encoding.proto.ProtoCodec()
     data = encode_frame("c", "n1", [Message(MessageType.HEARTBEAT, "n2", "n1", 1)])
-    wrapped = codec.WireBytes(data)
-    assert proto_codec.encode(wrapped, codec.WireBytes) == data
-    assert proto_codec.decode(data, codec.WireBytes).data == data
+    wrapped = WireBytes(data)
+    assert proto_codec.encode(wrapped, WireBytes) == data
+    assert proto_codec.decode(data, WireBytes).data == data
     assert "bytes" in repr(wrapped)
 
 
 def test_method_paths_and_enums_match_the_generated_code() -> None:
-    mapping = pb.RaftPeerBase().__mapping__()
+    mapping = proto_methods("RaftPeer")
     assert set(mapping) == {codec.STREAM_METHOD, codec.INSTALL_SNAPSHOT_METHOD}
     assert {t.name: t.value for t in MessageType} == {t.name: t.value for t in pb.MessageType if t.value != 0}
     assert isinstance(codec.EncodeError("x"), LocalError | ValueError)

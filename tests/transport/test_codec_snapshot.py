@@ -8,10 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from phalanx_aio._proto.phalanx import v1 as pb
 from phalanx_aio.core.types import ConfState, Message, MessageType, Snapshot, SnapshotMeta
 from phalanx_aio.errors import ProtocolError
-from phalanx_aio.transport._proto.phalanx import v1 as pb
-from phalanx_aio.transport.codec import EncodeError, Limits, SnapshotAssembler, snapshot_chunks
+from phalanx_aio.transport.chunks import SnapshotAssembler, snapshot_chunks
+from phalanx_aio.transport.codec import EncodeError, Limits
 
 CONF = ConfState(voters=frozenset({"n1", "n2", "n3"}), contexts=(("n1", b"127.0.0.1:7001"),))
 

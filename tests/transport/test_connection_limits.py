@@ -18,10 +18,11 @@ import pytest
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 
+from phalanx_aio._grpc import WireBytes
 from phalanx_aio.errors import ConfigError
-from phalanx_aio.transport.codec import STREAM_METHOD, WireBytes
+from phalanx_aio.transport.codec import STREAM_METHOD
 from phalanx_aio.transport.grpc import GrpcTransport
-from tests.transport.test_grpc_transport import DEADLINE, Factory, Recorder, connect, eventually, node
+from tests.transport.harness import DEADLINE, Factory, Recorder, connect, eventually, node
 
 __all__ = ["node"]  # the fixture, imported for use here
 

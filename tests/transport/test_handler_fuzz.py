@@ -27,17 +27,16 @@ from hypothesis import strategies as st
 from phalanx_aio.core.types import ConfState, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMeta
 from phalanx_aio.errors import PhalanxError, ProtocolError
 from phalanx_aio.kv.state_machine import KVStateMachine
+from phalanx_aio.transport.chunks import SnapshotAssembler, snapshot_chunks
 from phalanx_aio.transport.codec import (
     INSTALL_SNAPSHOT_METHOD,
     MAX_INT,
     STREAM_METHOD,
     EncodeError,
-    SnapshotAssembler,
     decode_frame,
     decode_snapshot_ack,
     decode_stream_ack,
     encode_frames,
-    snapshot_chunks,
 )
 from phalanx_aio.transport.grpc import MAX_ACCEPTED_INT
 from tests.live_cluster import CLUSTER, LIMITS, REFUSALS, LiveCluster

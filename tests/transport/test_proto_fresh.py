@@ -1,4 +1,4 @@
-"""The committed generated code matches protos/, and only the codec imports it."""
+"""The committed generated code matches protos/, and only the modules its package names import it."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ from types import ModuleType
 import pytest
 
 import phalanx_aio
+import phalanx_aio._proto
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGE = pathlib.Path(phalanx_aio.__file__).parent
-CODEC = PACKAGE / "transport" / "codec.py"
-GENERATED = PACKAGE / "transport" / "_proto"
+GENERATED = PACKAGE / "_proto"
+ALLOWED = {
+    PACKAGE.joinpath(*name.split(".")[1:]).with_suffix(".py") for name in phalanx_aio._proto.ALLOWED_IMPORTERS
+}
 
 
 def _load_generator() -> ModuleType:
@@ -42,7 +45,7 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, pathlib
 def test_generated_code_is_fresh(fresh: tuple[ModuleType, pathlib.Path]) -> None:
     gen, out = fresh
     report = gen.stale_report(GENERATED, out)
-    assert report == "", f"phalanx_aio/transport/_proto is stale; run scripts/gen_protos.py\n{report}"
+    assert report == "", f"phalanx_aio/_proto is stale; run scripts/gen_protos.py\n{report}"
 
 
 def test_staleness_check_has_teeth(fresh: tuple[ModuleType, pathlib.Path], tmp_path: pathlib.Path) -> None:
@@ -73,11 +76,24 @@ def _imports_generated(path: pathlib.Path) -> bool:
     return False
 
 
-def test_only_the_codec_imports_the_generated_code() -> None:
+def test_only_the_allowed_modules_import_the_generated_code() -> None:
     offenders = [
         str(path.relative_to(PACKAGE))
         for path in sorted(PACKAGE.rglob("*.py"))
-        if GENERATED not in path.parents and path != CODEC and _imports_generated(path)
+        if GENERATED not in path.parents and path not in ALLOWED and _imports_generated(path)
     ]
     assert offenders == []
-    assert _imports_generated(CODEC)
+    assert ALLOWED and all(_imports_generated(path) for path in ALLOWED)
+
+
+def test_generated_code_carries_no_service_stubs() -> None:
+    """The service stubs and bases are stripped at generation: nothing uses them, and without
+    them the generated messages do not import grpclib."""
+    for path in sorted(GENERATED.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
+        assert not [c for c in classes if c.endswith(("Stub", "Base"))], path
+        assert "grpclib" not in path.read_text(), path
+    gen = _load_generator()
+    stub = "import grpclib\n\n\nclass FooStub(betterproto.ServiceStub):\n    pass\n\n\nclass Foo:\n    pass\n"
+    assert gen.strip_services(stub).strip() == "class Foo:\n    pass"

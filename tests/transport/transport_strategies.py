@@ -9,6 +9,7 @@ from __future__ import annotations
 import betterproto
 from hypothesis import strategies as st
 
+from phalanx_aio._proto.phalanx import v1 as pb
 from phalanx_aio.core.types import (
     ConfState,
     Entry,
@@ -18,7 +19,6 @@ from phalanx_aio.core.types import (
     Snapshot,
     SnapshotMeta,
 )
-from phalanx_aio.transport._proto.phalanx import v1 as pb
 from phalanx_aio.transport.codec import MAX_INT
 
 ids = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=12)
@@ -35,9 +35,23 @@ def conf_states(draw: st.DrawFn) -> ConfState:
     members = draw(st.lists(node_ids, unique=True, max_size=7))
     split = draw(st.integers(0, len(members)))
     voters, learners = members[:split], members[split:]
+    # Sometimes joint: the outgoing half shares some voters and has some of its own.
+    outgoing: list[str] = []
+    if voters and draw(st.booleans()):
+        own = [n for n in draw(st.lists(node_ids, unique=True, max_size=3)) if n not in members]
+        outgoing = [v for v in voters if draw(st.booleans())] + own
+        members = members + own
     with_ctx = draw(st.permutations(members))[: draw(st.integers(0, len(members)))]
     contexts = tuple((nid, draw(payloads)) for nid in with_ctx)
-    return ConfState(voters=frozenset(voters), learners=frozenset(learners), contexts=contexts)
+    gone = draw(st.lists(node_ids.filter(lambda n: n not in members), unique=True, max_size=3))
+    removed = tuple(sorted((nid, draw(wire_ints)) for nid in gone))
+    return ConfState(
+        voters=frozenset(voters),
+        learners=frozenset(learners),
+        contexts=contexts,
+        voters_outgoing=frozenset(outgoing),
+        removed=removed,
+    )
 
 
 snapshots = st.builds(
@@ -135,6 +149,8 @@ def to_pb(m: Message, sender: str) -> pb.RaftMessage:
                     voters=sorted(c.voters),
                     learners=sorted(c.learners),
                     contexts=[pb.MemberContext(node_id=n, context=x) for n, x in c.contexts],
+                    voters_outgoing=sorted(c.voters_outgoing),
+                    removed=[pb.RemovedMember(node_id=n, index=i) for n, i in c.removed],
                 ),
             ),
             data=m.snapshot.data,
@@ -155,6 +171,8 @@ def from_pb(p: pb.RaftMessage, sender: str) -> Message:
                     voters=frozenset(conf.voters),
                     learners=frozenset(conf.learners),
                     contexts=tuple((c.node_id, c.context) for c in conf.contexts),
+                    voters_outgoing=frozenset(conf.voters_outgoing),
+                    removed=tuple((r.node_id, r.index) for r in conf.removed),
                 ),
             ),
             p.snapshot.data,

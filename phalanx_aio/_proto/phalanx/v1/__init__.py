@@ -16,13 +16,6 @@ from typing import (
 )
 
 import betterproto
-import grpclib
-from betterproto.grpc.grpclib_server import ServiceBase
-
-if TYPE_CHECKING:
-    import grpclib.server
-    from betterproto.grpc.grpclib_client import MetadataLike
-    from grpclib.metadata import Deadline
 
 
 class ErrorCode(betterproto.Enum):
@@ -281,6 +274,11 @@ class Member(betterproto.Message):
     """
 
     learner: bool = betterproto.bool_field(3)
+    match_index: int = betterproto.uint64_field(4)
+    """
+    In a leader's Status answer: the highest log index the member acknowledged to this
+     leader (0 elsewhere, and for members it has not heard from).
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -315,6 +313,21 @@ class MemberRemoveRequest(betterproto.Message):
 class MemberPromoteRequest(betterproto.Message):
     header: "RequestHeader" = betterproto.message_field(1)
     node_id: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class MemberChangeRequest(betterproto.Message):
+    header: "RequestHeader" = betterproto.message_field(1)
+    add: List["Member"] = betterproto.message_field(2)
+    """
+    Members to add: node_id and address, as a learner if learner is set, else as a voter.
+    """
+
+    promote: List[str] = betterproto.string_field(3)
+    """Learners to make voters."""
+
+    remove: List[str] = betterproto.string_field(4)
+    """Voters or learners to remove."""
 
 
 @dataclass(eq=False, repr=False)
@@ -510,15 +523,36 @@ class ConfState(betterproto.Message):
     An opaque context per member (its address, for example), in the core's order.
     """
 
+    voters_outgoing: List[str] = betterproto.string_field(4)
+    """
+    In a joint configuration (Raft thesis 4.3), the voters of the configuration being left;
+     empty otherwise. Disjoint from learners; they may also be in voters.
+    """
+
+    removed: List["RemovedMember"] = betterproto.message_field(5)
+    """
+    Members removed by earlier changes, each with the index of the entry that removed it.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class MemberContext(betterproto.Message):
     """
-    The context attached to one member; node_id must be a voter or a learner.
+    The context attached to one member; node_id must be a voter (of either half) or a learner.
     """
 
     node_id: str = betterproto.string_field(1)
     context: bytes = betterproto.bytes_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class RemovedMember(betterproto.Message):
+    """
+    A member removed from the configuration, and where (the CONF entry's index).
+    """
+
+    node_id: str = betterproto.string_field(1)
+    index: int = betterproto.uint64_field(2)
 
 
 @dataclass(eq=False, repr=False)
@@ -548,483 +582,3 @@ class SnapshotAck(betterproto.Message):
     """
 
     received: int = betterproto.uint64_field(1)
-
-
-class KvStub(betterproto.ServiceStub):
-    async def put(
-        self,
-        put_request: "PutRequest",
-        *,
-        timeout: Optional[float] = None,
-        deadline: Optional["Deadline"] = None,
-        metadata: Optional["MetadataLike"] = None
-    ) -> "PutResponse":
-        return await self._unary_unary(
-            "/phalanx.v1.KV/Put",
-            put_request,
-            PutResponse,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-    async def get(
-        self,
-        get_request: "GetRequest",
-        *,
-        timeout: Optional[float] = None,
-        deadline: Optional["Deadline"] = None,
-        metadata: Optional["MetadataLike"] = None
-    ) -> "GetResponse":
-        return await self._unary_unary(
-            "/phalanx.v1.KV/Get",
-            get_request,
-            GetResponse,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-    async def delete(
-        self,
-        delete_request: "DeleteRequest",
-        *,
-        timeout: Optional[float] = None,
-        deadline: Optional["Deadline"] = None,
-        metadata: Optional["MetadataLike"] = None
-    ) -> "DeleteResponse":
-        return await self._unary_unary(
-            "/phalanx.v1.KV/Delete",
-            delete_request,
-            DeleteResponse,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-    async def compare_and_set(
-        self,
-        compare_and_set_request: "CompareAndSetRequest",
-        *,
-        timeout: Optional[float] = None,
-        deadline: Optional["Deadline"] = None,
-        metadata: Optional["MetadataLike"] = None
-    ) -> "CompareAndSetResponse":
-        return await self._unary_unary(
-            "/phalanx.v1.KV/CompareAndSet",
-            compare_and_set_request,
-            CompareAndSetResponse,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-    async def status(
-        self,
-        status_request: "StatusRequest",
-        *,
-        timeout: Optional[float] = None,
-        deadline: Optional["Deadline"] = None,
-        metadata: Optional["MetadataLike"] = None
-    ) -> "StatusResponse":
-        return await self._unary_unary(
-            "/phalanx.v1.KV/Status",
-            status_request,
-            StatusResponse,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-    async def member_list(
-        self,
-        member_list_request: "MemberListRequest",
-        *,
-        timeout: Optional[float] = None,
-        deadline: Optional["Deadline"] = None,
-        metadata: Optional["MetadataLike"] = None
-    ) -> "MemberListResponse":
-        return await self._unary_unary(
-            "/phalanx.v1.KV/MemberList",
-            member_list_request,
-            MemberListResponse,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-    async def member_add(
-        self,
-        member_add_request: "MemberAddRequest",
-        *,
-        timeout: Optional[float] = None,
-        deadline: Optional["Deadline"] = None,
-        metadata: Optional["MetadataLike"] = None
-    ) -> "MemberChangeResponse":
-        return await self._unary_unary(
-            "/phalanx.v1.KV/MemberAdd",
-            member_add_request,
-            MemberChangeResponse,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-    async def member_remove(
-        self,
-        member_remove_request: "MemberRemoveRequest",
-        *,
-        timeout: Optional[float] = None,
-        deadline: Optional["Deadline"] = None,
-        metadata: Optional["MetadataLike"] = None
-    ) -> "MemberChangeResponse":
-        return await self._unary_unary(
-            "/phalanx.v1.KV/MemberRemove",
-            member_remove_request,
-            MemberChangeResponse,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-    async def member_promote(
-        self,
-        member_promote_request: "MemberPromoteRequest",
-        *,
-        timeout: Optional[float] = None,
-        deadline: Optional["Deadline"] = None,
-        metadata: Optional["MetadataLike"] = None
-    ) -> "MemberChangeResponse":
-        return await self._unary_unary(
-            "/phalanx.v1.KV/MemberPromote",
-            member_promote_request,
-            MemberChangeResponse,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-    async def transfer_leader(
-        self,
-        transfer_leader_request: "TransferLeaderRequest",
-        *,
-        timeout: Optional[float] = None,
-        deadline: Optional["Deadline"] = None,
-        metadata: Optional["MetadataLike"] = None
-    ) -> "TransferLeaderResponse":
-        return await self._unary_unary(
-            "/phalanx.v1.KV/TransferLeader",
-            transfer_leader_request,
-            TransferLeaderResponse,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-    async def stream(
-        self,
-        stream_request_batch_iterator: Union[
-            AsyncIterable[StreamRequestBatch], Iterable[StreamRequestBatch]
-        ],
-        *,
-        timeout: Optional[float] = None,
-        deadline: Optional["Deadline"] = None,
-        metadata: Optional["MetadataLike"] = None
-    ) -> AsyncIterator[StreamResponseBatch]:
-        async for response in self._stream_stream(
-            "/phalanx.v1.KV/Stream",
-            stream_request_batch_iterator,
-            StreamRequestBatch,
-            StreamResponseBatch,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        ):
-            yield response
-
-
-class RaftPeerStub(betterproto.ServiceStub):
-    async def stream(
-        self,
-        peer_frame_iterator: Union[AsyncIterable[PeerFrame], Iterable[PeerFrame]],
-        *,
-        timeout: Optional[float] = None,
-        deadline: Optional["Deadline"] = None,
-        metadata: Optional["MetadataLike"] = None
-    ) -> "StreamAck":
-        return await self._stream_unary(
-            "/phalanx.v1.RaftPeer/Stream",
-            peer_frame_iterator,
-            PeerFrame,
-            StreamAck,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-    async def install_snapshot(
-        self,
-        snapshot_chunk_iterator: Union[
-            AsyncIterable[SnapshotChunk], Iterable[SnapshotChunk]
-        ],
-        *,
-        timeout: Optional[float] = None,
-        deadline: Optional["Deadline"] = None,
-        metadata: Optional["MetadataLike"] = None
-    ) -> "SnapshotAck":
-        return await self._stream_unary(
-            "/phalanx.v1.RaftPeer/InstallSnapshot",
-            snapshot_chunk_iterator,
-            SnapshotChunk,
-            SnapshotAck,
-            timeout=timeout,
-            deadline=deadline,
-            metadata=metadata,
-        )
-
-
-class KvBase(ServiceBase):
-
-    async def put(self, put_request: "PutRequest") -> "PutResponse":
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def get(self, get_request: "GetRequest") -> "GetResponse":
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def delete(self, delete_request: "DeleteRequest") -> "DeleteResponse":
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def compare_and_set(
-        self, compare_and_set_request: "CompareAndSetRequest"
-    ) -> "CompareAndSetResponse":
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def status(self, status_request: "StatusRequest") -> "StatusResponse":
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def member_list(
-        self, member_list_request: "MemberListRequest"
-    ) -> "MemberListResponse":
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def member_add(
-        self, member_add_request: "MemberAddRequest"
-    ) -> "MemberChangeResponse":
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def member_remove(
-        self, member_remove_request: "MemberRemoveRequest"
-    ) -> "MemberChangeResponse":
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def member_promote(
-        self, member_promote_request: "MemberPromoteRequest"
-    ) -> "MemberChangeResponse":
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def transfer_leader(
-        self, transfer_leader_request: "TransferLeaderRequest"
-    ) -> "TransferLeaderResponse":
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def stream(
-        self, stream_request_batch_iterator: AsyncIterator[StreamRequestBatch]
-    ) -> AsyncIterator[StreamResponseBatch]:
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-        yield StreamResponseBatch()
-
-    async def __rpc_put(
-        self, stream: "grpclib.server.Stream[PutRequest, PutResponse]"
-    ) -> None:
-        request = await stream.recv_message()
-        response = await self.put(request)
-        await stream.send_message(response)
-
-    async def __rpc_get(
-        self, stream: "grpclib.server.Stream[GetRequest, GetResponse]"
-    ) -> None:
-        request = await stream.recv_message()
-        response = await self.get(request)
-        await stream.send_message(response)
-
-    async def __rpc_delete(
-        self, stream: "grpclib.server.Stream[DeleteRequest, DeleteResponse]"
-    ) -> None:
-        request = await stream.recv_message()
-        response = await self.delete(request)
-        await stream.send_message(response)
-
-    async def __rpc_compare_and_set(
-        self,
-        stream: "grpclib.server.Stream[CompareAndSetRequest, CompareAndSetResponse]",
-    ) -> None:
-        request = await stream.recv_message()
-        response = await self.compare_and_set(request)
-        await stream.send_message(response)
-
-    async def __rpc_status(
-        self, stream: "grpclib.server.Stream[StatusRequest, StatusResponse]"
-    ) -> None:
-        request = await stream.recv_message()
-        response = await self.status(request)
-        await stream.send_message(response)
-
-    async def __rpc_member_list(
-        self, stream: "grpclib.server.Stream[MemberListRequest, MemberListResponse]"
-    ) -> None:
-        request = await stream.recv_message()
-        response = await self.member_list(request)
-        await stream.send_message(response)
-
-    async def __rpc_member_add(
-        self, stream: "grpclib.server.Stream[MemberAddRequest, MemberChangeResponse]"
-    ) -> None:
-        request = await stream.recv_message()
-        response = await self.member_add(request)
-        await stream.send_message(response)
-
-    async def __rpc_member_remove(
-        self, stream: "grpclib.server.Stream[MemberRemoveRequest, MemberChangeResponse]"
-    ) -> None:
-        request = await stream.recv_message()
-        response = await self.member_remove(request)
-        await stream.send_message(response)
-
-    async def __rpc_member_promote(
-        self,
-        stream: "grpclib.server.Stream[MemberPromoteRequest, MemberChangeResponse]",
-    ) -> None:
-        request = await stream.recv_message()
-        response = await self.member_promote(request)
-        await stream.send_message(response)
-
-    async def __rpc_transfer_leader(
-        self,
-        stream: "grpclib.server.Stream[TransferLeaderRequest, TransferLeaderResponse]",
-    ) -> None:
-        request = await stream.recv_message()
-        response = await self.transfer_leader(request)
-        await stream.send_message(response)
-
-    async def __rpc_stream(
-        self, stream: "grpclib.server.Stream[StreamRequestBatch, StreamResponseBatch]"
-    ) -> None:
-        request = stream.__aiter__()
-        await self._call_rpc_handler_server_stream(
-            self.stream,
-            stream,
-            request,
-        )
-
-    def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
-        return {
-            "/phalanx.v1.KV/Put": grpclib.const.Handler(
-                self.__rpc_put,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                PutRequest,
-                PutResponse,
-            ),
-            "/phalanx.v1.KV/Get": grpclib.const.Handler(
-                self.__rpc_get,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                GetRequest,
-                GetResponse,
-            ),
-            "/phalanx.v1.KV/Delete": grpclib.const.Handler(
-                self.__rpc_delete,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                DeleteRequest,
-                DeleteResponse,
-            ),
-            "/phalanx.v1.KV/CompareAndSet": grpclib.const.Handler(
-                self.__rpc_compare_and_set,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                CompareAndSetRequest,
-                CompareAndSetResponse,
-            ),
-            "/phalanx.v1.KV/Status": grpclib.const.Handler(
-                self.__rpc_status,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                StatusRequest,
-                StatusResponse,
-            ),
-            "/phalanx.v1.KV/MemberList": grpclib.const.Handler(
-                self.__rpc_member_list,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                MemberListRequest,
-                MemberListResponse,
-            ),
-            "/phalanx.v1.KV/MemberAdd": grpclib.const.Handler(
-                self.__rpc_member_add,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                MemberAddRequest,
-                MemberChangeResponse,
-            ),
-            "/phalanx.v1.KV/MemberRemove": grpclib.const.Handler(
-                self.__rpc_member_remove,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                MemberRemoveRequest,
-                MemberChangeResponse,
-            ),
-            "/phalanx.v1.KV/MemberPromote": grpclib.const.Handler(
-                self.__rpc_member_promote,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                MemberPromoteRequest,
-                MemberChangeResponse,
-            ),
-            "/phalanx.v1.KV/TransferLeader": grpclib.const.Handler(
-                self.__rpc_transfer_leader,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                TransferLeaderRequest,
-                TransferLeaderResponse,
-            ),
-            "/phalanx.v1.KV/Stream": grpclib.const.Handler(
-                self.__rpc_stream,
-                grpclib.const.Cardinality.STREAM_STREAM,
-                StreamRequestBatch,
-                StreamResponseBatch,
-            ),
-        }
-
-
-class RaftPeerBase(ServiceBase):
-
-    async def stream(
-        self, peer_frame_iterator: AsyncIterator[PeerFrame]
-    ) -> "StreamAck":
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def install_snapshot(
-        self, snapshot_chunk_iterator: AsyncIterator[SnapshotChunk]
-    ) -> "SnapshotAck":
-        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
-
-    async def __rpc_stream(
-        self, stream: "grpclib.server.Stream[PeerFrame, StreamAck]"
-    ) -> None:
-        request = stream.__aiter__()
-        response = await self.stream(request)
-        await stream.send_message(response)
-
-    async def __rpc_install_snapshot(
-        self, stream: "grpclib.server.Stream[SnapshotChunk, SnapshotAck]"
-    ) -> None:
-        request = stream.__aiter__()
-        response = await self.install_snapshot(request)
-        await stream.send_message(response)
-
-    def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
-        return {
-            "/phalanx.v1.RaftPeer/Stream": grpclib.const.Handler(
-                self.__rpc_stream,
-                grpclib.const.Cardinality.STREAM_UNARY,
-                PeerFrame,
-                StreamAck,
-            ),
-            "/phalanx.v1.RaftPeer/InstallSnapshot": grpclib.const.Handler(
-                self.__rpc_install_snapshot,
-                grpclib.const.Cardinality.STREAM_UNARY,
-                SnapshotChunk,
-                SnapshotAck,
-            ),
-        }
