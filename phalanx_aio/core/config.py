@@ -85,6 +85,13 @@ class Config:
     """RTT-aware mode: the percentile of each follower's RTT samples that counts as its RTT."""
     rtt_window: int = 32
     """RTT-aware mode: RTT samples kept per follower (one per answered heartbeat)."""
+    rtt_succession: float = 0.0
+    """RTT-aware mode, when > 0: the leader ranks its voting followers (caught-up logs first,
+    then by their measured RTT to it) and advises each a delay: rank ``r`` waits ``1 + r * S``
+    ticks beyond ``T``, ``S = ceil(rtt_succession * quorum_rtt) + heartbeat_ticks``, so that
+    after a failure the best-placed follower stands first and the next one only once the
+    first's election should have reached it. A follower with such advice draws its timeout
+    from ``[T + delay, T + delay + heartbeat_ticks)`` instead of ``[T, 2T)``. 0: off."""
 
     def __post_init__(self) -> None:
         def need(cond: bool, what: str) -> None:
@@ -134,6 +141,10 @@ class Config:
                 f"rtt_percentile must be in (0, 100] (got {self.rtt_percentile})",
             )
             need(self.rtt_window >= 1, f"rtt_window must be >= 1 (got {self.rtt_window})")
+            need(
+                math.isfinite(self.rtt_succession) and self.rtt_succession >= 0,
+                f"rtt_succession must be a finite number >= 0 (got {self.rtt_succession})",
+            )
 
     @classmethod
     def lan(cls, **overrides: Any) -> Config:
@@ -145,6 +156,26 @@ class Config:
                 "tick_interval": 0.05,
                 "election_ticks": 10,
                 "heartbeat_ticks": 1,
+                "eager_commit": False,
+                "max_uncommitted_bytes": PRESET_MAX_UNCOMMITTED_BYTES,
+                **overrides,
+            }
+        )
+
+    @classmethod
+    def naive(cls, **overrides: Any) -> Config:
+        """The textbook timing, **not for production**: 10 ms ticks, election timeout 10-20
+        ticks (100-200 ms), heartbeats every 5 ticks (50 ms), pre-vote and check quorum off.
+        It is what the global-mesh study compares against: round trips of up to 265 ms do
+        not fit in such a window, and the cluster flaps (``docs/global-mesh.md``). Commit
+        index sent lazily and at most 64 MiB uncommitted, as in the other presets."""
+        return cls(
+            **{
+                "tick_interval": 0.01,
+                "election_ticks": 10,
+                "heartbeat_ticks": 5,
+                "pre_vote": False,
+                "check_quorum": False,
                 "eager_commit": False,
                 "max_uncommitted_bytes": PRESET_MAX_UNCOMMITTED_BYTES,
                 **overrides,
@@ -173,9 +204,11 @@ class Config:
         """The RTT-aware variant of :meth:`global_mesh`: 50 ms ticks, heartbeats every 100 ms,
         and an election timeout ``T`` the leader derives from the measured quorum round trip
         (``3 x`` its 90th percentile plus two heartbeat intervals), clamped to 10-80 ticks
-        (0.5-4 s); each node draws its timeout from ``[T, 2T)``. Pre-vote, check quorum and
-        leader stickiness on, commit index sent lazily, at most 64 MiB uncommitted. A node without
-        advice uses 80 ticks (4 s)."""
+        (0.5-4 s). The leader also ranks its followers (``rtt_succession=2.0``): each stands
+        after ``T`` plus the delay its rank gives it, so the best-placed one goes first and
+        split votes become rare; a node without a delay draws from ``[T, 2T)``. Pre-vote, check
+        quorum and leader stickiness on, commit index sent lazily, at most 64 MiB uncommitted.
+        A node without advice uses 80 ticks (4 s)."""
         return cls(
             **{
                 "tick_interval": 0.05,
@@ -183,6 +216,7 @@ class Config:
                 "heartbeat_ticks": 2,
                 "rtt_aware": True,
                 "rtt_min_election_ticks": 10,
+                "rtt_succession": 2.0,
                 "eager_commit": False,
                 "max_uncommitted_bytes": PRESET_MAX_UNCOMMITTED_BYTES,
                 **overrides,

@@ -198,6 +198,9 @@ class Raft:
         # advised one or, without advice, election_ticks. It survives term changes (advice
         # is kept until a new leader advises otherwise) but not restarts.
         self._election_timeout = config.election_ticks
+        # RTT-aware succession (Config.rtt_succession): the delay beyond T this node waits
+        # before it stands, as its last leader advised (0: none, draw from [T, 2T)).
+        self._election_delay = 0
         # A node that may have acknowledged a leader before it stopped (any term past the
         # founding one: the first leader is elected in term 2) refuses votes and pre-votes
         # for this many ticks after it starts, as if it had just heard that leader.
@@ -326,7 +329,7 @@ class Raft:
         self.leader = None
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
-        self._randomized_timeout = self._election_timeout + self._rng.randrange(self._election_timeout)
+        self._draw_timeout()
         self._hb_sent = {}
         self.lead_transferee = None
         self._votes = {}
@@ -506,25 +509,64 @@ class Raft:
         known.sort()
         return known[quorum - 1]
 
-    def _advised_timeout(self) -> int:
-        """The timeout this leader advises: ``ceil(rtt_factor * quorum_rtt) + 2 *
+    def _advised_timeout(self, q: int | None) -> int:
+        """The timeout this leader advises for quorum RTT ``q``: ``ceil(rtt_factor * q) + 2 *
         heartbeat_ticks``, clamped to ``[rtt_min_election_ticks, election_ticks]``; 0 (no
         advice) while the quorum RTT is unknown."""
-        q = self.quorum_rtt()
         if q is None:
             return 0
         cfg = self.cfg
         t = math.ceil(cfg.rtt_factor * q) + 2 * cfg.heartbeat_ticks
         return min(max(t, cfg.rtt_min_election_ticks), cfg.election_ticks)
 
-    def _adopt_timeout(self, advised: int) -> None:
+    def _adopt_timeout(self, advised: int, delay: int = 0) -> None:
         # Clamped: a buggy or hostile leader cannot set a timeout outside the configured
-        # bounds (the lease relies on the lower one).
+        # bounds (the lease relies on the lower one), nor a delay that takes the timeout past
+        # 2 * election_ticks, the longest a node without succession advice can draw.
         cfg = self.cfg
         t = min(max(advised, cfg.rtt_min_election_ticks), cfg.election_ticks)
-        if t != self._election_timeout:
+        d = min(max(delay, 0), cfg.election_ticks) if cfg.rtt_succession > 0 else 0
+        if t != self._election_timeout or (d and d != self._election_delay):
             self._election_timeout = t
+            if d:
+                self._election_delay = d
+            self._draw_timeout()
+
+    def _draw_timeout(self) -> None:
+        """Draw this node's next election timeout: ``[T, 2T)``, or with succession advice
+        ``[T + delay, T + delay + heartbeat_ticks)``."""
+        t = self._election_timeout
+        if self._election_delay:
+            jitter = self._rng.randrange(self.cfg.heartbeat_ticks)
+            self._randomized_timeout = t + self._election_delay + jitter
+        else:
             self._randomized_timeout = t + self._rng.randrange(t)
+
+    def election_delay(self) -> int:
+        """RTT-aware succession: the delay beyond ``T`` (ticks) this node waits before it
+        stands, as its last leader advised; 0 without such advice."""
+        return self._election_delay
+
+    def _succession(self, q: int) -> dict[str, int]:
+        """Leader, RTT-aware succession: the delay advised to each voting follower. Ranked by
+        log first (a follower whose match is below the commit index goes last: voters whose
+        logs are ahead would refuse it), then by the measured RTT to this leader (unknown
+        last), then by id; rank ``r`` gets ``1 + r * S`` with ``S = ceil(rtt_succession * q) +
+        heartbeat_ticks``: the first one's election, a pre-vote and a vote round, should have
+        reached the next one before it stands."""
+        cfg = self.cfg
+        need = min(_RTT_MIN_SAMPLES, cfg.rtt_window)
+        committed = self.log.committed
+        ranked = []
+        for nid in self.confs.current.voters:
+            pr = self.prs.get(nid)
+            if nid == self.id or pr is None:
+                continue
+            rtt = pr.rtt_percentile(cfg.rtt_percentile, need)
+            ranked.append((pr.match < committed, rtt is None, rtt or 0, nid))
+        ranked.sort()
+        step = math.ceil(cfg.rtt_succession * q) + cfg.heartbeat_ticks
+        return {key[3]: 1 + r * step for r, key in enumerate(ranked)}
 
     # ------------------------------------------------------------------ client requests
 
@@ -1159,7 +1201,7 @@ class Raft:
 
     def _handle_heartbeat(self, m: Message) -> None:
         if m.election_timeout and self.cfg.rtt_aware:
-            self._adopt_timeout(m.election_timeout)
+            self._adopt_timeout(m.election_timeout, m.election_delay)
         self.log.commit_to(min(m.commit, self.log.last_index()))
         self._send(Message(_HEARTBEAT_RESP, m.frm, self.id, self.term, seq=m.seq))
 
@@ -1233,12 +1275,16 @@ class Raft:
         self._bcast_read = False
         committed = self.log.committed
         advice = 0
+        delays: dict[str, int] = {}
         if self.cfg.rtt_aware:
             self._hb_sent[self._round] = self._ticks
             self._hb_sent.pop(self._round - _RTT_ROUNDS_KEPT, None)
-            advice = self._advised_timeout()
+            q = self.quorum_rtt()
+            advice = self._advised_timeout(q)
             if advice:
                 self._election_timeout = advice
+                if self.cfg.rtt_succession > 0 and q is not None:
+                    delays = self._succession(q)
         for nid, pr in self.prs.items():
             if nid != self.id:
                 self._send(
@@ -1250,6 +1296,7 @@ class Raft:
                         commit=min(pr.match, committed),
                         seq=self._round,
                         election_timeout=advice,
+                        election_delay=delays.get(nid, 0),
                     )
                 )
         if self._pending_reads:

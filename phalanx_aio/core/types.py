@@ -257,3 +257,7 @@ class Message:
     election_timeout: int = 0
     """On HEARTBEAT, in RTT-aware mode: the election timeout (ticks) the leader advises its
     followers to adopt, derived from measured round trips; 0 means no advice."""
+    election_delay: int = 0
+    """On HEARTBEAT, in RTT-aware mode with ``rtt_succession``: the ticks beyond the election
+    timeout that this follower waits before it stands, its place in the leader's succession
+    order; 0 means no advice."""

@@ -104,6 +104,7 @@ _MSG_TRANSFER: Final = tag(12, VARINT)
 _MSG_ENTRIES: Final = tag(13, LEN)
 _MSG_SNAPSHOT: Final = tag(14, LEN)
 _MSG_ELECTION_TIMEOUT: Final = tag(15, VARINT)
+_MSG_ELECTION_DELAY: Final = tag(16, VARINT)
 # Snapshot, SnapshotMeta, ConfState, MemberContext
 _SNAPSHOT_META: Final = tag(1, LEN)
 _SNAPSHOT_DATA: Final = tag(2, LEN)
@@ -123,13 +124,14 @@ _CONTEXT_DATA: Final = tag(2, LEN)
 # RaftMessage: field number -> wire type, for the fields this version knows.
 _MSG_VARINT_FIELDS = (
     False, True, False, False, True, True, True, True, True, True, False, True, True, False, False, True,
+    True,
 )  # fmt: skip
 _MSG_INTS = len(_MSG_VARINT_FIELDS)
 _MSG_LEN_FIELDS = frozenset((2, 3, 10, 13, 14))
 _MSG_FIELD_NAMES = {
     1: "type", 2: "to", 3: "frm", 4: "term", 5: "log_term", 6: "index", 7: "commit", 8: "reject",
     9: "reject_hint", 10: "context", 11: "seq", 12: "transfer", 13: "entries", 14: "snapshot",
-    15: "election_timeout",
+    15: "election_timeout", 16: "election_delay",
 }  # fmt: skip
 
 
@@ -487,6 +489,10 @@ def _encode_message(m: Message, sender: str, limits: Limits) -> tuple[list[bytes
         tail = _MSG_ELECTION_TIMEOUT + uvarint(check_int(m.election_timeout, "election_timeout"))
         parts.append(tail)
         size += len(tail)
+    if m.election_delay:
+        tail = _MSG_ELECTION_DELAY + uvarint(check_int(m.election_delay, "election_delay"))
+        parts.append(tail)
+        size += len(tail)
     return parts, size
 
 
@@ -502,7 +508,7 @@ def encode_message_at(m: Message, sender: str, limits: Limits, i: int) -> tuple[
 
 def decode_message(data: bytes, pos: int, end: int, sender: str, limits: Limits) -> Message:
     """Decode the RaftMessage in ``data[pos:end]``; an empty ``frm`` becomes ``sender``."""
-    ints = [0] * _MSG_INTS  # varint fields by number: 1 type, 4-7, 8 reject, 9, 11, 12 transfer, 15
+    ints = [0] * _MSG_INTS  # varint fields by number: 1 type, 4-7, 8 reject, 9, 11, 12 transfer, 15, 16
     to = frm = ""
     context = b""
     entries: tuple[Entry, ...] = ()
@@ -539,8 +545,10 @@ def decode_message(data: bytes, pos: int, end: int, sender: str, limits: Limits)
         bad(f"message type {ints[1]} is not a known MessageType")
     if not to:
         bad("message to is empty")
-    _, _, _, _, term, log_term, index, commit, reject, reject_hint, _, seq, transfer, _, _, timeout = ints
-    if max(term, log_term, index, commit, reject_hint, seq, timeout) > MAX_INT:
+    _, _, _, _, term, log_term, index, commit, reject, reject_hint, _, seq, transfer, _, _, timeout, delay = (
+        ints
+    )
+    if max(term, log_term, index, commit, reject_hint, seq, timeout, delay) > MAX_INT:
         bad("message has a term, index or counter above 2**63")
     return Message(
         mtype,
@@ -558,6 +566,7 @@ def decode_message(data: bytes, pos: int, end: int, sender: str, limits: Limits)
         seq,
         transfer != 0,
         timeout,
+        delay,
     )
 
 

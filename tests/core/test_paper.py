@@ -245,6 +245,16 @@ def test_election_timeouts_are_randomized_in_et_to_2et() -> None:
         assert len(seen) >= et // 2  # many distinct values, not a constant
 
 
+def test_the_naive_preset_is_the_papers_timing_in_seconds() -> None:
+    """Config.naive(): the textbook timing the global-mesh study compares against."""
+    cfg = Config.naive()
+    assert cfg.election_seconds() == pytest.approx((0.1, 0.2))
+    assert cfg.heartbeat_ticks * cfg.tick_interval == pytest.approx(0.05)
+    assert (cfg.pre_vote, cfg.check_quorum, cfg.rtt_aware) == (False, False, False)
+    seen = {_ticks_to_campaign(seed, cfg) for seed in range(100)}
+    assert seen <= set(range(10, 20)) and len(seen) >= 5
+
+
 def test_election_timeouts_differ_across_nodes() -> None:
     # mirrors etcd-raft TestFollowerElectionTimeoutNonconflict: with distinct seeds, five
     # nodes rarely time out at the very same tick as the first of them.

@@ -75,6 +75,11 @@ def advise(r: Raft, ticks: int, *, frm: str = "1", term: int = 2) -> list[Messag
     return out
 
 
+def advise_delay(r: Raft, ticks: int, delay: int) -> None:
+    r.step(Message(HEARTBEAT, r.id, "1", 2, election_timeout=ticks, election_delay=delay))
+    drain(r)
+
+
 # ------------------------------------------------------------------------------- config
 
 
@@ -83,6 +88,7 @@ def test_the_adaptive_preset_and_its_validation() -> None:
     assert (c.tick_interval, c.heartbeat_ticks, c.election_ticks) == (0.05, 2, 80)
     assert (c.rtt_aware, c.rtt_min_election_ticks, c.rtt_factor, c.rtt_percentile) == (True, 10, 3.0, 90.0)
     assert c.pre_vote and c.check_quorum
+    assert c.rtt_succession == 2.0 and Config().rtt_succession == 0.0
     assert Config.global_mesh_adaptive(rtt_factor=5.0).rtt_factor == 5.0
     assert not Config.global_mesh().rtt_aware and not Config.lan().rtt_aware
     bad: dict[str, dict[str, object]] = {
@@ -93,6 +99,8 @@ def test_the_adaptive_preset_and_its_validation() -> None:
         "rtt_factor must be a finite number > 0 (got nan)": {"rtt_factor": math.nan},
         "rtt_percentile must be in (0, 100] (got 101": {"rtt_percentile": 101.0},
         "rtt_window must be >= 1 (got 0)": {"rtt_window": 0},
+        "rtt_succession must be a finite number >= 0 (got -1.0)": {"rtt_succession": -1.0},
+        "rtt_succession must be a finite number >= 0 (got inf)": {"rtt_succession": math.inf},
     }
     for msg, change in bad.items():
         with pytest.raises(ConfigError, match=re.escape(msg)):
@@ -253,6 +261,98 @@ def test_stickiness_uses_the_adopted_timeout() -> None:
     r.step(Message(PRE_VOTE, "2", "3", 3, log_term=2, index=5))
     (resp,) = by_type(drain(r), PRE_VOTE_RESP)
     assert not resp.reject
+
+
+# ------------------------------------------------------------------ the succession
+
+
+def test_succession_ranks_followers_by_rtt_and_advises_staggered_delays() -> None:
+    r = leader()
+    delays = {"2": 4, "3": 1, "4": 2, "5": 3}  # RTTs of 5, 2, 3 and 4 ticks
+    for _ in range(8):
+        hbs = heartbeat_round(r, delays)
+        assert all(m.election_delay == 0 for m in hbs), "no ranking before the advice"
+    hbs = heartbeat_round(r, delays)
+    assert r.quorum_rtt() == 3
+    step = math.ceil(2.0 * 3) + 2  # S = ceil(rtt_succession * q) + heartbeat_ticks = 8
+    got = {m.to: m.election_delay for m in hbs}
+    assert got == {"3": 1, "4": 1 + step, "5": 1 + 2 * step, "2": 1 + 3 * step}
+    assert all(m.election_timeout == math.ceil(3.0 * 3) + 4 for m in hbs)
+
+    off = leader(config=LONE.replace(rtt_succession=0.0))
+    for _ in range(10):
+        hbs = heartbeat_round(off, delays)
+    assert all(m.election_delay == 0 for m in hbs) and hbs[0].election_timeout == 13
+
+
+def test_succession_puts_a_follower_whose_log_is_behind_last() -> None:
+    r = leader()
+    noop = r.log.last_index()
+    for f in ("2", "4", "5"):  # "3", the fastest, never acknowledges the no-op
+        r.step(Message(MessageType.APP_RESP, "1", f, r.term, index=noop))
+    drain(r)
+    assert r.log.committed == noop and r.prs["3"].match < noop
+    for _ in range(10):
+        hbs = heartbeat_round(r, {"2": 4, "3": 1, "4": 2, "5": 3})
+    got = {m.to: m.election_delay for m in hbs}
+    assert sorted(got, key=got.__getitem__) == ["4", "5", "2", "3"]
+
+
+def test_a_follower_with_a_delay_stands_at_t_plus_its_delay() -> None:
+    fired = []
+    for seed in range(20):
+        f = follower(seed=seed)
+        advise_delay(f, 16, 9)
+        assert f.election_delay() == 9
+        for t in range(1, 60):
+            f.tick()
+            if by_type(drain(f), PRE_VOTE):
+                fired.append(t)
+                break
+    # [T + delay, T + delay + heartbeat_ticks): 25 or 26, where [T, 2T) would spread over 16-31.
+    assert set(fired) == {25, 26}
+
+
+def test_a_delay_changes_neither_stickiness_nor_the_check_quorum_period() -> None:
+    r = follower()
+    advise_delay(r, 12, 30)
+    assert r.election_timeout == 12
+    for _ in range(12):
+        r.tick()
+    drain(r)
+    r.step(Message(PRE_VOTE, "2", "3", 3, log_term=2, index=5))
+    (resp,) = by_type(drain(r), PRE_VOTE_RESP)
+    assert not resp.reject, "stickiness ends at T = 12, not at T + delay"
+
+
+def test_an_absurd_delay_is_clamped_and_ignored_without_succession() -> None:
+    r = follower()
+    advise_delay(r, 16, 1 << 62)
+    assert r.election_delay() == 80  # at most election_ticks: T + delay <= 2 * election_ticks
+    advise_delay(r, 16, 0)  # no delay advice: keep the last one
+    assert r.election_delay() == 80
+    plain = follower(config=ADAPTIVE.replace(rtt_succession=0.0))
+    advise_delay(plain, 16, 9)
+    assert plain.election_delay() == 0 and plain.election_timeout == 16
+
+
+def test_the_fastest_follower_takes_over_in_one_term_on_every_seed() -> None:
+    """Without the succession each follower draws from [T, 2T) and the winner is whoever
+    draws lowest; with it, the leader's first-ranked follower ("2": all RTTs tie, so the
+    lowest id) stands first, every time, and wins without a second term."""
+    for seed in range(8):
+        net = Network.bootstrap(5, ADAPTIVE, seed=seed)
+        net.campaign("1")
+        net.tick_all(2 * 10)
+        assert {net[n].election_delay() for n in ids(5)[1:]} == {1, 1 + 4, 1 + 8, 1 + 12}
+        term = net["1"].term
+        net.isolate("1")
+        for _ in range(100):
+            net.tick_all(1)
+            if [n for n in net.leaders() if n != "1"]:
+                break
+        assert [n for n in net.leaders() if n != "1"] == ["2"], seed
+        assert net["2"].term == term + 1
 
 
 # ------------------------------------------------------------------- whole cluster

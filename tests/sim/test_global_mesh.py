@@ -134,15 +134,51 @@ def test_adaptive_preset_has_no_spurious_election_in_an_hour(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_adaptive_preset_fails_over_within_three_seconds(seed: int) -> None:
+def test_adaptive_preset_fails_over_within_two_seconds_in_one_term(seed: int) -> None:
     s = study("global-mesh-adaptive", seed)
     s.boot()
     for kind in ("crash", "partition", "crash", "partition"):
         rec = s.failover(kind)
         assert "skipped" not in rec
         assert rec["elected_s"] is not None and rec["committed_s"] is not None
-        assert rec["elected_s"] <= rec["committed_s"] < 3.0, rec
+        assert rec["elected_s"] <= rec["committed_s"] < 2.0, rec
+        # The succession: the leader's first-ranked follower stands first and wins, alone.
+        assert rec["term_bumps"] == 1 and rec["elections"] == 1, rec
         # The fault struck a settled leader whose followers had adopted T: nobody stands
         # before T (at least 10 ticks = 0.5 s) minus one heartbeat interval.
         assert 10 <= rec["timeout_ticks"] < 80, rec
         assert rec["elected_s"] >= rec["timeout_ticks"] * 0.05 - 0.1 - 0.05, rec
+
+
+# ------------------------------------------------------------------ the naive preset (issue 22)
+
+
+def test_naive_preset_flaps_on_the_mesh_where_the_mesh_presets_do_not() -> None:
+    """The textbook timing (100-200 ms election timeout, 50 ms heartbeats, no pre-vote, no
+    check quorum) on five continents: two heartbeats in a row spiked or lost, and a follower
+    raises the term and deposes a healthy leader. Six simulated minutes are enough to see it;
+    the mesh presets see nothing in the same minutes."""
+    naive = study("naive", 1)
+    assert naive.boot() is not None
+    h = naive.healthy(0.1)
+    assert h["spurious_elections"] >= 5, h["spurious_elections"]
+    assert h["term_bumps"] > h["spurious_elections"], "elections take several terms too"
+    assert h["availability"] < 0.99
+    for preset in ("global-mesh", "global-mesh-adaptive"):
+        s = study(preset, 1)
+        assert s.boot() is not None
+        h = s.healthy(0.1)
+        assert (h["spurious_elections"], h["term_bumps"], h["pre_vote_requests"]) == (0, 0, 0), preset
+
+
+def test_rotate_leader_fails_each_region_in_turn() -> None:
+    s = study("global-mesh-adaptive", 2, trials=4, rotate_leader=True)
+    s.boot()
+    recs = s.failovers()
+    assert [(r["old_leader"], r["kind"]) for r in recs] == [
+        ("lagos", "crash"),
+        ("lagos", "partition"),
+        ("london", "crash"),
+        ("london", "partition"),
+    ]
+    assert all(r["committed_s"] is not None and r["committed_s"] < 2.0 for r in recs), recs

@@ -75,6 +75,7 @@ def test_typical_messages_are_byte_identical_to_the_generated_code() -> None:
     msgs = [
         Message(MessageType.HEARTBEAT, "n2", "n1", 7, commit=40, seq=3),
         Message(MessageType.HEARTBEAT, "n3", "n1", 7, commit=40, seq=3, election_timeout=13),
+        Message(MessageType.HEARTBEAT, "n4", "n1", 7, seq=3, election_timeout=13, election_delay=9),
         Message(MessageType.APP, "n2", "n1", 7, log_term=3, index=9, entries=ents, commit=9),
         Message(MessageType.VOTE_RESP, "n1", "n2", 7, reject=True, reject_hint=5),
         Message(MessageType.READ_INDEX, "n1", "n3", 0, context=b"\x00\x01"),
@@ -98,6 +99,18 @@ def test_advised_election_timeout_round_trips_and_costs_nothing_when_absent() ->
     theirs = bytes(pb.PeerFrame(cluster_id="c1", sender="n1", messages=[to_pb(full, "n1")]))
     assert encode_frame("c1", "n1", [full]) == theirs
     assert decode_frame(theirs).messages == [full]
+
+
+def test_election_delay_round_trips_after_the_timeout_and_costs_nothing_when_absent() -> None:
+    """Field 16 (RTT-aware succession) travels with a heartbeat, after field 15, as the
+    generated code writes it; 0 (no advice) is not written."""
+    ranked = Message(MessageType.HEARTBEAT, "n2", "n1", 7, seq=9, election_timeout=13, election_delay=9)
+    plain = Message(MessageType.HEARTBEAT, "n2", "n1", 7, seq=9, election_timeout=13)
+    ours = encode_frame("c1", "n1", [ranked])
+    assert decode_frame(ours).messages == [ranked]
+    assert len(ours) == len(encode_frame("c1", "n1", [plain])) + 3
+    assert ours == bytes(pb.PeerFrame(cluster_id="c1", sender="n1", messages=[to_pb(ranked, "n1")]))
+    assert pb.PeerFrame().parse(ours).messages[0].election_delay == 9
 
 
 def test_frm_is_elided_when_it_is_the_sender() -> None:

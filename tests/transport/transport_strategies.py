@@ -80,6 +80,7 @@ def messages(draw: st.DrawFn, sender: str | None = None) -> Message:
         seq=draw(wire_ints),
         transfer=draw(st.booleans()),
         election_timeout=draw(wire_ints),
+        election_delay=draw(wire_ints),
     )
 
 
@@ -136,6 +137,7 @@ def to_pb(m: Message, sender: str) -> pb.RaftMessage:
         transfer=m.transfer,
         entries=_pb_entries(m.entries),
         election_timeout=m.election_timeout,
+        election_delay=m.election_delay,
     )
     if m.snapshot is not None:
         c = m.snapshot.meta.conf
@@ -191,6 +193,7 @@ def from_pb(p: pb.RaftMessage, sender: str) -> Message:
         seq=p.seq,
         transfer=p.transfer,
         election_timeout=p.election_timeout,
+        election_delay=p.election_delay,
     )
 
 

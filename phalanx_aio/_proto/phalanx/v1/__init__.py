@@ -477,6 +477,13 @@ class RaftMessage(betterproto.Message):
      its followers to adopt (they clamp it to their configured bounds). 0: no advice.
     """
 
+    election_delay: int = betterproto.uint64_field(16)
+    """
+    On HEARTBEAT, in RTT-aware mode with succession: the ticks beyond the election timeout
+     that this follower waits before it stands (its place in the leader's succession order).
+     0: no advice.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class Snapshot(betterproto.Message):
