@@ -706,7 +706,7 @@ class RaftNode(LoopSteps, EventSource):
         core = self._require_core()
         listeners = self._listeners  # mutated in place by add_listener/remove_listener
         carry = self._carry
-        handlers = self._handlers()
+        self._item_handlers = self._handlers()
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -717,7 +717,7 @@ class RaftNode(LoopSteps, EventSource):
                         await self._drain_writes()  # never abandon the leader's own write
                         return
                     if item is not WAKE:
-                        handlers[type(item)](core, item)
+                        self._handle(core, item)
                         if listeners:
                             self._observe(core)
                 taken = 0
