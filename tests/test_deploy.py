@@ -147,6 +147,8 @@ def test_the_start_script_founds_joins_and_restarts_with_real_flags(tmp_path: pa
     assert [c["argv"][:2] for c in founder] == [["members", "list"], ["serve", "--bootstrap"]]
     s = founder[-1]["settings"]
     domain = "phalanx.prod.svc.cluster.local"
+    asked = founder[0]["argv"][founder[0]["argv"].index("--endpoints") + 1]
+    assert asked.split(",") == [f"phalanx-{i}.{domain}:7000" for i in range(3)]  # every founder
     assert s.id == "phalanx-1" and s.bootstrap and s.listen == "0.0.0.0:7000"
     assert s.advertise == f"phalanx-1.{domain}:7000"
     assert s.peers == {"phalanx-0": f"phalanx-0.{domain}:7000", "phalanx-2": f"phalanx-2.{domain}:7000"}

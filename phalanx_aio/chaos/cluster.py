@@ -184,9 +184,17 @@ class ChaosCluster:
             f"{self.addresses[dst]}={self.links[(nid, dst)].address}" for dst in self.ids if dst != nid
         )
 
-    def command(self, nid: str, *, join: str | None = None, peers: Iterable[str] | None = None) -> list[str]:
+    def command(
+        self,
+        nid: str,
+        *,
+        join: str | None = None,
+        peers: Iterable[str] | None = None,
+        bootstrap: bool = False,
+    ) -> list[str]:
         """The command line of member ``nid``: founding ``peers`` (default: every other member)
-        or, with ``join``, ``--join`` through that member instead."""
+        or, with ``join``, ``--join`` through that member instead. ``--bootstrap`` on a founder's
+        first start, or with ``bootstrap`` (an operator's mistake, for the nemesis)."""
         self._check_id(nid)
         cmd = [sys.executable, "-m", "phalanx_aio.chaos._serve_shim", "serve", "--id", nid]
         cmd += ["--listen", self.addresses[nid], "--data-dir", str(self.data_dir(nid))]
@@ -198,13 +206,14 @@ class ChaosCluster:
             self._check_id(p)
             if p != nid:
                 cmd += ["--peer", f"{p}={self.addresses[p]}"]
-        if nid not in self._started_once:
+        if nid not in self._started_once or bootstrap:
             cmd.append("--bootstrap")  # a founder's first start; later starts must not found again
         return cmd
 
-    def start_node(self, nid: str, *, join: str | None = None) -> None:
+    def start_node(self, nid: str, *, join: str | None = None, bootstrap: bool = False) -> None:
         """Start member ``nid`` (it must be down): from its data directory with the founding
-        peers, or, with ``join`` (another member's id), through ``serve --join``."""
+        peers (with ``bootstrap``: and ``--bootstrap``, even if it ran before), or, with
+        ``join`` (another member's id), through ``serve --join``."""
         if self._closed:
             raise RuntimeError("the cluster is closed")
         if self.pid(nid) is not None:
@@ -219,7 +228,7 @@ class ChaosCluster:
         logf.write(f"==== {time.strftime('%H:%M:%S')} start {nid} join={join}\n".encode())
         logf.flush()
         self._procs[nid] = subprocess.Popen(
-            self.command(nid, join=join),
+            self.command(nid, join=join, bootstrap=bootstrap),
             stdout=logf,
             stderr=subprocess.STDOUT,
             env=env,

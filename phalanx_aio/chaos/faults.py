@@ -70,6 +70,13 @@ class FaultKind(StrEnum):
     """Remove a follower, wipe it, then add it back through ``serve --join``."""
     TRANSFER = "transfer"
     """Hand leadership to another voter."""
+    JOINT = "joint"
+    """Remove two followers in one joint change (C_old,new, then C_new), wipe both, and bring
+    them back through ``serve --join`` (each added as a learner, then promoted)."""
+    REFOUND = "refound"
+    """Wipe a follower and restart it with ``--bootstrap``, as an operator might by mistake:
+    ``serve`` must refuse (exit 2) when the leader answers; then start it with ``--join``.
+    Not in the default mix (it wipes a member that was not removed first)."""
     WIPE = "wipe"
     """Wipe a follower's data directory and restart it with its founding command line, which
     ``serve`` must refuse (no store and no ``--bootstrap``); then start it with ``--join``,
@@ -90,8 +97,10 @@ NETWORK_FAULTS = frozenset(
 """Faults on links (undone together by healing the network)."""
 PROCESS_FAULTS = frozenset({FaultKind.KILL, FaultKind.KILL_LEADER, FaultKind.KILL_TWO, FaultKind.PAUSE})
 """Faults on processes, which may be combined with one network fault."""
-DEFAULT_FAULTS: tuple[FaultKind, ...] = tuple(k for k in FaultKind if k is not FaultKind.WIPE)
-"""Every fault kind but the unsafe ``wipe``."""
+DEFAULT_FAULTS: tuple[FaultKind, ...] = tuple(
+    k for k in FaultKind if k not in (FaultKind.WIPE, FaultKind.REFOUND)
+)
+"""Every fault kind but those that wipe a member that is still in the configuration."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +338,29 @@ class Nemesis:
             return (lead, to), f"{lead} -> {to}: {got}", lambda: None
         if kind is FaultKind.MEMBERSHIP:
             return await self._membership(rng, lead, running, duration)
+        if kind is FaultKind.JOINT:
+            return await self._joint(rng, lead, running, duration)
+        if kind is FaultKind.REFOUND:
+            victims = [n for n in running if n != lead]
+            if lead is None or not victims:
+                raise RuntimeError("refounding needs a leader and a running follower")
+            v = rng.choice(victims)
+            c.kill(v)
+            c.wipe(v)
+            c.start_node(v, bootstrap=True)
+            code = await c.wait_exit(v, timeout=10.0)
+            if code is None:  # the leader did not answer in time: it founded again; undo that
+                c.wipe(v)
+            elif code != 2:
+                self.errors.append(f"refound: {v} restarted empty with --bootstrap: exit {code}, not 2")
+            c.start_node(v, join=lead)
+
+            async def wait_refounded() -> None:
+                if not await self._replaced(v, timeout=max(duration, 20.0)):
+                    self.errors.append(f"refound: {v} was not replaced and promoted in time")
+
+            outcome = f"refused (exit {code})" if code is not None else "not refused (leader unreachable)"
+            return (v,), f"{outcome}, rejoining through {lead}", wait_refounded
         if kind is FaultKind.WIPE:
             victims = [n for n in running if n != lead]
             if not victims:
@@ -379,6 +411,33 @@ class Nemesis:
             await self.rejoin(victim, timeout=max(duration, 10.0))
 
         return (victim,), f"removed {victim}, rejoining through {lead}", wait_promoted
+
+    async def _joint(
+        self, rng: random.Random, lead: str | None, running: list[str], duration: float
+    ) -> tuple[tuple[str, ...], str, Callable[[], Any]]:
+        """Remove two running followers in one joint change, wipe them and start both with
+        ``--join``; the undo waits (up to the step's duration) until both are voters again."""
+        c = self.cluster
+        followers = [n for n in running if n != lead]
+        if lead is None or len(followers) < 2:
+            raise RuntimeError("a joint change needs a leader and two running followers")
+        victims = sorted(rng.sample(followers, 2))
+        with contextlib.suppress(OutcomeUnknown):  # then look at the configuration to find out
+            await self._admin_call(lambda kv: kv.change_members(remove=victims), timeout=max(duration, 5.0))
+        members = await self._admin_call(lambda kv: kv.members(), timeout=5.0)
+        if any(m.node_id in victims for m in members):
+            raise RuntimeError(f"removing {'+'.join(victims)} did not take effect")
+        for v in victims:
+            self.removed.add(v)
+            c.kill(v)
+            c.wipe(v)
+            c.start_node(v, join=lead)
+
+        async def wait_promoted() -> None:
+            for v in victims:
+                await self.rejoin(v, timeout=max(duration, 15.0))
+
+        return tuple(victims), f"removed {'+'.join(victims)} at once, rejoining through {lead}", wait_promoted
 
     async def rejoin(self, nid: str, *, timeout: float) -> bool:
         """Wait until the removed member ``nid`` is a voter again (restarting it with ``--join``

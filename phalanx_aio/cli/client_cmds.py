@@ -140,6 +140,19 @@ its variable, and a flag after the subcommand over the same flag before it."""
 GLOBAL_PREFIX = "global_"
 """The dest prefix of a client flag given before the subcommand."""
 
+_GROUP_PREFIX = "group_"
+"""The dest prefix of a client flag given between ``members`` and its action."""
+
+
+def _given(args: argparse.Namespace, name: str) -> Any:
+    """Client flag ``name`` as given on the command line: after the subcommand, else between
+    ``members`` and its action, else before the subcommand; ``None`` if not given."""
+    for prefix in ("", _GROUP_PREFIX, GLOBAL_PREFIX):
+        value = getattr(args, prefix + name, None)
+        if value is not None:
+            return value
+    return None
+
 
 def add_client_flags(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
     """Declare :data:`CLIENT_FLAGS` on ``parser`` (dest ``prefix + name``, default ``None``)."""
@@ -169,9 +182,7 @@ def client_setting(args: argparse.Namespace, name: str, env: Mapping[str, str]) 
     """The value of client flag ``name``: given after the subcommand, else before it, else by
     its environment variable (parsed and checked: a bad value raises :class:`ConfigError`
     naming the variable); ``None`` if none of them gives it."""
-    value = getattr(args, name, None)
-    if value is None:
-        value = getattr(args, GLOBAL_PREFIX + name, None)
+    value = _given(args, name)
     if value is not None:
         return value
     f = CLIENT_FLAGS[name]
@@ -265,6 +276,7 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     members = sub.add_parser(
         "members", help="list or change the cluster's members", description="List or change the members."
     )
+    add_client_flags(members, prefix=_GROUP_PREFIX)  # also: members --endpoints X list
     msub = members.add_subparsers(dest="action", required=True, metavar="ACTION")
     msub.add_parser("list", parents=[common], help="print the members: ID ADDRESS voter|learner")
     add = msub.add_parser("add", parents=[common], help="add a member (a learner unless --voter)")
@@ -275,6 +287,19 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     remove.add_argument("id")
     promote = msub.add_parser("promote", parents=[common], help="turn a learner into a voter")
     promote.add_argument("id")
+    change = msub.add_parser(
+        "change",
+        parents=[common],
+        help="several changes in one step (joint consensus when the voters change)",
+        description="Add, promote and remove members in one step. When the voters change, the "
+        "leader goes through a joint configuration (a majority of the old voters and one of the "
+        "new decide until the new configuration is committed). Each flag may be repeated.",
+    )
+    spec = {"metavar": "ID=HOST:PORT", "type": _member_spec}
+    for flag, what in (("--add", "add a voter"), ("--add-learner", "add a learner")):
+        change.add_argument(flag, action="append", default=[], help=what, **spec)  # type: ignore[arg-type]
+    for flag, what in (("--promote", "turn a learner into a voter"), ("--remove", "remove a member")):
+        change.add_argument(flag, action="append", default=[], metavar="ID", help=what)
 
     transfer = sub.add_parser(
         "transfer-leader",
@@ -504,6 +529,12 @@ async def _run(args: argparse.Namespace, kv: KVClient, opts: _Options) -> int:
             "add": lambda: kv.add_member(args.id, args.address, voter=args.voter),
             "remove": lambda: kv.remove_member(args.id),
             "promote": lambda: kv.promote(args.id),
+            "change": lambda: kv.change_members(
+                add=dict(args.add),
+                add_learners=dict(args.add_learner),
+                promote=args.promote,
+                remove=args.remove,
+            ),
         }
         _members_out(await actions[args.action](), fmt)
         return EXIT_OK
@@ -512,6 +543,14 @@ async def _run(args: argparse.Namespace, kv: KVClient, opts: _Options) -> int:
         _out(json.dumps({"leader": leader}) if fmt == "json" else leader)
         return EXIT_OK
     raise ConfigError(f"unknown command {cmd!r}")  # pragma: no cover
+
+
+def _member_spec(text: str) -> tuple[str, str]:
+    """``ID=HOST:PORT`` of ``members change --add``; argparse turns the error into exit 2."""
+    nid, sep, address = text.partition("=")
+    if not sep or not nid or not address:
+        raise argparse.ArgumentTypeError(f"expected ID=HOST:PORT, got {text!r}")
+    return nid, address
 
 
 @dataclass(slots=True)
@@ -570,7 +609,7 @@ def _client_ssl(args: argparse.Namespace, env: Mapping[str, str]) -> ssl.SSLCont
 
     def given(name: str) -> tuple[str, str | None]:
         """(how it was given, path)."""
-        value = getattr(args, name, None) or getattr(args, GLOBAL_PREFIX + name, None)
+        value = _given(args, name)
         if value is not None:
             return CLIENT_FLAGS[name].flags[-1], value
         var = CLIENT_FLAGS[name].env

@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--loss", type=_probability, default=0.01, help="message loss probability")
     sim.add_argument("--membership", action="store_true", help="also exercise membership changes")
+    sim.add_argument(
+        "--joint-changes",
+        action="store_true",
+        help="with --membership: also change several voters at once (joint consensus)",
+    )
     sim.add_argument("--snapshot-every", type=_non_negative_int, default=0, help="compact every N entries")
     sim.add_argument(
         "--swarm",
@@ -230,6 +235,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
             loss=args.loss,
             mesh=mesh,
             membership=args.membership,
+            joint_changes=args.joint_changes,
             snapshot_every=args.snapshot_every,
             swarm=args.swarm,
             transfers=args.transfers,

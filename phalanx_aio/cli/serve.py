@@ -673,6 +673,8 @@ async def serve(
         rejoin = already_member and not store_exists
     elif store_exists and s.bootstrap:
         log.info("%s: the store exists; --bootstrap is ignored", s.id)
+    elif s.bootstrap:
+        await _refuse_refounding(s, client_ssl)
     node = RaftNode(
         s.id,
         address=s.address,
@@ -766,6 +768,46 @@ async def serve(
 def _report_join_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("joining stopped on an unexpected error", exc_info=task.exception())
+
+
+async def _refuse_refounding(s: ServeSettings, client_ssl: ssl.SSLContext | None) -> None:
+    """``--bootstrap`` with no store: refuse if a member that leads the cluster already knows
+    this node acknowledged entries past the founding one (it was a member and lost its data;
+    founded again it would forget its votes and what it acknowledged). Founders that start
+    together, or a late founder that never acknowledged anything, pass: peers that do not
+    answer within a few seconds are not waited for (the node then votes only for candidates
+    still at the founding entry until it learns of a later commit)."""
+    from phalanx_aio.kv.client import KVClient
+    from phalanx_aio.kv.messages import StatusResponse
+
+    async def ask(address: str) -> StatusResponse | None:
+        host, port = parse_address(address)
+        try:  # a peer not listening yet (founders starting one by one) is not waited for
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+        except (OSError, TimeoutError):
+            return None
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        async with KVClient([address], cluster_id=s.cluster_id, ssl=client_ssl, timeout=3.0) as kv:
+            return await kv.status(endpoint=address)
+
+    answers = await asyncio.gather(*(ask(a) for a in s.peers.values()), return_exceptions=True)
+    for st in answers:
+        if not isinstance(st, StatusResponse) or st.role != "leader":
+            continue
+        me = next((m for m in st.members if m.node_id == s.id), None)
+        if me is not None and me.match_index > 1:
+            contact = next((m.address for m in st.members if m.node_id == st.node_id), "")
+            raise ConfigError(
+                f"refusing --bootstrap: cluster {s.cluster_id!r} already exists and its leader "
+                f"{st.node_id} (term {st.term}, commit {st.commit_index}) knows that {s.id} "
+                f"acknowledged entries up to index {me.match_index}, but --data-dir {s.data_dir} "
+                f"holds no store for {s.id}: it lost its data. Founding it again would make it "
+                "forget its votes and what it acknowledged. Start it with an empty --data-dir and "
+                f"--join {contact or 'HOST:PORT'} instead: its old membership is then removed and "
+                "it is added back safely"
+            )
 
 
 async def _members_via(

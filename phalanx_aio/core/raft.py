@@ -152,6 +152,7 @@ class Raft:
         state: InitialState | None = None,
         *,
         clock: Callable[[], float] | None = None,
+        founded_now: bool = False,
     ) -> None:
         if not node_id:
             raise LocalError("node id must be a non-empty string")
@@ -201,6 +202,11 @@ class Raft:
         # founding one: the first leader is elected in term 2) refuses votes and pre-votes
         # for this many ticks after it starts, as if it had just heard that leader.
         self._quiet_ticks = config.election_ticks if hs.term > 1 else 0
+        # A store founded in this run (``founded_now``) is a new founder or a member that lost
+        # its data and was founded again. Until it learns of a commit past the founding entry,
+        # it votes only for candidates whose log is still at that entry: one that forgot what
+        # it acknowledged must not help a candidate that lacks it win.
+        self._founded_now = founded_now
         self._hb_sent: dict[int, int] = {}
         self.lead_transferee: str | None = None
         self._votes: dict[str, bool] = {}
@@ -976,6 +982,11 @@ class Raft:
             or (self.vote is None and self.leader is None)
             or (m.type is _PRE_VOTE and m.term > self.term)
         )
+        if self._founded_now:
+            if self.log.committed > 1:
+                self._founded_now = False  # it holds what a leader committed: a member again
+            elif m.index > 1:
+                can_vote = False  # the cluster is past its founding: this node may have lost data
         resp = _VOTE_RESP if m.type is _VOTE else _PRE_VOTE_RESP
         if can_vote and self.log.is_up_to_date(m.index, m.log_term):
             self._send(Message(resp, m.frm, self.id, m.term))

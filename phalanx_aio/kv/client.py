@@ -36,7 +36,7 @@ import itertools
 import random
 import ssl as _ssl
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar
@@ -72,6 +72,7 @@ from phalanx_aio.kv.messages import (
     KVRequest,
     Member,
     MemberAddRequest,
+    MemberChangeRequest,
     MemberChangeResponse,
     MemberListRequest,
     MemberListResponse,
@@ -370,6 +371,26 @@ class KVClient:
         """Turn the learner ``node_id`` into a voter; return the configuration once committed."""
         response: MemberChangeResponse = await self._call(
             lambda h: MemberPromoteRequest(h, node_id), _Kind.ADMIN
+        )
+        return response.members
+
+    async def change_members(
+        self,
+        *,
+        add: Mapping[str, str] | None = None,
+        add_learners: Mapping[str, str] | None = None,
+        promote: Iterable[str] = (),
+        remove: Iterable[str] = (),
+    ) -> tuple[Member, ...]:
+        """Change several members in one step (:meth:`RaftNode.change_members
+        <phalanx_aio.node.RaftNode.change_members>`: joint consensus when the voters change);
+        return the configuration once the change is complete. Like :meth:`add_member`, not
+        retried once it may have reached the leader."""
+        members = tuple(Member(n, a, False) for n, a in (add or {}).items())
+        members += tuple(Member(n, a, True) for n, a in (add_learners or {}).items())
+        promoted, removed = tuple(promote), tuple(remove)
+        response: MemberChangeResponse = await self._call(
+            lambda h: MemberChangeRequest(h, members, promoted, removed), _Kind.ADMIN
         )
         return response.members
 

@@ -41,6 +41,7 @@ from phalanx_aio.kv.messages import (
     KVRequest,
     KVResponse,
     MemberAddRequest,
+    MemberChangeRequest,
     MemberChangeResponse,
     MemberListRequest,
     MemberListResponse,
@@ -338,6 +339,7 @@ def _to_pb_members(members: Iterable[KVMember]) -> list[_pb.Member]:
                 node_id=_kv_str(m.node_id, "node_id"),
                 address=_kv_str(m.address, "address"),
                 learner=bool(m.learner),
+                match_index=_kv_u64(m.match_index, "match_index"),
             )
         )
     return out
@@ -359,7 +361,7 @@ def _from_pb_response_header(h: _pb.ResponseHeader) -> KVResponseHeader:
 
 
 def _from_pb_members(members: Iterable[_pb.Member]) -> tuple[KVMember, ...]:
-    return tuple(KVMember(m.node_id, m.address, m.learner) for m in members)
+    return tuple(KVMember(m.node_id, m.address, m.learner, m.match_index) for m in members)
 
 
 def _enc_status_response(m: StatusResponse) -> _pb.StatusResponse:
@@ -387,10 +389,20 @@ def _enc_member_add(m: MemberAddRequest) -> _pb.MemberAddRequest:
     )
 
 
+def _enc_member_change(m: MemberChangeRequest) -> _pb.MemberChangeRequest:
+    return _pb.MemberChangeRequest(
+        header=_to_pb_request_header(m.header),
+        add=_to_pb_members(m.add),
+        promote=[_kv_str(n, "promote") for n in m.promote],
+        remove=[_kv_str(n, "remove") for n in m.remove],
+    )
+
+
 _KV_NESTED: dict[type[Any], tuple[int, ...]] = {
     StatusResponse: (1, 9),
     MemberListResponse: (1, 2),
     MemberChangeResponse: (1, 2),
+    MemberChangeRequest: (1, 2),
 }
 
 _KV_ENCODERS: dict[type[Any], Callable[[Any], Any]] = {
@@ -407,6 +419,7 @@ _KV_ENCODERS: dict[type[Any], Callable[[Any], Any]] = {
     MemberPromoteRequest: lambda m: _pb.MemberPromoteRequest(
         header=_to_pb_request_header(m.header), node_id=_kv_str(m.node_id, "node_id")
     ),
+    MemberChangeRequest: _enc_member_change,
     MemberChangeResponse: lambda m: _pb.MemberChangeResponse(
         header=_to_pb_response_header(m.header), members=_to_pb_members(m.members)
     ),
@@ -489,6 +502,12 @@ _KV_DECODERS: dict[type[Any], tuple[type[Any], Callable[[Any], Any]]] = {
     MemberPromoteRequest: (
         _pb.MemberPromoteRequest,
         lambda p: MemberPromoteRequest(_from_pb_request_header(p.header), p.node_id),
+    ),
+    MemberChangeRequest: (
+        _pb.MemberChangeRequest,
+        lambda p: MemberChangeRequest(
+            _from_pb_request_header(p.header), _from_pb_members(p.add), tuple(p.promote), tuple(p.remove)
+        ),
     ),
     MemberChangeResponse: (
         _pb.MemberChangeResponse,

@@ -29,6 +29,7 @@ __all__ = [
     "KVResponse",
     "Member",
     "MemberAddRequest",
+    "MemberChangeRequest",
     "MemberChangeResponse",
     "MemberListRequest",
     "MemberListResponse",
@@ -121,6 +122,9 @@ class Member:
     address: str = ""
     """Its peer (and client) address, host:port."""
     learner: bool = False
+    match_index: int = 0
+    """In a leader's :class:`StatusResponse`: the highest log index the member acknowledged to
+    this leader (0 elsewhere, and for members it has not heard from)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +270,17 @@ class MemberPromoteRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberChangeRequest:
+    """Several changes in one step (joint consensus when the voters change): members to add
+    (``learner`` says how), learners to promote, members to remove."""
+
+    header: RequestHeader
+    add: tuple[Member, ...] = ()
+    promote: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class MemberChangeResponse:
     """The answer to a membership change: the configuration once the change committed."""
 
@@ -300,6 +315,7 @@ KVRequest = (
     | MemberAddRequest
     | MemberRemoveRequest
     | MemberPromoteRequest
+    | MemberChangeRequest
     | TransferLeaderRequest
 )
 """Any request of the KV service."""
@@ -328,6 +344,7 @@ KV_METHODS: Final[dict[str, tuple[type[Any], type[Any]]]] = {
     _SERVICE + "MemberAdd": (MemberAddRequest, MemberChangeResponse),
     _SERVICE + "MemberRemove": (MemberRemoveRequest, MemberChangeResponse),
     _SERVICE + "MemberPromote": (MemberPromoteRequest, MemberChangeResponse),
+    _SERVICE + "MemberChange": (MemberChangeRequest, MemberChangeResponse),
     _SERVICE + "TransferLeader": (TransferLeaderRequest, TransferLeaderResponse),
 }
 """gRPC method path -> (request type, response type), for every method of the KV service."""

@@ -80,6 +80,7 @@ from phalanx_aio.kv.messages import (
     KVResponse,
     Member,
     MemberAddRequest,
+    MemberChangeRequest,
     MemberChangeResponse,
     MemberListRequest,
     MemberListResponse,
@@ -222,6 +223,7 @@ class KVService(StreamServing):
             MemberAddRequest: self._member_add,
             MemberRemoveRequest: self._member_remove,
             MemberPromoteRequest: self._member_promote,
+            MemberChangeRequest: self._member_change,
             TransferLeaderRequest: self._transfer,
         }
         if node is not None:
@@ -365,10 +367,17 @@ class KVService(StreamServing):
         address = st.core.conf.context(hint).decode("utf-8", "replace") if hint else ""
         return ResponseHeader(code, message, hint, address, st.term, st.applied)
 
-    def _members(self) -> tuple[Member, ...]:
-        conf = self._require_node().status().core.conf
+    def _members(self, *, with_match: bool = False) -> tuple[Member, ...]:
+        """The configuration; ``with_match``: with each member's match index, on a leader."""
+        core = self._require_node().status().core
+        conf, progress = core.conf, core.progress if with_match else {}
         return tuple(
-            Member(nid, conf.context(nid).decode("utf-8", "replace"), nid in conf.learners)
+            Member(
+                nid,
+                conf.context(nid).decode("utf-8", "replace"),
+                nid in conf.learners,
+                progress[nid].match if nid in progress else 0,
+            )
             for nid in sorted(conf.members())
         )
 
@@ -579,7 +588,7 @@ class KVService(StreamServing):
             commit_index=st.commit,
             applied_index=st.applied,
             last_index=st.last_index,
-            members=self._members(),
+            members=self._members(with_match=True),
             quota_alarm=self.quota_alarm,
             quota_used_bytes=self.quota_used(),
         )
@@ -609,6 +618,24 @@ class KVService(StreamServing):
         _check_node_id(req.node_id)
         node = self._require_leader()
         await self._run(lambda: node.promote(req.node_id, timeout=timeout), membership=True)
+        return MemberChangeResponse(self._header(), self._members())
+
+    async def _member_change(self, req: MemberChangeRequest, timeout: float | None) -> MemberChangeResponse:
+        for nid in [m.node_id for m in req.add] + list(req.promote) + list(req.remove):
+            _check_node_id(nid)
+        if any(not m.address for m in req.add):
+            raise _Refuse(ErrorCode.INVALID_ARGUMENT, "a new member needs an address")
+        if not (req.add or req.promote or req.remove):
+            raise _Refuse(ErrorCode.INVALID_ARGUMENT, "a membership change needs at least one change")
+        node = self._require_leader()
+        voters = {m.node_id: m.address for m in req.add if not m.learner}
+        learners = {m.node_id: m.address for m in req.add if m.learner}
+        await self._run(
+            lambda: node.change_members(
+                add=voters, add_learners=learners, promote=req.promote, remove=req.remove, timeout=timeout
+            ),
+            membership=True,
+        )
         return MemberChangeResponse(self._header(), self._members())
 
     async def _transfer(self, req: TransferLeaderRequest, timeout: float | None) -> TransferLeaderResponse:

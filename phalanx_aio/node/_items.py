@@ -64,9 +64,10 @@ class ReadRequest(NamedTuple):
 
 
 class ConfRequest(NamedTuple):
-    """A membership change to propose; ``future`` gets its outcome."""
+    """A membership change to propose (several at once: a joint change); ``future`` gets its
+    outcome."""
 
-    change: ConfChange
+    change: ConfChange | tuple[ConfChange, ...]
     future: asyncio.Future[Any]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from phalanx_aio.core.membership import ConfChange, ConfChangeType, decode_conf
+from phalanx_aio.core.membership import ConfChange, decode_conf_changes
 from phalanx_aio.core.raft import Raft
 from phalanx_aio.core.types import ConfState, Entry, EntryType
 from phalanx_aio.errors import NotApplied, NotLeader, PhalanxError, ProposalDropped
@@ -28,7 +28,9 @@ class MembershipDriver(NodeState):
     def _init_membership(self) -> None:
         """No change in progress, nobody removed (called by ``RaftNode.__init__``)."""
         self._conf_waiters: dict[int, tuple[int, asyncio.Future[None]]] = {}
-        self._deferred_conf: list[tuple[ConfChange, asyncio.Future[Any]]] = []
+        # Joint changes whose C_old,new is committed, waiting for the entry that leaves it.
+        self._leave_waiters: list[asyncio.Future[None]] = []
+        self._deferred_conf: list[tuple[ConfChange | tuple[ConfChange, ...], asyncio.Future[Any]]] = []
         self._peers_conf: ConfState | None = None
         self._removed_members: dict[str, int] = {}  # former members -> index of their removal
         self._removed_at: int | None = None  # set once a member says this node was removed
@@ -51,11 +53,16 @@ class MembershipDriver(NodeState):
         if self._listeners:
             self._emit(RemovedFromCluster(self.id, core.term, index, peer))
 
-    def _start_conf_change(self, core: Raft, change: ConfChange, fut: asyncio.Future[Any]) -> None:
+    def _start_conf_change(
+        self, core: Raft, change: ConfChange | tuple[ConfChange, ...], fut: asyncio.Future[Any]
+    ) -> None:
         if fut.done():
             return
         try:
-            term, index = core.propose_conf_change(change)
+            if isinstance(change, ConfChange):
+                term, index = core.propose_conf_change(change)
+            else:
+                term, index = core.propose_joint_change(change)
         except PhalanxError as exc:
             set_exc(fut, exc)
         else:
@@ -81,28 +88,39 @@ class MembershipDriver(NodeState):
     def _apply_other(self, e: Entry) -> None:
         """Apply a membership change (a new leader's empty entry needs nothing)."""
         if e.type is EntryType.CONF:
-            change, conf = decode_conf(e.data)
-            if change is not None:
-                self._note_removal(e.index, change)
+            changes, conf = decode_conf_changes(e.data)
+            self._note_removals(conf)
             if self._listeners:
                 term = self._core.term if self._core is not None else e.term
                 voters, learners = tuple(sorted(conf.voters)), tuple(sorted(conf.learners))
-                self._emit(MembershipChanged(self.id, term, e.index, change, voters, learners))
+                change = changes[0] if changes else None
+                outgoing = tuple(sorted(conf.voters_outgoing))
+                self._emit(
+                    MembershipChanged(
+                        self.id, term, e.index, change, voters, learners, tuple(changes), outgoing
+                    )
+                )
+            if not conf.joint:  # a joint configuration was left (by whichever leader)
+                for fut in self._leave_waiters:
+                    set_result(fut, None)
+                self._leave_waiters.clear()
             w = self._conf_waiters.pop(e.index, None)
             if w is not None:
-                if w[0] == e.term:
-                    set_result(w[1], None)
-                else:
+                if w[0] != e.term:
                     set_exc(w[1], NotApplied("membership change overwritten by a new leader"))
+                elif conf.joint and self.id in conf.voters:
+                    self._leave_waiters.append(w[1])  # done once C_new is committed
+                else:
+                    set_result(w[1], None)
 
-    def _note_removal(self, index: int, change: ConfChange) -> None:
-        """Keep the transport's list of removed members (committed removals only: a change
-        that is merely appended may still be overwritten)."""
-        removed = self._removed_members
-        if change.type is ConfChangeType.REMOVE:
-            removed[change.node_id] = index
-        elif removed.pop(change.node_id, None) is None:
+    def _note_removals(self, conf: ConfState) -> None:
+        """Hand the transport the removed members of a committed configuration (one merely
+        appended may still be overwritten). They are part of the replicated configuration,
+        snapshots included, so every member knows them after any restart."""
+        removed = dict(conf.removed)
+        if removed == self._removed_members:
             return
+        self._removed_members = removed
         if self._transport is not None:
             self._transport.set_removed(removed)
 

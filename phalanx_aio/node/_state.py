@@ -107,7 +107,8 @@ class NodeState:
     # membership
     _peers_conf: ConfState | None
     _conf_waiters: dict[int, tuple[int, asyncio.Future[None]]]
-    _deferred_conf: list[tuple[ConfChange, asyncio.Future[Any]]]
+    _leave_waiters: list[asyncio.Future[None]]
+    _deferred_conf: list[tuple[ConfChange | tuple[ConfChange, ...], asyncio.Future[Any]]]
     _removed_members: dict[str, int]
     _removed_at: int | None
 

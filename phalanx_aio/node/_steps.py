@@ -262,6 +262,9 @@ class LoopSteps(ProposalRegistry, BackgroundWriter, LocalSnapshots, MembershipDr
         for _, fut3 in list(self._conf_waiters.values()):
             set_exc(fut3, exc)
         self._conf_waiters.clear()
+        for fut5 in self._leave_waiters:
+            set_exc(fut5, exc)
+        self._leave_waiters.clear()
         for _, fut4 in self._deferred_conf:
             set_exc(fut4, exc)
         self._deferred_conf.clear()

@@ -90,12 +90,18 @@ class LeaderChanged(NodeEvent):
 @dataclass(frozen=True, slots=True)
 class MembershipChanged(NodeEvent):
     """A configuration entry was applied at ``index``: ``change`` (``None`` for the founding
-    configuration written at bootstrap) and the resulting ``voters`` and ``learners``."""
+    configuration written at bootstrap and for the entry that leaves a joint configuration;
+    the first of several for a joint change, all of which are in ``changes``) and the
+    resulting ``voters`` and ``learners``. In a joint configuration ``voters_outgoing`` names
+    the voters being left (see :meth:`RaftNode.change_members
+    <phalanx_aio.node.RaftNode.change_members>`)."""
 
     index: int
     change: ConfChange | None
     voters: tuple[str, ...]
     learners: tuple[str, ...]
+    changes: tuple[ConfChange, ...] = ()
+    voters_outgoing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -220,7 +220,14 @@ class RaftNode(LoopSteps, EventSource):
         # Leases are timed on the loop's monotonic clock, in ticks: a stalled loop misses ticks,
         # and its lease must not last longer for it.
         loop_time, interval = asyncio.get_running_loop().time, self.config.tick_interval
-        self._core = Raft(self.id, self.config, self._rng, state, clock=lambda: loop_time() / interval)
+        self._core = Raft(
+            self.id,
+            self.config,
+            self._rng,
+            state,
+            clock=lambda: loop_time() / interval,
+            founded_now=stored.created and not self._join,
+        )
         self._saved_tv = (state.hard_state.term, state.hard_state.vote)
         self._seen = (self._core.term, self._core.role, self._core.leader)
         snap = state.snapshot
@@ -233,6 +240,8 @@ class RaftNode(LoopSteps, EventSource):
 
             self._transport = GrpcTransport(node_id=self.id, cluster_id=self.cluster_id, listen=self.address)
         self._update_peers(self._core.conf)
+        # Removed members are part of the configuration (snapshots included): known at once.
+        self._note_removals(self._core.confs.at(self._core.log.committed))
         await self._transport.start(self)
         self._loop_task = asyncio.create_task(self._run(), name=f"phalanx-loop-{self.id}")
         self._ticker_task = asyncio.create_task(self._ticker(), name=f"phalanx-ticker-{self.id}")
@@ -354,6 +363,7 @@ class RaftNode(LoopSteps, EventSource):
             pending_proposals=len(self._pending),
             core=st,
             removed_at=self._removed_at,
+            voters_outgoing=tuple(sorted(st.conf.voters_outgoing)),
         )
 
     async def wait_for_leader(
@@ -639,7 +649,39 @@ class RaftNode(LoopSteps, EventSource):
         limit = timeout if timeout is not None else 2 * self.config.election_seconds()[1]
         return await self.wait_for_leader(limit, leader=chosen)
 
-    async def _conf_change(self, change: ConfChange, timeout: float | None) -> None:
+    async def change_members(
+        self,
+        *,
+        add: Mapping[str, str] | None = None,
+        add_learners: Mapping[str, str] | None = None,
+        promote: Iterable[str] = (),
+        remove: Iterable[str] = (),
+        timeout: float | None = None,
+    ) -> None:
+        """Change several members in one step (joint consensus, Raft thesis §4.3): add
+        voters (``add``: id -> address) and learners (``add_learners``), promote learners,
+        remove voters or learners. Leader only.
+
+        When the set of voters changes, the leader first commits the joint configuration
+        C_old,new, in which every decision needs a majority of the old voters *and* one of the
+        new, then by itself the new configuration; this returns once that is committed. From
+        the moment C_old,new is committed the change cannot be undone (every later leader
+        completes it), so a leader that is not a voter of the new configuration returns then:
+        it goes on replicating until the others stop listening to it, and one of them leads.
+        Changes that only touch learners take one entry. Each node may be named once; a voter
+        cannot become a learner in one step. Prefer promoting caught-up learners over adding
+        voters, as with single changes (a new voter with an empty log slows commits).
+        """
+        kinds = ConfChangeType
+        changes = [ConfChange(kinds.ADD_VOTER, nid, addr.encode()) for nid, addr in (add or {}).items()]
+        changes += [ConfChange(kinds.ADD_LEARNER, n, a.encode()) for n, a in (add_learners or {}).items()]
+        changes += [ConfChange(kinds.PROMOTE, nid) for nid in promote]
+        changes += [ConfChange(kinds.REMOVE, nid) for nid in remove]
+        if not changes:
+            raise LocalError("change_members needs at least one change")
+        await self._conf_change(tuple(changes), timeout)
+
+    async def _conf_change(self, change: ConfChange | tuple[ConfChange, ...], timeout: float | None) -> None:
         self._check_open()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(ConfRequest(change, fut))

@@ -31,3 +31,5 @@ class NodeStatus:
     removed_at: int | None = None
     """The log index of the committed change that removed this node, once a member said so
     (see :class:`~phalanx_aio.node.events.RemovedFromCluster`); None otherwise."""
+    voters_outgoing: tuple[str, ...] = ()
+    """In a joint configuration, the voters being left (empty otherwise)."""

@@ -23,7 +23,7 @@ from typing import cast
 
 from phalanx_aio.core.config import Config
 from phalanx_aio.core.membership import ConfChange
-from phalanx_aio.core.quorum import quorum_index
+from phalanx_aio.core.quorum import joint_quorum_index
 from phalanx_aio.core.raft import InitialState, Raft, Role, bootstrap_state
 from phalanx_aio.core.ready import Ready
 from phalanx_aio.core.types import Entry, EntryType, HardState, Message, MessageType, Snapshot
@@ -401,12 +401,16 @@ class Cluster:
         node.core.read_index(ctx)
         self._drain(node)
 
-    def conf_change(self, nid: str, change: ConfChange) -> tuple[int, int]:
-        """Propose a membership change on leader ``nid``."""
+    def conf_change(self, nid: str, change: ConfChange | Sequence[ConfChange]) -> tuple[int, int]:
+        """Propose a membership change on leader ``nid``: one change, or several at once
+        (joint consensus)."""
         node = self.nodes[nid]
         if node.core is None:
             raise NotApplied(f"{nid} is down")
-        out = node.core.propose_conf_change(change)
+        if isinstance(change, ConfChange):
+            out = node.core.propose_conf_change(change)
+        else:
+            out = node.core.propose_joint_change(change)
         self._drain(node)
         return out
 
@@ -490,23 +494,27 @@ class Cluster:
             node.last_commit_checked = c
             t = core.log.term(c)
             assert t is not None
-            voters = core.conf.voters
-            holders = sum(1 for v in voters if v in self.nodes and self.nodes[v].store.holds(c, t))
-            chk.on_commit(node.id, c, t, holders, voters)
-            chk.on_commit_safe(node.id, c, t, self._electable_without(c, t, voters))
+            conf = core.conf
+            # A joint configuration (thesis §4.3) commits on a majority of each half.
+            for voters in (conf.voters, conf.voters_outgoing):
+                if voters:
+                    holders = sum(1 for v in voters if v in self.nodes and self.nodes[v].store.holds(c, t))
+                    chk.on_commit(node.id, c, t, holders, voters)
+            halves = [h for h in (conf.voters, conf.voters_outgoing) if h]
+            chk.on_commit_safe(node.id, c, t, self._electable_without(c, t, halves))
 
-    def _electable_without(self, index: int, term: int, voters: Collection[str]) -> str | None:
+    def _electable_without(self, index: int, term: int, halves: Sequence[Collection[str]]) -> str | None:
         """A voter that lacks entry ``(term, index)`` but whose log is at least as up to date
-        (§5.4.1) as the stored logs of a majority of ``voters`` (itself included): it could
-        still be elected, after crashes, and overwrite the entry. None if there is none."""
+        (§5.4.1) as the stored logs of a majority of each of ``halves`` (the voters, and in a
+        joint configuration the outgoing voters too; itself included): it could still be
+        elected, after crashes, and overwrite the entry. None if there is none."""
         lasts = {}
-        for v in voters:
+        for v in sorted(set().union(*halves)):
             n = self.nodes.get(v)
             if n is not None:
                 st = n.store
                 last = st.entries[-1].term if st.entries else st.snapshot.meta.term
                 lasts[v] = (last, st.last_index())
-        need = len(voters) // 2 + 1
         for v in sorted(lasts):
             n = self.nodes[v]
             if n.core is not None:
@@ -518,7 +526,8 @@ class Cluster:
                 continue
             else:
                 mine = lasts[v]
-            if sum(1 for other in lasts.values() if other <= mine) >= need:
+            behind = {w for w, last in lasts.items() if last <= mine}
+            if all(len(behind & set(half)) >= len(half) // 2 + 1 for half in halves):
                 return v
         return None
 
@@ -654,14 +663,16 @@ class Cluster:
     def _confirm_read(self, node: SimNode, core: Raft, ctx: bytes) -> None:
         """Judge a read this leader answers against the heartbeat rounds a quorum acknowledged."""
         chk = self.checker
-        voters = core.conf.voters
+        conf = core.conf
+        voters = conf.voters
         invoked = self._read_invoked.get(ctx)
-        if chk is None or invoked is None or len(voters) <= 1 or core.role is not _LEADER:
+        alone = len(voters) <= 1 and not conf.joint
+        if chk is None or invoked is None or alone or core.role is not _LEADER:
             return
         inc = node.incarnation
         acks = dict(self._hb_acks.get((node.id, inc, core.term), {}))
         acks[node.id] = self._hb_last.get((node.id, inc), 0)
-        confirmed = self._hb_sent.get((node.id, inc, quorum_index(voters, acks)))
+        confirmed = self._hb_sent.get((node.id, inc, joint_quorum_index(voters, conf.voters_outgoing, acks)))
         cfg = self.config
         lease = 0.0
         if cfg.read_mode == "lease":

@@ -22,7 +22,7 @@ from phalanx_aio.core.config import Config
 from phalanx_aio.core.membership import ConfChange, ConfChangeType
 from phalanx_aio.core.raft import Role
 from phalanx_aio.core.ready import Ready
-from phalanx_aio.core.types import Entry
+from phalanx_aio.core.types import ConfState, Entry
 from phalanx_aio.errors import PhalanxError
 from phalanx_aio.sim.checker import LivenessFailure
 from phalanx_aio.sim.cluster import Cluster, RaftFactory, SimNode
@@ -79,6 +79,11 @@ class SimOptions:
     """Mean time between fault actions."""
     membership: bool = False
     """Exercise membership changes (spare nodes join as learners, are promoted, voters removed)."""
+    joint_changes: bool = False
+    """Also change several voters at once (joint consensus, implies ``membership``): a
+    learner replacing a voter, two replacing two, two voters leaving, the leader sometimes
+    among them. A swarm seed keeps the caller's choice (and turns ``membership`` on with it),
+    so the plain swarm runs as before; its choices come from a random stream of their own."""
     snapshot_every: int = 0
     """Compact the log every this many applied entries (0: never)."""
     transfers: bool = False
@@ -116,6 +121,8 @@ class SimOptions:
         parts = [f"phalanx-aio sim --seed {self.seed}"]
         if self.swarm:
             parts.append(f"--swarm --steps {self.steps}")
+            if self.joint_changes:  # the one choice a swarm seed keeps from its caller
+                parts.append("--joint-changes")
             return " ".join(parts)
         parts.append(f"--nodes {self.nodes} --steps {self.steps}")
         if not self.faults:
@@ -130,6 +137,8 @@ class SimOptions:
             parts.append("--mesh global")
         if self.membership:
             parts.append("--membership")
+        if self.joint_changes:
+            parts.append("--joint-changes")
         if self.snapshot_every:
             parts.append(f"--snapshot-every {self.snapshot_every}")
         if self.transfers:
@@ -187,7 +196,7 @@ def resolve(opts: SimOptions) -> SimOptions:
         op_interval_ms=r.choice((5.0, 20.0, 40.0, 80.0)),
         read_fraction=r.choice((0.1, 0.3, 0.6)),
         fault_interval_ms=r.choice((200.0, 300.0, 500.0, 1000.0)),
-        membership=r.random() < 0.3,
+        membership=r.random() < 0.3 or opts.joint_changes,
         snapshot_every=r.choice((0, 0, 5, 20, 60)),
         transfers=r.random() < 0.4,
         background_writes=r.choice((0.0, 0.0, 0.5, 1.0)),
@@ -210,6 +219,7 @@ def describe(opts: SimOptions) -> str:
         f"eager_commit={'on' if cfg.eager_commit else 'off'}",
         f"snapshot_every={opts.snapshot_every}",
         f"membership={'on' if opts.membership else 'off'}",
+        f"joint_changes={'on' if opts.membership and opts.joint_changes else 'off'}",
         f"transfers={'on' if opts.transfers else 'off'}",
         f"background_writes={opts.background_writes}",
         f"triggers={'on' if opts.triggers else 'off'}",
@@ -259,7 +269,7 @@ class _Run:
     def __init__(self, opts: SimOptions) -> None:
         self.opts = opts
         ids = [f"n{i + 1}" for i in range(opts.nodes)]
-        spares = [f"n{opts.nodes + i + 1}" for i in range(3)] if opts.membership else []
+        spares = [f"n{opts.nodes + i + 1}" for i in range(3)] if opts.membership or opts.joint_changes else []
         latency = opts.mesh if opts.mesh is not None else UniformLatency(*opts.latency_ms)
         net = NetworkOptions(latency=latency)
         if opts.faults:
@@ -286,6 +296,7 @@ class _Run:
         self.marker = b"liveness-%d" % opts.seed
         self.marker_seen: set[str] = set()
         self.rng = c.rng
+        self.joint_rng = random.Random(f"phalanx-joint:{opts.seed}") if opts.joint_changes else None
         self.faults: Counter[str] = Counter()
         self.pending_writes: dict[bytes, str] = {}
         self.pending_reads: dict[bytes, int] = {}
@@ -414,7 +425,7 @@ class _Run:
             choices += ["crash", "restart", "restart"]
         if opts.partitions:
             choices += ["partition", "isolate_leader", "heal"]
-        if opts.membership:
+        if opts.membership or opts.joint_changes:
             choices += ["member", "member"]
         if opts.transfers:
             choices += ["transfer"]
@@ -567,7 +578,8 @@ class _Run:
         if leader is None or leader.core is None:
             return
         conf = leader.core.conf
-        if again and self.active and self._arm_fires("conf") is not None:
+        split = again and self.active and self._arm_fires("conf") is not None
+        if split:
             # Just before the leader changes membership, split the cluster: the leader, the
             # learners it may promote and fewer than half of the other voters on one side (a
             # change must never let both sides elect and commit: single-server changes,
@@ -578,7 +590,16 @@ class _Run:
             self._partition([side, [n.id for n in c.nodes.values() if n.id not in side]])
             self.faults["triggered_split"] += 1
         try:
-            if not again and conf.learners and rng.random() < 0.5:
+            joint = self.joint_rng
+            if (
+                again
+                and not split
+                and joint is not None
+                and joint.random() < 0.35
+                and self._joint_change(leader.id, conf, joint)
+            ):
+                pass  # several voters at once
+            elif not again and conf.learners and rng.random() < 0.5:
                 c.conf_change(
                     leader.id, ConfChange(ConfChangeType.PROMOTE, rng.choice(sorted(conf.learners)))
                 )
@@ -602,6 +623,31 @@ class _Run:
             return
         if again and rng.random() < (0.9 if self.faults["triggered_split"] else 0.3):
             c.call_at(c.now, lambda: self._membership(again=False))
+
+    def _joint_change(self, leader: str, conf: ConfState, rng: random.Random) -> bool:
+        """Several voters changed at once (joint consensus, thesis §4.3): a learner replaces a
+        voter, two learners replace two voters, or two voters leave. Any voter may go, the
+        leader included (it then leads until C_new commits and steps down). False if the
+        configuration allows none of these."""
+        c = self.c
+        voters, learners = sorted(conf.voters), sorted(conf.learners)
+        options: list[list[ConfChange]] = []
+        if learners:
+            options.append(
+                [ConfChange(ConfChangeType.PROMOTE, rng.choice(learners)), _remove(rng.choice(voters))]
+            )
+        if len(learners) >= 2 and len(voters) >= 3:
+            options.append(
+                [ConfChange(ConfChangeType.PROMOTE, n) for n in rng.sample(learners, 2)]
+                + [_remove(n) for n in rng.sample(voters, 2)]
+            )
+        if len(voters) > 4:
+            options.append([_remove(n) for n in rng.sample(voters, 2)])
+        if not options:
+            return False
+        c.conf_change(leader, rng.choice(options))
+        self.faults["joint_change"] += 1
+        return True
 
     def _transfer(self) -> bool:
         """Ask the leader to hand over to a random other voter; True if it was asked."""
@@ -816,3 +862,7 @@ def run(opts: SimOptions) -> SimResult:
     except Exception as exc:
         exc.add_note(f"seed {opts.seed}; replay with: {opts.command()}")
         raise
+
+
+def _remove(nid: str) -> ConfChange:
+    return ConfChange(ConfChangeType.REMOVE, nid)

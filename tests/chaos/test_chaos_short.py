@@ -2,10 +2,11 @@
 
 The short run is three ``phalanx-aio serve`` processes with recording clients, under a fixed plan
 that kills the leader, partitions, pauses a member past the election timeout, isolates the
-leader, removes and re-adds a member, transfers leadership, and delays links while killing a
-member. It must end linearizable, with no acknowledged write lost, converged, every member's
-state identical, and no process left behind. On failure the history, faults, report and
-timeline are in the test's ``tmp_path`` (and the members' logs in the report's workdir).
+leader, removes and re-adds a member, transfers leadership, delays links while killing a
+member, and removes two members at once (a joint change) before they join again. It must end
+linearizable, with no acknowledged write lost, converged, every member's state identical, and
+no process left behind. On failure the history, faults, report and timeline are in the test's
+``tmp_path`` (and the members' logs in the report's workdir).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ SHORT_PLAN = (
     FaultStep(4, 21.5, 4.0, (K.MEMBERSHIP,)),
     FaultStep(5, 27.5, 2.0, (K.TRANSFER,)),
     FaultStep(6, 30.5, 3.0, (K.DELAY, K.KILL)),
+    FaultStep(7, 34.5, 5.0, (K.JOINT,)),
 )
 
 
@@ -57,7 +59,7 @@ async def test_short_chaos_run_is_linearizable_and_converges(
 ) -> None:
     cfg = ChaosConfig(
         nodes=3,
-        duration=36.0,
+        duration=41.0,
         seed=11,
         plan=SHORT_PLAN,
         workload=WorkloadConfig(clients=5, shared_keys=3),
@@ -66,7 +68,9 @@ async def test_short_chaos_run_is_linearizable_and_converges(
     report = await run_chaos(cfg)
     _assert_passed(report, tmp_path)
     injected = {w.kind for w in report.faults}
-    assert {K.KILL_LEADER, K.PARTITION, K.PAUSE, K.ISOLATE_LEADER} <= injected, report.fault_errors
+    assert {K.KILL_LEADER, K.PARTITION, K.PAUSE, K.ISOLATE_LEADER, K.JOINT} <= injected, report.fault_errors
+    joint = next(w for w in report.faults if w.kind is K.JOINT)
+    assert "at once" in joint.detail and len(joint.targets) == 2
     kill = next(w for w in report.faults if w.kind is K.KILL_LEADER)
     assert kill.detail == "leader"
     counts = report.counts
@@ -136,3 +140,25 @@ async def test_long_chaos_run_five_nodes_every_fault(
     report = await run_chaos(cfg)
     _assert_passed(report, tmp_path)
     assert len(report.faults_by_kind) >= len(DEFAULT_FAULTS) - 2, report.fault_errors
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("seed", [3, 4])
+async def test_membership_soak_joint_changes_replacements_and_wipes(
+    tmp_path: pathlib.Path, no_orphans: None, seed: int
+) -> None:
+    """Membership under chaos: joint changes (two members removed at once, then joining
+    again), single replacements, wiped members restarted by mistake with --bootstrap or with
+    their founding command line, mixed with kills, partitions and transfers; linearizable, no
+    acknowledged write lost."""
+    kinds = (K.JOINT, K.MEMBERSHIP, K.REFOUND, K.WIPE, K.KILL_LEADER, K.PARTITION, K.TRANSFER)
+    cfg = ChaosConfig(
+        nodes=5,
+        duration=150.0,
+        seed=seed,
+        plan=tuple(plan_faults(seed, 150.0, kinds=kinds)),
+        workload=WorkloadConfig(clients=6),
+    )
+    report = await run_chaos(cfg)
+    _assert_passed(report, tmp_path)
+    assert {K.JOINT, K.REFOUND} <= set(report.faults_by_kind), report.fault_errors

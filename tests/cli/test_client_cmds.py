@@ -23,6 +23,26 @@ async def cli(c: KVCluster | None, *argv: str, endpoints: str | None = None) -> 
     return await asyncio.to_thread(main, args)
 
 
+async def test_members_change(kv_cluster: KVCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    """Several changes in one call: learners only (one entry), then a voter removed, which
+    goes through a joint configuration and ends with two voters."""
+    c = kv_cluster
+    leader = await c.leader()
+    a, b = (f"127.0.0.1:{port}" for port in free_ports(2))
+    assert await cli(c, "members", "change", "--add-learner", f"n4={a}", "--add-learner", f"n5={b}") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"n4 {a} learner" in out and f"n5 {b} learner" in out
+    victim = next(n for n in c.ids if n != leader.id)
+    assert await cli(c, "members", "change", "--remove", "n4", "--remove", "n5", "--remove", victim) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"{n} {c.addr[n]} voter" for n in sorted(c.ids) if n != victim]
+    st = leader.status()
+    assert victim not in st.voters and st.voters_outgoing == ()
+    with pytest.raises(SystemExit) as exc:
+        await cli(c, "members", "change", "--add", "bad-spec")
+    assert exc.value.code == 2 and "expected ID=HOST:PORT" in capsys.readouterr().err
+
+
 async def test_put_get_delete_cas(kv_cluster: KVCluster, capsys: pytest.CaptureFixture[str]) -> None:
     c = kv_cluster
     await c.leader()

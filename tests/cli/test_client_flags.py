@@ -31,6 +31,12 @@ def test_flags_go_before_or_after_the_subcommand_and_after_wins() -> None:
     assert options("-w", "json", "--timeout", "2", "members", "list").write_out == "json"
     assert options("--hex", "members", "list", "--timeout", "3").timeout == 3.0
     assert options("--cluster-id", "c9", "status").cluster_id == "c9"
+    # Between "members" and its action too, as "etcdctl member list" users may write it.
+    assert options("members", "--endpoints", "h:3", "list").endpoints == ["h:3"]
+    assert options("--endpoints", "h:1", "members", "-w", "json", "list", "--endpoints", "h:4").endpoints == [
+        "h:4"
+    ]
+    assert options("members", "-w", "table", "add", "n9", "h:9").write_out == "table"
 
 
 def test_the_default_endpoint_is_the_local_node_at_the_default_listen_address() -> None:

@@ -260,3 +260,48 @@ async def test_a_node_without_a_store_needs_bootstrap_or_join(tmp_path: pathlib.
     with pytest.raises(ConfigError, match="holds no store for n1"):
         await serve(s)
     assert not (tmp_path / "n1.db").exists()
+
+
+async def test_a_member_that_lost_its_data_is_refused_when_founded_again(tmp_path: pathlib.Path) -> None:
+    """Wipe a member and restart it with --bootstrap: the leader knows it acknowledged
+    entries, so serve refuses (naming --join), creates no store, and nothing is lost. A late
+    founder that never acknowledged anything still starts."""
+    import shutil
+
+    ids = ["n1", "n2", "n3"]
+    addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(ids, free_loopback_ports(3), strict=True)}
+
+    def argv(nid: str) -> list[str]:
+        peers = [f"--peer={p}={addr[p]}" for p in ids if p != nid]
+        return ["--id", nid, "--listen", addr[nid], "--data-dir", str(tmp_path / nid), *peers, "--bootstrap"]
+
+    tasks = {}
+    for nid in ids[:2]:  # n3 starts late, as a founder that never acknowledged anything
+        tasks[nid], _ = await _start(argv(nid))
+    try:
+        async with KVClient([addr[n] for n in ids[:2]], timeout=DEADLINE) as kv:
+            await kv.put(b"before", b"n3")
+            tasks["n3"], _ = await _start(argv("n3"))
+            for i in range(20):
+                await kv.put(b"k%d" % i, b"v")
+            leader = (await kv.status()).node_id
+            victim = next(n for n in ids if n != leader)
+            # The victim acknowledged those entries; now it loses its disk.
+            for _ in range(int(DEADLINE / 0.1)):
+                st = await kv.status()
+                if all(m.match_index > 20 for m in st.members if m.node_id == victim):
+                    break
+                await asyncio.sleep(0.1)
+            await _stop(tasks.pop(victim))
+            shutil.rmtree(tmp_path / victim)
+            settings = resolve_settings(build_parser().parse_args(["serve", *argv(victim)]), {})
+            with pytest.raises(ConfigError, match=rf"refusing --bootstrap.*{victim}.*--join"):
+                await asyncio.wait_for(serve(settings), DEADLINE)  # before: it founded again
+            assert not (tmp_path / victim / f"{victim}.db").exists()
+            # Nothing lost: the others hold every write and go on.
+            assert [await kv.get(b"k%d" % i) for i in range(20)] == [b"v"] * 20
+            await kv.put(b"after", b"refusal")
+            assert await kv.get(b"after") == b"refusal"
+    finally:
+        for t in tasks.values():
+            await _stop(t)

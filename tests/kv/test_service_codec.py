@@ -16,7 +16,7 @@ from tests.proto_services import proto_methods
 
 RQ = m.RequestHeader("c1", "client-7", 2**64 - 1, 41)
 RS = m.ResponseHeader(m.ErrorCode.NOT_LEADER, "not me", "n2", "127.0.0.1:7002", 9, 2**63)
-MEMBERS = (m.Member("n1", "[::1]:7001"), m.Member("n4", "h:1", learner=True))
+MEMBERS = (m.Member("n1", "[::1]:7001", match_index=1 << 40), m.Member("n4", "h:1", learner=True))
 
 SAMPLES: list[Any] = [
     m.PutRequest(RQ, b"k", b"v"),
@@ -41,6 +41,8 @@ SAMPLES: list[Any] = [
     m.MemberAddRequest(RQ, "n4", "h:1", learner=False),
     m.MemberRemoveRequest(RQ, "n4"),
     m.MemberPromoteRequest(RQ, "n4"),
+    m.MemberChangeRequest(RQ, (m.Member("n4", "h:4", True), m.Member("n5", "h:5")), ("n6",), ("n1", "n2")),
+    m.MemberChangeRequest(RQ),
     m.MemberChangeResponse(RS, ()),
     m.TransferLeaderRequest(RQ, ""),
     m.TransferLeaderResponse(m.ResponseHeader(m.ErrorCode.INTERNAL), "n3"),

@@ -23,11 +23,16 @@ from phalanx_aio.transport.grpc import GrpcTransport
 from tests.node.harness import Counter
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-STOCK = [
-    m
-    for m in ("grpc", "grpc_reflection", "grpc_health", "google.protobuf")
-    if not importlib.util.find_spec(m)
-]
+
+
+def _absent(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except ModuleNotFoundError:  # its parent package is missing
+        return True
+
+
+STOCK = [m for m in ("grpc", "grpc_reflection", "grpc_health", "google.protobuf") if _absent(m)]
 needs_stock = pytest.mark.skipif(
     bool(STOCK),
     reason=f"needs the stock grpcio clients ({', '.join(STOCK)} missing: the test extra installs them)",
@@ -152,9 +157,7 @@ def test_unknown_symbols_and_bad_requests_get_error_responses() -> None:
     assert descriptors.symbols["grpc.health.v1.Health.Check"] == "grpc/health/v1/health.proto"
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("grpc_tools") is None, reason="needs grpcio-tools (protoc; the codegen extra)"
-)
+@pytest.mark.skipif(_absent("grpc_tools"), reason="needs grpcio-tools (protoc; the codegen extra)")
 def test_the_shipped_descriptors_are_fresh() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gen_reflection.py"), "--check"],

@@ -224,5 +224,51 @@ BUGS: dict[str, Bug] = {
 }
 """Bugs the swarm seeds of CI catch (``tests/sim/test_planted_bugs.py``)."""
 
+JOINT_BUGS: dict[str, Bug] = {
+    b.what: b
+    for b in [
+        _bug(
+            "joint configuration commits on the new majority alone",
+            (
+                "raft",
+                "            voters, conf.voters_outgoing, {nid: pr.match for nid, pr in prs.items()",
+                "            voters, frozenset(), {nid: pr.match for nid, pr in prs.items()",
+            ),
+        ),
+        _bug(
+            "several voters changed without the joint step",
+            (
+                "raft",
+                "self._append_conf(changes, enter_joint(self.confs.current, changes))",
+                "self._append_conf(changes, _no_joint(enter_joint(self.confs.current, changes)))",
+            ),
+            (
+                "raft",
+                "class Raft:",
+                "def _no_joint(conf):\n    return leave_joint(conf) if conf.joint else conf\n\n\nclass Raft:",
+            ),
+        ),
+    ]
+}
+"""Joint-consensus bugs, caught by swarm seeds with ``joint_changes`` on."""
+
+JOINT_UNCAUGHT: dict[str, tuple[Bug, str]] = {
+    "joint configuration elects on the new majority alone": (
+        _bug(
+            "joint configuration elects on the new majority alone",
+            (
+                "raft",
+                "result = joint_vote_result(conf.voters, conf.voters_outgoing, self._votes)",
+                "result = joint_vote_result(conf.voters, frozenset(), self._votes)",
+            ),
+        ),
+        "400 joint swarm seeds pass. Harmful only while C_old,new is appended but not committed "
+        "and the two halves' majorities can be disjoint (two of three voters replaced), so that a "
+        "candidate holding C_old,new and one holding C_old win the same term; once it is "
+        "committed, the new majority it still needs holds every committed entry.",
+    ),
+}
+"""Joint-consensus bugs planted but not caught within the CI bound, with the reason."""
+
 UNCAUGHT: dict[str, tuple[Bug, str]] = {}
 """Bugs planted but not caught within the CI bound, with the reason."""

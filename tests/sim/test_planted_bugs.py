@@ -14,7 +14,7 @@ import time
 import pytest
 
 from phalanx_aio.sim import SafetyViolation, SimOptions, run
-from tests.sim.planted import BUGS, UNCAUGHT, Bug, mutant
+from tests.sim.planted import BUGS, JOINT_BUGS, JOINT_UNCAUGHT, UNCAUGHT, Bug, mutant
 
 MAX_SEEDS = 40
 """Every bug in ``BUGS`` must be caught within this many swarm seeds (a few need more)."""
@@ -27,6 +27,9 @@ BOUNDS = {
 re-sent slices reaching a follower that still holds a stale suffix, and a split just before
 two membership changes at once (both rare: first caught at seeds 119 and 83)."""
 FIGURE_8_BOUND = 100
+JOINT_BOUND = 60
+"""Joint-consensus bugs are caught within this many swarm seeds with ``joint_changes`` on
+(first caught at seeds 2 and 42)."""
 STEPS = 10_000
 CONTROL_SEEDS = max(MAX_SEEDS, *BOUNDS.values(), FIGURE_8_BOUND)
 
@@ -72,6 +75,31 @@ def test_figure_8_is_caught_by_the_safety_checks_alone() -> None:
     )
     assert found is not None, f"Figure 8 survived {FIGURE_8_BOUND} swarm seeds without the availability phase"
     assert isinstance(found[1], SafetyViolation)
+
+
+@pytest.mark.parametrize("what", sorted(JOINT_BUGS))
+def test_planted_joint_bug_is_caught_by_joint_swarm_seeds(what: str) -> None:
+    found = _first_failure(JOINT_BUGS[what], JOINT_BOUND, joint_changes=True)
+    assert found is not None, f"planted bug {what!r} survived {JOINT_BOUND} joint swarm seeds"
+    seed, exc = found
+    notes = "".join(getattr(exc, "__notes__", []))
+    assert "--joint-changes" in notes and f"--seed {seed} " in notes
+
+
+def test_correct_core_passes_the_joint_swarm_seeds() -> None:
+    joints = 0
+    for seed in range(1, JOINT_BOUND + 1):
+        res = run(_options(seed, joint_changes=True))
+        assert res.probes > 0 and res.checks > 0
+        joints += res.faults["joint_change"]
+    assert joints >= 10  # the workload did change several voters at once (20 times when written)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what", sorted(JOINT_UNCAUGHT))
+def test_uncaught_joint_bugs_stay_documented(what: str) -> None:
+    bug, _why = JOINT_UNCAUGHT[what]
+    assert _first_failure(bug, 150, joint_changes=True) is None
 
 
 def test_correct_core_passes_the_same_swarm_seeds() -> None:

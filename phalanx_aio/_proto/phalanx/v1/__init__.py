@@ -274,6 +274,11 @@ class Member(betterproto.Message):
     """
 
     learner: bool = betterproto.bool_field(3)
+    match_index: int = betterproto.uint64_field(4)
+    """
+    In a leader's Status answer: the highest log index the member acknowledged to this
+     leader (0 elsewhere, and for members it has not heard from).
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -308,6 +313,21 @@ class MemberRemoveRequest(betterproto.Message):
 class MemberPromoteRequest(betterproto.Message):
     header: "RequestHeader" = betterproto.message_field(1)
     node_id: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class MemberChangeRequest(betterproto.Message):
+    header: "RequestHeader" = betterproto.message_field(1)
+    add: List["Member"] = betterproto.message_field(2)
+    """
+    Members to add: node_id and address, as a learner if learner is set, else as a voter.
+    """
+
+    promote: List[str] = betterproto.string_field(3)
+    """Learners to make voters."""
+
+    remove: List[str] = betterproto.string_field(4)
+    """Voters or learners to remove."""
 
 
 @dataclass(eq=False, repr=False)
