@@ -31,10 +31,9 @@ node keeps serving; the refusal is counted in :attr:`KVService.rejections`.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpclib.const
@@ -42,8 +41,8 @@ import grpclib.server
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
-from phalanx_aio._budget import SHED_REASONS, BufferBudget, Call
-from phalanx_aio._grpc import Malformed, TooLarge, WireBytes, recv_bounded
+from phalanx_aio._budget import SHED_REASONS, BufferBudget
+from phalanx_aio._grpc import WireBytes
 from phalanx_aio.errors import (
     ClosedError,
     LocalError,
@@ -53,6 +52,19 @@ from phalanx_aio.errors import (
     PhalanxError,
     ProposalDropped,
     ProtocolError,
+)
+from phalanx_aio.kv._service_stream import (
+    RESPONSE_TYPES as _RESPONSE_TYPES,
+)
+from phalanx_aio.kv._service_stream import (
+    ServerStream as _Stream,
+)
+from phalanx_aio.kv._service_stream import (
+    StreamServing,
+    answer_within,
+)
+from phalanx_aio.kv._service_stream import (
+    WriteRequest as _WriteRequest,
 )
 from phalanx_aio.kv.codec import decode_kv_message, encode_kv_message
 from phalanx_aio.kv.messages import (
@@ -85,7 +97,7 @@ from phalanx_aio.kv.messages import (
     TransferLeaderResponse,
 )
 from phalanx_aio.kv.state_machine import KVCommand, KVOp, KVStateMachine, SessionExpired, encode_command
-from phalanx_aio.kv.stream_codec import KV_STREAM_METHOD, KVStreamCodec
+from phalanx_aio.kv.stream_codec import KV_STREAM_METHOD
 from phalanx_aio.node.raft_node import RaftNode
 
 __all__ = ["DEFAULT_QUOTA_BYTES", "MIN_REQUEST_BYTES", "KVService"]
@@ -93,8 +105,6 @@ __all__ = ["DEFAULT_QUOTA_BYTES", "MIN_REQUEST_BYTES", "KVService"]
 log = logging.getLogger("phalanx_aio.kv")
 
 _R = TypeVar("_R")
-_WriteRequest = PutRequest | DeleteRequest | CompareAndSetRequest
-_Stream = grpclib.server.Stream[WireBytes, WireBytes]
 _MAX_ID_BYTES = 255
 MIN_REQUEST_BYTES = 64 << 10
 DEFAULT_QUOTA_BYTES = 512 << 20
@@ -114,7 +124,7 @@ class _Refuse(Exception):
         self.leader = leader
 
 
-class KVService:
+class KVService(StreamServing):
     """The ``phalanx.v1.KV`` gRPC service of one node.
 
     ``node`` may be given now or later with :meth:`attach`; until then every request is answered
@@ -307,7 +317,7 @@ class KVService:
                 self._malformed("no request message")
             timeout: float | None = None
             if stream.deadline is not None:
-                timeout = _answer_within(stream.deadline.time_remaining())
+                timeout = answer_within(stream.deadline.time_remaining())
             response: KVResponse
             try:
                 request = decode_kv_message(request_type, data, max_bytes=self.max_request_bytes)
@@ -323,127 +333,6 @@ class KVService:
             call.take(len(answer))
             await stream.send_message(WireBytes(answer))
             call.give(len(answer))
-
-    async def _serve_stream(self, stream: _Stream) -> None:
-        """The ``Stream`` call: answer every request of every batch concurrently, and send the
-        answers in batches (whatever completed since the last send, once per loop turn).
-
-        Answers wait unencoded (they refer to values the state machine holds) until the sender
-        takes them; it encodes at most ``max_stream_buffer_bytes`` (or one answer) per message,
-        held against the buffer budget while it is written. Requests count as under way until
-        their answers are taken, so a client that does not read stops being read."""
-        with self._budget.call(stream) as call:
-            await self._stream_loop(stream, call)
-
-    async def _stream_loop(self, stream: _Stream, call: Call) -> None:
-        pending: list[tuple[int, KVResponse]] = []  # answers not yet encoded, in completion order
-        wake = asyncio.Event()
-        room = asyncio.Event()  # set when fewer than max_stream_inflight requests are under way
-        tasks: set[asyncio.Task[None]] = set()
-        under_way = 0  # requests read whose answers the sender has not taken yet
-        finished = False
-        batch_limit = self.max_stream_buffer_bytes
-        codec = KVStreamCodec()  # this call's: what repeats between its items
-
-        def spawn(work: Coroutine[Any, Any, None]) -> None:
-            task = asyncio.create_task(work)
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-        async def answer(rid: int, timeout_ms: int, request: KVRequest) -> None:
-            timeout = _answer_within(timeout_ms / 1000) if timeout_ms else None
-            pending.append((rid, await self.handle(request, timeout=timeout)))
-            wake.set()
-
-        async def answer_writes(ids: list[int], writes: list[tuple[_WriteRequest, KVCommand, int]]) -> None:
-            try:
-                responses = await self._write_batch(writes)
-            except Exception:
-                log.exception("KV service: unexpected error answering a batch of writes")
-                internal = ResponseHeader(ErrorCode.INTERNAL, "internal server error")
-                responses = [_RESPONSE_TYPES[type(req)](internal) for req, _, _ in writes]
-            pending.extend(zip(ids, responses, strict=True))
-            wake.set()
-
-        async def sender() -> None:
-            nonlocal under_way
-            while True:
-                await wake.wait()
-                wake.clear()
-                while pending:
-                    parts: list[bytes] = []
-                    size = taken = 0
-                    for rid, response in pending:
-                        item = _encode_answer(codec, rid, response)
-                        parts.append(item)
-                        size += len(item)
-                        taken += 1
-                        if size >= batch_limit:
-                            break
-                    del pending[:taken]
-                    under_way -= taken
-                    if under_way < self.max_stream_inflight:
-                        room.set()
-                    batch = b"".join(parts)
-                    del parts
-                    call.take(len(batch))
-                    await stream.send_message(WireBytes(batch))
-                    call.give(len(batch))
-                if finished and not tasks and not pending:
-                    return
-
-        send_task = asyncio.create_task(sender())
-        try:
-            while True:
-                data = await self._recv(stream, call)
-                if data is None:
-                    break
-                if send_task.done():  # the answers cannot be sent: end the call
-                    break
-                try:
-                    items = codec.decode_requests(data, max_bytes=self.max_request_bytes)
-                except ProtocolError as exc:
-                    self.rejections["malformed"] += 1
-                    raise GRPCError(Status.INVALID_ARGUMENT, f"malformed stream batch: {exc}"[:300]) from None
-                del data
-                under_way += len(items)
-                writes: list[tuple[_WriteRequest, KVCommand, int]] = []
-                write_ids: list[int] = []
-                for rid, timeout_ms, request in items:
-                    if self._batch_writes and isinstance(request, _WRITE_TYPES):
-                        checked = self._check_write(request)
-                        if isinstance(checked, KVCommand):
-                            writes.append((request, checked, timeout_ms))
-                            write_ids.append(rid)
-                        else:
-                            pending.append((rid, checked))
-                            wake.set()
-                        continue
-                    spawn(answer(rid, timeout_ms, request))
-                if writes:
-                    spawn(answer_writes(write_ids, writes))
-                while under_way >= self.max_stream_inflight:  # read no more until some are sent
-                    room.clear()
-                    await room.wait()
-            if tasks:
-                await asyncio.wait(list(tasks))
-            finished = True
-            wake.set()
-            await send_task
-        finally:
-            for task in (*tasks, send_task):
-                task.cancel()
-
-    async def _recv(self, stream: _Stream, call: Call) -> bytes | None:
-        """The next request message of ``stream`` (``None`` once the client ended it), refused
-        with ``RESOURCE_EXHAUSTED`` before it is buffered if it is over ``max_request_bytes``;
-        its length is held against the buffer budget while it arrives."""
-        try:
-            return await recv_bounded(stream, self.max_request_bytes, call)
-        except TooLarge as exc:
-            self._too_large(exc.length)
-        except Malformed as exc:
-            self._malformed(str(exc))
 
     def _malformed(self, text: str) -> NoReturn:
         self.rejections["malformed"] += 1
@@ -604,7 +493,7 @@ class KVService:
         node = self._require_node()
         data = [encode_command(cmd) for _, cmd, _ in writes]
         waits = [t for _, _, t in writes if t]
-        timeout = _answer_within(min(waits) / 1000) if waits else None
+        timeout = answer_within(min(waits) / 1000) if waits else None
         try:
             results = await node.propose_many(data, timeout=timeout, return_exceptions=True)
         except Exception as exc:  # the whole batch refused (not the leader, overloaded), or closed
@@ -771,28 +660,8 @@ def _refusal(exc: BaseException, membership: bool = False) -> _Refuse | None:
     return None
 
 
-def _encode_answer(codec: KVStreamCodec, rid: int, response: KVResponse) -> bytes:
-    """One ``StreamResponse`` item (an ``INTERNAL`` answer if ``response`` cannot be encoded)."""
-    try:
-        return codec.encode_response(rid, response)
-    except Exception:
-        log.exception("KV service: cannot encode a %s", type(response).__name__)
-        failed = type(response)(ResponseHeader(ErrorCode.INTERNAL, "internal server error"))
-        return codec.encode_response(rid, failed)
-
-
-def _answer_within(left: float) -> float:
-    """The time to work on a request whose client waits ``left`` seconds: answer just before
-    the client gives up."""
-    return max(left - min(0.1, left / 10), 0.001)
-
-
 def _check_node_id(node_id: str) -> None:
     if not node_id:
         raise _Refuse(ErrorCode.INVALID_ARGUMENT, "the node id is empty")
     if len(node_id.encode("utf-8", "surrogatepass")) > _MAX_ID_BYTES:
         raise _Refuse(ErrorCode.INVALID_ARGUMENT, f"the node id is over {_MAX_ID_BYTES} bytes")
-
-
-_RESPONSE_TYPES: dict[type[Any], type[Any]] = dict(KV_METHODS.values())
-_WRITE_TYPES = (PutRequest, DeleteRequest, CompareAndSetRequest)

@@ -310,9 +310,7 @@ class _Overlay(Mapping[bytes, bytes]):
 
     def __len__(self) -> int:
         base = self._base
-        return len(base) + sum(
-            (value is not _GONE) - (key in base) for key, value in self._delta.items()
-        )
+        return len(base) + sum((value is not _GONE) - (key in base) for key, value in self._delta.items())
 
 
 @dataclass(frozen=True, slots=True)

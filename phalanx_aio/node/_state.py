@@ -64,6 +64,7 @@ class NodeState:
     _healthy: bool
     _listeners: list[EventListener]
     _latency: LatencyObserver | None
+    _item_handlers: dict[type, Callable[[Raft, Any], None]]
     _failure: BaseException | None
     _subscriptions: Subscriptions
     _seen: tuple[int, Role, str | None]

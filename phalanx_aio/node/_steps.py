@@ -46,6 +46,10 @@ _unpack_request = _envelope.unpack_request
 class LoopSteps(ProposalRegistry, BackgroundWriter, LocalSnapshots, MembershipDriver):
     """Items and Ready, step by step."""
 
+    def _handle(self, core: Raft, item: Any) -> None:
+        """Hand one queued item to the core (``STOP`` and ``WAKE`` aside), by its type."""
+        self._item_handlers[type(item)](core, item)
+
     def _handlers(self) -> dict[type, Callable[[Raft, Any], None]]:
         """What the loop does with each kind of queued item (``STOP`` and ``WAKE`` aside)."""
         return {

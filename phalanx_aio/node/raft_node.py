@@ -59,8 +59,8 @@ from phalanx_aio.node._items import (
 from phalanx_aio.node._leader_work import EventStream, LeaderFn, LeaderWork, Subscriptions
 from phalanx_aio.node._observe import EventSource
 from phalanx_aio.node._reads import Reads
+from phalanx_aio.node._shutdown import Shutdown
 from phalanx_aio.node._state import LatencyObserver, NodeLogger
-from phalanx_aio.node._steps import LoopSteps
 from phalanx_aio.node.events import (
     EventListener,
     SnapshotRestored,
@@ -86,7 +86,7 @@ _pack_request = _envelope.pack_request
 _unpack_request = _envelope.unpack_request
 
 
-class RaftNode(LoopSteps, EventSource):
+class RaftNode(Shutdown, EventSource):
     """One member of a Raft cluster, embedded in an asyncio application.
 
     Use it as ``async with RaftNode(...) as node:`` (or ``await node.start()`` and
@@ -262,54 +262,6 @@ class RaftNode(LoopSteps, EventSource):
                 await self._hand_over()
         finally:
             await self._close()
-
-    async def _hand_over(self) -> None:
-        """Transfer leadership before closing, if this node leads and another voter exists."""
-        if not (self.running and self.is_leader):
-            return
-        core = self._require_core()
-        live = [
-            (pr.match, nid)
-            for nid, pr in core.status().progress.items()
-            if nid != self.id and nid in core.conf.voters and pr.recent_active
-        ]
-        if not live:
-            return  # no other voter heard from lately: nobody to hand over to
-        limit = self.config.election_seconds()[1]
-        try:
-            new = await self.transfer_leadership(max(live)[1], timeout=limit)
-        except PhalanxError as exc:
-            self.log.info("closing without handing leadership over: %s", exc)
-        else:
-            self.log.info("handed leadership over to %s before closing", new)
-
-    async def _close(self) -> None:
-        self._closed = True
-        if self._snap_task is not None:
-            self._snap_task.cancel()  # its thread finishes on its own; its result is dropped
-        await self._subscriptions.aclose()  # leader work cancelled (and awaited), event streams end
-        tasks = [t for t in (self._ticker_task, self._loop_task) if t is not None]
-        if self._loop_task is not None:
-            self._queue.put_nowait(STOP)
-        try:
-            if self._ticker_task is not None:
-                self._ticker_task.cancel()
-            if self._loop_task is not None:
-                # Let an in-flight save finish (never abandon a write half-way), then stop.
-                await asyncio.shield(asyncio.wait({self._loop_task}, timeout=30))
-                self._loop_task.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-            if self._writer is not None:  # only if the loop was cancelled mid-turn
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(asyncio.shield(self._writer), 30)
-        finally:
-            self._fail_all(ClosedError(f"node {self.id} is closed"))
-            if self._transport is not None:
-                await self._transport.aclose()
-            await self._storage.aclose()
-            self.log.info("closed")
 
     # ------------------------------------------------------------------ queries
 
@@ -748,7 +700,7 @@ class RaftNode(LoopSteps, EventSource):
         core = self._require_core()
         listeners = self._listeners  # mutated in place by add_listener/remove_listener
         carry = self._carry
-        handlers = self._handlers()
+        self._item_handlers = self._handlers()
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -759,7 +711,7 @@ class RaftNode(LoopSteps, EventSource):
                         await self._drain_writes()  # never abandon the leader's own write
                         return
                     if item is not WAKE:
-                        handlers[type(item)](core, item)
+                        self._handle(core, item)
                         if listeners:
                             self._observe(core)
                 taken = 0
