@@ -673,8 +673,9 @@ async def serve(
         rejoin = already_member and not store_exists
     elif store_exists and s.bootstrap:
         log.info("%s: the store exists; --bootstrap is ignored", s.id)
-    elif s.bootstrap:
-        await _refuse_refounding(s, client_ssl)
+    founding_guard = False
+    if s.bootstrap and not store_exists and not s.joining:
+        founding_guard = not await _refuse_refounding(s, client_ssl)
     node = RaftNode(
         s.id,
         address=s.address,
@@ -685,6 +686,7 @@ async def serve(
         config=config,
         cluster_id=s.cluster_id,
         transport=transport,
+        founding_guard=founding_guard,
     )
     service.attach(node)
     health.attach(node)
@@ -770,13 +772,14 @@ def _report_join_failure(task: asyncio.Task[None]) -> None:
         log.error("joining stopped on an unexpected error", exc_info=task.exception())
 
 
-async def _refuse_refounding(s: ServeSettings, client_ssl: ssl.SSLContext | None) -> None:
+async def _refuse_refounding(s: ServeSettings, client_ssl: ssl.SSLContext | None) -> bool:
     """``--bootstrap`` with no store: refuse if a member that leads the cluster already knows
     this node acknowledged entries past the founding one (it was a member and lost its data;
     founded again it would forget its votes and what it acknowledged). Founders that start
     together, or a late founder that never acknowledged anything, pass: peers that do not
     answer within a few seconds are not waited for (the node then votes only for candidates
-    still at the founding entry until it learns of a later commit)."""
+    still at the founding entry until it learns of a later commit). Returns whether a leader
+    answered (and so vouched that this node acknowledged nothing)."""
     from phalanx_aio.kv.client import KVClient
     from phalanx_aio.kv.messages import StatusResponse
 
@@ -793,9 +796,11 @@ async def _refuse_refounding(s: ServeSettings, client_ssl: ssl.SSLContext | None
             return await kv.status(endpoint=address)
 
     answers = await asyncio.gather(*(ask(a) for a in s.peers.values()), return_exceptions=True)
+    vouched = False
     for st in answers:
         if not isinstance(st, StatusResponse) or st.role != "leader":
             continue
+        vouched = True
         me = next((m for m in st.members if m.node_id == s.id), None)
         if me is not None and me.match_index > 1:
             contact = next((m.address for m in st.members if m.node_id == st.node_id), "")
@@ -808,6 +813,7 @@ async def _refuse_refounding(s: ServeSettings, client_ssl: ssl.SSLContext | None
                 f"--join {contact or 'HOST:PORT'} instead: its old membership is then removed and "
                 "it is added back safely"
             )
+    return vouched
 
 
 async def _members_via(

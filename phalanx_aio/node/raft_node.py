@@ -93,6 +93,13 @@ class RaftNode(Shutdown, EventSource):
     ``await node.aclose()``). ``peers`` (id to address) and ``address`` make up the first
     configuration of a brand-new cluster; on a restart the configuration comes from storage.
     With ``join=True`` a brand-new node starts empty and waits to be added by the cluster.
+    With ``founding_guard=True``, a node that creates its store and founds the cluster (a
+    founder's first start, or a member that lost its data being founded again by mistake)
+    votes only for candidates whose log is still at the founding entry until it learns of a
+    later commit: what it may have forgotten cannot help a candidate that lacks committed
+    entries win. The price: a founder that starts late and never hears from the first leader
+    cannot help elect the next one. ``phalanx-aio serve --bootstrap`` turns it on only when
+    no leader answered its check of the peers.
     ``node_id`` is a non-empty string of at most 238 bytes in UTF-8 (every command this node
     proposes carries it); anything else raises :class:`~phalanx_aio.errors.LocalError`.
     ``state_machine`` is a :class:`StateMachine`, or a list of
@@ -120,6 +127,7 @@ class RaftNode(Shutdown, EventSource):
         seed: int | None = None,
         on_event: EventListener | None = None,
         hand_over_on_close: bool = True,
+        founding_guard: bool = False,
     ) -> None:
         if not node_id:
             raise LocalError("node_id must be a non-empty string")
@@ -145,6 +153,7 @@ class RaftNode(Shutdown, EventSource):
         self._storage = storage
         self._transport = transport
         self._join = join
+        self._founding_guard = founding_guard
         base_seed = seed if seed is not None else int.from_bytes(os.urandom(8), "big")
         self._init_snapshots(snapshot_every, snapshot_bytes, base_seed)
         self._init_proposals(node_id)
@@ -226,7 +235,7 @@ class RaftNode(Shutdown, EventSource):
             self._rng,
             state,
             clock=lambda: loop_time() / interval,
-            founded_now=stored.created and not self._join,
+            founded_now=self._founding_guard and stored.created and not self._join,
         )
         self._saved_tv = (state.hard_state.term, state.hard_state.vote)
         self._seen = (self._core.term, self._core.role, self._core.leader)
@@ -593,13 +602,29 @@ class RaftNode(Shutdown, EventSource):
 
     async def transfer_leadership(self, target: str | None = None, *, timeout: float | None = None) -> str:
         """Hand leadership to ``target`` (default: the most caught-up other voter) and wait
-        until it leads. Leader only. Returns the new leader's id."""
+        until it leads. Leader only. Returns the new leader's id.
+
+        The core gives a transfer up after an election timeout if the target has not caught
+        up by then (a slow disk, a burst of writes); while this node still leads and time is
+        left, the transfer is asked again, so a ``timeout`` longer than that is used in full
+        rather than spent waiting for a transfer already abandoned. Default: two election
+        timeouts."""
         self._check_open()
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(TransferRequest(target, fut))
-        chosen: str = await self._await(fut, timeout, "transfer")
-        limit = timeout if timeout is not None else 2 * self.config.election_seconds()[1]
-        return await self.wait_for_leader(limit, leader=chosen)
+        loop = asyncio.get_running_loop()
+        attempt = 2 * self.config.election_seconds()[1]  # a given-up transfer is over by then
+        limit = timeout if timeout is not None else attempt
+        deadline = loop.time() + limit
+        while True:
+            fut: asyncio.Future[Any] = loop.create_future()
+            self._queue.put_nowait(TransferRequest(target, fut))
+            chosen: str = await self._await(fut, max(deadline - loop.time(), 1e-3), "transfer")
+            left = deadline - loop.time()
+            try:
+                return await self.wait_for_leader(min(attempt, max(left, 1e-3)), leader=chosen)
+            except Timeout:
+                if loop.time() >= deadline or not self.is_leader:
+                    raise Timeout(f"{self.id}: leadership not handed to {chosen} within {limit} s") from None
+            target = chosen
 
     async def change_members(
         self,

@@ -444,3 +444,18 @@ async def test_closing_a_leader_without_hand_over_leaves_no_leader_at_once(clust
     await leader.aclose(hand_over=False)
     assert not any(n.is_leader for n in others)
     await cluster.until(lambda: any(n.is_leader for n in others))  # an election, later
+
+
+async def test_a_transfer_the_core_gave_up_is_asked_again(cluster: Harness) -> None:
+    """The core abandons a transfer whose target has not caught up within an election
+    timeout; transfer_leadership asks again while time is left instead of waiting for a
+    transfer nobody pursues (it used to time out here)."""
+    leader = await cluster.leader()
+    target = next(n for n in cluster.ids if n != leader.id)
+    cluster.net.blocked.add((leader.id, target))  # the target falls behind and stays behind
+    for _ in range(5):
+        await leader.propose(b"incr 1")
+    # Long after the core gave up (an election timeout is 0.1-0.2 s here), the link heals.
+    asyncio.get_running_loop().call_later(1.0, cluster.net.heal)
+    assert await leader.transfer_leadership(target, timeout=DEADLINE) == target
+    assert cluster.nodes[target].is_leader
