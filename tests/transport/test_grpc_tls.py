@@ -132,11 +132,11 @@ async def test_a_snapshot_is_accepted_only_from_the_node_its_certificate_names(
     link(a, b)
     conf = ConfState(voters=frozenset({"a", "b"}))
     a.send([Message(MessageType.SNAP, "b", "a", 3, snapshot=Snapshot(SnapshotMeta(9, 3, conf), b"state"))])
-    await ra.wait(lambda: len(ra.snapshots) == 1)
+    await ra.wait(lambda: len(ra.snapshot_status) == 1)
     if cert == "a":
-        assert ra.snapshots == [("b", True)] and b.stats["snapshots_received"] == 1
+        assert ra.snapshot_status == [("b", True)] and b.stats["snapshots_received"] == 1
     else:
-        assert ra.snapshots == [("b", False)] and b.stats["snapshots_received"] == 0
+        assert ra.snapshot_status == [("b", False)] and b.stats["snapshots_received"] == 0
         assert b.stats["rejected_identity"] >= 1
         assert not any(m.type is MessageType.SNAP for _, m in rb.received)
 

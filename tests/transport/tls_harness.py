@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
 import shutil
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -18,37 +17,10 @@ from phalanx_aio.transport.grpc import (
     client_ssl_context,
     server_ssl_context,
 )
+from tests.transport.harness import Recorder
 
 DEADLINE = 10.0
 OPENSSL = shutil.which("openssl")
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.received: list[tuple[str, Message]] = []
-        self.unreachable: list[str] = []
-        self.snapshots: list[tuple[str, bool]] = []
-        self._changed = asyncio.Event()
-
-    def on_messages(self, sender: str, messages: Sequence[Message]) -> None:
-        self.received.extend((sender, m) for m in messages)
-        self._changed.set()
-
-    def on_unreachable(self, peer: str) -> None:
-        self.unreachable.append(peer)
-        self._changed.set()
-
-    def on_snapshot_status(self, peer: str, ok: bool) -> None:
-        self.snapshots.append((peer, ok))
-        self._changed.set()
-
-    async def wait(self, predicate: Callable[[], bool]) -> None:
-        async def loop() -> None:
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(loop(), DEADLINE)
 
 
 def openssl(*args: str, cwd: pathlib.Path) -> None:
