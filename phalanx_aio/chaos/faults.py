@@ -337,49 +337,11 @@ class Nemesis:
             got = await self._admin_call(lambda kv: kv.transfer_leader(to), timeout=max(duration, 3.0))
             return (lead, to), f"{lead} -> {to}: {got}", lambda: None
         if kind is FaultKind.MEMBERSHIP:
-            return await self._membership(rng, lead, running, duration)
+            return await self._remove_and_rejoin(rng, lead, running, duration, count=1)
         if kind is FaultKind.JOINT:
-            return await self._joint(rng, lead, running, duration)
-        if kind is FaultKind.REFOUND:
-            victims = [n for n in running if n != lead]
-            if lead is None or not victims:
-                raise RuntimeError("refounding needs a leader and a running follower")
-            v = rng.choice(victims)
-            c.kill(v)
-            c.wipe(v)
-            c.start_node(v, bootstrap=True)
-            code = await c.wait_exit(v, timeout=10.0)
-            if code is None:  # the leader did not answer in time: it founded again; undo that
-                c.wipe(v)
-            elif code != 2:
-                self.errors.append(f"refound: {v} restarted empty with --bootstrap: exit {code}, not 2")
-            c.start_node(v, join=lead)
-
-            async def wait_refounded() -> None:
-                if not await self._replaced(v, timeout=max(duration, 20.0)):
-                    self.errors.append(f"refound: {v} was not replaced and promoted in time")
-
-            outcome = f"refused (exit {code})" if code is not None else "not refused (leader unreachable)"
-            return (v,), f"{outcome}, rejoining through {lead}", wait_refounded
-        if kind is FaultKind.WIPE:
-            victims = [n for n in running if n != lead]
-            if not victims:
-                raise RuntimeError("no follower to wipe")
-            v = rng.choice(victims)
-            c.kill(v)
-            c.wipe(v)
-            c.start_node(v)  # its founding command line (no --bootstrap after the first start)
-            code = await c.wait_exit(v, timeout=30.0)
-            if code != 2:
-                self.errors.append(f"wipe: {v} restarted empty with its founding peers: exit {code}, not 2")
-            via = lead if lead is not None and lead != v else next(n for n in running if n != v)
-            c.start_node(v, join=via)  # the safe way back: its old membership is replaced
-
-            async def wait_replaced() -> None:
-                if not await self._replaced(v, timeout=max(duration, 20.0)):
-                    self.errors.append(f"wipe: {v} was not replaced and promoted in time")
-
-            return (v,), f"refused (exit {code}), rejoining through {via}", wait_replaced
+            return await self._remove_and_rejoin(rng, lead, running, duration, count=2)
+        if kind in (FaultKind.WIPE, FaultKind.REFOUND):
+            return await self._wipe(rng, lead, running, duration, bootstrap=kind is FaultKind.REFOUND)
         raise ValueError(f"unknown fault kind {kind!r}")
 
     async def _admin_call(self, fn: Callable[[KVClient], Any], *, timeout: float) -> Any:
@@ -387,43 +349,27 @@ class Nemesis:
         async with KVClient(c.endpoints, cluster_id=c.cluster_id, timeout=timeout) as kv:
             return await fn(kv)
 
-    async def _membership(
-        self, rng: random.Random, lead: str | None, running: list[str], duration: float
+    async def _remove_and_rejoin(
+        self, rng: random.Random, lead: str | None, running: list[str], duration: float, *, count: int
     ) -> tuple[tuple[str, ...], str, Callable[[], Any]]:
-        """Remove a running follower, wipe it and start it with ``--join`` (it is promoted by
-        itself once caught up); the undo waits (up to the step's duration) for the promotion."""
+        """Remove ``count`` running followers (one: a single-server change; two: one joint
+        change, C_old,new then C_new), wipe them and start them with ``--join`` (each is
+        promoted by itself once caught up); the undo waits (up to the step's duration) until
+        they are voters again."""
         c = self.cluster
         followers = [n for n in running if n != lead]
-        if lead is None or not followers:
-            raise RuntimeError("membership change needs a leader and a running follower")
-        victim = rng.choice(followers)
+        if lead is None or len(followers) < count:
+            what = "membership change" if count == 1 else "a joint change"
+            raise RuntimeError(f"{what} needs a leader and {count} running follower(s)")
+        victims = sorted(rng.sample(followers, count))
+
+        async def change(kv: KVClient) -> Any:
+            if count == 1:
+                return await kv.remove_member(victims[0])  # a single-server change
+            return await kv.change_members(remove=victims)
+
         with contextlib.suppress(OutcomeUnknown):  # then look at the configuration to find out
-            await self._admin_call(lambda kv: kv.remove_member(victim), timeout=max(duration, 5.0))
-        members = await self._admin_call(lambda kv: kv.members(), timeout=5.0)
-        if any(m.node_id == victim for m in members):
-            raise RuntimeError(f"removing {victim} did not take effect")
-        self.removed.add(victim)
-        c.kill(victim)
-        c.wipe(victim)
-        c.start_node(victim, join=lead)
-
-        async def wait_promoted() -> None:
-            await self.rejoin(victim, timeout=max(duration, 10.0))
-
-        return (victim,), f"removed {victim}, rejoining through {lead}", wait_promoted
-
-    async def _joint(
-        self, rng: random.Random, lead: str | None, running: list[str], duration: float
-    ) -> tuple[tuple[str, ...], str, Callable[[], Any]]:
-        """Remove two running followers in one joint change, wipe them and start both with
-        ``--join``; the undo waits (up to the step's duration) until both are voters again."""
-        c = self.cluster
-        followers = [n for n in running if n != lead]
-        if lead is None or len(followers) < 2:
-            raise RuntimeError("a joint change needs a leader and two running followers")
-        victims = sorted(rng.sample(followers, 2))
-        with contextlib.suppress(OutcomeUnknown):  # then look at the configuration to find out
-            await self._admin_call(lambda kv: kv.change_members(remove=victims), timeout=max(duration, 5.0))
+            await self._admin_call(change, timeout=max(duration, 5.0))
         members = await self._admin_call(lambda kv: kv.members(), timeout=5.0)
         if any(m.node_id in victims for m in members):
             raise RuntimeError(f"removing {'+'.join(victims)} did not take effect")
@@ -435,9 +381,44 @@ class Nemesis:
 
         async def wait_promoted() -> None:
             for v in victims:
-                await self.rejoin(v, timeout=max(duration, 15.0))
+                await self.rejoin(v, timeout=max(duration, 5.0 + 5.0 * count))
 
-        return tuple(victims), f"removed {'+'.join(victims)} at once, rejoining through {lead}", wait_promoted
+        detail = f"removed {'+'.join(victims)}{' at once' if count > 1 else ''}, rejoining through {lead}"
+        return tuple(victims), detail, wait_promoted
+
+    async def _wipe(
+        self, rng: random.Random, lead: str | None, running: list[str], duration: float, *, bootstrap: bool
+    ) -> tuple[tuple[str, ...], str, Callable[[], Any]]:
+        """Wipe a running follower that is still a member and restart it as an operator might
+        by mistake: with its founding command line (``wipe``), which ``serve`` must refuse, or
+        with ``--bootstrap`` (``refound``), which it must refuse when the leader answers; then
+        bring it back the safe way, with ``--join``."""
+        c = self.cluster
+        name = "refound" if bootstrap else "wipe"
+        victims = [n for n in running if n != lead]
+        if not victims or (bootstrap and lead is None):
+            raise RuntimeError(f"{name} needs a running follower" + (" and a leader" if bootstrap else ""))
+        v = rng.choice(victims)
+        c.kill(v)
+        c.wipe(v)
+        c.start_node(v, bootstrap=bootstrap)  # the founding command line (and --bootstrap)
+        code = await c.wait_exit(v, timeout=10.0 if bootstrap else 30.0)
+        if bootstrap and code is None:  # the leader did not answer in time: it founded again
+            c.wipe(v)
+            outcome = "not refused (leader unreachable)"
+        else:
+            if code != 2:
+                how = "with --bootstrap" if bootstrap else "with its founding peers"
+                self.errors.append(f"{name}: {v} restarted empty {how}: exit {code}, not 2")
+            outcome = f"refused (exit {code})"
+        via = lead if lead is not None and lead != v else next(n for n in running if n != v)
+        c.start_node(v, join=via)  # the safe way back: its old membership is replaced
+
+        async def wait_replaced() -> None:
+            if not await self._replaced(v, timeout=max(duration, 20.0)):
+                self.errors.append(f"{name}: {v} was not replaced and promoted in time")
+
+        return (v,), f"{outcome}, rejoining through {via}", wait_replaced
 
     async def rejoin(self, nid: str, *, timeout: float) -> bool:
         """Wait until the removed member ``nid`` is a voter again (restarting it with ``--join``
