@@ -26,7 +26,7 @@ from phalanx_aio.core.membership import (
     note_removals,
 )
 from phalanx_aio.core.progress import Progress, ProgressState
-from phalanx_aio.core.quorum import VoteResult, joint_quorum_index, joint_vote_result
+from phalanx_aio.core.quorum import VoteResult, joint_quorum_index, joint_vote_result, quorum_size
 from phalanx_aio.core.ready import Ready
 from phalanx_aio.core.types import (
     ConfState,
@@ -468,7 +468,7 @@ class Raft:
                 pr.recent_active = False
         conf = self.confs.current
         return all(
-            len(half & active) >= len(half) // 2 + 1 for half in (conf.voters, conf.voters_outgoing) if half
+            len(half & active) >= quorum_size(half) for half in (conf.voters, conf.voters_outgoing) if half
         )
 
     # ------------------------------------------------------------------ RTT-aware timeout
@@ -503,7 +503,7 @@ class Raft:
             rtt = None if pr is None else pr.rtt_percentile(cfg.rtt_percentile, need)
             if rtt is not None:
                 known.append(rtt)
-        quorum = len(voters) // 2 + 1
+        quorum = quorum_size(voters)
         if len(known) < quorum:
             return None
         known.sort()

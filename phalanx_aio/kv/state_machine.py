@@ -279,6 +279,22 @@ class _Freeze:
         self.done = False
 
 
+def _look(base: dict[bytes, bytes], delta: dict[bytes, object], key: bytes) -> bytes | None:
+    """The value of ``key`` in the overlay ``delta`` over the frozen ``base`` (None: absent)."""
+    value = delta.get(key, _MISSING)
+    if value is _MISSING:
+        return base.get(key)
+    if value is _GONE:
+        return None
+    assert isinstance(value, bytes)
+    return value
+
+
+def _bytes_of(items: dict[bytes, bytes]) -> int:
+    """The bytes of every key and value (what the quota counts)."""
+    return sum(map(len, items)) + sum(map(len, items.values()))
+
+
 class _Overlay(Mapping[bytes, bytes]):
     """The live keys and values while a snapshot build reads the frozen dictionary: the
     overlay's writes (and deletions) over the frozen ones. Read-only; every method but
@@ -291,12 +307,9 @@ class _Overlay(Mapping[bytes, bytes]):
         self._delta = delta
 
     def __getitem__(self, key: bytes) -> bytes:
-        value = self._delta.get(key, _MISSING)
-        if value is _MISSING:
-            return self._base[key]
-        if value is _GONE:
+        value = _look(self._base, self._delta, key)
+        if value is None:
             raise KeyError(key)
-        assert isinstance(value, bytes)
         return value
 
     def __iter__(self) -> Iterator[bytes]:
@@ -515,15 +528,13 @@ class KVStateMachine(StateMachine):
     def data(self, items: Mapping[bytes, bytes]) -> None:
         self._data = dict(items)
         self._delta = self._freeze = None
-        self.data_bytes = sum(map(len, self._data)) + sum(map(len, self._data.values()))
+        self.data_bytes = _bytes_of(self._data)
 
     def get(self, key: bytes) -> bytes | None:
         """The value of ``key`` (run it through ``RaftNode.read`` for linearizability)."""
         delta = self._delta
         if delta is not None and not self._fold_if_done():
-            value = delta.get(key, _MISSING)
-            if value is not _MISSING:
-                return None if value is _GONE else value  # type: ignore[return-value]
+            return _look(self._data, delta, key)
         return self._data.get(key)
 
     def _fold_if_done(self) -> bool:
@@ -648,12 +659,7 @@ class KVStateMachine(StateMachine):
         """:meth:`_execute` while a build reads the frozen dictionary: through the overlay."""
         delta = self._delta
         assert delta is not None
-        current = delta.get(key, _MISSING)
-        if current is _MISSING:
-            current = self._data.get(key)
-        elif current is _GONE:
-            current = None
-        assert current is None or isinstance(current, bytes)
+        current = _look(self._data, delta, key)
         if op is KVOp.DELETE:
             if current is None:
                 return False
@@ -767,7 +773,7 @@ def _decode_snapshot(data: bytes) -> _Decoded:
             k, v = next(it), next(it)
             items[k] = v
             pos += 8 + len(k) + len(v)
-        data_bytes = sum(map(len, items)) + sum(map(len, items.values()))
+        data_bytes = _bytes_of(items)
     sessions: list[tuple[int, str, _Session]] = []
     for _ in range(nsess):
         cid = next(_fields(data, pos))

@@ -23,7 +23,7 @@ from typing import cast
 
 from phalanx_aio.core.config import Config
 from phalanx_aio.core.membership import ConfChange
-from phalanx_aio.core.quorum import joint_quorum_index
+from phalanx_aio.core.quorum import joint_quorum_index, quorum_size
 from phalanx_aio.core.raft import InitialState, Raft, Role, bootstrap_state
 from phalanx_aio.core.ready import Ready
 from phalanx_aio.core.types import Entry, EntryType, HardState, Message, MessageType, Snapshot
@@ -527,7 +527,7 @@ class Cluster:
             else:
                 mine = lasts[v]
             behind = {w for w, last in lasts.items() if last <= mine}
-            if all(len(behind & set(half)) >= len(half) // 2 + 1 for half in halves):
+            if all(len(behind & set(half)) >= quorum_size(half) for half in halves):
                 return v
         return None
 
