@@ -459,3 +459,24 @@ async def test_a_transfer_the_core_gave_up_is_asked_again(cluster: Harness) -> N
     asyncio.get_running_loop().call_later(1.0, cluster.net.heal)
     assert await leader.transfer_leadership(target, timeout=DEADLINE) == target
     assert cluster.nodes[target].is_leader
+
+
+async def test_a_late_founder_helps_elect_the_next_leader() -> None:
+    """A founder that starts after the first leader and never hears from it still votes for a
+    candidate whose log is past the founding entry: the founding guard is off by default (on
+    for every new store, it left two live members of three unable to elect anyone)."""
+    h = Harness(["n1", "n2", "n3"])
+    try:
+        for nid in ("n1", "n2"):
+            await h.start(nid)
+        leader = await h.leader()
+        await leader.propose(b"incr 1")
+        other = next(n for n in ("n1", "n2") if n != leader.id)
+        h.net.blocked |= {(leader.id, "n3"), ("n3", leader.id)}  # n3 never hears the leader
+        late = await h.start("n3")
+        await h.kill(leader.id)
+        await h.until(lambda: h.nodes[other].is_leader or late.is_leader)
+        new = h.nodes[other] if h.nodes[other].is_leader else late
+        assert await new.propose(b"incr 1", timeout=DEADLINE) == 2
+    finally:
+        await h.aclose()
