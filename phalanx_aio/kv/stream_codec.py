@@ -19,15 +19,18 @@ from typing import Any, Final
 from phalanx_aio._protowire import (
     LEN,
     MAX_U32,
+    MAX_U64,
     VARINT,
     bad,
     cannot,
     fields,
     put_len,
+    read_varint,
     tag,
     uvarint,
     wrong_wire,
 )
+from phalanx_aio.errors import ProtocolError
 from phalanx_aio.kv.codec import (
     MAX_MESSAGE_BYTES,
     RQ_ACKED_SEQUENCE,
@@ -78,6 +81,10 @@ KV_STREAM_MAX_ITEMS = 1 << 16
 _ITEM_ID: Final = tag(1, VARINT)
 _ITEM_TIMEOUT_MS: Final = tag(2, VARINT)
 _BATCH_ITEM: Final = tag(1, LEN)
+_PUT_ITEM: Final = tag(3, LEN)
+_BODY_HEADER: Final = tag(1, LEN)  # the header of every request and response body
+_BODY_KEY: Final = tag(2, LEN)
+_PUT_VALUE: Final = tag(3, LEN)
 _STREAM_REQUEST_TAGS: Final[dict[type[Any], bytes]] = {
     PutRequest: tag(3, LEN),
     GetRequest: tag(4, LEN),
@@ -215,6 +222,170 @@ def _dec_stream_response_body(
 
 
 # ---------------------------------------------------------------------------------------------
+# Fast paths: the layout this library's encoders produce, read without the field walker.
+# Each returns None at the first byte that differs from that layout (another encoder's field
+# order, an unknown field, a malformed input); the caller then decodes the item with the
+# walker above, which accepts or refuses it. So a fast path never accepts what the walker
+# refuses, and never reads an accepted item differently (tests/kv/test_stream_codec.py checks
+# both against mutated inputs).
+
+_REQUEST_KINDS: Final = {0x1A: 3, 0x22: 4, 0x2A: 5}  # Put, Get, Delete (CAS: the walker)
+_RESPONSE_KINDS: Final = {0x12: 2, 0x1A: 3, 0x22: 4}  # Put, Get, Delete (CAS: the walker)
+_CONSISTENCIES: Final = {int(c): c for c in ReadConsistency}
+
+
+def _fast_len(data: bytes, tag_byte: int, p: int, end: int) -> tuple[int, int] | None:
+    """If a field ``tag_byte`` (length-delimited) starts at ``p``: its payload's span."""
+    if p + 1 >= end or data[p] != tag_byte:
+        return None
+    n = data[p + 1]
+    if n < 0x80:
+        p += 2
+    else:
+        n, p = read_varint(data, p + 1, end)
+    stop = p + n
+    return None if stop > end else (p, stop)
+
+
+class _FastIds:
+    """The last (cluster id, client id) pair read, by its bytes: a client's requests repeat it."""
+
+    __slots__ = ("client", "cluster", "raw")
+
+    def __init__(self) -> None:
+        self.raw = b""
+        self.cluster = ""
+        self.client = ""
+
+
+def _fast_request_header(data: bytes, p: int, end: int, ids: _FastIds) -> KVRequestHeader | None:
+    start = p
+    if p < end and data[p] == 0x0A:
+        span = _fast_len(data, 0x0A, p, end)
+        if span is None:
+            return None
+        p = span[1]
+    if p < end and data[p] == 0x12:
+        span = _fast_len(data, 0x12, p, end)
+        if span is None:
+            return None
+        p = span[1]
+    raw = data[start:p]
+    if raw != ids.raw:
+        cluster = client = ""
+        q = start
+        try:
+            if q < p and data[q] == 0x0A:
+                x, q = read_varint(data, q + 1, p)
+                cluster = data[q : q + x].decode("utf-8")
+                q += x
+            if q < p:
+                x, q = read_varint(data, q + 1, p)
+                client = data[q : q + x].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        ids.raw, ids.cluster, ids.client = raw, cluster, client
+    seq = acked = 0
+    if p < end and data[p] == 0x18:
+        seq, p = read_varint(data, p + 1, end)
+    if p < end and data[p] == 0x20:
+        acked, p = read_varint(data, p + 1, end)
+    if p != end:
+        return None
+    return KVRequestHeader(ids.cluster, ids.client, seq, acked)
+
+
+def _fast_request(data: bytes, a: int, b: int, ids: _FastIds) -> tuple[int, int, KVRequest] | None:
+    """One ``StreamRequest`` item (a Put, Get or Delete) in ``data[a:b]``, or None."""
+    if a >= b or data[a] != 0x08:
+        return None
+    rid, p = read_varint(data, a + 1, b)
+    timeout_ms = 0
+    if p < b and data[p] == 0x10:
+        timeout_ms, p = read_varint(data, p + 1, b)
+        if timeout_ms > MAX_U32:
+            return None
+    kind = _REQUEST_KINDS.get(data[p]) if p < b else None
+    if kind is None:
+        return None
+    span = _fast_len(data, data[p], p, b)
+    if span is None or span[1] != b:
+        return None
+    p = span[0]
+    span = _fast_len(data, 0x0A, p, b)
+    if span is None:
+        return None
+    header = _fast_request_header(data, span[0], span[1], ids)
+    if header is None:
+        return None
+    span = _fast_len(data, 0x12, span[1], b)
+    if span is None:
+        return None
+    key = data[span[0] : span[1]]
+    p = span[1]
+    request: KVRequest
+    if kind == 3:
+        value = b""
+        if p < b:
+            span = _fast_len(data, 0x1A, p, b)
+            if span is None or span[1] != b:
+                return None
+            value = data[span[0] : b]
+        request = PutRequest(header, key, value)
+    elif kind == 4:
+        consistency = ReadConsistency.LINEARIZABLE
+        if p < b:
+            if data[p] != 0x18:
+                return None
+            level, p = read_varint(data, p + 1, b)
+            found = _CONSISTENCIES.get(level)
+            if found is None or p != b:
+                return None
+            consistency = found
+        request = GetRequest(header, key, consistency)
+    else:
+        if p != b:
+            return None
+        request = DeleteRequest(header, key)
+    return rid, timeout_ms, request
+
+
+def _fast_response(
+    data: bytes, a: int, b: int, header_of: Callable[[bytes, int, int], KVResponseHeader]
+) -> tuple[int, KVResponse] | None:
+    """One ``StreamResponse`` item (to a Put, Get or Delete) in ``data[a:b]``, or None."""
+    if a >= b or data[a] != 0x08:
+        return None
+    rid, p = read_varint(data, a + 1, b)
+    kind = _RESPONSE_KINDS.get(data[p]) if p < b else None
+    if kind is None:
+        return None
+    span = _fast_len(data, data[p], p, b)
+    if span is None or span[1] != b:
+        return None
+    p = span[0]
+    span = _fast_len(data, 0x0A, p, b)
+    if span is None:
+        return None
+    header = header_of(data, span[0], span[1])
+    p = span[1]
+    flag = False
+    if p < b and data[p] == 0x10:
+        value, p = read_varint(data, p + 1, b)
+        flag = value != 0
+    if kind == 4:
+        return (rid, DeleteResponse(header, flag)) if p == b else None
+    payload = b""
+    if p < b:
+        span = _fast_len(data, 0x1A, p, b)
+        if span is None or span[1] != b:
+            return None
+        payload = data[span[0] : b]
+    found = payload if flag else None
+    return rid, (PutResponse(header, found) if kind == 2 else GetResponse(header, found))
+
+
+# ---------------------------------------------------------------------------------------------
 # The Stream call
 
 
@@ -242,9 +413,10 @@ class KVStreamCodec:
     never share it. One task uses it at a time.
     """
 
-    __slots__ = ("_request_ids", "_response_header_decoded", "_response_header_encoded")
+    __slots__ = ("_fast_ids", "_request_ids", "_response_header_decoded", "_response_header_encoded")
 
     def __init__(self) -> None:
+        self._fast_ids = _FastIds()
         self._request_ids: tuple[object, object, bytes] = (None, None, b"")
         self._response_header_encoded: tuple[object, bytes] = (None, b"")
         self._response_header_decoded: tuple[bytes | None, KVResponseHeader] = (None, KVResponseHeader())
@@ -286,6 +458,35 @@ class KVStreamCodec:
         CompareAndSet request) with the id its answer will carry and the time the client waits
         for it (milliseconds, 0: the node's default). A batch is the concatenation of such
         items. :class:`EncodeError` if a field is out of range or of the wrong type."""
+        if type(request) is PutRequest and type(request_id) is int and type(timeout_ms) is int:
+            k, v = request.key, request.value
+            if type(k) is bytes and type(v) is bytes and k and v and 0 < request_id <= MAX_U64:
+                if 0 < timeout_ms <= MAX_U32:
+                    head = b"".join((_ITEM_ID, uvarint(request_id), _ITEM_TIMEOUT_MS, uvarint(timeout_ms)))
+                elif timeout_ms == 0:
+                    head = _ITEM_ID + uvarint(request_id)
+                else:
+                    head = b""
+                if head:  # the layout the general path below produces, joined at once
+                    h = self._request_header(request.header)
+                    body = b"".join(
+                        (
+                            _BODY_HEADER,
+                            uvarint(len(h)),
+                            h,
+                            _BODY_KEY,
+                            uvarint(len(k)),
+                            k,
+                            _PUT_VALUE,
+                            uvarint(len(v)),
+                            v,
+                        )
+                    )
+                    item = b"".join((head, _PUT_ITEM, uvarint(len(body)), body))
+                    return b"".join((_BATCH_ITEM, uvarint(len(item)), item))
+        return self._encode_request(request_id, timeout_ms, request)
+
+    def _encode_request(self, request_id: int, timeout_ms: int, request: KVRequest) -> bytes:
         key = _STREAM_REQUEST_TAGS.get(type(request))
         if key is None:
             cannot(f"{type(request).__name__} cannot travel on the Stream call")
@@ -316,7 +517,15 @@ class KVStreamCodec:
         message is over ``max_bytes`` or holds more than :data:`KV_STREAM_MAX_ITEMS` items."""
         data = bytes(data)
         out: list[tuple[int, int, KVRequest]] = []
+        ids = self._fast_ids
         for a, b in _stream_items(data, max_bytes, "StreamRequestBatch"):
+            try:
+                fast = _fast_request(data, a, b, ids)
+            except ProtocolError:
+                fast = None  # the walker says what is wrong
+            if fast is not None:
+                out.append(fast)
+                continue
             rid = timeout_ms = kind = 0
             span = (0, 0)
             for number, wire, x, y in fields(data, a, b, "StreamRequest"):
@@ -345,6 +554,13 @@ class KVStreamCodec:
         out: list[tuple[int, KVResponse]] = []
         header_of = self._decode_response_header
         for a, b in _stream_items(data, max_bytes, "StreamResponseBatch"):
+            try:
+                fast = _fast_response(data, a, b, header_of)
+            except ProtocolError:
+                fast = None  # the walker says what is wrong
+            if fast is not None:
+                out.append(fast)
+                continue
             rid = kind = 0
             span = (0, 0)
             for number, wire, x, y in fields(data, a, b, "StreamResponse"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from phalanx_aio._proto.phalanx import v1 as pb
 from phalanx_aio.errors import ProtocolError
 from phalanx_aio.kv import messages as m
+from phalanx_aio.kv import stream_codec
 from phalanx_aio.kv.codec import EncodeError, decode_kv_message, encode_kv_message
 from phalanx_aio.kv.stream_codec import (
     KV_STREAM_MAX_ITEMS,
@@ -134,3 +136,159 @@ def test_encoding_refuses_bad_values() -> None:
         encode_kv_stream_response(1, m.StatusResponse())
     with pytest.raises(EncodeError):
         encode_kv_stream_response(1, m.GetResponse(m.ResponseHeader(error=3), None))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------- the fast paths agree with the walker
+
+MUTATIONS = st.lists(
+    st.tuples(st.sampled_from(["set", "insert", "delete"]), st.integers(0, 10_000), st.integers(0, 255)),
+    max_size=3,
+)
+
+
+def _mutate(data: bytes, mutations: list[tuple[str, int, int]]) -> bytes:
+    out = bytearray(data)
+    for op, at, byte in mutations:
+        if not out:
+            break
+        i = at % len(out)
+        if op == "set":
+            out[i] = byte
+        elif op == "insert":
+            out.insert(i, byte)
+        else:
+            del out[i]
+    return bytes(out)
+
+
+def _outcome(decode: Any, data: bytes) -> Any:
+    try:
+        return decode(data)
+    except ProtocolError:
+        return ProtocolError
+
+
+@settings(max_examples=300, deadline=None)
+@given(REQ_ITEMS, MUTATIONS)
+def test_fast_request_decoding_reads_what_the_field_walker_reads(
+    items: list[Any], mutations: list[tuple[str, int, int]]
+) -> None:
+    """Valid or mutated, a batch decodes to the same requests (or the same refusal) with and
+    without the fast path: it never accepts what the walker refuses, nor reads it otherwise."""
+    data = _mutate(b"".join(encode_kv_stream_request(rid, t, r) for rid, t, r in items), mutations)
+    fast = _outcome(decode_kv_stream_requests, data)
+    with mock.patch.object(stream_codec, "_fast_request", lambda *_: None):
+        walked = _outcome(decode_kv_stream_requests, data)
+    assert fast == walked
+
+
+@settings(max_examples=300, deadline=None)
+@given(RESP_ITEMS, MUTATIONS)
+def test_fast_response_decoding_reads_what_the_field_walker_reads(
+    items: list[Any], mutations: list[tuple[str, int, int]]
+) -> None:
+    data = _mutate(b"".join(encode_kv_stream_response(rid, r) for rid, r in items), mutations)
+    fast = _outcome(decode_kv_stream_responses, data)
+    with mock.patch.object(stream_codec, "_fast_response", lambda *_: None):
+        walked = _outcome(decode_kv_stream_responses, data)
+    assert fast == walked
+
+
+def test_the_fast_paths_are_taken_for_a_client_s_puts_gets_and_deletes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The common requests and answers do not fall back to the walker (else the fast paths
+    would be dead code that the agreement tests above cannot tell from a working one)."""
+    h = m.RequestHeader("c1", "client-1", 7, 6)
+    requests = [
+        m.PutRequest(h, b"k", b"v" * 200),
+        m.GetRequest(h, b"k", m.ReadConsistency.LEASE),
+        m.DeleteRequest(h, b"k"),
+    ]
+    rh = m.ResponseHeader(term=3, index=9)
+    responses = [
+        m.PutResponse(rh, b"old"),
+        m.PutResponse(rh),
+        m.GetResponse(rh, b"v"),
+        m.DeleteResponse(rh, True),
+    ]
+    req_data = b"".join(encode_kv_stream_request(i + 1, 1000, r) for i, r in enumerate(requests))
+    resp_data = b"".join(encode_kv_stream_response(i + 1, r) for i, r in enumerate(responses))
+
+    def walker(*_: Any) -> Any:
+        raise AssertionError("fell back to the field walker")
+
+    monkeypatch.setattr(stream_codec, "_dec_stream_request_body", walker)
+    monkeypatch.setattr(stream_codec, "_dec_stream_response_body", walker)
+    assert [r for _, _, r in decode_kv_stream_requests(req_data)] == requests
+    assert [r for _, r in decode_kv_stream_responses(resp_data)] == responses
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    U64 | st.integers(-2, 2**64 + 1),
+    st.integers(-1, 2**32 + 1) | st.just(0),
+    REQUESTS
+    | st.builds(
+        m.PutRequest,
+        REQ_HEADERS,
+        st.binary(min_size=1, max_size=300) | st.just(bytearray(b"x")),
+        st.binary(max_size=300),
+    ),
+)
+def test_the_fast_put_encoder_writes_what_the_general_encoder_writes(
+    rid: int, timeout_ms: int, request: Any
+) -> None:
+    codec, general = stream_codec.KVStreamCodec(), stream_codec.KVStreamCodec()
+
+    def encoded(encode: Any) -> Any:
+        try:
+            return encode(rid, timeout_ms, request)
+        except EncodeError as exc:
+            return type(exc)
+
+    assert encoded(codec.encode_request) == encoded(general._encode_request)
+
+
+def test_every_single_byte_change_reads_the_same_with_and_without_the_fast_paths() -> None:
+    """Exhaustive over positions, with the byte values where varints, tags and flags change
+    meaning: a fast path that checks less than the walker shows up here."""
+    h = m.RequestHeader("c1", "client-1", 300, 299)
+    requests = b"".join(
+        encode_kv_stream_request(i + 1, t, r)
+        for i, (t, r) in enumerate(
+            [
+                (0, m.PutRequest(h, b"k", b"v")),
+                (5, m.GetRequest(h, b"k", m.ReadConsistency.STALE)),
+                (0, m.DeleteRequest(h, b"k")),
+            ]
+        )
+    )
+    rh = m.ResponseHeader(term=3, index=9)
+    responses = b"".join(
+        encode_kv_stream_response(i + 1, r)
+        for i, r in enumerate(
+            [m.PutResponse(rh, b"old"), m.GetResponse(rh, None), m.DeleteResponse(rh, True)]
+        )
+    )
+    cases = [
+        (requests, decode_kv_stream_requests, "_fast_request"),
+        (responses, decode_kv_stream_responses, "_fast_response"),
+    ]
+    for data, decode, fast_name in cases:
+        for i in range(len(data)):
+            for value in {
+                0,
+                1,
+                2,
+                0x7F,
+                0x80,
+                0xFF,
+                (data[i] + 1) % 256,
+                (data[i] - 1) % 256,
+                data[i] ^ 0x80,
+            }:
+                changed = data[:i] + bytes((value,)) + data[i + 1 :]
+                fast = _outcome(decode, changed)
+                with mock.patch.object(stream_codec, fast_name, lambda *_: None):
+                    assert fast == _outcome(decode, changed), (fast_name, i, value)
