@@ -7,7 +7,8 @@ Optional protobuf pairs become ``None``: ``had_previous``/``previous`` is ``prev
 ``expect_absent``/``expected`` is ``expected: bytes | None``, ``found``/``value`` is
 ``value: bytes | None``.
 
-This module imports only the standard library.
+This module imports only the standard library (and :mod:`phalanx_aio.kv._quick`, which gives each
+class a faster ``__init__``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from typing import Any, Final
+
+from phalanx_aio.kv._quick import quick_init
 
 __all__ = [
     "KV_METHODS",
@@ -84,6 +87,7 @@ class ReadConsistency(enum.IntEnum):
     """The answering node's applied state, whatever its role: possibly stale."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RequestHeader:
     """Sent with every request: the cluster, and the session of a write."""
@@ -97,6 +101,7 @@ class RequestHeader:
     """Every sequence at or below this one has been answered: the server may forget them."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ResponseHeader:
     """Sent with every response: the outcome and the answering node's view of the leader."""
@@ -114,6 +119,7 @@ class ResponseHeader:
     """The answering node's applied index when it answered (0 if not applicable)."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Member:
     """One member of the cluster."""
@@ -127,6 +133,7 @@ class Member:
     this leader (0 elsewhere, and for members it has not heard from)."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PutRequest:
     """Set ``key`` to ``value`` (a write)."""
@@ -136,6 +143,7 @@ class PutRequest:
     value: bytes
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PutResponse:
     """The answer to a :class:`PutRequest`."""
@@ -145,6 +153,7 @@ class PutResponse:
     """The value before the write (``None``: the key was absent)."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class GetRequest:
     """Read ``key``."""
@@ -154,6 +163,7 @@ class GetRequest:
     consistency: ReadConsistency = ReadConsistency.LINEARIZABLE
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class GetResponse:
     """The answer to a :class:`GetRequest`."""
@@ -163,6 +173,7 @@ class GetResponse:
     """``None``: the key is absent."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DeleteRequest:
     """Remove ``key`` (a write)."""
@@ -171,6 +182,7 @@ class DeleteRequest:
     key: bytes
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DeleteResponse:
     """The answer to a :class:`DeleteRequest`."""
@@ -180,6 +192,7 @@ class DeleteResponse:
     """Whether the key existed."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CompareAndSetRequest:
     """Set ``key`` to ``value`` if it holds ``expected`` (``None``: if it is absent). A write."""
@@ -190,6 +203,7 @@ class CompareAndSetRequest:
     value: bytes
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CompareAndSetResponse:
     """The answer to a :class:`CompareAndSetRequest`; a failed comparison is not an error."""
@@ -200,6 +214,7 @@ class CompareAndSetResponse:
     """The value the comparison found (``None``: absent)."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class StatusRequest:
     """Ask one node for its view of the cluster."""
@@ -207,6 +222,7 @@ class StatusRequest:
     header: RequestHeader
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class StatusResponse:
     """One node's view of the cluster."""
@@ -228,6 +244,7 @@ class StatusResponse:
     """What counts against the quota: keys and values held, and the log since the last snapshot."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MemberListRequest:
     """Ask the leader for the configuration."""
@@ -235,6 +252,7 @@ class MemberListRequest:
     header: RequestHeader
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MemberListResponse:
     """The configuration, as the leader knows it."""
@@ -243,6 +261,7 @@ class MemberListResponse:
     members: tuple[Member, ...] = ()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MemberAddRequest:
     """Add ``node_id`` at ``address``, as a learner unless ``learner`` is false."""
@@ -253,6 +272,7 @@ class MemberAddRequest:
     learner: bool = True
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MemberRemoveRequest:
     """Remove a voter or a learner."""
@@ -261,6 +281,7 @@ class MemberRemoveRequest:
     node_id: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MemberPromoteRequest:
     """Turn a learner into a voter."""
@@ -269,6 +290,7 @@ class MemberPromoteRequest:
     node_id: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MemberChangeRequest:
     """Several changes in one step (joint consensus when the voters change): members to add
@@ -280,6 +302,7 @@ class MemberChangeRequest:
     remove: tuple[str, ...] = ()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MemberChangeResponse:
     """The answer to a membership change: the configuration once the change committed."""
@@ -288,6 +311,7 @@ class MemberChangeResponse:
     members: tuple[Member, ...] = ()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TransferLeaderRequest:
     """Hand leadership to ``target`` (empty: the leader picks the most up-to-date voter)."""
@@ -296,6 +320,7 @@ class TransferLeaderRequest:
     target: str = ""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TransferLeaderResponse:
     """The answer to a :class:`TransferLeaderRequest`."""
