@@ -24,12 +24,18 @@ commit), and ``--repeat R`` runs R rounds, alternating the implementations withi
 On a shared machine this is the only fair comparison: both sides see the same load. A
 workload an implementation cannot run (``batch`` before ``propose_many`` existed) is skipped.
 
+Runners: ``--runner phalanx,asyncio`` runs the members under ``phalanx_aio.run`` (uvloop, tuned
+collector) and under plain ``asyncio.run`` (standard loop, CPython's default collector
+thresholds), alternating within each round like ``--impl``; the results are labelled
+``IMPL/RUNNER`` when more than one runner is asked for (``phalanx`` alone is the default).
+
 Diagnostics: ``--log-level INFO`` and ``--stall-ms 100`` make the members log leader changes
 and every event-loop stall longer than 100 ms; ``--keep`` keeps their logs.
 
 Usage: python benchmarks/cluster.py [--seconds 5] [--modes closed:1,closed:100,open:1000]
                                     [--sizes 64,1024] [--png FILE] [--py-spy DIR]
                                     [--impl before=/tmp/old --impl after=.] [--repeat 3]
+                                    [--runner phalanx,asyncio]
 """
 
 from __future__ import annotations
@@ -222,13 +228,14 @@ def _fmt_ops(x: float) -> str:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = f"{'impl':<10}{'workload':<22}{'size':>6}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
+    w = max([10, *(len(r["impl"]) + 2 for r in results)])
+    head = f"{'impl':<{w}}{'workload':<22}{'size':>6}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
     head += f"{'failed':>8}  {'CPU s/s leader':>14}  {'followers':>11}  {'GC s/s leader':>13}"
     lines = [head, "-" * len(head)]
     for r in results:
         fol = r["cpu_followers"]
         lines.append(
-            f"{r['impl']:<10}{label(r):<22}{r['size']:>6}{_fmt_ops(r['ops_per_s']):>10}{r['p50']:>9.1f}"
+            f"{r['impl']:<{w}}{label(r):<22}{r['size']:>6}{_fmt_ops(r['ops_per_s']):>10}{r['p50']:>9.1f}"
             f"{r['p99']:>9.1f}{r['p999']:>10.1f}{r['dropped'] + r['errors']:>8}  {r['cpu_leader']:>14.2f}"
             f"  {' / '.join(f'{x:.2f}' for x in fol):>11}  {r['gc_leader']:>13.3f}"
         )
@@ -314,13 +321,15 @@ def run_cluster(
     modes: list[tuple[str, float]],
     sizes: list[int],
     args: argparse.Namespace,
+    runner: str = "phalanx",
 ) -> list[dict[str, Any]]:
-    """Start a fresh three-member cluster of one implementation, run every workload, stop it."""
+    """Start a fresh three-member cluster of one implementation under ``runner`` (the
+    members' ``--runner``), run every workload, stop it."""
     args.impl_name = impl_name
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="phalanx-bench-"))
     ids = ["n1", "n2", "n3"]
     addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(ids, free_loopback_ports(3), strict=True)}
-    extra = ("--log-level", args.log_level, "--stall-ms", str(args.stall_ms))
+    extra = ("--log-level", args.log_level, "--stall-ms", str(args.stall_ms), "--runner", runner)
     members = [Member(nid, addr, workdir, impl_dir, extra) for nid in ids]
     results: list[dict[str, Any]] = []
     try:
@@ -401,7 +410,15 @@ def main() -> None:
         help="instead of the cluster: CPU time per proposal, 3 members in one process, no I/O",
     )
     ap.add_argument("--repeat", type=int, default=1, help="rounds (implementations alternate in each)")
+    ap.add_argument(
+        "--runner",
+        default="phalanx",
+        help="members' runners, comma-separated: phalanx (phalanx_aio.run), asyncio (asyncio.run)",
+    )
     args = ap.parse_args()
+    runners = args.runner.split(",")
+    if not runners or not set(runners) <= {"phalanx", "asyncio"}:
+        raise SystemExit(f"--runner takes phalanx, asyncio or both, got {args.runner!r}")
     modes = [(m.split(":")[0], float(m.split(":")[1])) for m in args.modes.split(",")]
     for mode, _ in modes:
         if mode not in ("closed", "open", "batch"):
@@ -428,14 +445,20 @@ def main() -> None:
         print(f"written to {out}")
         return
 
+    # Every (implementation, runner) pair, labelled IMPL/RUNNER when several runners run.
+    runs = [
+        (f"{name}/{runner}" if len(runners) > 1 else name, path, runner)
+        for name, path in impls
+        for runner in runners
+    ]
     results: list[dict[str, Any]] = []
     for rnd in range(args.repeat):
-        order = impls if rnd % 2 == 0 else impls[::-1]  # alternate who goes first
-        for name, path in order:
-            results.extend(run_cluster(name, path, modes, sizes, args))
+        order = runs if rnd % 2 == 0 else runs[::-1]  # alternate who goes first
+        for name, path, runner in order:
+            results.extend(run_cluster(name, path, modes, sizes, args, runner))
 
     summary = medians(results)
-    summary.sort(key=lambda r: (r["size"], r["mode"], r["param"], [n for n, _ in impls].index(r["impl"])))
+    summary.sort(key=lambda r: (r["size"], r["mode"], r["param"], [n for n, _, _ in runs].index(r["impl"])))
     print()
     if args.repeat > 1:
         print(f"median of {args.repeat} rounds:")
@@ -454,6 +477,7 @@ def main() -> None:
             "warmup": args.warmup,
             "repeat": args.repeat,
             "impls": dict(impls),
+            "runners": runners,
             "storage": "SQLite synchronous=FULL",
             "transport": "gRPC loopback",
             "config": "Config.lan()",
