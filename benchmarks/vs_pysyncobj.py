@@ -598,9 +598,9 @@ def sweep_table(records: list[dict[str, Any]], inflight: list[int], best: dict[s
         cfg = json.loads(cfg_s)
         cells = []
         for n in inflight:
-            r = by_n.get(n)
+            got = by_n.get(n)
             mark = "*" if best.get(kind, {}).get(str(n)) == cfg else " "
-            cells.append(f"{_num(r.get('ops_per_s') if r else None, ',.0f'):>16}{mark}")
+            cells.append(f"{_num(got.get('ops_per_s') if got else None, ',.0f'):>16}{mark}")
         out.append(f"{kind:<8}{config_label(cfg):<52}" + "".join(cells))
     out.append("(ops/s, one short run each; * the best of its kind at that in-flight count)")
     return "\n".join(out)
@@ -641,7 +641,7 @@ def estimate_minutes(args: argparse.Namespace, inflight: list[int], sweep: bool)
     if sweep:
         per_sweep_run = args.sweep_warmup + args.sweep_seconds + 1.0
         total += len(sweep_grid(args.quick)) * len(args.kinds) * (5 + len(inflight) * per_sweep_run)
-    return total / 60
+    return float(total) / 60
 
 
 def main() -> None:
