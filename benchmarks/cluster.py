@@ -194,6 +194,7 @@ def run_one(
     }
     lat = res.pop("lat_ms")
     span = wall
+    runtime = {k: after[leader.id][k] for k in ("loop", "gc_threshold") if k in after[leader.id]}
     return {
         "impl": args.impl_name,
         "mode": mode,
@@ -206,6 +207,7 @@ def run_one(
         "cpu_leader": sum(c["user"] + c["system"] for c in cpu.values() if c["role"] == "leader") / span,
         "cpu_followers": [(c["user"] + c["system"]) / span for c in cpu.values() if c["role"] == "follower"],
         "gc_leader": sum(sum(c["gc_s"]) for c in cpu.values() if c["role"] == "leader") / span,
+        "leader_runtime": runtime,  # the leader's event loop class and collector thresholds
         "_lat": lat,
     }
 
@@ -354,18 +356,18 @@ def run_cluster(
     return results
 
 
-def run_cpu_per_op(impls: list[tuple[str, str | None]], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """CPU microseconds per committed proposal of each implementation (``--cpu-per-op``),
-    alternating implementations over the rounds; prints the medians."""
+def run_cpu_per_op(runs: list[tuple[str, str | None, str]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """CPU microseconds per committed proposal of each implementation and runner
+    (``--cpu-per-op``), alternating them over the rounds; prints the medians."""
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as cwd:  # nothing there shadows the implementations
         for rnd in range(args.repeat):
-            for name, path in impls if rnd % 2 == 0 else impls[::-1]:
+            for name, path, runner in runs if rnd % 2 == 0 else runs[::-1]:
                 env = dict(os.environ)
                 if path is not None:
                     env["PYTHONPATH"] = os.pathsep.join([path, *filter(None, [env.get("PYTHONPATH")])])
                 cmd = [sys.executable, str(HERE / "_cluster_node.py"), "--cpu-per-op", str(args.cpu_per_op)]
-                cmd += ["--seconds", str(args.seconds)]
+                cmd += ["--seconds", str(args.seconds), "--runner", runner]
                 line = subprocess.run(
                     cmd, env=env, cwd=cwd, capture_output=True, text=True, check=True
                 ).stdout
@@ -375,10 +377,10 @@ def run_cpu_per_op(impls: list[tuple[str, str | None]], args: argparse.Namespace
                     f"[{name}] {row['cpu_us_per_op']:.1f} us CPU per proposal, {row['ops_per_s']:,.0f} ops/s"
                 )
     print(f"\nmedian of {args.repeat} rounds, {args.cpu_per_op} in flight, 3 members in one process:")
-    for name, _ in impls:
+    for name, _, _ in runs:
         mine = [r for r in rows if r["impl"] == name]
         cpu = statistics.median(r["cpu_us_per_op"] for r in mine)
-        print(f"{name:<12} {cpu:6.1f} us CPU per committed proposal")
+        print(f"{name:<18} {cpu:6.1f} us CPU per committed proposal")
     return rows
 
 
@@ -437,20 +439,20 @@ def main() -> None:
     if args.cprofile:
         pathlib.Path(args.cprofile).mkdir(parents=True, exist_ok=True)
 
-    if args.cpu_per_op:
-        cpu_rows = run_cpu_per_op(impls, args)
-        out = pathlib.Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"cpu_per_op": cpu_rows, "loadavg_at_end": os.getloadavg()}, indent=2))
-        print(f"written to {out}")
-        return
-
     # Every (implementation, runner) pair, labelled IMPL/RUNNER when several runners run.
     runs = [
         (f"{name}/{runner}" if len(runners) > 1 else name, path, runner)
         for name, path in impls
         for runner in runners
     ]
+    if args.cpu_per_op:
+        cpu_rows = run_cpu_per_op(runs, args)
+        out = pathlib.Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"cpu_per_op": cpu_rows, "loadavg_at_end": os.getloadavg()}, indent=2))
+        print(f"written to {out}")
+        return
+
     results: list[dict[str, Any]] = []
     for rnd in range(args.repeat):
         order = runs if rnd % 2 == 0 else runs[::-1]  # alternate who goes first

@@ -48,7 +48,8 @@ on docs/performance.md and ``benchmarks/check_targets.py`` checks the targets).
 
 Writes ``benchmarks/results/vs_pysyncobj.json`` with the sweep's raw figures, every round and
 the summary; prints tables. ``--sweep-from FILE`` reuses the best configurations of an earlier
-result file and skips the sweep. ``--quick``: a smoke run (two configurations, short runs, one
+result file and skips the sweep; ``--grid JSON`` sweeps the configurations given instead of the
+built-in grid. ``--quick``: a smoke run (two configurations, short runs, one
 round, about a minute). Needs ``pip install pysyncobj==0.3.17``. Not a test.
 
 Usage: python benchmarks/vs_pysyncobj.py [--repeat 3]          (about 10 minutes)
@@ -446,7 +447,15 @@ def _record(r: dict[str, Any], **tags: Any) -> dict[str, Any]:
     """A run's figures as kept in the result file (the latency sample is dropped)."""
     keep = ("mode", "param", "ops_per_s", "ops", "window", "p50", "p99", "p999", "max", "dropped", "errors")
     out = {**tags, **{k: r[k] for k in keep if k in r}}
-    for k in ("error_kinds", "cpu_leader", "cpu_followers", "gc_leader", "rss_mb", "failure"):
+    for k in (
+        "error_kinds",
+        "cpu_leader",
+        "cpu_followers",
+        "gc_leader",
+        "leader_runtime",
+        "rss_mb",
+        "failure",
+    ):
         if k in r:
             out[k] = r[k]
     return out
@@ -467,7 +476,7 @@ def run_sweep(args: argparse.Namespace, inflight: list[int]) -> list[dict[str, A
     )
     modes = [("closed", float(n)) for n in inflight]
     records: list[dict[str, Any]] = []
-    grid = sweep_grid(args.quick)
+    grid = args.grid
     for kind in args.kinds:
         for i, cfg in enumerate(grid):
             name = f"PSO {kind}: {config_label(cfg)}"
@@ -640,7 +649,7 @@ def estimate_minutes(args: argparse.Namespace, inflight: list[int], sweep: bool)
     total = args.repeat * (phalanx + pso)
     if sweep:
         per_sweep_run = args.sweep_warmup + args.sweep_seconds + 1.0
-        total += len(sweep_grid(args.quick)) * len(args.kinds) * (5 + len(inflight) * per_sweep_run)
+        total += len(args.grid) * len(args.kinds) * (5 + len(inflight) * per_sweep_run)
     return float(total) / 60
 
 
@@ -658,6 +667,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="comparison rounds (default 3)")
     ap.add_argument("--sweep-from", metavar="FILE", help="take the best configurations from this result file")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 configurations, short runs, 1 round")
+    ap.add_argument(
+        "--grid", help="the sweep's PySyncObj configurations as a JSON list (keys of PSO_DEFAULTS)"
+    )
     ap.add_argument("--json", default=str(HERE / "results" / "vs_pysyncobj.json"))
     # child side (a PySyncObj member)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -682,6 +694,9 @@ def main() -> None:
         args.seconds, args.warmup, args.repeat = min(args.seconds, 1.0), min(args.warmup, 0.5), 1
         args.sweep_seconds, args.sweep_warmup = min(args.sweep_seconds, 0.5), min(args.sweep_warmup, 0.3)
     inflight = [int(n) for n in args.inflight.split(",")]
+    args.grid = (
+        [{**PSO_DEFAULTS, **c} for c in json.loads(args.grid)] if args.grid else sweep_grid(args.quick)
+    )
     args.kinds = args.kinds.split(",")
     if not set(args.kinds) <= set(KINDS) or args.repeat < 1:
         raise SystemExit(f"--kinds takes {','.join(KINDS)}; --repeat at least 1")
@@ -711,7 +726,7 @@ def main() -> None:
         sweep = {
             "seconds": args.sweep_seconds,
             "warmup": args.sweep_warmup,
-            "grid": sweep_grid(args.quick),
+            "grid": args.grid,
             "records": records,
             "best": best,
         }
