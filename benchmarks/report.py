@@ -203,6 +203,8 @@ def section_vs_etcd(doc: dict[str, Any] | None) -> str:
             cpu_op = f.get("leader_cpu_us_per_op")
             is_ours = system == "phalanx"
             name = "phalanx_aio" if is_ours else "etcd"
+            if f.get("config"):
+                name += f" ({f['config']})"
             tail = (
                 f"{ms(cpu_op)} | {ratio(c.get('ratio_ops'))} | {ratio(c.get('ratio_p50'))}"
                 if is_ours
