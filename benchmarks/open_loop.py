@@ -3,7 +3,9 @@
 Each side is a three-member cluster of three processes on loopback, proposals made inside the
 leader's process at a fixed rate (1k, 2k, 5k, 10k, 20k, 40k, 80k per second; ``--rates``),
 64-byte commands. A command's latency counts from its scheduled time, so a leader that falls
-behind is charged for every command it delayed (no coordinated omission). A series stops after
+behind is charged for every command it delayed (no coordinated omission). Latency percentiles
+cover the commands scheduled and completed inside the window; "failed" counts the proposals
+refused (phalanx_aio's ``ProposalDropped`` once ``max_pending``, 50,000, wait) or failed. A series stops after
 the first rate it falls far behind (completing under ``--behind`` of the rate, default 0.8, or
 a p50 above 1 s): higher rates would only measure its backlog.
 
@@ -16,7 +18,7 @@ a p50 above 1 s): higher rates would only measure its backlog.
   configuration issue 18 names (batching on, appendEntriesPeriod 0.01, tick 0.005, tuned GC).
 
 Writes ``benchmarks/results/open_loop_inprocess.json`` (issue 18's results contract; the
-summary is ``{"series": {label: [{"rate", "ops", "p50_ms", "p99_ms"}, ...]}}``), which
+summary is ``{"series": {label: [{"rate", "ops", "p50_ms", "p99_ms", "failed"}, ...]}}``), which
 ``benchmarks/report.py`` plots. About 2 minutes; ``--quick`` (three rates, 1 s each) about 20 s.
 Not a test.
 
@@ -148,7 +150,13 @@ def main() -> None:
         points = series(label, make, rates, args)
         rounds.append({"round": 1, "series": label, "points": points})
         summary["series"][label] = [
-            {"rate": p["rate"], "ops": p["ops_per_s"], "p50_ms": p["p50"], "p99_ms": p["p99"]}
+            {
+                "rate": p["rate"],
+                "ops": p["ops_per_s"],
+                "p50_ms": p["p50"],
+                "p99_ms": p["p99"],
+                "failed": p["dropped"] + p["errors"],  # refused (backpressure) or failed proposals
+            }
             for p in points
             if "failure" not in p
         ]

@@ -164,17 +164,18 @@ def section_open_loop(docs: dict[str, dict[str, Any]]) -> str:
         return f"Open-loop sweep: {NOT_MEASURED}."
     out = [
         "Proposals at a fixed rate, latency counted from each one's scheduled time (no "
-        "coordinated omission); a series stops after the rate it falls far behind.",
+        "coordinated omission), over the commands scheduled and completed inside the measured "
+        'window; a series stops after the rate it falls far behind ("-": none completed inside it).',
         "",
-        "| series | offered /s | ops/s | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|",
+        "| series | offered /s | ops/s | p50 ms | p99 ms | refused or failed |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for _, doc in found:
         for label, points in (doc["summary"].get("series") or {}).items():
             for p in points:
                 out.append(
                     f"| {label} | {ops(p.get('rate'))} | {ops(p.get('ops'))} | {ms(p.get('p50_ms'))} "
-                    f"| {ms(p.get('p99_ms'))} |"
+                    f"| {ms(p.get('p99_ms'))} | {ops(p.get('failed'))} |"
                 )
     out.append("")
     out += [provenance(doc) for _, doc in found]
