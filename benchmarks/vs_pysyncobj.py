@@ -51,10 +51,10 @@ Writes ``benchmarks/results/vs_pysyncobj.json`` with the sweep's raw figures, ev
 the summary; prints tables. ``--sweep-from FILE`` reuses the best configurations of an earlier
 result file and skips the sweep; ``--grid JSON`` sweeps the configurations given instead of the
 built-in grid. ``--quick``: a smoke run (two configurations, short runs, one
-round, about a minute). Needs ``pip install pysyncobj==0.3.17``. Not a test.
+round, about 1.5 minutes). Needs ``pip install pysyncobj==0.3.17``. Not a test.
 
 Usage: python benchmarks/vs_pysyncobj.py [--repeat 3]          (about 10 minutes)
-       python benchmarks/vs_pysyncobj.py --quick                (about 1 minute)
+       python benchmarks/vs_pysyncobj.py --quick                (about 1.5 minutes)
 """
 
 from __future__ import annotations
