@@ -577,7 +577,7 @@ def summarize(rounds: list[dict[str, Any]], inflight: list[int], best: dict[str,
             mine = [r for r in records if r["system"] == system and r["inflight"] == n]
             fig: dict[str, Any] = {}
             if system.startswith("pso_"):
-                fig["config"] = best.get(system[4:], {}).get(str(n))
+                fig["config"] = best.get(system[4:], {}).get(str(n)) if mine else None
             fig |= figure(
                 _median([r["ops_per_s"] for r in mine]),  # type: ignore[arg-type]
                 _median([r["p50"] for r in mine]),  # type: ignore[arg-type]
