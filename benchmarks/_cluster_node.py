@@ -5,12 +5,19 @@ lines on stdin and answers with JSON lines on stdout:
 
     {"cmd": "leader"}   -> {"leader": id, "is_leader": bool}
     {"cmd": "usage"}    -> {"user": s, "system": s, "applied": n,   (getrusage of this process,
-                            "gc_seconds": [s, s, s], "gc_runs": [n, n, n]}   the collector's per generation)
+                            "gc_seconds": [s, s, s], "gc_runs": [n, n, n],   the collector's per generation,
+                            "gc_threshold": [a, b, c], "loop": "module.Class"}   and what the runner set)
     {"cmd": "run", "mode": "closed"|"batch"|"open", "param": N|rate, "size": bytes, "seconds": s, "warmup": s}
                         -> {"ops": n, "window": s, "dropped": n, "errors": n, "lat_ms": [sorted sample],
                             "p50": ms, "p99": ms, "p999": ms, "max": ms}
     {"cmd": "profile_start", "path": p} / {"cmd": "profile_stop"}   (cProfile of this process)
     {"cmd": "stop"}
+
+``--runner phalanx`` (the default) runs the member under ``phalanx_aio.run`` (uvloop and the
+collector thresholds of ``phalanx_aio.tune_gc``); ``--runner asyncio`` under plain ``asyncio.run``:
+the standard event loop and CPython's default collector thresholds, as in a host program that
+owns its loop and leaves the collector alone. Nothing else in this process installs uvloop or
+touches the collector's thresholds; the ``usage`` reply reports both, so a run can show it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import json
 import logging
 import pathlib
@@ -26,6 +34,7 @@ import resource
 import struct
 import sys
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from _gc_clock import GcClock
@@ -211,6 +220,8 @@ def _usage(node: RaftNode, sm: Counter) -> dict[str, Any]:
         "user": ru.ru_utime,
         "system": ru.ru_stime,
         **_GC.usage(),
+        "gc_threshold": list(gc.get_threshold()),
+        "loop": f"{type(asyncio.get_running_loop()).__module__}.{type(asyncio.get_running_loop()).__name__}",
         "applied": sm.value,
         "term": st.term,
         "leader": st.leader,
@@ -340,6 +351,17 @@ async def cpu_per_op(inflight: int, seconds: float) -> None:
     _reply({"ops_per_s": ops / wall, "cpu_us_per_op": cpu / max(ops, 1) * 1e6, "inflight": inflight})
 
 
+RUNNERS = ("phalanx", "asyncio")
+
+
+def run(coro: Coroutine[Any, Any, None], runner: str) -> None:
+    """Run ``coro`` under ``phalanx_aio.run`` or plain ``asyncio.run`` (see the module's doc)."""
+    if runner == "phalanx":
+        phalanx_aio.run(coro)
+    else:
+        asyncio.run(coro)
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--id")
@@ -351,10 +373,16 @@ if __name__ == "__main__":
     p.add_argument("--stall-ms", type=float, default=0.0, help="log event-loop stalls above this (0: off)")
     p.add_argument("--cpu-per-op", type=int, metavar="INFLIGHT", help="see cpu_per_op(); no cluster")
     p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument(
+        "--runner",
+        choices=RUNNERS,
+        default="phalanx",
+        help="phalanx: phalanx_aio.run (uvloop, tuned GC); asyncio: asyncio.run, default GC",
+    )
     a = p.parse_args()
     if a.cpu_per_op:
-        phalanx_aio.run(cpu_per_op(a.cpu_per_op, a.seconds))
+        run(cpu_per_op(a.cpu_per_op, a.seconds), a.runner)
     else:
         if not (a.id and a.listen and a.db):
             p.error("--id, --listen and --db are required")
-        phalanx_aio.run(main(a))
+        run(main(a), a.runner)

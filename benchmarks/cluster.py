@@ -24,12 +24,18 @@ commit), and ``--repeat R`` runs R rounds, alternating the implementations withi
 On a shared machine this is the only fair comparison: both sides see the same load. A
 workload an implementation cannot run (``batch`` before ``propose_many`` existed) is skipped.
 
+Runners: ``--runner phalanx,asyncio`` runs the members under ``phalanx_aio.run`` (uvloop, tuned
+collector) and under plain ``asyncio.run`` (standard loop, CPython's default collector
+thresholds), alternating within each round like ``--impl``; the results are labelled
+``IMPL/RUNNER`` when more than one runner is asked for (``phalanx`` alone is the default).
+
 Diagnostics: ``--log-level INFO`` and ``--stall-ms 100`` make the members log leader changes
 and every event-loop stall longer than 100 ms; ``--keep`` keeps their logs.
 
 Usage: python benchmarks/cluster.py [--seconds 5] [--modes closed:1,closed:100,open:1000]
                                     [--sizes 64,1024] [--png FILE] [--py-spy DIR]
                                     [--impl before=/tmp/old --impl after=.] [--repeat 3]
+                                    [--runner phalanx,asyncio]
 """
 
 from __future__ import annotations
@@ -188,6 +194,7 @@ def run_one(
     }
     lat = res.pop("lat_ms")
     span = wall
+    runtime = {k: after[leader.id][k] for k in ("loop", "gc_threshold") if k in after[leader.id]}
     return {
         "impl": args.impl_name,
         "mode": mode,
@@ -200,6 +207,7 @@ def run_one(
         "cpu_leader": sum(c["user"] + c["system"] for c in cpu.values() if c["role"] == "leader") / span,
         "cpu_followers": [(c["user"] + c["system"]) / span for c in cpu.values() if c["role"] == "follower"],
         "gc_leader": sum(sum(c["gc_s"]) for c in cpu.values() if c["role"] == "leader") / span,
+        "leader_runtime": runtime,  # the leader's event loop class and collector thresholds
         "_lat": lat,
     }
 
@@ -222,13 +230,14 @@ def _fmt_ops(x: float) -> str:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = f"{'impl':<10}{'workload':<22}{'size':>6}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
+    w = max([10, *(len(r["impl"]) + 2 for r in results)])
+    head = f"{'impl':<{w}}{'workload':<22}{'size':>6}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
     head += f"{'failed':>8}  {'CPU s/s leader':>14}  {'followers':>11}  {'GC s/s leader':>13}"
     lines = [head, "-" * len(head)]
     for r in results:
         fol = r["cpu_followers"]
         lines.append(
-            f"{r['impl']:<10}{label(r):<22}{r['size']:>6}{_fmt_ops(r['ops_per_s']):>10}{r['p50']:>9.1f}"
+            f"{r['impl']:<{w}}{label(r):<22}{r['size']:>6}{_fmt_ops(r['ops_per_s']):>10}{r['p50']:>9.1f}"
             f"{r['p99']:>9.1f}{r['p999']:>10.1f}{r['dropped'] + r['errors']:>8}  {r['cpu_leader']:>14.2f}"
             f"  {' / '.join(f'{x:.2f}' for x in fol):>11}  {r['gc_leader']:>13.3f}"
         )
@@ -314,13 +323,15 @@ def run_cluster(
     modes: list[tuple[str, float]],
     sizes: list[int],
     args: argparse.Namespace,
+    runner: str = "phalanx",
 ) -> list[dict[str, Any]]:
-    """Start a fresh three-member cluster of one implementation, run every workload, stop it."""
+    """Start a fresh three-member cluster of one implementation under ``runner`` (the
+    members' ``--runner``), run every workload, stop it."""
     args.impl_name = impl_name
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="phalanx-bench-"))
     ids = ["n1", "n2", "n3"]
     addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(ids, free_loopback_ports(3), strict=True)}
-    extra = ("--log-level", args.log_level, "--stall-ms", str(args.stall_ms))
+    extra = ("--log-level", args.log_level, "--stall-ms", str(args.stall_ms), "--runner", runner)
     members = [Member(nid, addr, workdir, impl_dir, extra) for nid in ids]
     results: list[dict[str, Any]] = []
     try:
@@ -345,18 +356,18 @@ def run_cluster(
     return results
 
 
-def run_cpu_per_op(impls: list[tuple[str, str | None]], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """CPU microseconds per committed proposal of each implementation (``--cpu-per-op``),
-    alternating implementations over the rounds; prints the medians."""
+def run_cpu_per_op(runs: list[tuple[str, str | None, str]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """CPU microseconds per committed proposal of each implementation and runner
+    (``--cpu-per-op``), alternating them over the rounds; prints the medians."""
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as cwd:  # nothing there shadows the implementations
         for rnd in range(args.repeat):
-            for name, path in impls if rnd % 2 == 0 else impls[::-1]:
+            for name, path, runner in runs if rnd % 2 == 0 else runs[::-1]:
                 env = dict(os.environ)
                 if path is not None:
                     env["PYTHONPATH"] = os.pathsep.join([path, *filter(None, [env.get("PYTHONPATH")])])
                 cmd = [sys.executable, str(HERE / "_cluster_node.py"), "--cpu-per-op", str(args.cpu_per_op)]
-                cmd += ["--seconds", str(args.seconds)]
+                cmd += ["--seconds", str(args.seconds), "--runner", runner]
                 line = subprocess.run(
                     cmd, env=env, cwd=cwd, capture_output=True, text=True, check=True
                 ).stdout
@@ -366,10 +377,10 @@ def run_cpu_per_op(impls: list[tuple[str, str | None]], args: argparse.Namespace
                     f"[{name}] {row['cpu_us_per_op']:.1f} us CPU per proposal, {row['ops_per_s']:,.0f} ops/s"
                 )
     print(f"\nmedian of {args.repeat} rounds, {args.cpu_per_op} in flight, 3 members in one process:")
-    for name, _ in impls:
+    for name, _, _ in runs:
         mine = [r for r in rows if r["impl"] == name]
         cpu = statistics.median(r["cpu_us_per_op"] for r in mine)
-        print(f"{name:<12} {cpu:6.1f} us CPU per committed proposal")
+        print(f"{name:<18} {cpu:6.1f} us CPU per committed proposal")
     return rows
 
 
@@ -401,7 +412,15 @@ def main() -> None:
         help="instead of the cluster: CPU time per proposal, 3 members in one process, no I/O",
     )
     ap.add_argument("--repeat", type=int, default=1, help="rounds (implementations alternate in each)")
+    ap.add_argument(
+        "--runner",
+        default="phalanx",
+        help="members' runners, comma-separated: phalanx (phalanx_aio.run), asyncio (asyncio.run)",
+    )
     args = ap.parse_args()
+    runners = args.runner.split(",")
+    if not runners or not set(runners) <= {"phalanx", "asyncio"}:
+        raise SystemExit(f"--runner takes phalanx, asyncio or both, got {args.runner!r}")
     modes = [(m.split(":")[0], float(m.split(":")[1])) for m in args.modes.split(",")]
     for mode, _ in modes:
         if mode not in ("closed", "open", "batch"):
@@ -420,8 +439,14 @@ def main() -> None:
     if args.cprofile:
         pathlib.Path(args.cprofile).mkdir(parents=True, exist_ok=True)
 
+    # Every (implementation, runner) pair, labelled IMPL/RUNNER when several runners run.
+    runs = [
+        (f"{name}/{runner}" if len(runners) > 1 else name, path, runner)
+        for name, path in impls
+        for runner in runners
+    ]
     if args.cpu_per_op:
-        cpu_rows = run_cpu_per_op(impls, args)
+        cpu_rows = run_cpu_per_op(runs, args)
         out = pathlib.Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"cpu_per_op": cpu_rows, "loadavg_at_end": os.getloadavg()}, indent=2))
@@ -430,12 +455,12 @@ def main() -> None:
 
     results: list[dict[str, Any]] = []
     for rnd in range(args.repeat):
-        order = impls if rnd % 2 == 0 else impls[::-1]  # alternate who goes first
-        for name, path in order:
-            results.extend(run_cluster(name, path, modes, sizes, args))
+        order = runs if rnd % 2 == 0 else runs[::-1]  # alternate who goes first
+        for name, path, runner in order:
+            results.extend(run_cluster(name, path, modes, sizes, args, runner))
 
     summary = medians(results)
-    summary.sort(key=lambda r: (r["size"], r["mode"], r["param"], [n for n, _ in impls].index(r["impl"])))
+    summary.sort(key=lambda r: (r["size"], r["mode"], r["param"], [n for n, _, _ in runs].index(r["impl"])))
     print()
     if args.repeat > 1:
         print(f"median of {args.repeat} rounds:")
@@ -454,6 +479,7 @@ def main() -> None:
             "warmup": args.warmup,
             "repeat": args.repeat,
             "impls": dict(impls),
+            "runners": runners,
             "storage": "SQLite synchronous=FULL",
             "transport": "gRPC loopback",
             "config": "Config.lan()",
