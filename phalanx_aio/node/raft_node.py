@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 from phalanx_aio._deadlines import Deadlines
+from phalanx_aio._entry_batch import BatchCache
 from phalanx_aio.core.config import Config
 from phalanx_aio.core.raft import Raft, Role, bootstrap_state
 from phalanx_aio.core.types import (
@@ -131,6 +132,9 @@ class RaftNode(Operations, Shutdown, EventSource):
         # A list of replicated objects is served as one group; replicated objects learn their node.
         self._sm: StateMachine = attach_state(state_machine, self)
         self._storage = storage
+        # The last batch of entries encoded, shared by this node's transport and store (each
+        # node its own): a leader encodes a batch once for every follower and for its disk.
+        self._batch_cache = BatchCache()
         self._transport = transport
         self._join = join
         self._founding_guard = founding_guard
@@ -197,6 +201,7 @@ class RaftNode(Operations, Shutdown, EventSource):
         transport, the loop and the ticker."""
         if self._core is not None or self._closed:
             raise LocalError("a RaftNode can be started once")
+        self._storage.batch_cache = self._batch_cache
         stored = await self._storage.open(node_id=self.id, cluster_id=self.cluster_id)
         state = stored.state
         if stored.created and not self._join:
@@ -231,6 +236,7 @@ class RaftNode(Operations, Shutdown, EventSource):
         self._update_peers(self._core.conf)
         # Removed members are part of the configuration (snapshots included): known at once.
         self._note_removals(self._core.confs.at(self._core.log.committed))
+        self._transport.batch_cache = self._batch_cache
         await self._transport.start(self)
         self._loop_task = asyncio.create_task(self._run(), name=f"phalanx-loop-{self.id}")
         self._ticker_task = asyncio.create_task(self._ticker(), name=f"phalanx-ticker-{self.id}")

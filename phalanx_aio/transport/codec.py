@@ -25,7 +25,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import Final, NamedTuple, TypeVar
 
-from phalanx_aio._entry_batch import MAX_INT, EncodeError, decode_entries_at, entry_parts
+from phalanx_aio._entry_batch import MAX_INT, BatchCache, EncodeError, decode_entries_at, entry_parts
 from phalanx_aio._proto.phalanx import v1 as _pb
 from phalanx_aio._protowire import (
     LEN,
@@ -144,9 +144,11 @@ def encode_entries(entries: Sequence[Entry], *, limits: Limits = DEFAULT_LIMITS)
         raise EncodeError(f"entries cannot be encoded: {type(exc).__name__}: {exc}") from exc
 
 
-def _entry_parts(entries: Sequence[Entry], limits: Limits) -> tuple[list[bytes], int]:
+def _entry_parts(
+    entries: Sequence[Entry], limits: Limits, cache: BatchCache | None = None
+) -> tuple[list[bytes], int]:
     """The pieces of the entry blob and their total length (joined once, by the caller)."""
-    return entry_parts(entries, limits.max_entries)
+    return entry_parts(entries, limits.max_entries, cache)
 
 
 def decode_entries(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> tuple[Entry, ...]:
@@ -169,7 +171,9 @@ def _decode_entries(data: bytes, pos: int, end: int, limits: Limits) -> tuple[En
 # Messages and frames (hot path)
 
 
-def _encode_message(m: Message, sender: str, limits: Limits) -> tuple[list[bytes], int]:
+def _encode_message(
+    m: Message, sender: str, limits: Limits, cache: BatchCache | None = None
+) -> tuple[list[bytes], int]:
     """The RaftMessage encoding of ``m`` as pieces and their total length.
 
     ``frm`` is left out when it equals ``sender``. The pieces are joined once, by the frame, so
@@ -222,7 +226,7 @@ def _encode_message(m: Message, sender: str, limits: Limits) -> tuple[list[bytes
     parts: list[bytes] = [bytes(out)]
     size = len(out)
     if m.entries:
-        blob, blob_size = _entry_parts(m.entries, limits)
+        blob, blob_size = _entry_parts(m.entries, limits, cache)
         key = _MSG_ENTRIES + uvarint(blob_size)
         parts.append(key)
         parts.extend(blob)
@@ -244,10 +248,12 @@ def _encode_message(m: Message, sender: str, limits: Limits) -> tuple[list[bytes
     return parts, size
 
 
-def encode_message_at(m: Message, sender: str, limits: Limits, i: int) -> tuple[list[bytes], int]:
+def encode_message_at(
+    m: Message, sender: str, limits: Limits, i: int, cache: BatchCache | None = None
+) -> tuple[list[bytes], int]:
     """:func:`_encode_message`, with any failure reported as an :class:`EncodeError` naming ``i``."""
     try:
-        return _encode_message(m, sender, limits)
+        return _encode_message(m, sender, limits, cache)
     except EncodeError as exc:
         raise EncodeError(f"message {i}: {exc}") from exc
     except (TypeError, ValueError, AttributeError, OverflowError, struct.error) as exc:
@@ -326,13 +332,19 @@ def frame_head(cluster_id: str, sender: str, limits: Limits) -> bytes:
 
 
 def encode_frames(
-    cluster_id: str, sender: str, messages: Iterable[Message], *, limits: Limits = DEFAULT_LIMITS
+    cluster_id: str,
+    sender: str,
+    messages: Iterable[Message],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    cache: BatchCache | None = None,
 ) -> list[bytes]:
     """Encode ``messages`` into as few PeerFrames as ``limits`` allow, keeping their order.
 
     With no messages, returns one frame that carries only the ids (a hello or keepalive).
     Raises :class:`EncodeError` if a message cannot be encoded or alone exceeds
-    ``limits.max_frame_bytes``.
+    ``limits.max_frame_bytes``. ``cache``, the sending node's batch cache, lets a batch of
+    entries sent to several followers (and then stored) be encoded once.
     """
     head = frame_head(cluster_id, sender, limits)
     frames: list[bytes] = []
@@ -340,7 +352,7 @@ def encode_frames(
     size = len(head)
     count = 0
     for i, m in enumerate(messages):
-        body, body_size = encode_message_at(m, sender, limits, i)
+        body, body_size = encode_message_at(m, sender, limits, i, cache)
         key = _FRAME_MESSAGE + uvarint(body_size)
         piece = len(key) + body_size
         if len(head) + piece > limits.max_frame_bytes:
