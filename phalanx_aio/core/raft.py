@@ -108,6 +108,9 @@ class Raft(Elections, Proposals, Reads, Replication):
     Inputs: :meth:`tick`, :meth:`step`, :meth:`propose`, :meth:`read_index`,
     :meth:`propose_conf_change`, :meth:`transfer_leadership`, :meth:`compact`.
     Outputs: :meth:`ready` then :meth:`advance` (see :class:`Ready` for the contract).
+
+    What :meth:`step` and :meth:`tick` dispatch to is in the mixins this class is made of, one
+    concern each: elections and time, proposals, reads, replication (``core/_*.py``).
     """
 
     def __init__(
@@ -276,7 +279,7 @@ class Raft(Elections, Proposals, Reads, Replication):
             lead_transferee=self.lead_transferee,
         )
 
-    # ------------------------------------------------------------------ client requests
+    # ------------------------------------------------------------------ transfer, reports, compaction
 
     def transfer_leadership(self, target: str) -> None:
         """Hand leadership to ``target`` (thesis §3.10): once its log is caught up it gets
