@@ -22,7 +22,7 @@ from operator import attrgetter, is_
 from phalanx_aio._protowire import MAX_INT, EncodeError, bad, cannot
 from phalanx_aio.core.types import Entry, EntryType
 
-__all__ = ["MAX_INT", "EncodeError", "decode_entries_at", "entry_parts"]
+__all__ = ["MAX_INT", "BatchCache", "EncodeError", "decode_entries_at", "entry_parts"]
 
 _ENTRY_BATCH_VERSION = 1
 _BATCH_HEADER = struct.Struct("<BI")  # version, count
@@ -38,22 +38,31 @@ _type_of = attrgetter("type")
 _data_of = attrgetter("data")
 
 
-_last_batch: tuple[tuple[Entry, ...], list[bytes], int] | None = None
+class BatchCache:
+    """The last batch one node encoded, found again if the very same entries are encoded next.
 
+    A leader sends the same entries to every follower in step, and its store then writes
+    them: with one cache shared by the node's transport and store (``RaftNode`` creates it and
+    hands it to both, as their ``batch_cache``), the batch is encoded once for the wire and
+    the disk. Each node has its own, so nodes in one process never see each other's batches.
+    """
 
-def _remember_batch(entries: Sequence[Entry], parts: list[bytes], size: int) -> None:
-    global _last_batch
-    _last_batch = (tuple(entries), parts, size)  # a copy: the caller's list may change later
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last: tuple[tuple[Entry, ...], list[bytes], int] | None = None
+        """(the entries, the pieces of their blob, its length), or ``None``."""
 
 
 def entry_parts(
-    entries: Sequence[Entry], max_entries: int, *, remember: bool = True
+    entries: Sequence[Entry], max_entries: int, cache: BatchCache | None = None, *, remember: bool = True
 ) -> tuple[list[bytes], int]:
     """The pieces of the blob of ``entries`` and their total length (joined once, by the caller).
 
     Raises :class:`EncodeError` if an entry cannot be encoded (naming it) or there are more
-    than ``max_entries``. ``remember=False`` still reuses the last batch if it matches but
-    does not replace it (the store encodes batches that the transport does not send).
+    than ``max_entries``. With a ``cache``, the batch it holds is reused if it matches, and
+    a batch encoded here replaces it; ``remember=False`` still reuses it but does not replace
+    it (the store encodes batches that the transport does not send).
     """
     count = len(entries)
     if count == 0:
@@ -63,7 +72,7 @@ def entry_parts(
     # A leader sends the same entries to every follower in step: the last batch encoded is
     # kept, and found again if it holds the very same objects (entries are frozen and their
     # data immutable bytes, so the same objects encode the same).
-    last = _last_batch
+    last = cache.last if cache is not None else None
     if last is not None and len(last[0]) == count and all(map(is_, entries, last[0])):
         return last[1], last[2]
     table: list[bytes] = [_BATCH_HEADER.pack(_ENTRY_BATCH_VERSION, count)]
@@ -91,8 +100,9 @@ def entry_parts(
         table.extend(map(pack, terms, indexes, etypes, lens))
         table.extend(datas)
         size += sum(lens)
-        if remember and _EXACT_BYTES.issuperset(map(type, datas)):  # not a bytearray, which may change
-            _remember_batch(entries, table, size)
+        if remember and cache is not None and _EXACT_BYTES.issuperset(map(type, datas)):
+            # a copy of the entries (the caller's list may change later); never a bytearray
+            cache.last = (tuple(entries), table, size)
         return table, size
     datas = []
     for i, entry in enumerate(entries):

@@ -35,7 +35,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         "_version": "",
         "storage": "_entry_batch _fs core errors",
         "transport": "_budget _entry_batch _grpc _proto _protowire core errors",
-        "node": "_deadlines core errors storage transport",
+        "node": "_deadlines _entry_batch core errors storage transport",
         "commands": "errors node",
         "batteries": "commands errors",
         "observability": "_grpc _protowire _version core errors node",

@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from operator import attrgetter
 
-from phalanx_aio._entry_batch import decode_entries_at, entry_parts
+from phalanx_aio._entry_batch import BatchCache, decode_entries_at, entry_parts
 from phalanx_aio.core.types import ConfState, Entry, HardState
 
 __all__ = [
@@ -65,18 +65,21 @@ def batch_crc(first: int, last: int, blob: bytes) -> int:
     return _crc32(blob, _crc32(_BATCH_HEAD.pack(first, last)))
 
 
-def batch_rows(entries: Sequence[Entry], per_row: int) -> list[tuple[int, int, bytes, int]]:
+def batch_rows(
+    entries: Sequence[Entry], per_row: int, cache: BatchCache | None = None
+) -> list[tuple[int, int, bytes, int]]:
     """The ``entry_batches`` rows of contiguous ``entries``: ``(first, last, blob, crc)``, at
     most ``per_row`` entries each.
 
     The blob is the packed batch layout that the transport also sends (``_entry_batch``); if
-    the same entry objects were just encoded for a follower, that encoding is reused. Raises
-    :class:`~phalanx_aio._entry_batch.EncodeError` naming an entry that cannot be encoded.
+    the same entry objects were just encoded for a follower (with the same ``cache``, the
+    node's), that encoding is reused. Raises :class:`~phalanx_aio._entry_batch.EncodeError`
+    naming an entry that cannot be encoded.
     """
     rows = []
     for start in range(0, len(entries), per_row):
         chunk = entries if len(entries) <= per_row else entries[start : start + per_row]
-        parts, _ = entry_parts(chunk, per_row, remember=False)
+        parts, _ = entry_parts(chunk, per_row, cache, remember=False)
         blob = b"".join(parts)
         first, last = chunk[0].index, chunk[-1].index
         rows.append((first, last, blob, batch_crc(first, last, blob)))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
+from phalanx_aio._entry_batch import BatchCache
 from phalanx_aio.core.types import Entry, EntryType, HardState, InitialState, Snapshot
 from phalanx_aio.errors import ClosedError, LocalError, StorageError
 
@@ -44,6 +45,11 @@ class Storage(abc.ABC):
 
     If the task awaiting a write is cancelled, the write may still complete.
     """
+
+    batch_cache: BatchCache | None = None
+    """The batch cache of the node that owns this store (set by ``RaftNode``, shared with its
+    transport): a store that encodes entries in the wire's batch layout may reuse the batch
+    the transport just encoded for the followers."""
 
     @property
     @abc.abstractmethod

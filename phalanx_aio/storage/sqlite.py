@@ -349,7 +349,7 @@ class SQLiteStorage(Storage):
                 if entries:
                     if delete_from is not None:
                         self._truncate(conn, delete_from)
-                    conn.executemany(INSERT_BATCH, batch_rows(entries, ROW_ENTRIES))
+                    conn.executemany(INSERT_BATCH, batch_rows(entries, ROW_ENTRIES, self.batch_cache))
                 if hard_state is not None:
                     conn.execute(PUT_HARD_STATE, hard_state_row(hard_state))
                 conn.execute("COMMIT")

@@ -189,7 +189,9 @@ class Outbound(Shared):
 
     def _encode(self, batch: list[Message]) -> list[bytes]:
         try:
-            return encode_frames(self.cluster_id, self.node_id, batch, limits=self._limits)
+            return encode_frames(
+                self.cluster_id, self.node_id, batch, limits=self._limits, cache=self.batch_cache
+            )
         except EncodeError:
             pass
         # Rare: find and drop the messages that cannot be encoded, keep the rest in order.
@@ -203,7 +205,9 @@ class Outbound(Shared):
             else:
                 good.append(m)
         batch[:] = good
-        return encode_frames(self.cluster_id, self.node_id, good, limits=self._limits) if good else []
+        if not good:
+            return []
+        return encode_frames(self.cluster_id, self.node_id, good, limits=self._limits, cache=self.batch_cache)
 
     # ----------------------------------------------------------------- outbound: snapshots
 

@@ -23,6 +23,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from phalanx_aio._budget import BufferBudget
+from phalanx_aio._entry_batch import BatchCache
 from phalanx_aio.core.types import Message
 from phalanx_aio.transport.base import TransportHandler
 from phalanx_aio.transport.codec import Limits
@@ -99,6 +100,7 @@ class Shared:
     _closed: bool
     _started: bool
     _limits: Limits
+    batch_cache: BatchCache | None  # the owning node's (Transport.batch_cache)
     _peers: dict[str, Peer]
     _removed: dict[str, int]
     _budget: BufferBudget

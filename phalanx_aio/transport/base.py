@@ -13,6 +13,7 @@ import abc
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from phalanx_aio._entry_batch import BatchCache
 from phalanx_aio.core.types import Message
 
 __all__ = ["Transport", "TransportHandler"]
@@ -38,6 +39,11 @@ class TransportHandler(Protocol):
 
 class Transport(abc.ABC):
     """Carries core messages between the members of one cluster."""
+
+    batch_cache: BatchCache | None = None
+    """The batch cache of the node that owns this transport (set by ``RaftNode``, shared with
+    its store): a transport that encodes entries may use it, so that a batch sent to several
+    followers, then stored, is encoded once."""
 
     @abc.abstractmethod
     async def start(self, handler: TransportHandler) -> None:

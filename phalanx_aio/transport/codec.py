@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Final, NamedTuple, TypeVar
 
-from phalanx_aio._entry_batch import MAX_INT, EncodeError, decode_entries_at, entry_parts
+from phalanx_aio._entry_batch import MAX_INT, BatchCache, EncodeError, decode_entries_at, entry_parts
 from phalanx_aio._proto.phalanx import v1 as _pb
 from phalanx_aio._protowire import (
     LEN,
@@ -40,21 +39,19 @@ from phalanx_aio._protowire import (
     decode_id,
     encode_id,
     fields,
-    put_len,
-    put_uint,
     tag,
     uvarint,
     wrong_wire,
 )
 from phalanx_aio.core.types import (
-    ConfState,
     Entry,
     Message,
     MessageType,
     Snapshot,
-    SnapshotMeta,
 )
-from phalanx_aio.errors import ConfigError, ProtocolError
+from phalanx_aio.errors import ProtocolError
+from phalanx_aio.transport._limits import DEFAULT_LIMITS, Limits
+from phalanx_aio.transport._snapshot_wire import decode_snapshot, encode_snapshot
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -105,21 +102,6 @@ _MSG_ENTRIES: Final = tag(13, LEN)
 _MSG_SNAPSHOT: Final = tag(14, LEN)
 _MSG_ELECTION_TIMEOUT: Final = tag(15, VARINT)
 _MSG_ELECTION_DELAY: Final = tag(16, VARINT)
-# Snapshot, SnapshotMeta, ConfState, MemberContext
-_SNAPSHOT_META: Final = tag(1, LEN)
-_SNAPSHOT_DATA: Final = tag(2, LEN)
-_META_INDEX: Final = tag(1, VARINT)
-_META_TERM: Final = tag(2, VARINT)
-_META_CONF: Final = tag(3, LEN)
-_CONF_VOTERS: Final = tag(1, LEN)
-_CONF_LEARNERS: Final = tag(2, LEN)
-_CONF_CONTEXTS: Final = tag(3, LEN)
-_CONF_VOTERS_OUTGOING: Final = tag(4, LEN)
-_CONF_REMOVED: Final = tag(5, LEN)
-_REMOVED_NODE_ID: Final = tag(1, LEN)
-_REMOVED_INDEX: Final = tag(2, VARINT)
-_CONTEXT_NODE_ID: Final = tag(1, LEN)
-_CONTEXT_DATA: Final = tag(2, LEN)
 
 # RaftMessage: field number -> wire type, for the fields this version knows.
 _MSG_VARINT_FIELDS = (
@@ -133,48 +115,6 @@ _MSG_FIELD_NAMES = {
     9: "reject_hint", 10: "context", 11: "seq", 12: "transfer", 13: "entries", 14: "snapshot",
     15: "election_timeout", 16: "election_delay",
 }  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Bounds that both the encoder and the decoder enforce; anything larger is refused.
-
-    The defaults leave room above the core's own defaults (``Config.max_msg_bytes`` 1 MiB,
-    ``max_msg_entries`` 1024) while keeping one frame's memory bounded.
-    """
-
-    max_frame_bytes: int = 64 << 20
-    """One encoded frame or snapshot chunk."""
-    max_messages: int = 16_384
-    """Core messages in one frame."""
-    max_entries: int = 65_536
-    """Entries in one message."""
-    max_id_bytes: int = 255
-    """A node id or cluster id, in UTF-8 bytes."""
-    max_context_bytes: int = 64 << 10
-    """A message's ``context`` and each member's context in a configuration."""
-    max_members: int = 1024
-    """Voters plus learners in a configuration."""
-    max_snapshot_bytes: int = 1 << 30
-    """The data of one snapshot received in chunks (held in memory until complete)."""
-
-    def __post_init__(self) -> None:
-        for name in (
-            "max_frame_bytes",
-            "max_messages",
-            "max_entries",
-            "max_id_bytes",
-            "max_context_bytes",
-            "max_members",
-            "max_snapshot_bytes",
-        ):
-            value = getattr(self, name)
-            if type(value) is not int or value < 1:
-                raise ConfigError(f"invalid Limits: {name} must be a positive int, not {value!r}")
-
-
-DEFAULT_LIMITS = Limits()
-"""The limits used when none are given."""
 
 
 class Frame(NamedTuple):
@@ -204,9 +144,11 @@ def encode_entries(entries: Sequence[Entry], *, limits: Limits = DEFAULT_LIMITS)
         raise EncodeError(f"entries cannot be encoded: {type(exc).__name__}: {exc}") from exc
 
 
-def _entry_parts(entries: Sequence[Entry], limits: Limits) -> tuple[list[bytes], int]:
+def _entry_parts(
+    entries: Sequence[Entry], limits: Limits, cache: BatchCache | None = None
+) -> tuple[list[bytes], int]:
     """The pieces of the entry blob and their total length (joined once, by the caller)."""
-    return entry_parts(entries, limits.max_entries)
+    return entry_parts(entries, limits.max_entries, cache)
 
 
 def decode_entries(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> tuple[Entry, ...]:
@@ -226,202 +168,12 @@ def _decode_entries(data: bytes, pos: int, end: int, limits: Limits) -> tuple[En
 
 
 # ---------------------------------------------------------------------------------------------
-# Snapshots and configurations (cold path: only SNAP messages carry them)
-
-
-def _encode_conf(conf: ConfState, limits: Limits) -> bytes:
-    if not isinstance(conf, ConfState):
-        cannot(f"snapshot conf must be a ConfState, not {type(conf).__name__}")
-    voters, learners, outgoing = conf.voters, conf.learners, conf.voters_outgoing
-    members = conf.members()
-    if len(members) > limits.max_members:
-        cannot(f"configuration has {len(members)} members, over {limits.max_members}")
-    if (voters | outgoing) & learners:
-        cannot(f"configuration lists {sorted((voters | outgoing) & learners)!r} as both voters and learners")
-    if outgoing and not voters:
-        cannot("a joint configuration needs voters in its new half")
-    if len(conf.removed) > limits.max_members:
-        cannot(f"configuration lists {len(conf.removed)} removed members, over {limits.max_members}")
-    out = bytearray()
-    for key, ids, what in (
-        (_CONF_VOTERS, voters, "voter id"),
-        (_CONF_LEARNERS, learners, "learner id"),
-        (_CONF_VOTERS_OUTGOING, outgoing, "outgoing voter id"),
-    ):
-        for raw in sorted(encode_id(nid, limits.max_id_bytes, what) for nid in ids):
-            out += key
-            out += uvarint(len(raw))
-            out += raw
-    seen: set[str] = set()
-    for item in conf.contexts:
-        if not isinstance(item, tuple) or len(item) != 2:
-            cannot(f"configuration context {item!r:.100} is not a (node_id, bytes) pair")
-        nid, ctx = item
-        raw = encode_id(nid, limits.max_id_bytes, "context node id")
-        if nid in seen:
-            cannot(f"configuration has two contexts for {nid!r}")
-        if nid not in members:
-            cannot(f"configuration has a context for {nid!r}, which is not a member")
-        seen.add(nid)
-        ctx = check_bytes(ctx, limits.max_context_bytes, f"context of {nid!r}")
-        body = bytearray()
-        put_len(body, _CONTEXT_NODE_ID, raw)
-        if ctx:
-            put_len(body, _CONTEXT_DATA, ctx)
-        put_len(out, _CONF_CONTEXTS, body)
-    for removal in conf.removed:
-        if not isinstance(removal, tuple) or len(removal) != 2:
-            cannot(f"configuration removal {removal!r:.100} is not a (node_id, index) pair")
-        gone, index = removal
-        body = bytearray()
-        put_len(body, _REMOVED_NODE_ID, encode_id(gone, limits.max_id_bytes, "removed node id"))
-        put_uint(body, _REMOVED_INDEX, check_int(index, "removal index"))
-        put_len(out, _CONF_REMOVED, body)
-    return bytes(out)
-
-
-def _encode_snapshot(snap: Snapshot, limits: Limits) -> bytes:
-    if not isinstance(snap, Snapshot) or not isinstance(snap.meta, SnapshotMeta):
-        cannot(f"snapshot must be a Snapshot, not {type(snap).__name__}")
-    meta = snap.meta
-    body = bytearray()
-    for key, value, what in (
-        (_META_INDEX, meta.index, "snapshot index"),
-        (_META_TERM, meta.term, "snapshot term"),
-    ):
-        put_uint(body, key, check_int(value, what))
-    put_len(body, _META_CONF, _encode_conf(meta.conf, limits))
-    data = check_bytes(snap.data, limits.max_frame_bytes, "snapshot data")
-    out = bytearray()
-    put_len(out, _SNAPSHOT_META, body)
-    if data:
-        put_len(out, _SNAPSHOT_DATA, data)
-    return bytes(out)
-
-
-def _decode_conf(data: bytes, pos: int, end: int, limits: Limits) -> ConfState:
-    lists: dict[int, list[str]] = {1: [], 2: [], 4: []}
-    contexts: list[tuple[str, bytes]] = []
-    removed: list[tuple[str, int]] = []
-    members = 0
-    for number, wire, a, b in fields(data, pos, end, "conf", 4 * limits.max_members + MAX_FIELDS):
-        if number in (1, 2, 3, 4, 5):
-            if wire != LEN:
-                names = ("voters", "learners", "contexts", "voters_outgoing", "removed")
-                wrong_wire("conf", names[number - 1], wire)
-            if number == 3:
-                if len(contexts) >= limits.max_members:
-                    bad(f"conf: more than {limits.max_members} contexts")
-                contexts.append(_decode_member_context(data, a, b, limits))
-                continue
-            if number == 5:
-                if len(removed) >= limits.max_members:
-                    bad(f"conf: more than {limits.max_members} removed members")
-                removed.append(_decode_removed(data, a, b, limits))
-                continue
-            members += 1
-            if members > 2 * limits.max_members:
-                bad(f"conf: more than {limits.max_members} members")
-            lists[number].append(decode_id(data, a, b, limits.max_id_bytes, "conf: member id"))
-    voters, learners, outgoing = lists[1], lists[2], lists[4]
-    voter_set, learner_set, outgoing_set = frozenset(voters), frozenset(learners), frozenset(outgoing)
-    if len(voter_set) + len(learner_set) + len(outgoing_set) != len(voters) + len(learners) + len(outgoing):
-        bad("conf: a member is listed twice")
-    member_set = voter_set | learner_set | outgoing_set
-    if len(member_set) > limits.max_members:
-        bad(f"conf: more than {limits.max_members} members")
-    if (voter_set | outgoing_set) & learner_set:
-        bad(f"conf: {sorted((voter_set | outgoing_set) & learner_set)!r} are both voters and learners")
-    if outgoing_set and not voter_set:
-        bad("conf: a joint configuration without voters in its new half")
-    seen: set[str] = set()
-    for nid, _ in contexts:
-        if nid in seen:
-            bad(f"conf: two contexts for {nid!r}")
-        if nid not in member_set:
-            bad(f"conf: context for {nid!r}, which is not a member")
-        seen.add(nid)
-    if len({nid for nid, _ in removed}) != len(removed):
-        bad("conf: a removed member is listed twice")
-    return ConfState(
-        voters=voter_set,
-        learners=learner_set,
-        contexts=tuple(contexts),
-        voters_outgoing=outgoing_set,
-        removed=tuple(removed),
-    )
-
-
-def _decode_removed(data: bytes, pos: int, end: int, limits: Limits) -> tuple[str, int]:
-    nid: str | None = None
-    index = 0
-    for number, wire, a, b in fields(data, pos, end, "removed member"):
-        if number == 1:
-            if wire != LEN:
-                wrong_wire("removed member", "node_id", wire)
-            nid = decode_id(data, a, b, limits.max_id_bytes, "removed member: node_id")
-        elif number == 2:
-            if wire != VARINT:
-                wrong_wire("removed member", "index", wire)
-            index = a
-    if nid is None:
-        bad("removed member: node_id is empty")
-    return nid, index
-
-
-def _decode_member_context(data: bytes, pos: int, end: int, limits: Limits) -> tuple[str, bytes]:
-    nid: str | None = None
-    ctx = b""
-    for number, wire, a, b in fields(data, pos, end, "member context"):
-        if number == 1:
-            if wire != LEN:
-                wrong_wire("member context", "node_id", wire)
-            nid = decode_id(data, a, b, limits.max_id_bytes, "member context: node_id")
-        elif number == 2:
-            if wire != LEN:
-                wrong_wire("member context", "context", wire)
-            if b - a > limits.max_context_bytes:
-                bad(f"member context: {b - a} bytes, over the limit of {limits.max_context_bytes}")
-            ctx = data[a:b]
-    if nid is None:
-        bad("member context: node_id is empty")
-    return nid, ctx
-
-
-def _decode_snapshot(data: bytes, pos: int, end: int, limits: Limits) -> Snapshot:
-    index = term = 0
-    conf = ConfState()
-    snap_data = b""
-    for number, wire, a, b in fields(data, pos, end, "snapshot"):
-        if number == 1:
-            if wire != LEN:
-                wrong_wire("snapshot", "meta", wire)
-            for mnum, mwire, ma, mb in fields(data, a, b, "snapshot meta"):
-                if mnum in (1, 2):
-                    if mwire != VARINT:
-                        wrong_wire("snapshot meta", ("index", "term")[mnum - 1], mwire)
-                    if ma > MAX_INT:
-                        bad("snapshot meta: index or term above 2**63")
-                    if mnum == 1:
-                        index = ma
-                    else:
-                        term = ma
-                elif mnum == 3:
-                    if mwire != LEN:
-                        wrong_wire("snapshot meta", "conf", mwire)
-                    conf = _decode_conf(data, ma, mb, limits)
-        elif number == 2:
-            if wire != LEN:
-                wrong_wire("snapshot", "data", wire)
-            snap_data = data[a:b]
-    return Snapshot(SnapshotMeta(index, term, conf), snap_data)
-
-
-# ---------------------------------------------------------------------------------------------
 # Messages and frames (hot path)
 
 
-def _encode_message(m: Message, sender: str, limits: Limits) -> tuple[list[bytes], int]:
+def _encode_message(
+    m: Message, sender: str, limits: Limits, cache: BatchCache | None = None
+) -> tuple[list[bytes], int]:
     """The RaftMessage encoding of ``m`` as pieces and their total length.
 
     ``frm`` is left out when it equals ``sender``. The pieces are joined once, by the frame, so
@@ -474,13 +226,13 @@ def _encode_message(m: Message, sender: str, limits: Limits) -> tuple[list[bytes
     parts: list[bytes] = [bytes(out)]
     size = len(out)
     if m.entries:
-        blob, blob_size = _entry_parts(m.entries, limits)
+        blob, blob_size = _entry_parts(m.entries, limits, cache)
         key = _MSG_ENTRIES + uvarint(blob_size)
         parts.append(key)
         parts.extend(blob)
         size += len(key) + blob_size
     if m.snapshot is not None:
-        snap = _encode_snapshot(m.snapshot, limits)
+        snap = encode_snapshot(m.snapshot, limits)
         key = _MSG_SNAPSHOT + uvarint(len(snap))
         parts.append(key)
         parts.append(snap)
@@ -496,10 +248,12 @@ def _encode_message(m: Message, sender: str, limits: Limits) -> tuple[list[bytes
     return parts, size
 
 
-def encode_message_at(m: Message, sender: str, limits: Limits, i: int) -> tuple[list[bytes], int]:
+def encode_message_at(
+    m: Message, sender: str, limits: Limits, i: int, cache: BatchCache | None = None
+) -> tuple[list[bytes], int]:
     """:func:`_encode_message`, with any failure reported as an :class:`EncodeError` naming ``i``."""
     try:
-        return _encode_message(m, sender, limits)
+        return _encode_message(m, sender, limits, cache)
     except EncodeError as exc:
         raise EncodeError(f"message {i}: {exc}") from exc
     except (TypeError, ValueError, AttributeError, OverflowError, struct.error) as exc:
@@ -535,7 +289,7 @@ def decode_message(data: bytes, pos: int, end: int, sender: str, limits: Limits)
             elif number == 14:
                 if snapshot is not None:
                     bad("message has two snapshots")
-                snapshot = _decode_snapshot(data, a, b, limits)
+                snapshot = decode_snapshot(data, a, b, limits)
             elif number < _MSG_INTS and varint_fields[number]:
                 wrong_wire("message", _MSG_FIELD_NAMES[number], wire)
         elif number in _MSG_FIELD_NAMES:
@@ -578,13 +332,19 @@ def frame_head(cluster_id: str, sender: str, limits: Limits) -> bytes:
 
 
 def encode_frames(
-    cluster_id: str, sender: str, messages: Iterable[Message], *, limits: Limits = DEFAULT_LIMITS
+    cluster_id: str,
+    sender: str,
+    messages: Iterable[Message],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    cache: BatchCache | None = None,
 ) -> list[bytes]:
     """Encode ``messages`` into as few PeerFrames as ``limits`` allow, keeping their order.
 
     With no messages, returns one frame that carries only the ids (a hello or keepalive).
     Raises :class:`EncodeError` if a message cannot be encoded or alone exceeds
-    ``limits.max_frame_bytes``.
+    ``limits.max_frame_bytes``. ``cache``, the sending node's batch cache, lets a batch of
+    entries sent to several followers (and then stored) be encoded once.
     """
     head = frame_head(cluster_id, sender, limits)
     frames: list[bytes] = []
@@ -592,7 +352,7 @@ def encode_frames(
     size = len(head)
     count = 0
     for i, m in enumerate(messages):
-        body, body_size = encode_message_at(m, sender, limits, i)
+        body, body_size = encode_message_at(m, sender, limits, i, cache)
         key = _FRAME_MESSAGE + uvarint(body_size)
         piece = len(key) + body_size
         if len(head) + piece > limits.max_frame_bytes:

@@ -323,19 +323,20 @@ def test_snapshot_of_many_keys_in_steps_is_the_sorted_encoding() -> None:
     sorted keys would, and restore reads it back."""
     import random
 
+    from phalanx_aio.kv import _snapshot_format as kvsnap
     from phalanx_aio.kv import state_machine as kvsm
 
     rng = random.Random(17)
-    n = 2 * kvsm._ENCODE_STEP + 123
+    n = 2 * kvsnap._ENCODE_STEP + 123
     keys = [b"k%06d" % i + rng.randbytes(rng.randrange(3)) for i in range(n)]
     rng.shuffle(keys)
     data = {k: rng.randbytes(rng.randrange(5)) for k in keys}
     ks = sorted(data)
     vs = [data[k] for k in ks]
     expected = b"".join(
-        (kvsm._u32_column(map(len, ks)), kvsm._u32_column(map(len, vs)), b"".join(ks), b"".join(vs))
+        (kvsnap._u32_column(map(len, ks)), kvsnap._u32_column(map(len, vs)), b"".join(ks), b"".join(vs))
     )
-    assert kvsm._encode_items(data) == expected
+    assert kvsnap._encode_items(data) == expected
     sm = kvsm.KVStateMachine()
     sm.data = data
     again = kvsm.KVStateMachine()

@@ -2,7 +2,9 @@
 
 A bug is a list of source edits, each replacing one exact snippet of a core module
 (``raft``, ``log`` or ``progress``) that must occur exactly once: if the core changes under a
-snippet, building the mutant fails loudly instead of silently testing nothing. The mutated
+snippet, building the mutant fails loudly instead of silently testing nothing. ``raft`` stands
+for ``core/raft.py`` and the mixins ``Raft`` is assembled from (``_RAFT_PARTS``): the snippet
+must occur once among them. The mutated
 modules are compiled afresh; the real core is untouched. Bugs outside the core (a driver or
 storage that breaks the ``Ready`` contract) are planted through the simulator's store flags.
 """
@@ -16,6 +18,10 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import phalanx_aio.core._elections
+import phalanx_aio.core._proposals
+import phalanx_aio.core._reads
+import phalanx_aio.core._replication
 import phalanx_aio.core.log
 import phalanx_aio.core.progress
 import phalanx_aio.core.raft
@@ -26,7 +32,15 @@ _MODULES = {
     "log": phalanx_aio.core.log,
     "progress": phalanx_aio.core.progress,
     "raft": phalanx_aio.core.raft,
+    "_elections": phalanx_aio.core._elections,
+    "_proposals": phalanx_aio.core._proposals,
+    "_reads": phalanx_aio.core._reads,
+    "_replication": phalanx_aio.core._replication,
 }
+_MIXINS = ("_elections", "_proposals", "_reads", "_replication")
+_RAFT_PARTS = ("raft", *_MIXINS)
+"""Where a ``raft`` snippet is looked for: ``Raft`` and its mixins (``_raft_base`` holds only
+declarations and constants, and stays the real one, so ``Role`` is shared)."""
 _SHARED = ("Role", "InitialState", "ProgressInfo", "Status", "bootstrap_state")
 """Names the mutant takes from the real core, so that the simulator's checks (``core.role is
 Role.LEADER``) and the states it builds work with it."""
@@ -61,19 +75,41 @@ def mutant(edits: tuple[Edit, ...]) -> type[Raft]:
     """The core's :class:`Raft` built from sources with ``edits`` applied."""
     sources = {name: inspect.getsource(mod) for name, mod in _MODULES.items()}
     for module, old, new in edits:
-        count = sources[module].count(old)
+        parts = _RAFT_PARTS if module == "raft" else (module,)
+        counts = {part: sources[part].count(old) for part in parts}
+        count = sum(counts.values())
         assert count == 1, f"planted bug: snippet found {count} times in core/{module}.py: {old!r}"
-        sources[module] = sources[module].replace(old, new)
+        part = next(part for part, n in counts.items() if n)
+        sources[part] = sources[part].replace(old, new)
     log = _load("phalanx_planted_log", sources["log"])
     progress = _load("phalanx_planted_progress", sources["progress"])
-    raft = _load("phalanx_planted_raft", sources["raft"])
-    raft.RaftLog = log.RaftLog  # type: ignore[attr-defined]
-    raft.Progress = progress.Progress  # type: ignore[attr-defined]
-    raft.ProgressState = progress.ProgressState  # type: ignore[attr-defined]
+    mixins = {name: _load(f"phalanx_planted{name}", sources[name]) for name in _MIXINS}
+    for mod in mixins.values():
+        # A snippet may use any name raft.py or a sibling mixin has (the bugs were written
+        # against raft.py when it held them all).
+        for real_mod in (phalanx_aio.core.raft, *(_MODULES[name] for name in _MIXINS)):
+            for name, value in vars(real_mod).items():
+                mod.__dict__.setdefault(name, value)
+        _use_mutants(mod, log, progress)
+    # raft.py imports its mixins by name: let it find the mutants while it is built.
+    real = {name: sys.modules[f"phalanx_aio.core.{name}"] for name in _MIXINS}
+    sys.modules.update({f"phalanx_aio.core.{name}": mod for name, mod in mixins.items()})
+    try:
+        raft = _load("phalanx_planted_raft", sources["raft"])
+    finally:
+        sys.modules.update({f"phalanx_aio.core.{name}": mod for name, mod in real.items()})
+    _use_mutants(raft, log, progress)
     for name in _SHARED:
         setattr(raft, name, getattr(phalanx_aio.core.raft, name))
     cls: type[Raft] = raft.Raft
     return cls
+
+
+def _use_mutants(mod: types.ModuleType, log: types.ModuleType, progress: types.ModuleType) -> None:
+    """Point ``mod`` at the mutant log and progress modules' classes."""
+    mod.RaftLog = log.RaftLog
+    mod.Progress = progress.Progress
+    mod.ProgressState = progress.ProgressState
 
 
 def _drop_votes(c: Cluster) -> None:
@@ -244,8 +280,9 @@ JOINT_BUGS: dict[str, Bug] = {
             ),
             (
                 "raft",
-                "class Raft:",
-                "def _no_joint(conf):\n    return leave_joint(conf) if conf.joint else conf\n\n\nclass Raft:",
+                "class Proposals(RaftState):",
+                "def _no_joint(conf):\n    return leave_joint(conf) if conf.joint else conf\n\n\n"
+                "class Proposals(RaftState):",
             ),
         ),
     ]

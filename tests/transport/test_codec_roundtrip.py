@@ -220,9 +220,9 @@ def test_limits_are_validated() -> None:
 
 
 def test_the_same_entries_encode_the_same_whether_or_not_the_last_batch_is_reused() -> None:
-    # The encoder keeps the last batch it encoded and reuses it for the very same objects
-    # (a leader sends the same slice to every follower); equal values in other objects, or
-    # a bytearray payload (mutable), are encoded afresh.
+    # A node's batch cache keeps the last batch it encoded and reuses it for the very same
+    # objects (a leader sends the same slice to every follower; see
+    # tests/node/test_batch_cache.py); encode_entries keeps none, and encodes alike.
     batch = [Entry(3, i, EntryType.NORMAL, b"cmd%d" % i) for i in range(1, 6)]
     first = encode_entries(batch)
     assert encode_entries(list(batch)) == first  # another list, the same objects: reused
