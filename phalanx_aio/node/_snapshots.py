@@ -18,9 +18,13 @@ from phalanx_aio.node._items import SnapshotBuilt
 from phalanx_aio.node._state import NodeState
 from phalanx_aio.node.events import SnapshotTaken
 
-__all__ = ["FREE_STEP", "SNAP_RETRY_MAX", "SNAP_RETRY_MIN", "LocalSnapshots"]
+__all__ = ["FREE_STEP", "SNAP_ENTRIES_CAP", "SNAP_RETRY_MAX", "SNAP_RETRY_MIN", "LocalSnapshots"]
 
 FREE_STEP: Final = 32_768  # compacted entries freed per loop turn (see _free_compacted)
+
+SNAP_ENTRIES_CAP: Final = 8
+"""A state larger than the log since its last snapshot waits for more log, but never past this
+many times ``snapshot_every`` entries (see ``LocalSnapshots._entries_due``)."""
 
 # A local snapshot that a full disk refused is written again after this delay, doubled after
 # each failure up to the maximum (seconds); meanwhile the store keeps the entries it covers.
@@ -40,6 +44,7 @@ class LocalSnapshots(NodeState):
         self._snapshot_bytes = snapshot_bytes
         self._log_bytes = 0
         self._log_bytes_due = snapshot_bytes
+        self._last_snap_size = 0  # bytes of the last snapshot taken or received
         # Snapshot timing has its own generator, so it does not shift the core's draws.
         self._snap_rng = random.Random(base_seed ^ 0x5EED)
         self._snapshot_due = self._next_snapshot_due()
@@ -147,6 +152,7 @@ class LocalSnapshots(NodeState):
         compact at the same moment."""
         self._behind_snap = snap = core.compact(index, data, release=self._compacted.append)
         self._log_bytes = 0
+        self._last_snap_size = len(snap.data)
         self._log_bytes_due = self._next_bytes_due(len(snap.data))
         self._snap_retry = None  # a snapshot a full disk refused is superseded
         self._snapshot_due = self._next_snapshot_due()
@@ -166,6 +172,18 @@ class LocalSnapshots(NodeState):
         last snapshot's size, plus a random quarter (so members do not all compact at once)."""
         base = max(self._snapshot_bytes, last_size)
         return base + self._snap_rng.randrange(base // 4 + 1)
+
+    def _entries_due(self, entries: int) -> bool:
+        """Whether ``entries`` applied since the last snapshot make the next one due: past
+        ``snapshot_every`` (plus its random quarter), once the commands applied since then
+        weigh as much as the last snapshot did, or past :data:`SNAP_ENTRIES_CAP` times that
+        many entries. A snapshot's work grows with the state, the log it saves with the
+        commands: a large state under small commands is snapshotted less often, so that
+        snapshotting costs about as much as writing the log it compacts, not more."""
+        due = self._snapshot_due
+        return entries >= due and (
+            self._log_bytes >= self._last_snap_size or entries >= SNAP_ENTRIES_CAP * due
+        )
 
     def _next_snapshot_due(self) -> int:
         """Applied entries between two snapshots: ``snapshot_every`` plus a random quarter."""

@@ -97,6 +97,7 @@ class NodeState:
     _snapshot_due: int
     _log_bytes: int
     _log_bytes_due: int
+    _last_snap_size: int
     _snap_rng: random.Random
     _snap_building: bool
     _snap_task: asyncio.Task[None] | None

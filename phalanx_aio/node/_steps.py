@@ -195,9 +195,10 @@ class LoopSteps(ProposalRegistry, BackgroundWriter, LocalSnapshots, MembershipDr
                 self._log_bytes += sum(map(len, map(_data_of, committed)))
             if rd.snapshot is not None:
                 self._log_bytes = 0
+                self._last_snap_size = len(rd.snapshot.data)
             # Snapshot only entries this node holds durably (the background write may lag).
             if (
-                log_.applied - log_.snap_index >= self._snapshot_due or self._log_bytes >= self._log_bytes_due
+                self._entries_due(log_.applied - log_.snap_index) or self._log_bytes >= self._log_bytes_due
             ) and log_.snap_index < log_.applied < log_.unstable:
                 self._take_snapshot(core)
             if self._behind_bytes >= WRITE_BEHIND_MAX_BYTES or len(self._behind) >= WRITE_BEHIND_MAX_ENTRIES:
