@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from phalanx_aio.errors import LocalError, ProtocolError
+from phalanx_aio.kv._quick import quick_init
 
 __all__ = ["KVCommand", "KVOp", "decode_command", "encode_command"]
 
@@ -26,6 +27,7 @@ class KVOp(enum.IntEnum):
     CAS = 3
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class KVCommand:
     """One write. ``client_id`` empty means no session (at-least-once on retries)."""
@@ -42,6 +44,7 @@ class KVCommand:
 
 
 _HEAD = struct.Struct(">BBQQ")  # version, op, seq, acked
+_pack_len = struct.Struct(">I").pack
 _VERSION = 1
 _MAX_FIELD = 64 << 20
 
@@ -55,15 +58,18 @@ def encode_command(cmd: KVCommand) -> bytes:
     """The log bytes of ``cmd``."""
     if not isinstance(cmd.key, bytes) or not isinstance(cmd.value, bytes):
         raise LocalError("KV keys and values must be bytes")
-    out = [_HEAD.pack(_VERSION, int(cmd.op), cmd.seq, cmd.acked)]
-    _put_field(out, cmd.client_id.encode())
-    _put_field(out, cmd.key)
-    _put_field(out, cmd.value)
-    if cmd.expected is None:
-        out.append(b"\x00")
-    else:
-        out.append(b"\x01")
-        _put_field(out, cmd.expected)
+    cid, key, value, expected = cmd.client_id.encode(), cmd.key, cmd.value, cmd.expected
+    head = _HEAD.pack(_VERSION, int(cmd.op), cmd.seq, cmd.acked)
+    if expected is None:
+        return b"".join(
+            (head, _pack_len(len(cid)), cid, _pack_len(len(key)), key, _pack_len(len(value)), value, b"\x00")
+        )
+    out = [head]
+    _put_field(out, cid)
+    _put_field(out, key)
+    _put_field(out, value)
+    out.append(b"\x01")
+    _put_field(out, expected)
     return b"".join(out)
 
 
