@@ -96,16 +96,28 @@ async def drive(
     failures: tuple[type[BaseException], ...],
     warmup: float,
     seconds: float,
+    *,
+    start: float | None = None,
+    raw: bool = False,
 ) -> dict[str, Any]:
     """``callers`` tasks, each awaiting ``call(caller, i)`` for i = 0, 1, ... until the window
     closes: ``warmup`` seconds unmeasured, then ``seconds`` measured. Counts the calls that
     complete inside the window (latency only of those that also started in it) and, by type,
-    the exceptions in ``failures``."""
+    the exceptions in ``failures``.
+
+    ``start`` (a ``time.perf_counter()`` instant, the same clock in every process on Linux)
+    makes the callers wait for it, so that several load processes share one window; the
+    result then says how late this process was (``late_s``). ``raw`` adds the sorted
+    latencies (``lat_ms``) for merging with another process's."""
     clock = time.perf_counter
     lat: list[float] = []
     errors: dict[str, int] = {}
     ops = 0
-    t_start = clock()
+    late = 0.0
+    if start is not None:
+        late = max(0.0, clock() - start)
+        await asyncio.sleep(max(0.0, start - clock()))
+    t_start = clock() if start is None else start
     t_from, t_to = t_start + warmup, t_start + warmup + seconds
 
     async def caller(c: int) -> None:
@@ -139,6 +151,8 @@ async def drive(
         "p999": _pct(lat, 0.999),
         "max": lat[-1] if lat else float("nan"),
         "errors": errors,
+        **({"late_s": round(late, 4)} if start is not None else {}),
+        **({"lat_ms": lat} if raw else {}),
     }
 
 
