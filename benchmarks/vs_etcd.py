@@ -24,10 +24,12 @@ Each workload: N callers (``--callers``, default 1, 64 and 256) each doing ``put
 in a loop, 64-byte values, ``--warmup`` seconds unmeasured then ``--seconds`` measured;
 completed ops/s, p50/p99/p99.9 latency, errors, the CPU of the load generator (``getrusage``
 of each load process over the measured window) and of every server process (from /proc over
-the same window), and the leader's CPU per completed put. ``--loadgen-procs 1,2`` also runs
-the load from two child processes (the callers and connections split between them) to show
-whether one Python process is what limits etcd; on a two-core machine those processes compete
-with the servers for the cores, which the CPU figures show.
+the same window), and the leader's CPU per completed put. ``--loadgen-procs`` (default 1,2)
+also runs each workload of at least two callers from two child processes (the callers and
+connections split between them) to show whether one Python process is what limits etcd; on a
+two-core machine those processes compete with the servers for the cores, which the CPU
+figures show. Before each round a disk probe records the median ``fdatasync`` and SQLite
+commit times, since both systems wait for the disk on every write.
 
 ``--repeat R`` runs R rounds (the system that goes first alternates); the summary gives the
 median of each figure over the rounds and, for the ratios (phalanx_aio / etcd), the median of
@@ -38,7 +40,7 @@ three-member etcd and its verdict is parsed into the result (``--no-check-perf``
 Prints the figures and writes ``benchmarks/results/vs_etcd.json``. Not a test.
 
 Usage: python benchmarks/vs_etcd.py [--callers 1,64,256] [--connections 8] [--seconds 5]
-           [--repeat 3] [--etcd-target leader,spread] [--loadgen-procs 1] [--no-check-perf]
+           [--repeat 3] [--etcd-target leader,spread] [--loadgen-procs 1,2] [--no-check-perf]
 """
 
 from __future__ import annotations
@@ -466,7 +468,7 @@ def etcd_rounds(args: argparse.Namespace, rnd: int, use_uvloop: bool) -> list[di
                 order = [leader] * 3 if target == "leader" else [leader, *others]
                 ports = [etcd.client[order[j % 3]] for j in range(args.connections)]
                 for procs in args.procs:
-                    for n in args.callers:
+                    for n in (n for n in args.callers if n >= procs):  # x2 procs of 1 caller: same
                         spec = {
                             "system": "etcd",
                             "ports": ports,
@@ -505,7 +507,7 @@ def phalanx_rounds(args: argparse.Namespace, rnd: int, use_uvloop: bool) -> list
             for mode in args.phalanx_mode.split(","):
                 kvclients = args.connections if mode == "kvclients" else 1
                 for procs in args.procs:
-                    for n in args.callers:
+                    for n in (n for n in args.callers if n >= procs):  # x2 procs of 1 caller: same
                         spec = {
                             "system": "phalanx_aio",
                             "endpoints": endpoints,
@@ -661,6 +663,44 @@ def summarise(results: list[dict[str, Any]], callers: list[int]) -> dict[str, An
     return {"callers": by_callers, "configs": list(table.values())}
 
 
+def disk_probe(directory: str | None = None, n: int = 200) -> dict[str, float]:
+    """The disk both systems write to, as it is now: the median of ``n`` 150-byte appends each
+    followed by ``fdatasync`` (what etcd's write-ahead log does per batch), and of ``n``
+    one-row SQLite commits in WAL mode with ``synchronous=FULL`` (what a phalanx_aio member
+    does per batch), in microseconds. Neighbours' I/O on a shared machine shows here."""
+    import sqlite3
+
+    with tempfile.TemporaryDirectory(prefix="phalanx-disk-", dir=directory) as tmp:
+        fd = os.open(os.path.join(tmp, "wal"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        sync: list[float] = []
+        try:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                os.write(fd, b"x" * 150)
+                os.fdatasync(fd)
+                sync.append(time.perf_counter() - t0)
+        finally:
+            os.close(fd)
+        conn = sqlite3.connect(os.path.join(tmp, "db"), isolation_level=None)
+        commits: list[float] = []
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+            for i in range(n):
+                t0 = time.perf_counter()
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("INSERT INTO t VALUES (?, ?)", (i, b"v" * 100))
+                conn.execute("COMMIT")
+                commits.append(time.perf_counter() - t0)
+        finally:
+            conn.close()
+    return {
+        "fdatasync_p50_us": round(statistics.median(sync) * 1e6, 1),
+        "sqlite_full_commit_p50_us": round(statistics.median(commits) * 1e6, 1),
+    }
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -704,7 +744,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--etcd-target", default="leader,spread", help="leader and/or spread")
     parser.add_argument("--etcd-client", choices=["grpcio", "grpclib"], default="grpcio")
     parser.add_argument("--phalanx-mode", default="kvclients,shared", help="kvclients and/or shared")
-    parser.add_argument("--loadgen-procs", default="1", help="comma-separated load process counts")
+    parser.add_argument(
+        "--loadgen-procs",
+        default="1,2",
+        help="comma-separated load process counts (each from the callers >= it)",
+    )
     parser.add_argument("--no-check-perf", action="store_true", help="skip etcdctl check perf")
     parser.add_argument("--check-perf-load", default="s", choices=["s", "m", "l", "xl"])
     parser.add_argument("--etcd", default=shutil.which("etcd"), help="the etcd binary")
@@ -729,7 +773,14 @@ def main(argv: list[str] | None = None) -> int:
     created = now_iso()
     print(f"etcd: {version.splitlines()[0] if version else args.etcd}; load average {load_before[0]:.2f}")
     results: list[dict[str, Any]] = []
+    disk: list[dict[str, Any]] = []
     for rnd in range(1, args.repeat + 1):
+        probe = disk_probe()
+        disk.append({"round": rnd, **probe})
+        print(
+            f"round {rnd}: disk fdatasync p50 {probe['fdatasync_p50_us']:.0f} us, "
+            f"SQLite FULL commit p50 {probe['sqlite_full_commit_p50_us']:.0f} us"
+        )
         sides = [etcd_rounds, phalanx_rounds]
         for side in sides if rnd % 2 else sides[::-1]:
             results += side(args, rnd, use_uvloop)
@@ -748,6 +799,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{p['p99_ms']:.2f} ms, loadgen {p['loadgen_cpu_s_per_s']:.2f} cpu/s, leader "
             f"{p['leader_cpu_us_per_op']:.0f} us/op\n"
             f"{'':>13}ratio ops {c['ratio_ops']:.2f}, ratio p50 {c['ratio_p50']:.2f}"
+        )
+        busy = e["loadgen_cpu_s_per_s"] + e["server_cpu_s_per_s"]
+        print(
+            f"{'':>13}etcd's run kept {busy:.2f} of {os.cpu_count()} cores busy (load generator "
+            f"{e['loadgen_cpu_s_per_s']:.2f}, servers {e['server_cpu_s_per_s']:.2f})"
         )
     if cp is not None:
         print(f"etcdctl check perf --load {cp['load']}: {cp['result']}")
@@ -783,6 +839,7 @@ def main(argv: list[str] | None = None) -> int:
             "callers": summary["callers"],
             "configs": summary["configs"],
             "etcdctl_check_perf": cp,
+            "disk": disk,
         },
     }
     report["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
