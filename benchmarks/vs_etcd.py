@@ -388,7 +388,7 @@ def workload(
         parts = [r]
         server_cpu = r.pop("server_cpu_s")
     else:
-        start = time.perf_counter() + 3.0  # time for the children to import and connect
+        start = time.perf_counter() + 2.5  # time for the children to import and connect
         tmp = pathlib.Path(tempfile.mkdtemp(prefix="phalanx-vs-etcd-load-"))
         children = []
         for w in range(procs):
