@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import json
 import os
 import pathlib
@@ -69,6 +70,37 @@ def cpu_seconds(procs: Mapping[str, subprocess.Popen[bytes]]) -> dict[str, float
         except (OSError, IndexError, ValueError):
             out[nid] = float("nan")
     return out
+
+
+def git_commit() -> dict[str, Any]:
+    """``{"commit": sha or None, "commit_dirty": bool}`` of the tree this script is in (dirty:
+    tracked files differ from that commit)."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE, capture_output=True, text=True
+        ).stdout.strip()
+        return {"commit": sha, "commit_dirty": bool(dirty)}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "commit_dirty": None}
+
+
+def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """The ``machine`` record of a result: CPUs, Python, platform, load average before and now."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 async def wait_for_leader(endpoints: list[str], timeout: float = 30.0) -> str:
@@ -204,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(t not in ("stream", "unary") for t in transports):
         parser.error("--transport takes stream and/or unary")
     use_uvloop = not args.no_uvloop and uvloop_available()
+    created = now_iso()
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="phalanx-client-bench-") as tmp:
         cluster = Cluster(pathlib.Path(tmp))
@@ -251,26 +284,38 @@ def main(argv: list[str] | None = None) -> int:
                     )
         finally:
             cluster.stop_all()
+    summary: dict[str, Any] = {}
+    for r in results:
+        summary.setdefault(r["transport"], {})[str(r["callers"])] = {
+            "ops": r["ops_per_s"],
+            "p50_ms": r["p50"],
+            "p99_ms": r["p99"],
+            "p999_ms": r["p999"],
+        }
     report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "load_average_at_start": load,
-        },
+        "benchmark": "client",
+        "created": created,
+        **git_commit(),
+        "machine": machine(load),
         "settings": {
+            "callers": callers,
+            "transport": transports,
+            "op": args.op,
+            "size": args.size,
             "seconds": args.seconds,
             "warmup": args.warmup,
             "storage": "SQLite synchronous=FULL",
             "cluster": "three `phalanx-aio serve` processes, gRPC on loopback, preset lan",
             "client": "one KVClient in a separate process, shared by the callers"
             + (" (uvloop)" if use_uvloop else " (standard event loop)"),
+            "cpu_s": "CPU seconds of each member and of this process over warm-up and measured window",
         },
-        "results": results,
+        "rounds": results,
+        "summary": summary,
     }
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -42,17 +42,14 @@ import time
 from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from client import Cluster, wait_for_leader
+from client import Cluster, git_commit, machine, now_iso, wait_for_leader
 from vs_etcd import (
     _FAILURES,
     EtcdCluster,
     EtcdPuts,
     PhalanxPuts,
-    _git_commit,
     _pct,
     find_etcd_leader,
-    machine,
-    now_iso,
 )
 
 from phalanx_aio.errors import PhalanxError
@@ -238,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "open_loop_client",
         "created": created,
-        "commit": _git_commit(),
+        **git_commit(),
         "machine": machine(load_before),
         "settings": {
             "rates": args.rates,

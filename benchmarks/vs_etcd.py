@@ -48,11 +48,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import json
 import os
 import pathlib
-import platform
 import re
 import resource
 import shutil
@@ -75,7 +73,7 @@ from phalanx_aio.kv import KVClient
 from phalanx_aio.node.runner import run, uvloop_available
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from client import Cluster, cpu_seconds, drive, wait_for_leader
+from client import Cluster, cpu_seconds, drive, git_commit, machine, now_iso, wait_for_leader
 
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "vs_etcd.json"
@@ -701,33 +699,6 @@ def disk_probe(directory: str | None = None, n: int = 200) -> dict[str, float]:
     }
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE, capture_output=True, text=True
-        ).stdout.strip()
-        return out + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
-    return {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -812,7 +783,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "vs_etcd",
         "created": created,
-        "commit": _git_commit(),
+        **git_commit(),
         "machine": {**machine(load_before), "etcd": version.strip()},
         "settings": {
             "callers": args.callers,
