@@ -311,6 +311,25 @@ def _rusage_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every core of the machine has spent busy (not idle, not waiting for I/O)
+    since boot, from /proc/stat: with the load generator's and the servers' figures it shows
+    what the rest of the machine took."""
+    try:
+        fields = [int(x) for x in pathlib.Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / _TICKS
+
+
+def _with_machine(servers: Callable[[], dict[str, float]]) -> Callable[[], dict[str, float]]:
+    return lambda: {**servers(), "_machine": machine_busy_s()}
+
+
 async def _window(
     start: float, warmup: float, seconds: float, probe: Callable[[], dict[str, float]]
 ) -> dict[str, float]:
@@ -382,7 +401,7 @@ def workload(
     callers = list(range(int(spec["callers_n"])))
     if procs <= 1:
         spec = {**spec, "callers": callers}
-        r = run(load(spec, servers), use_uvloop=use_uvloop)
+        r = run(load(spec, _with_machine(servers)), use_uvloop=use_uvloop)
         parts = [r]
         server_cpu = r.pop("server_cpu_s")
     else:
@@ -401,7 +420,8 @@ def workload(
             result = tmp / f"load-{w}.json"
             cmd = [sys.executable, __file__, "--worker", json.dumps(sub), str(result)]
             children.append((subprocess.Popen(cmd), result))
-        server_cpu = run(_window(start, float(spec["warmup"]), float(spec["seconds"]), servers))
+        window = _window(start, float(spec["warmup"]), float(spec["seconds"]), _with_machine(servers))
+        server_cpu = run(window)
         parts = []
         for child, result in children:
             if child.wait() != 0:
@@ -415,6 +435,7 @@ def workload(
             errors[k] = errors.get(k, 0) + v
     ops = sum(p["ops"] for p in parts)
     seconds = float(spec["seconds"])
+    busy = server_cpu.pop("_machine")
     out = {
         "ops": ops,
         "ops_per_s": round(ops / seconds, 1),
@@ -429,6 +450,12 @@ def workload(
     }
     out["loadgen_cpu_s_per_s"] = round(out["loadgen_cpu_s"] / seconds, 3)
     out["server_cpu_s_per_s"] = round(sum(server_cpu.values()) / seconds, 3)
+    # The whole machine's busy cores over the window; what neither the load nor the servers
+    # took is the rest of the machine (other processes, the kernel's softirq work).
+    out["machine_cpu_s_per_s"] = round(busy / seconds, 3)
+    out["other_cpu_s_per_s"] = round(
+        out["machine_cpu_s_per_s"] - out["loadgen_cpu_s_per_s"] - out["server_cpu_s_per_s"], 3
+    )
     return out
 
 
@@ -439,9 +466,10 @@ def _line(r: dict[str, Any]) -> str:
     errs = f"  errors {r['errors']}" if r["errors"] else ""
     late = f"  late {r['late_s']:.2f} s" if r.get("late_s", 0) > 0.05 else ""
     return (
-        f"  {r['system']:<11} {r['config']:<22} {r['callers']:>4} callers {r['ops_per_s']:>8,.0f} ops/s"
-        f"  p50 {r['p50']:>7.2f}  p99 {r['p99']:>7.2f} ms  cpu/s loadgen {r['loadgen_cpu_s_per_s']:.2f}"
-        f" servers {r['server_cpu_s_per_s']:.2f}  leader {r['leader_cpu_us_per_op']:.0f} us/op{errs}{late}"
+        f"  {r['system']:<11} {r['config']:<30} {r['callers']:>4} callers {r['ops_per_s']:>8,.0f} ops/s"
+        f"  p50 {r['p50']:>7.2f}  p99 {r['p99']:>7.2f} ms  cpu/s load {r['loadgen_cpu_s_per_s']:.2f}"
+        f" servers {r['server_cpu_s_per_s']:.2f} other {r['other_cpu_s_per_s']:.2f}"
+        f"  leader {r['leader_cpu_us_per_op']:.0f} us/op{errs}{late}"
     )
 
 
@@ -627,6 +655,7 @@ def summarise(results: list[dict[str, Any]], callers: list[int]) -> dict[str, An
             "p999_ms": _med([r["p999"] for r in rs]),
             "loadgen_cpu_s_per_s": _med([r["loadgen_cpu_s_per_s"] for r in rs]),
             "server_cpu_s_per_s": _med([r["server_cpu_s_per_s"] for r in rs]),
+            "other_cpu_s_per_s": _med([r["other_cpu_s_per_s"] for r in rs]),
             "leader_cpu_us_per_op": _med([r["leader_cpu_us_per_op"] for r in rs]),
             "ops_by_round": [r["ops_per_s"] for r in rs],
         }
@@ -641,7 +670,10 @@ def summarise(results: list[dict[str, Any]], callers: list[int]) -> dict[str, An
         e, p = best("etcd"), best("phalanx_aio")
         if e is None or p is None:
             continue
-        keep = ("config", "ops", "p50_ms", "p99_ms", "p999_ms", "loadgen_cpu_s_per_s", "server_cpu_s_per_s")
+        keep = (
+            "config", "ops", "p50_ms", "p99_ms", "p999_ms",
+            "loadgen_cpu_s_per_s", "server_cpu_s_per_s", "other_cpu_s_per_s",
+        )  # fmt: skip
         c: dict[str, Any] = {
             "etcd": {k: e[k] for k in (*keep, "leader_cpu_us_per_op")},
             "phalanx": {k: p[k] for k in (*keep, "leader_cpu_us_per_op")},
@@ -771,11 +803,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{p['leader_cpu_us_per_op']:.0f} us/op\n"
             f"{'':>13}ratio ops {c['ratio_ops']:.2f}, ratio p50 {c['ratio_p50']:.2f}"
         )
-        busy = e["loadgen_cpu_s_per_s"] + e["server_cpu_s_per_s"]
-        print(
-            f"{'':>13}etcd's run kept {busy:.2f} of {os.cpu_count()} cores busy (load generator "
-            f"{e['loadgen_cpu_s_per_s']:.2f}, servers {e['server_cpu_s_per_s']:.2f})"
-        )
+        for name, x in (("etcd", e), ("phalanx_aio", p)):
+            busy = x["loadgen_cpu_s_per_s"] + x["server_cpu_s_per_s"]
+            print(
+                f"{'':>13}{name}'s run kept {busy:.2f} of {os.cpu_count()} cores busy (load generator "
+                f"{x['loadgen_cpu_s_per_s']:.2f}, servers {x['server_cpu_s_per_s']:.2f}); the rest of "
+                f"the machine took {x['other_cpu_s_per_s']:.2f}"
+            )
     if cp is not None:
         print(f"etcdctl check perf --load {cp['load']}: {cp['result']}")
         for line in cp["raw"].splitlines():
