@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import json
 import os
 import pathlib
@@ -71,6 +72,37 @@ def cpu_seconds(procs: Mapping[str, subprocess.Popen[bytes]]) -> dict[str, float
     return out
 
 
+def git_commit() -> dict[str, Any]:
+    """``{"commit": sha or None, "commit_dirty": bool}`` of the tree this script is in (dirty:
+    tracked files differ from that commit)."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE, capture_output=True, text=True
+        ).stdout.strip()
+        return {"commit": sha, "commit_dirty": bool(dirty)}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "commit_dirty": None}
+
+
+def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """The ``machine`` record of a result: CPUs, Python, platform, load average before and now."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
 async def wait_for_leader(endpoints: list[str], timeout: float = 30.0) -> str:
     """The leader's id once the cluster answers a write."""
     deadline = time.monotonic() + timeout
@@ -96,16 +128,28 @@ async def drive(
     failures: tuple[type[BaseException], ...],
     warmup: float,
     seconds: float,
+    *,
+    start: float | None = None,
+    raw: bool = False,
 ) -> dict[str, Any]:
     """``callers`` tasks, each awaiting ``call(caller, i)`` for i = 0, 1, ... until the window
     closes: ``warmup`` seconds unmeasured, then ``seconds`` measured. Counts the calls that
     complete inside the window (latency only of those that also started in it) and, by type,
-    the exceptions in ``failures``."""
+    the exceptions in ``failures``.
+
+    ``start`` (a ``time.perf_counter()`` instant, the same clock in every process on Linux)
+    makes the callers wait for it, so that several load processes share one window; the
+    result then says how late this process was (``late_s``). ``raw`` adds the sorted
+    latencies (``lat_ms``) for merging with another process's."""
     clock = time.perf_counter
     lat: list[float] = []
     errors: dict[str, int] = {}
     ops = 0
-    t_start = clock()
+    late = 0.0
+    if start is not None:
+        late = max(0.0, clock() - start)
+        await asyncio.sleep(max(0.0, start - clock()))
+    t_start = clock() if start is None else start
     t_from, t_to = t_start + warmup, t_start + warmup + seconds
 
     async def caller(c: int) -> None:
@@ -139,6 +183,8 @@ async def drive(
         "p999": _pct(lat, 0.999),
         "max": lat[-1] if lat else float("nan"),
         "errors": errors,
+        **({"late_s": round(late, 4)} if start is not None else {}),
+        **({"lat_ms": lat} if raw else {}),
     }
 
 
@@ -190,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(t not in ("stream", "unary") for t in transports):
         parser.error("--transport takes stream and/or unary")
     use_uvloop = not args.no_uvloop and uvloop_available()
+    created = now_iso()
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="phalanx-client-bench-") as tmp:
         cluster = Cluster(pathlib.Path(tmp))
@@ -237,26 +284,38 @@ def main(argv: list[str] | None = None) -> int:
                     )
         finally:
             cluster.stop_all()
+    summary: dict[str, Any] = {}
+    for r in results:
+        summary.setdefault(r["transport"], {})[str(r["callers"])] = {
+            "ops": r["ops_per_s"],
+            "p50_ms": r["p50"],
+            "p99_ms": r["p99"],
+            "p999_ms": r["p999"],
+        }
     report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "load_average_at_start": load,
-        },
+        "benchmark": "client",
+        "created": created,
+        **git_commit(),
+        "machine": machine(load),
         "settings": {
+            "callers": callers,
+            "transport": transports,
+            "op": args.op,
+            "size": args.size,
             "seconds": args.seconds,
             "warmup": args.warmup,
             "storage": "SQLite synchronous=FULL",
             "cluster": "three `phalanx-aio serve` processes, gRPC on loopback, preset lan",
             "client": "one KVClient in a separate process, shared by the callers"
             + (" (uvloop)" if use_uvloop else " (standard event loop)"),
+            "cpu_s": "CPU seconds of each member and of this process over warm-up and measured window",
         },
-        "results": results,
+        "rounds": results,
+        "summary": summary,
     }
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 
