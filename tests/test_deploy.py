@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from phalanx_aio.cli import serve as serve_mod
+from phalanx_aio.cli import serve_settings as settings_mod
 from phalanx_aio.cli.client_cmds import CLIENT_FLAGS
 from phalanx_aio.cli.main import build_parser
 from phalanx_aio.cli.serve import resolve_settings
@@ -35,7 +35,7 @@ yaml = pytest.importorskip("yaml", reason="needs PyYAML (the test extra installs
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "deploy" / "kubernetes" / "phalanx.yaml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
-KNOWN_VARIABLES = {*serve_mod._ENV.values(), "PHALANX_CONFIG", *(f.env for f in CLIENT_FLAGS.values())}
+KNOWN_VARIABLES = {*settings_mod._ENV.values(), "PHALANX_CONFIG", *(f.env for f in CLIENT_FLAGS.values())}
 
 
 def documents() -> dict[str, list[dict[str, Any]]]:

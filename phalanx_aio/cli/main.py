@@ -64,7 +64,7 @@ def _range_ms(text: str) -> tuple[float, float]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     from phalanx_aio._version import __version__
-    from phalanx_aio.cli.client_cmds import GLOBAL_PREFIX, add_client_flags
+    from phalanx_aio.cli.client_flags import GLOBAL_PREFIX, add_client_flags
 
     parser = argparse.ArgumentParser(prog="phalanx-aio", description="An asyncio-native Raft framework.")
     parser.add_argument("--version", action="version", version=f"phalanx-aio {__version__}")

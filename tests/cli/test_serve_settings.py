@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 
-from phalanx_aio.cli import serve as serve_mod
+from phalanx_aio.cli import serve_settings as settings_mod
 from phalanx_aio.cli.main import build_parser
 from phalanx_aio.cli.serve import DEFAULT_LISTEN, ServeSettings, join_contacts, resolve_settings
 from phalanx_aio.errors import ConfigError
@@ -35,12 +35,12 @@ def settings(argv: list[str], env: dict[str, str] | None = None) -> ServeSetting
 def test_every_long_flag_is_a_toml_key_and_an_environment_variable() -> None:
     names = {flag[2:].replace("-", "_") for flag in long_flags()}
     settings_names = {"peers" if n == "peer" else n for n in names}
-    assert settings_names == set(serve_mod._ENV), "a flag without a TOML key or variable, or the reverse"
+    assert settings_names == set(settings_mod._ENV), "a flag without a TOML key or variable, or the reverse"
     for name in settings_names:
-        assert serve_mod._ENV[name] == "PHALANX_" + name.upper()
+        assert settings_mod._ENV[name] == "PHALANX_" + name.upper()
     help_text = serve_parser().format_help()
     for name in settings_names - {"peers"}:
-        assert serve_mod._ENV[name] in help_text.replace("\n", " ").replace("  ", ""), name
+        assert settings_mod._ENV[name] in help_text.replace("\n", " ").replace("  ", ""), name
 
 
 def test_the_toml_file_takes_the_long_flags_as_keys(tmp_path: pathlib.Path) -> None:
