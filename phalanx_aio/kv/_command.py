@@ -109,12 +109,15 @@ _Fields = tuple[KVOp, bytes, bytes, bytes | None, str, int, int]
 
 
 _MIN_COMMAND = _HEAD.size + 4 + 4 + 4 + 1
-_client_ids: dict[bytes, str] = {}  # decoded client ids (a few sessions write most commands)
+CLIENT_IDS_KEPT = 1024
+"""How many decoded client ids a :func:`_decode` cache holds before it starts afresh."""
 
 
-def _decode(data: bytes) -> _Fields:
+def _decode(data: bytes, client_ids: dict[bytes, str] | None = None) -> _Fields:
     """The fields of the command in ``data``, in :class:`KVCommand`'s order (no object built).
-    Parsed in place rather than with :func:`_take`: every member decodes every command it applies."""
+    Parsed in place rather than with :func:`_take`: every member decodes every command it applies.
+    ``client_ids``: the caller's cache of decoded client ids (a few sessions write most
+    commands), which this fills; each state machine owns one."""
     end = len(data)
     if end < _MIN_COMMAND:
         raise ProtocolError("truncated KV command")
@@ -144,13 +147,14 @@ def _decode(data: bytes) -> _Fields:
         raise ProtocolError("malformed CAS flag in KV command")
     if b != end:
         raise ProtocolError("trailing bytes after KV command")
-    client_id = _client_ids.get(client)
+    client_id = client_ids.get(client) if client_ids is not None else None
     if client_id is None:
         try:
             client_id = client.decode()
         except UnicodeDecodeError:
             raise ProtocolError("KV client id is not UTF-8") from None
-        if len(_client_ids) >= 1024:
-            _client_ids.clear()
-        _client_ids[client] = client_id
+        if client_ids is not None:
+            if len(client_ids) >= CLIENT_IDS_KEPT:
+                client_ids.clear()
+            client_ids[client] = client_id
     return kop, key, value, expected, client_id, seq, acked

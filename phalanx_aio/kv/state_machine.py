@@ -152,6 +152,7 @@ class KVStateMachine(StateMachine):
         (local, not part of the replicated state)."""
         self.applied = 0
         """Commands applied (the state machine's clock for session expiry)."""
+        self._client_ids: dict[bytes, str] = {}  # this machine's cache of decoded client ids
 
     @property
     def session_ttl(self) -> int:
@@ -204,7 +205,7 @@ class KVStateMachine(StateMachine):
 
     def apply(self, command: bytes) -> object:
         """Apply one encoded :class:`KVCommand`."""
-        op, key, value, expected, client_id, seq, acked = _decode(command)
+        op, key, value, expected, client_id, seq, acked = _decode(command, self._client_ids)
         self.applied += 1
         if self.applied % 1024 == 0:
             self._expire()

@@ -342,3 +342,16 @@ def test_snapshot_of_many_keys_in_steps_is_the_sorted_encoding() -> None:
     again = kvsm.KVStateMachine()
     again.restore(sm.snapshot())
     assert again.data == data and list(again.data) == ks
+
+
+def test_each_state_machine_owns_its_cache_of_client_ids() -> None:
+    """The decoded client ids are cached per state machine, not in a module global that every
+    node of a process would share (issue 20)."""
+    from phalanx_aio.kv import _command
+
+    module_dicts = [n for n, v in vars(_command).items() if isinstance(v, dict) and not n.startswith("__")]
+    assert not [n for n in module_dicts if not n.isupper()], module_dicts
+    a, b = KVStateMachine(), KVStateMachine()
+    a.apply(encode_command(KVCommand(KVOp.PUT, b"k", b"v", None, "client-a", 1, 0)))
+    assert list(a._client_ids.values()) == ["client-a"]
+    assert b._client_ids == {}
