@@ -247,6 +247,19 @@ def _fast_len(data: bytes, tag_byte: int, p: int, end: int) -> tuple[int, int] |
     return None if stop > end else (p, stop)
 
 
+def _fast_body(data: bytes, p: int, b: int, kinds: dict[int, int]) -> tuple[int, tuple[int, int]] | None:
+    """At ``p``, the item's message (a tag in ``kinds``) running to ``b``: its kind and the span
+    of its header, the message's first field."""
+    kind = kinds.get(data[p]) if p < b else None
+    if kind is None:
+        return None
+    span = _fast_len(data, data[p], p, b)
+    if span is None or span[1] != b:
+        return None
+    header = _fast_len(data, 0x0A, span[0], b)
+    return None if header is None else (kind, header)
+
+
 class _FastIds:
     """The last (cluster id, client id) pair read, by its bytes: a client's requests repeat it."""
 
@@ -305,20 +318,14 @@ def _fast_request(data: bytes, a: int, b: int, ids: _FastIds) -> tuple[int, int,
         timeout_ms, p = read_varint(data, p + 1, b)
         if timeout_ms > MAX_U32:
             return None
-    kind = _REQUEST_KINDS.get(data[p]) if p < b else None
-    if kind is None:
+    body = _fast_body(data, p, b, _REQUEST_KINDS)
+    if body is None:
         return None
-    span = _fast_len(data, data[p], p, b)
-    if span is None or span[1] != b:
-        return None
-    p = span[0]
-    span = _fast_len(data, 0x0A, p, b)
-    if span is None:
-        return None
-    header = _fast_request_header(data, span[0], span[1], ids)
+    kind, (x, y) = body
+    header = _fast_request_header(data, x, y, ids)
     if header is None:
         return None
-    span = _fast_len(data, 0x12, span[1], b)
+    span = _fast_len(data, 0x12, y, b)
     if span is None:
         return None
     key = data[span[0] : span[1]]
@@ -357,18 +364,12 @@ def _fast_response(
     if a >= b or data[a] != 0x08:
         return None
     rid, p = read_varint(data, a + 1, b)
-    kind = _RESPONSE_KINDS.get(data[p]) if p < b else None
-    if kind is None:
+    body = _fast_body(data, p, b, _RESPONSE_KINDS)
+    if body is None:
         return None
-    span = _fast_len(data, data[p], p, b)
-    if span is None or span[1] != b:
-        return None
-    p = span[0]
-    span = _fast_len(data, 0x0A, p, b)
-    if span is None:
-        return None
-    header = header_of(data, span[0], span[1])
-    p = span[1]
+    kind, (x, y) = body
+    header = header_of(data, x, y)
+    p = y
     flag = False
     if p < b and data[p] == 0x10:
         value, p = read_varint(data, p + 1, b)
