@@ -85,6 +85,8 @@ _PUT_ITEM: Final = tag(3, LEN)
 _BODY_HEADER: Final = tag(1, LEN)  # the header of every request and response body
 _BODY_KEY: Final = tag(2, LEN)
 _PUT_VALUE: Final = tag(3, LEN)
+_PUT_ANSWER: Final = tag(2, LEN)
+_HAD_PREVIOUS_TRUE: Final = tag(2, VARINT) + b"\x01" + tag(3, LEN)  # had_previous, then previous
 _STREAM_REQUEST_TAGS: Final[dict[type[Any], bytes]] = {
     PutRequest: tag(3, LEN),
     GetRequest: tag(4, LEN),
@@ -502,6 +504,29 @@ class KVStreamCodec:
         ``request_id`` (a Put, Get, Delete or CompareAndSet response). A batch is the
         concatenation of such items. :class:`EncodeError` if a field is out of range or of the
         wrong type."""
+        if type(response) is PutResponse and type(request_id) is int and 0 < request_id <= MAX_U64:
+            previous = response.previous
+            if previous is None or (type(previous) is bytes and previous):
+                # the layout the general path below produces, joined at once
+                h = self._response_header(response.header)
+                if previous is None:
+                    body = b"".join((_BODY_HEADER, uvarint(len(h)), h))
+                else:
+                    body = b"".join(
+                        (
+                            _BODY_HEADER,
+                            uvarint(len(h)),
+                            h,
+                            _HAD_PREVIOUS_TRUE,
+                            uvarint(len(previous)),
+                            previous,
+                        )
+                    )
+                item = b"".join((_ITEM_ID, uvarint(request_id), _PUT_ANSWER, uvarint(len(body)), body))
+                return b"".join((_BATCH_ITEM, uvarint(len(item)), item))
+        return self._encode_response(request_id, response)
+
+    def _encode_response(self, request_id: int, response: KVResponse) -> bytes:
         key = _STREAM_RESPONSE_TAGS.get(type(response))
         if key is None:
             cannot(f"{type(response).__name__} cannot travel on the Stream call")

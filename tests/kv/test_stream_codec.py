@@ -292,3 +292,21 @@ def test_every_single_byte_change_reads_the_same_with_and_without_the_fast_paths
                 fast = _outcome(decode, changed)
                 with mock.patch.object(stream_codec, fast_name, lambda *_: None):
                     assert fast == _outcome(decode, changed), (fast_name, i, value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    U64 | st.integers(-2, 2**64 + 1),
+    RESPONSES
+    | st.builds(m.PutResponse, RESP_HEADERS, st.none() | st.binary(max_size=300) | st.just(bytearray(b"x"))),
+)
+def test_the_fast_put_answer_encoder_writes_what_the_general_encoder_writes(rid: int, response: Any) -> None:
+    codec, general = stream_codec.KVStreamCodec(), stream_codec.KVStreamCodec()
+
+    def encoded(encode: Any) -> Any:
+        try:
+            return encode(rid, response)
+        except EncodeError as exc:
+            return type(exc)
+
+    assert encoded(codec.encode_response) == encoded(general._encode_response)
