@@ -45,6 +45,7 @@ class LocalSnapshots(NodeState):
         self._log_bytes = 0
         self._log_bytes_due = snapshot_bytes
         self._last_snap_size = 0  # bytes of the last snapshot taken or received
+        self._snap_bytes_taken = 0  # _log_bytes when the snapshot being built was captured
         # Snapshot timing has its own generator, so it does not shift the core's draws.
         self._snap_rng = random.Random(base_seed ^ 0x5EED)
         self._snapshot_due = self._next_snapshot_due()
@@ -114,6 +115,9 @@ class LocalSnapshots(NodeState):
         copy encoded in a worker thread while the loop goes on (one build at a time)."""
         if self._snap_building:
             return
+        # The bytes applied up to the captured index: the compaction takes them off the count,
+        # and what is applied while a snapshot is built stays counted for the next one.
+        self._snap_bytes_taken = self._log_bytes
         snapshot_later = getattr(self._sm, "snapshot_later", None)
         later = snapshot_later() if snapshot_later is not None else None
         if later is None:
@@ -151,7 +155,8 @@ class LocalSnapshots(NodeState):
         ``snapshot_every`` entries plus a random quarter of that, so that members do not all
         compact at the same moment."""
         self._behind_snap = snap = core.compact(index, data, release=self._compacted.append)
-        self._log_bytes = 0
+        self._log_bytes = max(0, self._log_bytes - self._snap_bytes_taken)
+        self._snap_bytes_taken = 0
         self._last_snap_size = len(snap.data)
         self._log_bytes_due = self._next_bytes_due(len(snap.data))
         self._snap_retry = None  # a snapshot a full disk refused is superseded

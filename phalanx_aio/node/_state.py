@@ -98,6 +98,7 @@ class NodeState:
     _log_bytes: int
     _log_bytes_due: int
     _last_snap_size: int
+    _snap_bytes_taken: int
     _snap_rng: random.Random
     _snap_building: bool
     _snap_task: asyncio.Task[None] | None

@@ -6,6 +6,8 @@ than the log it saves."""
 from __future__ import annotations
 
 import struct
+import threading
+from collections.abc import Callable
 
 from phalanx_aio.node._snapshots import SNAP_ENTRIES_CAP
 from tests.node.harness import Counter, Harness
@@ -61,3 +63,45 @@ async def test_commands_that_outweigh_the_state_keep_the_usual_cadence() -> None
     due every 10 to 12.5 entries as before."""
     firsts = await _snapshots_taken(b"incr " + b"0" * 4_000 + b"1", 60)
     assert _compactions(firsts) >= 4
+
+
+class SlowBuild(Counter):
+    """A counter whose snapshot is built in a worker thread that waits for ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def snapshot_later(self) -> Callable[[], bytes]:
+        data = self.snapshot()
+
+        def build() -> bytes:
+            self.release.wait(10)
+            return data
+
+        return build
+
+
+async def test_commands_applied_while_a_snapshot_is_built_count_for_the_next() -> None:
+    """The log's weight after a compaction is that of the commands applied since the captured
+    index, including those applied while the snapshot was built (they used to be forgotten,
+    and a large state then waited for a cap rather than for its log)."""
+    h = Harness(["n1"], snapshot_every=10)
+    sm = SlowBuild()
+    node = await h.start("n1", state_machine=sm)
+    try:
+        await node.wait_for_leader(5.0)
+        for _ in range(12):  # past snapshot_every and its random quarter: a build starts
+            await node.propose(b"incr 1")
+        assert node._snap_building
+        for _ in range(5):  # applied while the build waits
+            await node.propose(b"incr 1")
+        sm.release.set()
+        await h.until(lambda: node.status().first_index > 1)
+        log = node._require_core().log
+        after = sum(len(e.data) for e in log.entries if log.snap_index < e.index <= log.applied)
+        assert after > 0
+        assert node.log_bytes == after
+    finally:
+        sm.release.set()
+        await h.aclose()
