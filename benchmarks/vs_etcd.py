@@ -68,6 +68,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from phalanx_aio._grpc import WireBytes
 from phalanx_aio._net import free_loopback_ports
+from phalanx_aio._protowire import LEN, VARINT, fields, uvarint
 from phalanx_aio.errors import PhalanxError
 from phalanx_aio.kv import KVClient
 from phalanx_aio.node.runner import run, uvloop_available
@@ -92,62 +93,29 @@ except ImportError:  # pragma: no cover
 # ---------------------------------------------------------------------- protobuf, by hand
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def put_request(key: bytes, value: bytes) -> bytes:
     """An ``etcdserverpb.PutRequest``: field 1 ``key``, field 2 ``value`` (both bytes)."""
-    return b"\x0a" + _varint(len(key)) + key + b"\x12" + _varint(len(value)) + value
+    return b"\x0a" + uvarint(len(key)) + key + b"\x12" + uvarint(len(value)) + value
 
 
 def _fields(data: bytes) -> dict[int, int | bytes]:
     """The varint and length-delimited fields of a protobuf message (last one wins)."""
     out: dict[int, int | bytes] = {}
-    pos = 0
-    while pos < len(data):
-        key, pos = _read_varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            out[number], pos = _read_varint(data, pos)
-        elif wire == 2:
-            length, pos = _read_varint(data, pos)
-            out[number], pos = data[pos : pos + length], pos + length
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
+    for number, wire, a, b in fields(data, 0, len(data), "etcd message", len(data) + 1):
+        if wire == VARINT:
+            out[number] = a
+        elif wire == LEN:
+            out[number] = data[a:b]
     return out
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
 
 
 def leader_of_status(reply: bytes) -> tuple[int, int]:
     """(this member's id, the leader's id) from an ``etcdserverpb.StatusResponse``: field 1 is
     the ``ResponseHeader`` (its field 2 the member id), field 4 the leader's id."""
-    fields = _fields(reply)
-    header = fields.get(1, b"")
+    top = _fields(reply)
+    header = top.get(1, b"")
     member = _fields(header).get(2, 0) if isinstance(header, bytes) else 0
-    leader = fields.get(4, 0)
+    leader = top.get(4, 0)
     return int(member) if isinstance(member, int) else 0, leader if isinstance(leader, int) else 0
 
 

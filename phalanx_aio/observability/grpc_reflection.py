@@ -24,6 +24,7 @@ import grpclib.server
 from grpclib.const import Cardinality, Status
 
 from phalanx_aio._grpc import WireBytes
+from phalanx_aio._protowire import LEN, VARINT, fields, tag, uvarint
 from phalanx_aio.errors import LocalError, ProtocolError
 
 __all__ = ["REFLECTION_SERVICES", "Descriptors", "ReflectionService", "load_descriptors"]
@@ -31,65 +32,27 @@ __all__ = ["REFLECTION_SERVICES", "Descriptors", "ReflectionService", "load_desc
 REFLECTION_SERVICES = ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection")
 """The reflection services themselves (both versions; grpcurl tries ``v1`` first)."""
 
-_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ProtocolError("truncated or overlong varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
 
 def _fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
     """``(field number, wire type, value)`` for each field of one protobuf message: an int for
-    varints and fixed fields, bytes for length-delimited ones."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _read_varint(data, pos)
-        number, wire = key >> 3, key & 7
-        value: int | bytes
-        if wire == _VARINT:
-            value, pos = _read_varint(data, pos)
-        elif wire == _LEN:
-            size, pos = _read_varint(data, pos)
-            if pos + size > len(data):
-                raise ProtocolError("a length-delimited field runs past the message")
-            value, pos = data[pos : pos + size], pos + size
-        elif wire in (_I64, _I32):
-            width = 8 if wire == _I64 else 4
-            if pos + width > len(data):
-                raise ProtocolError("a fixed-width field runs past the message")
-            value, pos = int.from_bytes(data[pos : pos + width], "little"), pos + width
+    varints and fixed fields, bytes for length-delimited ones (the shared walker,
+    :func:`phalanx_aio._protowire.fields`, with no bound on the count beyond the message's
+    length: a descriptor may have many fields)."""
+    for number, wire, a, b in fields(data, 0, len(data), "reflection message", len(data) + 1):
+        if wire == LEN:
+            yield number, wire, data[a:b]
+        elif wire == VARINT:
+            yield number, wire, a
         else:
-            raise ProtocolError(f"unsupported wire type {wire}")
-        yield number, wire, value
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+            yield number, wire, int.from_bytes(data[a:b], "little")
 
 
 def _len_field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | _LEN) + _varint(len(payload)) + payload
+    return tag(number, LEN) + uvarint(len(payload)) + payload
 
 
 def _int_field(number: int, value: int) -> bytes:
-    return _varint(number << 3 | _VARINT) + _varint(value)
+    return tag(number, VARINT) + uvarint(value)
 
 
 class Descriptors:
@@ -111,7 +74,7 @@ class Descriptors:
         name, package, deps = "", "", []
         body: list[tuple[int, bytes]] = []
         for number, wire, value in _fields(raw):
-            if wire != _LEN:
+            if wire != LEN:
                 continue
             if number == 1:
                 name = value.decode()
@@ -133,12 +96,12 @@ class Descriptors:
                 service = self._add_named(name, prefix, value)
                 self.services.append(service)
                 for n, w, method in _fields(value):
-                    if n == 2 and w == _LEN:
+                    if n == 2 and w == LEN:
                         self._add_named(name, service + ".", method)
 
     def _add_named(self, file: str, prefix: str, raw: bytes) -> str:
         """Record the symbol ``prefix + name`` (field 1 of ``raw``) and return it."""
-        short = next((v.decode() for n, w, v in _fields(raw) if n == 1 and w == _LEN), "")
+        short = next((v.decode() for n, w, v in _fields(raw) if n == 1 and w == LEN), "")
         full = prefix + short
         self.symbols[full] = file
         return full
@@ -147,7 +110,7 @@ class Descriptors:
         full = self._add_named(file, prefix, raw)
         self.messages.add(full)
         for number, wire, value in _fields(raw):
-            if wire != _LEN:
+            if wire != LEN:
                 continue
             if number in (2, 6):  # a field or an extension: grpcurl may ask for it
                 self._add_named(file, full + ".", value)
@@ -172,7 +135,7 @@ class Descriptors:
 def load_descriptors() -> Descriptors:
     """The descriptors shipped with the package (``reflection.binpb``)."""
     data = importlib.resources.files("phalanx_aio.observability").joinpath("reflection.binpb").read_bytes()
-    return Descriptors([value for number, wire, value in _fields(data) if number == 1 and wire == _LEN])
+    return Descriptors([value for number, wire, value in _fields(data) if number == 1 and wire == LEN])
 
 
 class ReflectionService:
@@ -208,9 +171,9 @@ class ReflectionService:
         host = b""
         kind, value = 0, b""
         for number, wire, item in _fields(request):
-            if number == 1 and wire == _LEN:
+            if number == 1 and wire == LEN:
                 host = item
-            elif 3 <= number <= 7 and wire == _LEN:
+            elif 3 <= number <= 7 and wire == LEN:
                 kind, value = number, item
         out = _len_field(1, host) + _len_field(2, request)
         if kind == 7:  # list_services
