@@ -41,6 +41,22 @@ def git_commit() -> tuple[str | None, bool]:
     return sha or None, not dirty
 
 
+def now_iso() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def machine(loadavg_before: list[float] | tuple[float, ...]) -> dict[str, Any]:
+    """The ``machine`` record of a result: CPUs, Python, platform, load average before and now."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_before": [round(x, 2) for x in loadavg_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
 class ResultFile:
     """Started when the benchmark starts (load average before), written when it ends."""
 
@@ -60,15 +76,9 @@ class ResultFile:
     ) -> pathlib.Path:
         doc = {
             "benchmark": self.benchmark,
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "created": now_iso(),
             "commit": self.commit,
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-                "loadavg_before": self.loadavg_before,
-                "loadavg_after": list(os.getloadavg()),
-            },
+            "machine": machine(self.loadavg_before),
             "settings": self.settings,
             "rounds": rounds,
             "summary": summary,

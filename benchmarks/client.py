@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import json
 import os
 import pathlib
-import platform
 import resource
 import subprocess
 import sys
@@ -39,6 +37,10 @@ from phalanx_aio.cli.demo import LocalCluster
 from phalanx_aio.errors import PhalanxError
 from phalanx_aio.kv import KVClient
 from phalanx_aio.node.runner import run, uvloop_available
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _results
+from _results import machine, now_iso
 
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "client.json"
@@ -74,33 +76,9 @@ def cpu_seconds(procs: Mapping[str, subprocess.Popen[bytes]]) -> dict[str, float
 
 def git_commit() -> dict[str, Any]:
     """``{"commit": sha or None, "commit_dirty": bool}`` of the tree this script is in (dirty:
-    tracked files differ from that commit)."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE, capture_output=True, text=True
-        ).stdout.strip()
-        return {"commit": sha, "commit_dirty": bool(dirty)}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "commit_dirty": None}
-
-
-def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
-    """The ``machine`` record of a result: CPUs, Python, platform, load average before and now."""
-    return {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
-def now_iso() -> str:
-    """The current UTC time, ISO 8601."""
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    tracked files differ from that commit), in the keys of this script's result files."""
+    sha, clean = _results.git_commit()
+    return {"commit": sha, "commit_dirty": None if sha is None else not clean}
 
 
 async def wait_for_leader(endpoints: list[str], timeout: float = 30.0) -> str:
