@@ -1,11 +1,12 @@
 """Regenerate the performance figures of the docs from the committed result files.
 
 Reads whatever of issue 18's result files exist in ``benchmarks/results/``
-(``vs_pysyncobj.json``, ``vs_etcd.json``, ``open_loop_inprocess.json``, ``open_loop_client.json``)
-and rewrites
+(``vs_pysyncobj.json``, ``vs_etcd.json``, ``open_loop_inprocess.json``, ``open_loop_client.json``,
+``hop.json``) and rewrites
 
 * the tables of ``docs/performance.md`` between marker comments ``<!-- report:NAME -->`` and
-  ``<!-- /report:NAME -->`` (NAME: ``vs_pysyncobj``, ``open_loop``, ``vs_etcd``, ``targets``);
+  ``<!-- /report:NAME -->`` (NAME: ``vs_pysyncobj``, ``open_loop``, ``vs_etcd``, ``hop``,
+  ``targets``);
 * README.md's performance lines between ``<!-- report:readme -->`` and ``<!-- /report:readme -->``;
 * the plot ``docs/img/latency_throughput.png``: log-x throughput against p50 and p99 latency,
   every series of both open-loop files (needs matplotlib).
@@ -225,6 +226,39 @@ def section_vs_etcd(doc: dict[str, Any] | None) -> str:
     return "\n".join(out)
 
 
+def _us(x: Any) -> str:
+    return f"{x:,.0f}" if _ok(x) else "-"
+
+
+def section_hop(doc: dict[str, Any] | None) -> str:
+    """One message hop between two processes: a bare socket against grpclib, per wake-up gap."""
+    if doc is None:
+        return f"One message hop, grpclib against a bare socket: {NOT_MEASURED}."
+    s = doc["summary"]
+    size = (doc.get("settings") or {}).get("size", "?")
+    out = [
+        f"An echo server in one process, a client in another, {size}-byte messages on loopback, "
+        f"{s.get('loop', '?')} on both sides; the client sleeps the gap between round trips. Medians "
+        "of the rounds; server CPU is what the echoing process spends per message received and "
+        "sent back.",
+        "",
+        "| gap between round trips | side | round trip p50 µs | p99 µs | server CPU µs per echo "
+        "| client CPU µs per round trip | p50 ratio |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for gap, entry in (s.get("gaps") or {}).items():
+        for kind, name in (("raw", "bare asyncio socket"), ("grpclib", "grpclib stream")):
+            f = entry.get(kind) or {}
+            tail = ratio(entry.get("ratio_rtt_p50")) if kind == "grpclib" else ""
+            out.append(
+                f"| {gap} ms | {name} | {_us(f.get('rtt_p50_us'))} | {_us(f.get('rtt_p99_us'))} "
+                f"| {_us(f.get('server_cpu_us_per_echo'))} | {_us(f.get('client_cpu_us_per_round_trip'))} "
+                f"| {tail} |"
+            )
+    out += ["", provenance(doc)]
+    return "\n".join(out)
+
+
 def section_targets(results: dict[str, dict[str, Any]]) -> str:
     out = ["| target | status | figures |", "|---|---|---|"]
     for t in check_targets.evaluate(results):
@@ -302,6 +336,7 @@ def sections(results: dict[str, dict[str, Any]]) -> dict[str, str]:
         "vs_pysyncobj": section_vs_pysyncobj(results.get("vs_pysyncobj")),
         "open_loop": section_open_loop(results),
         "vs_etcd": section_vs_etcd(results.get("vs_etcd")),
+        "hop": section_hop(results.get("hop")),
         "targets": section_targets(results),
     }
 

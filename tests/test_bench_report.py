@@ -129,7 +129,7 @@ old
 def test_sections_between_markers(tmp_path: pathlib.Path) -> None:
     results = check_targets.load_results(write(tmp_path, vs_pysyncobj=vs_doc()))
     page, missing = report.render(PAGE, report.sections(results))
-    assert set(missing) == {"open_loop", "vs_etcd"}  # no markers on this page: left out
+    assert set(missing) == {"open_loop", "vs_etcd", "hop"}  # no markers on this page: left out
     assert "old" not in page and page.startswith("# Performance\n") and "\ntext\n" in page
     assert "| 10,000 | phalanx_aio durable, `phalanx_aio.run` | 60,000 | 1.0 | 2.0 |  |" in page
     assert "| **HOLDS** |" in page
@@ -151,3 +151,35 @@ def test_readme_figures(tmp_path: pathlib.Path) -> None:
     assert not missing
     assert "| 1,000 | 60,000, 1.0 / 2.0 | 57,000, 1.0 / 2.0 | x2.00 | x6.00 |" in out
     assert "| 1 | 700, 1.0 / 2.0 | 900, 1.1 / 2.0 |" in out
+
+
+def hop_doc() -> dict[str, Any]:
+    def side(p50: float, cpu: float) -> dict[str, float]:
+        return {
+            "rtt_p50_us": p50,
+            "rtt_p99_us": 2 * p50,
+            "server_cpu_us_per_echo": cpu,
+            "client_cpu_us_per_round_trip": cpu + 10,
+        }
+
+    return {
+        "benchmark": "hop",
+        "created": "2026-12-07T10:40:00+00:00",
+        "commit": None,
+        "machine": {},
+        "settings": {"size": 100},
+        "summary": {
+            "loop": "uvloop",
+            "gaps": {"0": {"raw": side(80, 30), "grpclib": side(240, 120), "ratio_rtt_p50": 3.0}},
+        },
+    }
+
+
+def test_hop_section(tmp_path: pathlib.Path) -> None:
+    results = check_targets.load_results(write(tmp_path, hop=hop_doc()))
+    text = "<!-- report:hop -->\nold\n<!-- /report:hop -->\n"
+    out, missing = report.render(text, {"hop": report.section_hop(results["hop"])})
+    assert not missing and "old" not in out
+    assert "| 0 ms | bare asyncio socket | 80 | 160 | 30 | 40 |  |" in out
+    assert "| 0 ms | grpclib stream | 240 | 480 | 120 | 130 | x3.00 |" in out
+    assert "100-byte messages" in out and "uvloop on both sides" in out
