@@ -89,6 +89,7 @@ def _config_label(cfg: Any) -> str:
 SIDES = (
     ("phalanx_run", "phalanx_aio durable, `phalanx_aio.run`", None),
     ("phalanx_asyncio", "phalanx_aio durable, plain `asyncio.run`", "ratio_asyncio_vs_run"),
+    ("phalanx_run_batch", "phalanx_aio durable, `propose_many` (100 per call), `phalanx_aio.run`", None),
     ("pso_best_memory", "PySyncObj best in memory", "ratio_memory"),
     ("pso_best_durable", "PySyncObj best durable (flushed per batch)", "ratio_durable"),
 )
@@ -115,12 +116,15 @@ def section_vs_pysyncobj(doc: dict[str, Any] | None) -> str:
         "Closed loop, proposals made inside the leader's process (no client hop), 64-byte commands, "
         "three processes on loopback. ops/s and latency are medians over the rounds; the last "
         "column is phalanx_aio under `phalanx_aio.run` divided by that row, each ratio taken "
-        "within its round (for plain `asyncio.run`: that row divided by `phalanx_aio.run`).",
+        "within its round (for plain `asyncio.run`: that row divided by `phalanx_aio.run`). The "
+        "`propose_many` row is callers that batch (N / 100 tasks, 100 commands per call, each "
+        "command counted with its call's latency); its ratios follow the table.",
         "",
         "| in flight | side | ops/s | p50 ms | p99 ms | ratio |",
         "|---:|---|---:|---:|---:|---:|",
     ]
-    notes = []
+    notes: list[str] = []
+    batched: list[str] = []
     for n, s in (doc["summary"].get("inflight") or {}).items():
         for key, name, rkey in SIDES:
             f = s.get(key) or {}
@@ -131,6 +135,11 @@ def section_vs_pysyncobj(doc: dict[str, Any] | None) -> str:
                 f"| {int(n):,} | {label} | {ops(f.get('ops'))} | {ms(f.get('p50_ms'))} | "
                 f"{ms(f.get('p99_ms'))} | {ratio(s.get(rkey)) if rkey else ''} |"
             )
+        if (s.get("phalanx_run_batch") or {}).get("ops") is not None:
+            batched.append(
+                f"{int(n):,} in flight: {ratio(s.get('ratio_batch_memory'))} PySyncObj's best in memory, "
+                f"{ratio(s.get('ratio_batch_durable'))} its best durable"
+            )
         pef = per_entry_flush(doc, n)
         run = (s.get("phalanx_run") or {}).get("ops")
         if isinstance(pef, float | int) and pef > 0 and isinstance(run, float | int):
@@ -139,6 +148,10 @@ def section_vs_pysyncobj(doc: dict[str, Any] | None) -> str:
                 f"(against x{_fmt2(s.get('ratio_durable'))} with its flush per batch)"
             )
     out.append("")
+    if batched:
+        head = "Callers that batch (`propose_many`), ratios within each round: "
+        out.append(head + "; ".join(batched) + ".")
+        out.append("")
     if notes:
         out.append(
             "PySyncObj flushing every entry (batching off; one short sweep run, so a rougher "

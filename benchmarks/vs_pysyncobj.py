@@ -6,9 +6,13 @@ flight (closed loop, N = 100, 1,000, 10,000; ``--inflight``); the latency of a c
 its submission to its result.
 
 phalanx_aio is durable: SQLite with ``synchronous=FULL``, every acknowledged command fsynced on
-a majority. It runs twice, with its members under ``phalanx_aio.run`` (uvloop and the tuned
-collector, ``phalanx_run``) and under plain ``asyncio.run`` (standard loop, CPython's default
-collector thresholds, ``phalanx_asyncio``): see ``benchmarks/_cluster_node.py --runner``.
+a majority. It runs three times: with its members under ``phalanx_aio.run`` (uvloop and the
+tuned collector, ``phalanx_run``) and under plain ``asyncio.run`` (standard loop, CPython's
+default collector thresholds, ``phalanx_asyncio``), see ``benchmarks/_cluster_node.py
+--runner``, both with one task per proposal; and under ``phalanx_aio.run`` with callers that
+batch (``phalanx_run_batch``: N / 100 tasks, each proposing 100 commands per
+``node.propose_many`` call, every command counted with its call's latency). The batching side
+is reported beside the others; the targets are checked on the one-task-per-proposal sides.
 
 PySyncObj runs in two kinds:
 
@@ -95,8 +99,9 @@ PSO_DEFAULTS: dict[str, Any] = {
     "batch_bytes": 2**16,  # appendEntriesBatchSizeBytes
     "buffers": 2**16,  # sendBufferSize and recvBufferSize
 }
-PHALANX = ("phalanx_run", "phalanx_asyncio")
-RUNNER_OF = {"phalanx_run": "phalanx", "phalanx_asyncio": "asyncio"}
+PHALANX = ("phalanx_run", "phalanx_asyncio", "phalanx_run_batch")
+RUNNER_OF = {"phalanx_run": "phalanx", "phalanx_asyncio": "asyncio", "phalanx_run_batch": "phalanx"}
+MODE_OF = {"phalanx_run_batch": "batch"}  # the workload of each side; "closed" if not named
 
 
 def sweep_grid(quick: bool = False) -> list[dict[str, Any]]:
@@ -525,7 +530,8 @@ def comparison_round(
     records = []
     for system, make, ns, cfg in plan:
         name = system if not cfg else f"{system} ({config_label(cfg)})"
-        for r in run_cluster_retry(name, make, [("closed", float(n)) for n in ns], args):
+        mode = MODE_OF.get(system, "closed")
+        for r in run_cluster_retry(name, make, [(mode, float(n)) for n in ns], args):
             records.append(
                 _record(r, round=rnd + 1, system=system, config=cfg or None, inflight=int(r["param"]))
             )
@@ -546,12 +552,15 @@ def round_ratios(records: list[dict[str, Any]], inflight: list[int]) -> dict[str
             if r["inflight"] == n and "failure" not in r and r.get("ops_per_s")
         }
         run, aio = ops.get("phalanx_run"), ops.get("phalanx_asyncio")
+        batch = ops.get("phalanx_run_batch")
         mem, dur = ops.get("pso_memory"), ops.get("pso_durable")
         out[str(n)] = {
             "ratio_memory": _ratio(run, mem),
             "ratio_durable": _ratio(run, dur),
             "ratio_asyncio_vs_run": _ratio(aio, run),
             "ratio_asyncio_vs_memory": _ratio(aio, mem),
+            "ratio_batch_memory": _ratio(batch, mem),
+            "ratio_batch_durable": _ratio(batch, dur),
         }
     return out
 
@@ -559,6 +568,16 @@ def round_ratios(records: list[dict[str, Any]], inflight: list[int]) -> dict[str
 def _median(xs: list[float]) -> float | None:
     xs = [x for x in xs if x is not None and x == x]
     return float(statistics.median(xs)) if xs else None
+
+
+RATIOS = (
+    "ratio_memory",
+    "ratio_durable",
+    "ratio_asyncio_vs_run",
+    "ratio_asyncio_vs_memory",
+    "ratio_batch_memory",
+    "ratio_batch_durable",
+)
 
 
 def summarize(rounds: list[dict[str, Any]], inflight: list[int], best: dict[str, Any]) -> dict[str, Any]:
@@ -571,6 +590,7 @@ def summarize(rounds: list[dict[str, Any]], inflight: list[int], best: dict[str,
         for system, key in (
             ("phalanx_run", "phalanx_run"),
             ("phalanx_asyncio", "phalanx_asyncio"),
+            ("phalanx_run_batch", "phalanx_run_batch"),
             ("pso_memory", "pso_best_memory"),
             ("pso_durable", "pso_best_durable"),
         ):
@@ -586,8 +606,8 @@ def summarize(rounds: list[dict[str, Any]], inflight: list[int], best: dict[str,
             )
             fig["rounds"] = len(mine)
             s[key] = fig
-        for key in ("ratio_memory", "ratio_durable", "ratio_asyncio_vs_run", "ratio_asyncio_vs_memory"):
-            s[key] = _median([rd["ratios"][str(n)][key] for rd in rounds])
+        for key in RATIOS:
+            s[key] = _median([rd["ratios"][str(n)].get(key) for rd in rounds])
         summary["inflight"][str(n)] = s
     return summary
 
@@ -622,6 +642,7 @@ def summary_table(summary: dict[str, Any], repeat: int) -> str:
     names = {
         "phalanx_run": "phalanx_aio durable, phalanx_aio.run",
         "phalanx_asyncio": "phalanx_aio durable, asyncio.run",
+        "phalanx_run_batch": "phalanx_aio durable, propose_many, run",
         "pso_best_memory": "PySyncObj best in memory",
         "pso_best_durable": "PySyncObj best durable",
     }
@@ -636,7 +657,8 @@ def summary_table(summary: dict[str, Any], repeat: int) -> str:
         out.append(
             f"{'':>9}  ratios: vs memory {_num(s['ratio_memory'], '.2f')}, vs durable "
             f"{_num(s['ratio_durable'], '.2f')}, asyncio/run {_num(s['ratio_asyncio_vs_run'], '.2f')}, "
-            f"asyncio vs memory {_num(s['ratio_asyncio_vs_memory'], '.2f')}"
+            f"asyncio vs memory {_num(s['ratio_asyncio_vs_memory'], '.2f')}, propose_many vs memory "
+            f"{_num(s['ratio_batch_memory'], '.2f')}, vs durable {_num(s['ratio_batch_durable'], '.2f')}"
         )
     return "\n".join(out)
 
@@ -645,7 +667,7 @@ def estimate_minutes(args: argparse.Namespace, inflight: list[int], sweep: bool)
     """A rough duration: 5 s to start and stop a cluster, the runs, 1 s per run to drain and
     measure; PySyncObj's best configurations taken as two clusters per kind and round."""
     per_run = args.warmup + args.seconds + 1.0
-    phalanx = 2 * (5 + len(inflight) * per_run)
+    phalanx = len(PHALANX) * (5 + len(inflight) * per_run)
     pso = len(args.kinds) * (2 * 5 + len(inflight) * per_run)
     total = args.repeat * (phalanx + pso)
     if sweep:
@@ -708,7 +730,7 @@ def main() -> None:
         "pysyncobj": f"{pysyncobj.version.VERSION}, TCP loopback, autoTick=False, doTick(tick) loop",
         "pysyncobj_defaults": PSO_DEFAULTS,
         "gc_tuned": list(GC_THRESHOLDS),
-        "workload": "closed loop, N proposals in flight",
+        "workload": "closed loop, N proposals in flight (phalanx_run_batch: 100 per propose_many call)",
     }
     result = ResultFile("vs_pysyncobj", settings)
     print(

@@ -37,12 +37,15 @@ def vs_doc(asyncio_ratio: float = 0.95) -> dict[str, Any]:
         inflight[n] = {
             "phalanx_run": fig(60_000),
             "phalanx_asyncio": fig(60_000 * asyncio_ratio),
+            "phalanx_run_batch": fig(90_000),
             "pso_best_memory": fig(30_000, config={"use_batch": True, "period": 0.01}),
             "pso_best_durable": fig(10_000, config={"use_batch": True, "period": 0.01}),
             "ratio_memory": 2.0,
             "ratio_durable": 6.0,
             "ratio_asyncio_vs_run": asyncio_ratio,
             "ratio_asyncio_vs_memory": 2.0 * asyncio_ratio,
+            "ratio_batch_memory": 3.0,
+            "ratio_batch_durable": 9.0,
         }
     sweep = {
         "records": [
@@ -133,6 +136,8 @@ def test_sections_between_markers(tmp_path: pathlib.Path) -> None:
     assert "old" not in page and page.startswith("# Performance\n") and "\ntext\n" in page
     assert "| 10,000 | phalanx_aio durable, `phalanx_aio.run` | 60,000 | 1.0 | 2.0 |  |" in page
     assert "| **HOLDS** |" in page
+    assert "| 100 | phalanx_aio durable, `propose_many` (100 per call), `phalanx_aio.run` | 90,000 |" in page
+    assert "1,000 in flight: x3.00 PySyncObj's best in memory, x9.00 its best durable" in page
     # the per-entry flush only beside the batched one
     assert "1,000 ops/s flushing every entry, x60.0 (against x6.00 with its flush per batch)" in page
     assert report.render(page, report.sections(results))[0] == page  # regenerating changes nothing
