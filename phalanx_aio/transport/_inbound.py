@@ -199,7 +199,7 @@ class Inbound(Shared):
                 if data is None:
                     break
                 try:
-                    frame = decode_frame(data, limits=limits)
+                    frame = decode_frame(data, limits=limits, cache=self.batch_cache)
                 except ProtocolError as exc:
                     raise _Reject("malformed", Status.INVALID_ARGUMENT, str(exc)) from None
                 self._check_frame(frame, sender)

@@ -260,8 +260,13 @@ def encode_message_at(
         raise EncodeError(f"message {i} cannot be encoded: {type(exc).__name__}: {exc}") from exc
 
 
-def decode_message(data: bytes, pos: int, end: int, sender: str, limits: Limits) -> Message:
-    """Decode the RaftMessage in ``data[pos:end]``; an empty ``frm`` becomes ``sender``."""
+def decode_message(
+    data: bytes, pos: int, end: int, sender: str, limits: Limits, cache: BatchCache | None = None
+) -> Message:
+    """Decode the RaftMessage in ``data[pos:end]``; an empty ``frm`` becomes ``sender``.
+
+    With ``cache`` (the receiving node's), entries decoded from a blob are remembered with it:
+    a follower then stores the blob it received instead of encoding the same entries again."""
     ints = [0] * _MSG_INTS  # varint fields by number: 1 type, 4-7, 8 reject, 9, 11, 12 transfer, 15, 16
     to = frm = ""
     context = b""
@@ -286,6 +291,10 @@ def decode_message(data: bytes, pos: int, end: int, sender: str, limits: Limits)
                 context = data[a:b]
             elif number == 13:
                 entries = _decode_entries(data, a, b, limits)
+                if cache is not None and entries:
+                    # The layout is canonical (decoding checks every length to the last byte),
+                    # so these bytes are exactly what encoding the entries would give.
+                    cache.last = (entries, [data[a:b]], b - a)
             elif number == 14:
                 if snapshot is not None:
                     bad("message has two snapshots")
@@ -393,25 +402,26 @@ def encode_frame(
     return b"".join(parts)
 
 
-def decode_frame(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Frame:
+def decode_frame(data: bytes, *, limits: Limits = DEFAULT_LIMITS, cache: BatchCache | None = None) -> Frame:
     """Decode a PeerFrame; raises :class:`ProtocolError` (and nothing else) if it is malformed.
 
     Checking ``cluster_id`` against the local one, and ``sender`` against the stream's peer, is
-    the caller's business.
+    the caller's business. ``cache``: the receiving node's batch cache (see
+    :func:`decode_message`).
     """
     if not isinstance(data, bytes):
         data = bytes(data)
     if len(data) > limits.max_frame_bytes:
         bad(f"frame is {len(data)} bytes, over the limit of {limits.max_frame_bytes}")
     try:
-        return _decode_frame(data, limits)
+        return _decode_frame(data, limits, cache)
     except ProtocolError:
         raise
     except Exception as exc:
         raise ProtocolError(f"malformed frame: {type(exc).__name__}: {exc}") from exc
 
 
-def _decode_frame(data: bytes, limits: Limits) -> Frame:
+def _decode_frame(data: bytes, limits: Limits, cache: BatchCache | None = None) -> Frame:
     cluster_id = sender = ""
     spans: list[tuple[int, int]] = []
     for number, wire, a, b in fields(data, 0, len(data), "frame", limits.max_messages + MAX_FIELDS):
@@ -432,7 +442,7 @@ def _decode_frame(data: bytes, limits: Limits) -> Frame:
     messages: list[Message] = []
     for i, (a, b) in enumerate(spans):
         try:
-            messages.append(decode_message(data, a, b, sender, limits))
+            messages.append(decode_message(data, a, b, sender, limits, cache))
         except ProtocolError as exc:
             raise ProtocolError(f"frame from {sender!r}: message {i}: {exc}") from exc
     return Frame(cluster_id, sender, messages)

@@ -1,13 +1,14 @@
 """Each node owns the cache of its last encoded batch of entries (``_entry_batch.BatchCache``):
 its transport and its store share it, so a leader encodes a batch once for every follower and
-for its disk, and no other node in the process can find that batch."""
+for its disk, a follower stores the blob it received instead of encoding the same entries again,
+and no other node in the process can find that batch."""
 
 from __future__ import annotations
 
 from phalanx_aio._entry_batch import BatchCache, entry_parts
 from phalanx_aio.core.types import Entry, EntryType, Message, MessageType
 from phalanx_aio.storage._codec import batch_rows
-from phalanx_aio.transport.codec import encode_frames
+from phalanx_aio.transport.codec import decode_frame, encode_frames
 from tests.node.harness import Harness
 
 
@@ -43,6 +44,31 @@ def test_two_nodes_in_one_process_cannot_see_each_others_cached_batch() -> None:
     assert parts is not cached[1] and parts == cached[1] and size == cached[2]
     assert b._batch_cache.last is None  # remember=False: a store does not replace the batch
     assert batch_rows(entries, 64, b._batch_cache) == batch_rows(entries, 64, a._batch_cache)
+
+
+def test_a_follower_stores_the_blob_it_received() -> None:
+    entries = [
+        Entry(3, 7, EntryType.NORMAL, b""),
+        Entry(3, 8, EntryType.CONF, b"conf"),
+        *(Entry(4, i, EntryType.NORMAL, bytes([i]) * i) for i in range(9, 40)),
+    ]
+    app = Message(MessageType.APP, to="n2", frm="n1", term=4, index=6, log_term=3, entries=tuple(entries))
+    wire = encode_frames("c", "n1", [app])[0]
+    follower = BatchCache()
+    frame = decode_frame(wire, cache=follower)
+    got = frame.messages[0].entries
+    assert follower.last is not None and follower.last[0] is got  # the decoded objects
+    blob = follower.last[1][0]
+    assert blob in wire  # a slice of the frame as received
+    rows = batch_rows(got, 1024, follower)
+    assert rows[0][2] is blob  # stored as received: not encoded again
+    assert rows == batch_rows(entries, 1024)  # and what encoding the entries gives, checksum too
+    # Only those very objects: equal entries decoded elsewhere are encoded afresh.
+    assert batch_rows(decode_frame(wire).messages[0].entries, 1024, follower)[0][2] is not blob
+    # A message without entries leaves the cache alone.
+    heartbeat = Message(MessageType.HEARTBEAT, to="n2", frm="n1", term=4)
+    decode_frame(encode_frames("c", "n1", [heartbeat])[0], cache=follower)
+    assert follower.last[0] is got
 
 
 def test_without_a_cache_nothing_is_kept() -> None:

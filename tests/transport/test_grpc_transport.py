@@ -15,6 +15,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server as GrpclibServer
 from grpclib.server import Stream
 
+from phalanx_aio._entry_batch import BatchCache, entry_parts
 from phalanx_aio._grpc import WireBytes
 from phalanx_aio.core.types import Message, MessageType
 from phalanx_aio.errors import ClosedError, ConfigError
@@ -90,6 +91,18 @@ async def test_large_batch_is_split_into_frames_within_limits(node: Factory) -> 
     assert rb.from_("a") == msgs
     assert a.stats["frames_sent"] >= 6  # 60 x ~4 KiB over 64 KiB frames, 500 small over 100 a frame
     assert b.stats["rejected_too_large"] == 0
+
+
+async def test_received_entries_prime_the_receivers_batch_cache(node: Factory) -> None:
+    (a, _), (b, rb) = await node("a"), await node("b")
+    b.batch_cache = cache = BatchCache()  # what the owning node hands its transport
+    connect(a, b)
+    msg = app("a", "b", 10, n_entries=5, size=100)
+    a.send([msg])
+    await rb.wait(lambda: len(rb.received) == 1)
+    got = rb.from_("a")[0]
+    assert cache.last is not None and cache.last[0] is got.entries
+    assert b"".join(cache.last[1]) == b"".join(entry_parts(msg.entries, 64)[0])
 
 
 async def test_peer_down_at_first_then_up(node: Factory) -> None:
