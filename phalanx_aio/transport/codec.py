@@ -265,12 +265,14 @@ def decode_message(
 ) -> Message:
     """Decode the RaftMessage in ``data[pos:end]``; an empty ``frm`` becomes ``sender``.
 
-    With ``cache`` (the receiving node's), entries decoded from a blob are remembered with it:
-    a follower then stores the blob it received instead of encoding the same entries again."""
+    With ``cache`` (the receiving node's), the entries of an append are remembered with their
+    blob: a follower then stores the blob it received instead of encoding the same entries
+    again. (Not those of a forwarded proposal: a leader's cache holds what it just sent.)"""
     ints = [0] * _MSG_INTS  # varint fields by number: 1 type, 4-7, 8 reject, 9, 11, 12 transfer, 15, 16
     to = frm = ""
     context = b""
     entries: tuple[Entry, ...] = ()
+    blob = (0, 0)
     snapshot: Snapshot | None = None
     varint_fields = _MSG_VARINT_FIELDS
     for number, wire, a, b in fields(data, pos, end, "message"):
@@ -291,10 +293,7 @@ def decode_message(
                 context = data[a:b]
             elif number == 13:
                 entries = _decode_entries(data, a, b, limits)
-                if cache is not None and entries:
-                    # The layout is canonical (decoding checks every length to the last byte),
-                    # so these bytes are exactly what encoding the entries would give.
-                    cache.last = (entries, [data[a:b]], b - a)
+                blob = (a, b)
             elif number == 14:
                 if snapshot is not None:
                     bad("message has two snapshots")
@@ -313,6 +312,10 @@ def decode_message(
     )
     if max(term, log_term, index, commit, reject_hint, seq, timeout, delay) > MAX_INT:
         bad("message has a term, index or counter above 2**63")
+    if cache is not None and entries and mtype is MessageType.APP:
+        # The layout is canonical (decoding checks every length to the last byte), so the
+        # bytes received are exactly what encoding the entries would give.
+        cache.last = (entries, [data[blob[0] : blob[1]]], blob[1] - blob[0])
     return Message(
         mtype,
         to,

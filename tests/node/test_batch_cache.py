@@ -65,9 +65,11 @@ def test_a_follower_stores_the_blob_it_received() -> None:
     assert rows == batch_rows(entries, 1024)  # and what encoding the entries gives, checksum too
     # Only those very objects: equal entries decoded elsewhere are encoded afresh.
     assert batch_rows(decode_frame(wire).messages[0].entries, 1024, follower)[0][2] is not blob
-    # A message without entries leaves the cache alone.
+    # A message without entries leaves the cache alone, and so does a proposal forwarded to a
+    # leader (whose cache holds the batch it just sent to its followers).
     heartbeat = Message(MessageType.HEARTBEAT, to="n2", frm="n1", term=4)
-    decode_frame(encode_frames("c", "n1", [heartbeat])[0], cache=follower)
+    prop = Message(MessageType.PROP, to="n2", frm="n1", term=0, entries=tuple(entries))
+    decode_frame(encode_frames("c", "n1", [heartbeat, prop])[0], cache=follower)
     assert follower.last[0] is got
 
 
