@@ -38,6 +38,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from _gc_clock import GcClock
+from _results import latency_figures
 
 import phalanx_aio
 from phalanx_aio import Config, RaftNode, SQLiteStorage, StateMachine
@@ -61,10 +62,6 @@ class Counter(StateMachine):
 
     def restore(self, data: bytes) -> None:
         (self.value,) = struct.unpack(">q", data)
-
-
-def _pct(lat: list[float], p: float) -> float:
-    return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
 
 
 class _Recorder:
@@ -98,10 +95,7 @@ class _Recorder:
             "dropped": self.dropped,
             "errors": self.errors,
             "error_kinds": self.error_kinds,
-            "p50": _pct(lat, 0.50),
-            "p99": _pct(lat, 0.99),
-            "p999": _pct(lat, 0.999),
-            "max": lat[-1] if lat else float("nan"),
+            **latency_figures(lat),
             "lat_ms": lat[::step],
         }
 

@@ -17,6 +17,7 @@ import os
 import pathlib
 import platform
 import subprocess
+from collections.abc import Sequence
 from typing import Any
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -102,6 +103,22 @@ def clean_floats(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [clean_floats(v) for v in obj]
     return obj
+
+
+def percentile(lat: Sequence[float], p: float) -> float:
+    """The ``p`` quantile (0 to 1) of sorted values, nearest rank below; NaN if there are none."""
+    return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
+
+
+def latency_figures(lat: Sequence[float]) -> dict[str, float]:
+    """``p50``, ``p99``, ``p999`` and ``max`` of sorted latencies, in the keys of the raw
+    records the benchmarks keep."""
+    return {
+        "p50": percentile(lat, 0.50),
+        "p99": percentile(lat, 0.99),
+        "p999": percentile(lat, 0.999),
+        "max": lat[-1] if lat else float("nan"),
+    }
 
 
 def figure(ops: float, p50: float, p99: float, p999: float | None = None) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from phalanx_aio.node.runner import run, uvloop_available
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _results
-from _results import machine, now_iso
+from _results import latency_figures, machine, now_iso
 
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "client.json"
@@ -94,10 +94,6 @@ async def wait_for_leader(endpoints: list[str], timeout: float = 30.0) -> str:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.2)
-
-
-def _pct(lat: list[float], p: float) -> float:
-    return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
 
 
 async def drive(
@@ -156,10 +152,7 @@ async def drive(
     return {
         "ops": ops,
         "ops_per_s": round(ops / seconds, 1),
-        "p50": _pct(lat, 0.50),
-        "p99": _pct(lat, 0.99),
-        "p999": _pct(lat, 0.999),
-        "max": lat[-1] if lat else float("nan"),
+        **latency_figures(lat),
         "errors": errors,
         **({"late_s": round(late, 4)} if start is not None else {}),
         **({"lat_ms": lat} if raw else {}),

@@ -20,14 +20,15 @@ import pathlib
 import statistics
 import tempfile
 
+from _results import percentile
+
 from phalanx_aio.chaos.forwarding import FailoverReport, forward_failover
 
 HERE = pathlib.Path(__file__).resolve().parent
 
 
 def _pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(p * len(s)))] if s else float("nan")
+    return percentile(sorted(values), p)
 
 
 async def main() -> None:

@@ -40,7 +40,7 @@ from phalanx_aio._grpc import WireBytes
 from phalanx_aio.node.runner import run, uvloop_available
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _results import RESULTS, ResultFile
+from _results import RESULTS, ResultFile, percentile
 
 KINDS = ("raw", "grpclib")
 _PATH = "/bench.Echo/Stream"
@@ -110,8 +110,8 @@ async def _measure(
             {
                 "gap_ms": gap * 1000,
                 "count": n,
-                "rtt_p50_us": lat[n // 2] * 1e6,
-                "rtt_p99_us": lat[min(n - 1, int(n * 0.99))] * 1e6,
+                "rtt_p50_us": percentile(lat, 0.50) * 1e6,
+                "rtt_p99_us": percentile(lat, 0.99) * 1e6,
                 "server_cpu_us_per_echo": srv / n * 1e6,
                 "client_cpu_us_per_round_trip": me / n * 1e6,
             }

@@ -42,13 +42,13 @@ import time
 from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _results import percentile
 from client import Cluster, git_commit, machine, now_iso, wait_for_leader
 from vs_etcd import (
     _FAILURES,
     EtcdCluster,
     EtcdPuts,
     PhalanxPuts,
-    _pct,
     find_etcd_leader,
 )
 
@@ -134,9 +134,9 @@ async def open_loop(
     return {
         "rate": rate,
         "ops": round(done_in_window / seconds, 1),
-        "p50_ms": round(_pct(lat, 0.50), 3),
-        "p99_ms": round(_pct(lat, 0.99), 3),
-        "p999_ms": round(_pct(lat, 0.999), 3),
+        "p50_ms": round(percentile(lat, 0.50), 3),
+        "p99_ms": round(percentile(lat, 0.99), 3),
+        "p999_ms": round(percentile(lat, 0.999), 3),
         "scheduled": scheduled_in_window,
         "answered": len(lat),
         "missing": missing,

@@ -74,6 +74,7 @@ from phalanx_aio.kv import KVClient
 from phalanx_aio.node.runner import run, uvloop_available
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _results import latency_figures
 from client import Cluster, cpu_seconds, drive, git_commit, machine, now_iso, wait_for_leader
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -354,10 +355,6 @@ def _worker_main(spec_json: str, out: str) -> int:
     return 0
 
 
-def _pct(lat: list[float], p: float) -> float:
-    return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
-
-
 def workload(
     spec: dict[str, Any],
     procs: int,
@@ -407,10 +404,7 @@ def workload(
     out = {
         "ops": ops,
         "ops_per_s": round(ops / seconds, 1),
-        "p50": _pct(lat, 0.50),
-        "p99": _pct(lat, 0.99),
-        "p999": _pct(lat, 0.999),
-        "max": lat[-1] if lat else float("nan"),
+        **latency_figures(lat),
         "errors": errors,
         "late_s": max(p.get("late_s", 0.0) for p in parts),
         "loadgen_cpu_s": round(sum(p["loadgen_cpu_s"] for p in parts), 3),
