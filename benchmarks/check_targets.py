@@ -76,35 +76,42 @@ def _at_least(x: Any, bound: float) -> bool | None:
     return x >= bound if _num(x) else None
 
 
-def target_1(vs: dict[str, Any] | None) -> Target:
+def _ratio_target(
+    vs: dict[str, Any] | None, number: int, name: str, checks_of: tuple[tuple[str, float, str], ...]
+) -> Target:
+    """A target on ``vs_pysyncobj.json``'s ratios: at every in-flight count, each
+    ``(key, bound, label)`` of ``checks_of`` must be at least its bound."""
     checks: list[bool | None] = []
     parts = []
     for n in INFLIGHT:
         s = _get(vs, "summary", "inflight", n)
-        mem, dur = _get(s, "ratio_memory"), _get(s, "ratio_durable")
-        checks += [_at_least(mem, 1.5), _at_least(dur, 3.0)]
-        parts.append(f"{n} in flight: x{_fmt(mem)} in memory, x{_fmt(dur)} durable")
-    return Target(
+        shown = []
+        for key, bound, label in checks_of:
+            x = _get(s, key)
+            checks.append(_at_least(x, bound))
+            shown.append(f"x{_fmt(x)} {label}")
+        parts.append(f"{n} in flight: " + ", ".join(shown))
+    return Target(number, name, _status(checks), "; ".join(parts) if vs else "")
+
+
+def target_1(vs: dict[str, Any] | None) -> Target:
+    return _ratio_target(
+        vs,
         1,
         "against PySyncObj at its best: x1.5 its best in memory, x3 its best durable",
-        _status(checks),
-        "; ".join(parts) if vs else "",
+        (("ratio_memory", 1.5, "in memory"), ("ratio_durable", 3.0, "durable")),
     )
 
 
 def target_2(vs: dict[str, Any] | None) -> Target:
-    checks: list[bool | None] = []
-    parts = []
-    for n in INFLIGHT:
-        s = _get(vs, "summary", "inflight", n)
-        run, mem = _get(s, "ratio_asyncio_vs_run"), _get(s, "ratio_asyncio_vs_memory")
-        checks += [_at_least(run, 0.9), _at_least(mem, 1.4)]
-        parts.append(f"{n} in flight: x{_fmt(run)} of phalanx_aio.run, x{_fmt(mem)} PySyncObj in memory")
-    return Target(
+    return _ratio_target(
+        vs,
         2,
         "plain asyncio.run: x0.9 of phalanx_aio.run and x1.4 PySyncObj's best in memory",
-        _status(checks),
-        "; ".join(parts) if vs else "",
+        (
+            ("ratio_asyncio_vs_run", 0.9, "of phalanx_aio.run"),
+            ("ratio_asyncio_vs_memory", 1.4, "PySyncObj in memory"),
+        ),
     )
 
 
